@@ -1,0 +1,120 @@
+#pragma once
+// Shapes, non-owning views and an owning host tensor. All layouts are row-major (last index fastest).
+// A view carries its memory space (Host or Device) in its type, so host memory cannot reach a GPU op.
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <initializer_list>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "retnet/core/error.hpp"
+
+namespace retnet {
+
+struct Host {};
+struct Device {};
+
+class Shape {
+ public:
+  static constexpr int max_rank = 6;
+
+  Shape() = default;
+  Shape(std::initializer_list<int64_t> dims) {
+    require(static_cast<int>(dims.size()) <= max_rank, "Shape: rank ", dims.size(), " exceeds ", max_rank);
+    for (int64_t d : dims) dims_[rank_++] = d;
+  }
+  explicit Shape(const std::vector<int64_t>& dims) {
+    require(static_cast<int>(dims.size()) <= max_rank, "Shape: rank ", dims.size(), " exceeds ", max_rank);
+    for (int64_t d : dims) dims_[rank_++] = d;
+  }
+
+  int rank() const { return rank_; }
+  int64_t operator[](int i) const { return dims_[static_cast<size_t>(i)]; }
+  int64_t numel() const {
+    int64_t n = 1;
+    for (int i = 0; i < rank_; ++i) n *= dims_[static_cast<size_t>(i)];
+    return n;
+  }
+  std::vector<int64_t> to_vector() const { return {dims_.begin(), dims_.begin() + rank_}; }
+  std::string to_string() const {
+    std::string s = "[";
+    for (int i = 0; i < rank_; ++i) s += (i ? ", " : "") + std::to_string(dims_[static_cast<size_t>(i)]);
+    return s + "]";
+  }
+  friend bool operator==(const Shape& a, const Shape& b) {
+    return a.rank_ == b.rank_ && std::equal(a.dims_.begin(), a.dims_.begin() + a.rank_, b.dims_.begin());
+  }
+
+ private:
+  std::array<int64_t, max_rank> dims_{};
+  int rank_ = 0;
+};
+
+template <class T, class Space = Host>
+class TensorView {
+ public:
+  using value_type = std::remove_const_t<T>;
+  TensorView() = default;
+  TensorView(T* data, Shape shape) : data_(data), shape_(shape) {}
+
+  // A mutable view converts to a read-only one in the same space.
+  template <class U, class = std::enable_if_t<std::is_same_v<const U, T> && !std::is_same_v<U, T>>>
+  TensorView(const TensorView<U, Space>& other) : data_(other.data()), shape_(other.shape()) {}
+
+  T* data() const { return data_; }
+  const Shape& shape() const { return shape_; }
+  int rank() const { return shape_.rank(); }
+  int64_t size(int i) const { return shape_[i]; }
+  int64_t numel() const { return shape_.numel(); }
+  bool empty() const { return data_ == nullptr; }
+
+ private:
+  T* data_ = nullptr;
+  Shape shape_;
+};
+
+template <class T>
+using HostView = TensorView<T, Host>;
+template <class T>
+using DeviceView = TensorView<T, Device>;
+
+// Owning host tensor, zero-initialised.
+template <class T>
+class Tensor {
+ public:
+  Tensor() = default;
+  explicit Tensor(Shape shape) : shape_(shape) {
+    for (int i = 0; i < shape.rank(); ++i) require(shape[i] >= 0, "Tensor: negative size in shape ", shape.to_string());
+    data_.assign(static_cast<size_t>(shape.numel()), T{});
+  }
+  Tensor(Shape shape, T fill) : Tensor(shape) { std::fill(data_.begin(), data_.end(), fill); }
+
+  T* data() { return data_.data(); }
+  const T* data() const { return data_.data(); }
+  const Shape& shape() const { return shape_; }
+  int64_t size(int i) const { return shape_[i]; }
+  int64_t numel() const { return static_cast<int64_t>(data_.size()); }
+  T& operator[](int64_t i) { return data_[static_cast<size_t>(i)]; }
+  const T& operator[](int64_t i) const { return data_[static_cast<size_t>(i)]; }
+  std::vector<T>& storage() { return data_; }
+  const std::vector<T>& storage() const { return data_; }
+
+  HostView<T> view() { return {data_.data(), shape_}; }
+  HostView<const T> view() const { return {data_.data(), shape_}; }
+  HostView<const T> cview() const { return {data_.data(), shape_}; }
+
+  // Same data, another shape of equal element count.
+  void reshape(Shape shape) {
+    require(shape.numel() == shape_.numel(), "Tensor::reshape: ", shape_.to_string(), " to ", shape.to_string(),
+            " changes the element count");
+    shape_ = shape;
+  }
+
+ private:
+  std::vector<T> data_;
+  Shape shape_;
+};
+
+}  // namespace retnet

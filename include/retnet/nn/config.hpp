@@ -1,0 +1,85 @@
+#pragma once
+// ModelConfig: a RetNet language model, with torchscale's RetNetConfig field names.
+// JSON reading and writing lives in retnet/io/config_json.hpp.
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "retnet/core/config.hpp"
+#include "retnet/core/error.hpp"
+
+namespace retnet {
+
+struct ModelConfig {
+  // torchscale RetNetConfig fields (same names, same meaning).
+  int64_t decoder_embed_dim = 768;         // d
+  int64_t decoder_value_embed_dim = 1280;  // total value width H * dv
+  int64_t decoder_retention_heads = 4;     // H (torchscale's default 3 does not divide 1280)
+  int64_t decoder_ffn_embed_dim = 1280;
+  int64_t decoder_layers = 12;
+  int64_t vocab_size = -1;  // must be set
+  std::string activation_fn = "gelu";  // "gelu" (exact, erf) or "swish"
+  double layernorm_eps = 1e-6;         // every RMSNorm, including the per-head group norm
+  bool no_scale_embedding = true;      // false: embeddings scaled by sqrt(d)
+  bool layernorm_embedding = false;    // RMSNorm after the embedding
+  bool share_decoder_input_output_embed = false;
+  int64_t recurrent_chunk_size = 512;
+  bool decoder_normalize_before = true;  // pre-norm; post-norm is not supported
+
+  // Extensions beyond torchscale (defaults reproduce torchscale).
+  std::string ffn_type = "glu";        // "glu" (torchscale) or "mlp" (the paper's fc1 -> gelu -> fc2)
+  std::string norm_type = "rmsnorm";   // "rmsnorm" (torchscale) or "layernorm" for the block norms
+  DecaySchedule decay_schedule = DecaySchedule::torchscale;
+  std::vector<double> decays;          // custom schedule only
+  Normalization retention_normalization = Normalization::torchscale;
+
+  int64_t key_dim() const { return decoder_embed_dim / decoder_retention_heads; }
+  int64_t value_dim() const { return decoder_value_embed_dim / decoder_retention_heads; }
+
+  // Throws retnet::Error naming the first invalid field.
+  void validate() const {
+    auto positive = [](const char* field, int64_t v) {
+      require(v > 0, "ModelConfig: ", field, " = ", v, " is invalid; it must be a positive integer");
+    };
+    positive("decoder_embed_dim", decoder_embed_dim);
+    positive("decoder_value_embed_dim", decoder_value_embed_dim);
+    positive("decoder_retention_heads", decoder_retention_heads);
+    positive("decoder_ffn_embed_dim", decoder_ffn_embed_dim);
+    positive("decoder_layers", decoder_layers);
+    positive("vocab_size", vocab_size);
+    positive("recurrent_chunk_size", recurrent_chunk_size);
+    require(decoder_embed_dim % decoder_retention_heads == 0, "ModelConfig: decoder_embed_dim = ", decoder_embed_dim,
+            " is not divisible by decoder_retention_heads = ", decoder_retention_heads);
+    require(decoder_value_embed_dim % decoder_retention_heads == 0, "ModelConfig: decoder_value_embed_dim = ",
+            decoder_value_embed_dim, " is not divisible by decoder_retention_heads = ", decoder_retention_heads);
+    require(key_dim() % 2 == 0, "ModelConfig: key head size decoder_embed_dim / decoder_retention_heads = ", key_dim(),
+            " must be even (rotation acts on pairs)");
+    require(activation_fn == "gelu" || activation_fn == "swish", "ModelConfig: activation_fn = '", activation_fn,
+            "' is invalid; expected 'gelu' or 'swish'");
+    require(ffn_type == "glu" || ffn_type == "mlp", "ModelConfig: ffn_type = '", ffn_type,
+            "' is invalid; expected 'glu' or 'mlp'");
+    require(norm_type == "rmsnorm" || norm_type == "layernorm", "ModelConfig: norm_type = '", norm_type,
+            "' is invalid; expected 'rmsnorm' or 'layernorm'");
+    require(std::isfinite(layernorm_eps) && layernorm_eps >= 0, "ModelConfig: layernorm_eps = ", layernorm_eps,
+            " is invalid; it must be finite and >= 0");
+    require(decoder_normalize_before, "ModelConfig: decoder_normalize_before = false (post-norm) is not supported");
+    retention_config();  // validates decays
+  }
+
+  // The retention op configuration of every layer.
+  RetentionConfig retention_config() const {
+    RetentionOptions o;
+    o.heads = decoder_retention_heads;
+    o.key_dim = key_dim();
+    o.value_dim = value_dim();
+    o.chunk_size = recurrent_chunk_size;
+    o.decay_schedule = decay_schedule;
+    o.decays = decays;
+    o.normalization = retention_normalization;
+    o.eps = layernorm_eps;
+    return RetentionConfig(o);
+  }
+};
+
+}  // namespace retnet
