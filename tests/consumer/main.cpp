@@ -6,8 +6,8 @@
 
 int main() {
   using namespace retnet;
-  RetentionConfig cfg(RetentionOptions{.heads = 2, .key_dim = 8, .value_dim = 12, .chunk_size = 5,
-                                       .normalization = Normalization::raw});
+  RetentionConfig cfg(RetentionOptions{
+      .heads = 2, .key_dim = 8, .value_dim = 12, .chunk_size = 5, .normalization = Normalization::raw});
   const int64_t B = 2, T = 17;
   Tensor<double> q({B, T, 2, 8}), k({B, T, 2, 8}), v({B, T, 2, 12}), o1({B, T, 2, 12}), o2({B, T, 2, 12});
   std::mt19937 rng(1);

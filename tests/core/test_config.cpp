@@ -35,9 +35,8 @@ TEST_CASE("custom decays are taken as given and validated") {
   RetentionConfig cfg(RetentionOptions{.heads = 2, .decay_schedule = DecaySchedule::custom, .decays = {0.5, 0.9}});
   CHECK(cfg.gammas()[1] == 0.9);
   auto bad = [](std::vector<double> d) {
-    return error_of([&] {
-      RetentionConfig c(RetentionOptions{.heads = 2, .decay_schedule = DecaySchedule::custom, .decays = d});
-    });
+    return error_of(
+        [&] { RetentionConfig c(RetentionOptions{.heads = 2, .decay_schedule = DecaySchedule::custom, .decays = d}); });
   };
   CHECK_THAT(bad({0.5, 1.0}), Catch::Contains("decay of head 1 = 1") && Catch::Contains("(0, 1)"));
   CHECK_THAT(bad({0.0, 0.5}), Catch::Contains("decay of head 0 = 0"));
@@ -100,7 +99,8 @@ TEST_CASE("ModelConfig validation names the bad field") {
   c.vocab_size = 256;
   CHECK_NOTHROW(c.validate());
   c.decoder_retention_heads = 3;
-  CHECK_THROWS_WITH(c.validate(), Catch::Contains("decoder_embed_dim = 768") || Catch::Contains("decoder_value_embed_dim = 1280"));
+  CHECK_THROWS_WITH(c.validate(),
+                    Catch::Contains("decoder_embed_dim = 768") || Catch::Contains("decoder_value_embed_dim = 1280"));
   c.decoder_retention_heads = 4;
   c.activation_fn = "relu";
   CHECK_THROWS_WITH(c.validate(), Catch::Contains("activation_fn = 'relu'"));

@@ -24,9 +24,12 @@ enum class Normalization {
 
 inline const char* to_string(DecaySchedule d) {
   switch (d) {
-    case DecaySchedule::torchscale: return "torchscale";
-    case DecaySchedule::paper: return "paper";
-    case DecaySchedule::custom: return "custom";
+    case DecaySchedule::torchscale:
+      return "torchscale";
+    case DecaySchedule::paper:
+      return "paper";
+    case DecaySchedule::custom:
+      return "custom";
   }
   return "?";
 }
@@ -58,7 +61,9 @@ inline std::vector<double> decay_values(DecaySchedule schedule, int64_t heads, c
       }
       break;
     }
-    case DecaySchedule::custom: g = custom; break;
+    case DecaySchedule::custom:
+      g = custom;
+      break;
   }
   return g;
 }
@@ -81,8 +86,9 @@ class RetentionConfig {
       require(static_cast<int64_t>(o_.decays.size()) == o_.heads, "RetentionConfig: decays has ", o_.decays.size(),
               " values; the custom schedule needs one per head (heads = ", o_.heads, ")");
     } else {
-      require(o_.decays.empty(), "RetentionConfig: decays has ", o_.decays.size(), " values but decay_schedule = ",
-              to_string(o_.decay_schedule), "; give decays only with DecaySchedule::custom");
+      require(o_.decays.empty(), "RetentionConfig: decays has ", o_.decays.size(),
+              " values but decay_schedule = ", to_string(o_.decay_schedule),
+              "; give decays only with DecaySchedule::custom");
     }
     gamma_ = decay_values(o_.decay_schedule, o_.heads, o_.decays);
     for (size_t h = 0; h < gamma_.size(); ++h) {

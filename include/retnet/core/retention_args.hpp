@@ -16,9 +16,12 @@ enum class Form { parallel, recurrent, chunkwise };
 
 inline const char* to_string(Form f) {
   switch (f) {
-    case Form::parallel: return "parallel";
-    case Form::recurrent: return "recurrent";
-    case Form::chunkwise: return "chunkwise";
+    case Form::parallel:
+      return "parallel";
+    case Form::recurrent:
+      return "recurrent";
+    case Form::chunkwise:
+      return "chunkwise";
   }
   return "?";
 }
@@ -76,14 +79,16 @@ RetentionDims validate_inputs(const char* op, const RetentionConfig& cfg, const 
   detail::expect_present(op, "q", in.q);
   detail::expect_present(op, "k", in.k);
   detail::expect_present(op, "v", in.v);
-  require(in.q.rank() == 4, op, ": q has shape ", in.q.shape().to_string(), ", expected rank 4 [batch, length, heads, key_dim]");
+  require(in.q.rank() == 4, op, ": q has shape ", in.q.shape().to_string(),
+          ", expected rank 4 [batch, length, heads, key_dim]");
   const RetentionDims d{in.q.size(0), in.q.size(1), cfg.heads(), cfg.key_dim(), cfg.value_dim()};
   require(d.batch > 0, op, ": batch = ", d.batch, " (from q ", in.q.shape().to_string(), ") must be positive");
   require(d.length > 0, op, ": length = ", d.length, " (from q ", in.q.shape().to_string(), ") must be positive");
   detail::expect_shape(op, "q", in.q.shape(), {d.batch, d.length, d.heads, d.key_dim});
   detail::expect_shape(op, "k", in.k.shape(), {d.batch, d.length, d.heads, d.key_dim});
   detail::expect_shape(op, "v", in.v.shape(), {d.batch, d.length, d.heads, d.value_dim});
-  if (!in.state_kv.empty()) detail::expect_shape(op, "state_kv", in.state_kv.shape(), {d.batch, d.heads, d.key_dim, d.value_dim});
+  if (!in.state_kv.empty())
+    detail::expect_shape(op, "state_kv", in.state_kv.shape(), {d.batch, d.heads, d.key_dim, d.value_dim});
   if (!in.state_scale.empty()) {
     detail::expect_shape(op, "state_scale", in.state_scale.shape(), {d.batch, d.heads});
     require(!in.state_kv.empty(), op, ": state_scale is given without state_kv");
@@ -100,8 +105,10 @@ RetentionDims validate_forward(const char* op, const RetentionConfig& cfg, const
   const RetentionDims d = validate_inputs(op, cfg, in);
   detail::expect_present(op, "o", out.o);
   detail::expect_shape(op, "o", out.o.shape(), {d.batch, d.length, d.heads, d.value_dim});
-  if (!out.state_kv.empty()) detail::expect_shape(op, "state_kv (out)", out.state_kv.shape(), {d.batch, d.heads, d.key_dim, d.value_dim});
-  if (!out.state_scale.empty()) detail::expect_shape(op, "state_scale (out)", out.state_scale.shape(), {d.batch, d.heads});
+  if (!out.state_kv.empty())
+    detail::expect_shape(op, "state_kv (out)", out.state_kv.shape(), {d.batch, d.heads, d.key_dim, d.value_dim});
+  if (!out.state_scale.empty())
+    detail::expect_shape(op, "state_scale (out)", out.state_scale.shape(), {d.batch, d.heads});
   return d;
 }
 
@@ -112,14 +119,18 @@ RetentionDims validate_backward(const char* op, const RetentionConfig& cfg, cons
   const RetentionDims d = validate_inputs(op, cfg, in);
   detail::expect_present(op, "d_o", gout.d_o);
   detail::expect_shape(op, "d_o", gout.d_o.shape(), {d.batch, d.length, d.heads, d.value_dim});
-  if (!gout.d_state_kv.empty()) detail::expect_shape(op, "d_state_kv (of the final state)", gout.d_state_kv.shape(), {d.batch, d.heads, d.key_dim, d.value_dim});
+  if (!gout.d_state_kv.empty())
+    detail::expect_shape(op, "d_state_kv (of the final state)", gout.d_state_kv.shape(),
+                         {d.batch, d.heads, d.key_dim, d.value_dim});
   detail::expect_present(op, "dq", gin.dq);
   detail::expect_present(op, "dk", gin.dk);
   detail::expect_present(op, "dv", gin.dv);
   detail::expect_shape(op, "dq", gin.dq.shape(), {d.batch, d.length, d.heads, d.key_dim});
   detail::expect_shape(op, "dk", gin.dk.shape(), {d.batch, d.length, d.heads, d.key_dim});
   detail::expect_shape(op, "dv", gin.dv.shape(), {d.batch, d.length, d.heads, d.value_dim});
-  if (!gin.d_state_kv.empty()) detail::expect_shape(op, "d_state_kv (of the initial state)", gin.d_state_kv.shape(), {d.batch, d.heads, d.key_dim, d.value_dim});
+  if (!gin.d_state_kv.empty())
+    detail::expect_shape(op, "d_state_kv (of the initial state)", gin.d_state_kv.shape(),
+                         {d.batch, d.heads, d.key_dim, d.value_dim});
   return d;
 }
 

@@ -18,7 +18,7 @@ struct ModelConfig {
   int64_t decoder_retention_heads = 4;     // H (torchscale's default 3 does not divide 1280)
   int64_t decoder_ffn_embed_dim = 1280;
   int64_t decoder_layers = 12;
-  int64_t vocab_size = -1;  // must be set
+  int64_t vocab_size = -1;             // must be set
   std::string activation_fn = "gelu";  // "gelu" (exact, erf) or "swish"
   double layernorm_eps = 1e-6;         // every RMSNorm, including the per-head group norm
   bool no_scale_embedding = true;      // false: embeddings scaled by sqrt(d)
@@ -28,10 +28,10 @@ struct ModelConfig {
   bool decoder_normalize_before = true;  // pre-norm; post-norm is not supported
 
   // Extensions beyond torchscale (defaults reproduce torchscale).
-  std::string ffn_type = "glu";        // "glu" (torchscale) or "mlp" (the paper's fc1 -> gelu -> fc2)
-  std::string norm_type = "rmsnorm";   // "rmsnorm" (torchscale) or "layernorm" for the block norms
+  std::string ffn_type = "glu";       // "glu" (torchscale) or "mlp" (the paper's fc1 -> gelu -> fc2)
+  std::string norm_type = "rmsnorm";  // "rmsnorm" (torchscale) or "layernorm" for the block norms
   DecaySchedule decay_schedule = DecaySchedule::torchscale;
-  std::vector<double> decays;          // custom schedule only
+  std::vector<double> decays;  // custom schedule only
   Normalization retention_normalization = Normalization::torchscale;
 
   int64_t key_dim() const { return decoder_embed_dim / decoder_retention_heads; }
@@ -51,8 +51,9 @@ struct ModelConfig {
     positive("recurrent_chunk_size", recurrent_chunk_size);
     require(decoder_embed_dim % decoder_retention_heads == 0, "ModelConfig: decoder_embed_dim = ", decoder_embed_dim,
             " is not divisible by decoder_retention_heads = ", decoder_retention_heads);
-    require(decoder_value_embed_dim % decoder_retention_heads == 0, "ModelConfig: decoder_value_embed_dim = ",
-            decoder_value_embed_dim, " is not divisible by decoder_retention_heads = ", decoder_retention_heads);
+    require(decoder_value_embed_dim % decoder_retention_heads == 0,
+            "ModelConfig: decoder_value_embed_dim = ", decoder_value_embed_dim,
+            " is not divisible by decoder_retention_heads = ", decoder_retention_heads);
     require(key_dim() % 2 == 0, "ModelConfig: key head size decoder_embed_dim / decoder_retention_heads = ", key_dim(),
             " must be even (rotation acts on pairs)");
     require(activation_fn == "gelu" || activation_fn == "swish", "ModelConfig: activation_fn = '", activation_fn,
