@@ -10,3 +10,4 @@
 #include "retnet/core/tensor.hpp"
 #include "retnet/nn/config.hpp"
 // Areas add their headers below, one line each.
+#include "retnet/io/safetensors.hpp"
