@@ -11,3 +11,18 @@
 #include "retnet/nn/config.hpp"
 // Areas add their headers below, one line each.
 #include "retnet/io/safetensors.hpp"
+#include "retnet/cpu/retention.hpp"
+#include "retnet/cpu/linear.hpp"
+#include "retnet/cpu/norm.hpp"
+#include "retnet/cpu/activation.hpp"
+#include "retnet/cpu/embedding.hpp"
+#include "retnet/nn/msr.hpp"
+#include "retnet/nn/ffn.hpp"
+#include "retnet/nn/block.hpp"
+#include "retnet/nn/model.hpp"
+#include "retnet/train/loss.hpp"
+#include "retnet/train/adamw.hpp"
+#include "retnet/train/schedule.hpp"
+#include "retnet/train/trainer.hpp"
+#include "retnet/io/npy.hpp"
+// retnet/io/config_json.hpp is not included here: it needs nlohmann_json, which the retnet target does not link.

@@ -1,0 +1,269 @@
+#pragma once
+// ModelConfig <-> JSON with torchscale's RetNetConfig field names.
+//
+// Needs nlohmann_json: link nlohmann_json::nlohmann_json into every program that includes this header. The
+// retnet target itself does not depend on it, so retnet/retnet.hpp does not include this header; include it
+// explicitly.
+//
+// Reading accepts torchscale's own dictionaries (RetNetConfig.__dict__ dumped as JSON, as
+// scripts/make_torchscale_golden.py writes them):
+//   * fields of ModelConfig are read with type checks (a wrong type or value is a retnet::Error naming the field);
+//     null means "use the default" (as RetNetConfig.override treats None);
+//   * torchscale fields that do not change inference or that this library does not need (dropout rates, fsdp,
+//     chunkwise_recurrent, max_target_positions, ...) are accepted and reported in ConfigReport::ignored;
+//   * torchscale features that change the model and are not supported (deepnorm, multiway, MoE layers,
+//     no_output_layer) are errors when switched on;
+//   * any other field is reported in ConfigReport::unknown.
+// Writing produces every RetNetConfig field (so RetNetConfig(**json) rebuilds the model in Python) plus this
+// library's extensions (ffn_type, norm_type, decay_schedule, decays, retention_normalization) when they are
+// not the defaults.
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "retnet/core/error.hpp"
+#include "retnet/nn/config.hpp"
+
+namespace retnet::io {
+
+struct ConfigReport {
+  std::vector<std::string> ignored;  // known torchscale fields without effect here
+  std::vector<std::string> unknown;  // fields this library does not know
+};
+
+namespace detail {
+
+inline const std::set<std::string>& torchscale_ignored_fields() {
+  static const std::set<std::string> s{
+      "dropout",
+      "activation_dropout",
+      "drop_path_rate",
+      "chunkwise_recurrent",
+      "subln",
+      "max_target_positions",
+      "checkpoint_activations",
+      "fsdp",
+      "ddp_rank",
+      "xpos_rel_pos",
+      "xpos_scale_base",
+      "encoder_normalize_before",
+      "rel_pos_buckets",
+      "max_rel_pos",
+      "moe_top1_expert",
+      "moe_expert_count",
+      "moe_gating_use_fp32",
+      "moe_eval_capacity_token_fraction",
+      "moe_second_expert_policy",
+      "moe_normalize_gate_prob_before_dropping",
+      "use_xmoe",
+  };
+  return s;
+}
+
+inline std::string type_name(const nlohmann::json& v) { return v.type_name(); }
+
+}  // namespace detail
+
+// Parses a JSON object into a validated ModelConfig. `report` (optional) receives the ignored/unknown fields.
+inline ModelConfig config_from_json(const nlohmann::json& j, ConfigReport* report = nullptr,
+                                    const std::string& where = "config") {
+  require(j.is_object(), where, ": a model configuration must be a JSON object, got ", detail::type_name(j));
+  ModelConfig c;
+  ConfigReport r;
+  std::set<std::string> handled;
+
+  auto field = [&](const char* name) -> const nlohmann::json* {
+    handled.insert(name);
+    auto it = j.find(name);
+    if (it == j.end() || it->is_null()) return nullptr;
+    return &*it;
+  };
+  auto get_int = [&](const char* name, int64_t& out) {
+    if (const auto* v = field(name)) {
+      require(v->is_number_integer(), where, ": field '", name, "' must be an integer, got ", detail::type_name(*v),
+              " ", v->dump());
+      out = v->get<int64_t>();
+    }
+  };
+  auto get_bool = [&](const char* name, bool& out) {
+    if (const auto* v = field(name)) {
+      require(v->is_boolean(), where, ": field '", name, "' must be true or false, got ", detail::type_name(*v), " ",
+              v->dump());
+      out = v->get<bool>();
+    }
+  };
+  auto get_double = [&](const char* name, double& out) {
+    if (const auto* v = field(name)) {
+      require(v->is_number(), where, ": field '", name, "' must be a number, got ", detail::type_name(*v), " ",
+              v->dump());
+      out = v->get<double>();
+    }
+  };
+  auto get_string = [&](const char* name, std::string& out) {
+    if (const auto* v = field(name)) {
+      require(v->is_string(), where, ": field '", name, "' must be a string, got ", detail::type_name(*v), " ",
+              v->dump());
+      out = v->get<std::string>();
+    }
+  };
+  // A torchscale feature we do not implement: allowed only when off.
+  auto unsupported_flag = [&](const char* name) {
+    bool on = false;
+    get_bool(name, on);
+    require(!on, where, ": field '", name, "' = true is not supported by this library");
+  };
+
+  get_int("decoder_embed_dim", c.decoder_embed_dim);
+  get_int("decoder_value_embed_dim", c.decoder_value_embed_dim);
+  get_int("decoder_retention_heads", c.decoder_retention_heads);
+  get_int("decoder_ffn_embed_dim", c.decoder_ffn_embed_dim);
+  get_int("decoder_layers", c.decoder_layers);
+  get_int("vocab_size", c.vocab_size);
+  get_string("activation_fn", c.activation_fn);
+  get_double("layernorm_eps", c.layernorm_eps);
+  get_bool("no_scale_embedding", c.no_scale_embedding);
+  get_bool("layernorm_embedding", c.layernorm_embedding);
+  get_bool("share_decoder_input_output_embed", c.share_decoder_input_output_embed);
+  get_int("recurrent_chunk_size", c.recurrent_chunk_size);
+  get_bool("decoder_normalize_before", c.decoder_normalize_before);
+  unsupported_flag("deepnorm");
+  unsupported_flag("multiway");
+  unsupported_flag("no_output_layer");
+  {
+    int64_t moe_freq = 0;
+    get_int("moe_freq", moe_freq);
+    require(moe_freq == 0, where, ": field 'moe_freq' = ", moe_freq, " (mixture-of-experts layers) is not supported");
+  }
+  // Extensions.
+  get_string("ffn_type", c.ffn_type);
+  get_string("norm_type", c.norm_type);
+  if (const auto* v = field("decay_schedule")) {
+    require(v->is_string(), where, ": field 'decay_schedule' must be a string, got ", detail::type_name(*v));
+    const std::string s = v->get<std::string>();
+    if (s == "torchscale")
+      c.decay_schedule = DecaySchedule::torchscale;
+    else if (s == "paper")
+      c.decay_schedule = DecaySchedule::paper;
+    else if (s == "custom")
+      c.decay_schedule = DecaySchedule::custom;
+    else
+      fail(where, ": field 'decay_schedule' = '", s, "' is invalid; expected 'torchscale', 'paper' or 'custom'");
+  }
+  if (const auto* v = field("decays")) {
+    require(v->is_array(), where, ": field 'decays' must be an array of numbers, got ", detail::type_name(*v));
+    c.decays.clear();
+    for (const auto& x : *v) {
+      require(x.is_number(), where, ": field 'decays' must hold numbers, got ", detail::type_name(x), " ", x.dump());
+      c.decays.push_back(x.get<double>());
+    }
+  }
+  if (const auto* v = field("retention_normalization")) {
+    require(v->is_string(), where, ": field 'retention_normalization' must be a string, got ", detail::type_name(*v));
+    const std::string s = v->get<std::string>();
+    if (s == "torchscale")
+      c.retention_normalization = Normalization::torchscale;
+    else if (s == "raw")
+      c.retention_normalization = Normalization::raw;
+    else
+      fail(where, ": field 'retention_normalization' = '", s, "' is invalid; expected 'torchscale' or 'raw'");
+  }
+
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    if (handled.count(it.key())) continue;
+    if (detail::torchscale_ignored_fields().count(it.key()))
+      r.ignored.push_back(it.key());
+    else
+      r.unknown.push_back(it.key());
+  }
+  try {
+    c.validate();
+  } catch (const Error& e) {
+    fail(where, ": ", e.what());
+  }
+  if (report) *report = std::move(r);
+  return c;
+}
+
+inline ModelConfig config_from_json_string(const std::string& text, ConfigReport* report = nullptr,
+                                           const std::string& where = "config") {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    fail(where, ": invalid JSON: ", e.what());
+  }
+  return config_from_json(j, report, where);
+}
+
+inline ModelConfig load_config(const std::string& path, ConfigReport* report = nullptr) {
+  std::ifstream in(path, std::ios::binary);
+  require(in.good(), path, ": cannot open the configuration file");
+  const std::string text{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  return config_from_json_string(text, report, path);
+}
+
+// Every torchscale RetNetConfig field (inert ones at torchscale's defaults) plus non-default extensions.
+inline nlohmann::json config_to_json(const ModelConfig& c) {
+  c.validate();
+  nlohmann::json j = nlohmann::json::object();
+  j["decoder_embed_dim"] = c.decoder_embed_dim;
+  j["decoder_value_embed_dim"] = c.decoder_value_embed_dim;
+  j["decoder_retention_heads"] = c.decoder_retention_heads;
+  j["decoder_ffn_embed_dim"] = c.decoder_ffn_embed_dim;
+  j["decoder_layers"] = c.decoder_layers;
+  j["decoder_normalize_before"] = c.decoder_normalize_before;
+  j["activation_fn"] = c.activation_fn;
+  j["dropout"] = 0.0;
+  j["drop_path_rate"] = 0.0;
+  j["activation_dropout"] = 0.0;
+  j["no_scale_embedding"] = c.no_scale_embedding;
+  j["layernorm_embedding"] = c.layernorm_embedding;
+  j["moe_freq"] = 0;
+  j["deepnorm"] = false;
+  j["subln"] = true;
+  j["multiway"] = false;
+  j["share_decoder_input_output_embed"] = c.share_decoder_input_output_embed;
+  j["no_output_layer"] = false;
+  j["layernorm_eps"] = c.layernorm_eps;
+  j["chunkwise_recurrent"] = false;
+  j["recurrent_chunk_size"] = c.recurrent_chunk_size;
+  j["vocab_size"] = c.vocab_size;
+  const ModelConfig d;
+  if (c.ffn_type != d.ffn_type) j["ffn_type"] = c.ffn_type;
+  if (c.norm_type != d.norm_type) j["norm_type"] = c.norm_type;
+  if (c.decay_schedule != DecaySchedule::torchscale) j["decay_schedule"] = to_string(c.decay_schedule);
+  if (!c.decays.empty()) j["decays"] = c.decays;
+  if (c.retention_normalization != Normalization::torchscale)
+    j["retention_normalization"] = to_string(c.retention_normalization);
+  return j;
+}
+
+// Writes the configuration as indented JSON, atomically (temporary file in the same directory, then rename).
+inline void save_config(const ModelConfig& c, const std::string& path) {
+  const std::string text = config_to_json(c).dump(1) + "\n";
+  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    require(out.good(), tmp, ": cannot create the configuration file");
+    out << text;
+    out.flush();
+    require(out.good(), tmp, ": write failed");
+  }
+  const int fd = ::open(tmp.c_str(), O_RDONLY);
+  if (fd >= 0) {
+    ::fsync(fd);
+    ::close(fd);
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    fail(path, ": cannot rename the temporary configuration file into place");
+  }
+}
+
+}  // namespace retnet::io
