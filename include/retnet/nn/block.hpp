@@ -1,0 +1,113 @@
+#pragma once
+// Pre-norm RetNet decoder layer (torchscale's DecoderLayer with decoder_normalize_before):
+//   x1 = x + MSR(Norm_ret(x));   x_out = x1 + FFN(Norm_ffn(x1))
+// Norm is RMSNorm with a weight (torchscale) or LayerNorm with weight and bias (option).
+#include <cstdint>
+#include <cstring>
+
+#include "retnet/cpu/norm.hpp"
+#include "retnet/nn/ffn.hpp"
+#include "retnet/nn/msr.hpp"
+
+namespace retnet {
+
+struct NormSpec {
+  bool layernorm = false;
+  double eps = 1e-6;
+};
+template <class T>
+struct NormWeights {
+  const T *w = nullptr, *b = nullptr;
+};
+template <class T>
+struct NormGrads {
+  T *w = nullptr, *b = nullptr;
+};
+
+// y [N, d]; mean [N] (LayerNorm only), rstd [N]
+template <class T>
+void norm_forward(Cpu, const NormSpec& ns, T* y, T* mean, T* rstd, const T* x, const NormWeights<T>& p, int64_t N,
+                  int64_t d) {
+  if (ns.layernorm)
+    layernorm_forward(cpu, y, mean, rstd, x, p.w, p.b, N, d, ns.eps);
+  else
+    rmsnorm_forward(cpu, y, rstd, x, p.w, N, d, ns.eps);
+}
+
+// dx += (accumulate) or = the input gradient; parameter gradients accumulate.
+template <class T>
+void norm_backward(Cpu, const NormSpec& ns, T* dx, const NormGrads<T>& g, const T* dy, const T* x,
+                   const NormWeights<T>& p, const T* mean, const T* rstd, int64_t N, int64_t d, bool accumulate) {
+  if (ns.layernorm)
+    layernorm_backward(cpu, dx, g.w, g.b, dy, x, p.w, mean, rstd, N, d, accumulate);
+  else
+    rmsnorm_backward(cpu, dx, g.w, dy, x, p.w, rstd, N, d, accumulate);
+}
+
+struct BlockSpec {
+  RetentionConfig retention;
+  NormSpec norm;
+  double group_norm_eps;
+  Activation act;
+  int64_t ffn_dim;
+};
+
+template <class T>
+struct BlockWeights {
+  NormWeights<T> ret_norm;
+  MsrWeights<T> msr;
+  NormWeights<T> ffn_norm;
+  FfnWeights<T> ffn;
+};
+template <class T>
+struct BlockGrads {
+  NormGrads<T> ret_norm;
+  MsrGrads<T> msr;
+  NormGrads<T> ffn_norm;
+  FfnGrads<T> ffn;
+};
+template <class T>
+struct BlockSaved {
+  T *n1, *mean1, *rstd1;  // [N, d], [N], [N]
+  MsrSaved<T> msr;
+  T* x1;                  // [N, d] residual after retention
+  T *n2, *mean2, *rstd2;  // [N, d], [N], [N]
+  FfnSaved<T> ffn;
+};
+template <class T>
+struct BlockScratch {
+  T* dn;  // [N, d]
+  MsrScratch<T> msr;
+  FfnScratch<T> ffn;
+};
+
+// x [N, d] -> x_out [N, d] (distinct buffers).
+template <class T>
+void block_forward(Cpu, const BlockSpec& bs, Form form, const MsrDims& dm, const BlockWeights<T>& w, const T* x,
+                   const BlockSaved<T>& s, T* x_out, const RotationTable<T>& rot, const int64_t* row_off,
+                   StatePtrs<T> state_in = {}, StatePtrs<T> state_out = {}, bool step = false) {
+  const int64_t N = dm.rows(), d = dm.d;
+  norm_forward(cpu, bs.norm, s.n1, s.mean1, s.rstd1, x, w.ret_norm, N, d);
+  std::memcpy(s.x1, x, sizeof(T) * static_cast<size_t>(N * d));
+  msr_forward(cpu, bs.retention, form, bs.group_norm_eps, dm, w.msr, s.n1, s.msr, s.x1, rot, row_off, state_in,
+              state_out, step);
+  norm_forward(cpu, bs.norm, s.n2, s.mean2, s.rstd2, s.x1, w.ffn_norm, N, d);
+  std::memcpy(x_out, s.x1, sizeof(T) * static_cast<size_t>(N * d));
+  ffn_forward(cpu, bs.act, w.ffn, s.n2, s.ffn, x_out, N, d, bs.ffn_dim);
+}
+
+// dres [N, d]: on entry the gradient of x_out, on exit the gradient of x.
+template <class T>
+void block_backward(Cpu, const BlockSpec& bs, Form form, const MsrDims& dm, const BlockWeights<T>& w,
+                    const BlockGrads<T>& g, const T* x, const BlockSaved<T>& s, const BlockScratch<T>& sc, T* dres,
+                    const RotationTable<T>& rot, const int64_t* row_off, StatePtrs<T> state_in = {},
+                    const T* d_state_out = nullptr, T* d_state_in = nullptr) {
+  const int64_t N = dm.rows(), d = dm.d;
+  ffn_backward(cpu, bs.act, w.ffn, g.ffn, s.n2, s.ffn, sc.ffn, dres, sc.dn, N, d, bs.ffn_dim);
+  norm_backward(cpu, bs.norm, dres, g.ffn_norm, sc.dn, s.x1, w.ffn_norm, s.mean2, s.rstd2, N, d, true);
+  msr_backward(cpu, bs.retention, form, dm, w.msr, g.msr, s.n1, s.msr, sc.msr, dres, sc.dn, rot, row_off, state_in,
+               d_state_out, d_state_in);
+  norm_backward(cpu, bs.norm, dres, g.ret_norm, sc.dn, x, w.ret_norm, s.mean1, s.rstd1, N, d, true);
+}
+
+}  // namespace retnet

@@ -1,0 +1,57 @@
+#pragma once
+// Feed-forward networks, bias-free: torchscale's GLU  fc2(act(fc1 x) ⊙ gate x)  and the paper's plain
+// MLP  fc2(act(fc1 x)).  Shapes: x [N, d], fc1/gate [F, d], fc2 [d, F].
+#include <cstdint>
+
+#include "retnet/cpu/activation.hpp"
+#include "retnet/cpu/linear.hpp"
+
+namespace retnet {
+
+template <class T>
+struct FfnWeights {
+  const T *fc1, *gate, *fc2;  // gate is null for the MLP
+};
+template <class T>
+struct FfnGrads {
+  T *fc1, *gate, *fc2;
+};
+template <class T>
+struct FfnSaved {
+  T *h, *gt, *a;  // [N, F]: fc1 output, gate output (GLU only), the product fed to fc2
+};
+template <class T>
+struct FfnScratch {
+  T *da, *dgt;  // [N, F]
+};
+
+// out [N, d] += fc2(...)  (the residual add)
+template <class T>
+void ffn_forward(Cpu, Activation act, const FfnWeights<T>& w, const T* x, const FfnSaved<T>& s, T* out, int64_t N,
+                 int64_t d, int64_t F) {
+  linear_forward(cpu, s.h, x, w.fc1, N, d, F);
+  if (w.gate) {
+    linear_forward(cpu, s.gt, x, w.gate, N, d, F);
+    glu_forward(cpu, act, s.a, s.h, s.gt, N * F);
+  } else {
+    activation_forward(cpu, act, s.a, s.h, N * F);
+  }
+  linear_forward(cpu, out, s.a, w.fc2, N, F, d, /*accumulate=*/true);
+}
+
+// dx [N, d] (overwrite) from dout [N, d]; weight gradients accumulate.
+template <class T>
+void ffn_backward(Cpu, Activation act, const FfnWeights<T>& w, const FfnGrads<T>& gw, const T* x, const FfnSaved<T>& s,
+                  const FfnScratch<T>& sc, const T* dout, T* dx, int64_t N, int64_t d, int64_t F) {
+  linear_backward(cpu, sc.da, gw.fc2, dout, s.a, w.fc2, N, F, d);
+  if (w.gate) {
+    glu_backward(cpu, act, sc.da, sc.dgt, sc.da, s.h, s.gt, N * F);  // sc.da becomes d(fc1 out)
+    linear_backward(cpu, dx, gw.fc1, sc.da, x, w.fc1, N, d, F, GradMode::overwrite);
+    linear_backward(cpu, dx, gw.gate, sc.dgt, x, w.gate, N, d, F, GradMode::accumulate);
+  } else {
+    activation_backward(cpu, act, sc.da, sc.da, s.h, N * F);
+    linear_backward(cpu, dx, gw.fc1, sc.da, x, w.fc1, N, d, F, GradMode::overwrite);
+  }
+}
+
+}  // namespace retnet

@@ -1,0 +1,447 @@
+#pragma once
+// The RetNet language model (torchscale's RetNetDecoder with its embedding and LM head) on the CPU.
+//
+//   x = embed_scale · E[tokens]  (→ RMSNorm if layernorm_embedding)
+//   x = DecoderLayer_l(x)  for l = 0 .. L-1
+//   logits = Norm(x) · W_outᵀ   (W_out = E when share_decoder_input_output_embed)
+//
+// Parameters live in one flat buffer described by a ParamTable whose names are exactly those of
+// torchscale's RetNetDecoder.state_dict() (output_projection.weight is absent when tied).
+// Training: forward_train() keeps every activation in a Workspace; backward() writes the parameter
+// gradients (accumulating, +=) from the logits gradient the caller puts into ws.dlogits(). Both take
+// optional per-layer recurrent states so long sequences can be trained in segments (train/trainer.hpp).
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "retnet/core/checked.hpp"
+#include "retnet/core/params.hpp"
+#include "retnet/core/rotation.hpp"
+#include "retnet/core/tensor.hpp"
+#include "retnet/cpu/embedding.hpp"
+#include "retnet/nn/block.hpp"
+#include "retnet/nn/config.hpp"
+
+namespace retnet {
+
+template <class T>
+class Model {
+ public:
+  // Offsets of one layer's tensors in the flat buffer (-1: absent).
+  struct LayerOffsets {
+    int64_t q, k, v, g, out, rn_w, rn_b, fc1, fc2, gate, fn_w, fn_b;
+  };
+
+  // Saved activations for one (batch, length); reuse it across steps of the same shape.
+  class Workspace {
+   public:
+    Workspace(const Model& m, int64_t batch, int64_t length, bool with_grad = true)
+        : batch_(batch), length_(length), with_grad_(with_grad) {
+      require(batch > 0 && length > 0, "Model::Workspace: batch = ", batch, " and length = ", length,
+              " must be positive");
+      const ModelConfig& c = m.cfg_;
+      const int64_t N = batch * length, d = c.decoder_embed_dim, Vd = c.decoder_value_embed_dim,
+                    F = c.decoder_ffn_embed_dim, H = c.decoder_retention_heads, V = c.vocab_size, L = c.decoder_layers;
+      const bool glu = c.ffn_type == "glu";
+      int64_t total = 0;
+      auto take = [&](int64_t n) {
+        const int64_t o = total;
+        total += (n + 15) / 16 * 16;
+        return o;
+      };
+      // First pass computes offsets, second binds pointers.
+      std::vector<int64_t> offs;
+      auto plan = [&](int64_t n) { offs.push_back(take(n)); };
+      for (int64_t l = 0; l <= L; ++l) plan(N * d);  // res
+      plan(N * d), plan(N), plan(N);                 // emb, emb mean, emb rstd
+      for (int64_t l = 0; l < L; ++l) {
+        plan(N * d), plan(N), plan(N);                           // n1 mean1 rstd1
+        plan(N * d), plan(N * d);                                // q k
+        plan(N * Vd), plan(N * Vd), plan(N * Vd), plan(N * Vd);  // v g o z
+        plan(N * H);                                             // gn_rstd
+        plan(N * d);                                             // x1
+        plan(N * d), plan(N), plan(N);                           // n2 mean2 rstd2
+        plan(N * F), plan(glu ? N * F : 0), plan(N * F);         // h gt a
+      }
+      plan(N * d), plan(N), plan(N);  // nf meanf rstdf
+      plan(N * V);                    // logits
+      if (with_grad) {
+        plan(N * d), plan(N * d), plan(N * d), plan(N * d);      // dres dn dq dk
+        plan(N * Vd), plan(N * Vd), plan(N * Vd), plan(N * Vd);  // dv dg dz do
+        plan(N * F), plan(N * F);                                // da dgt
+      }
+      buf_.assign(static_cast<size_t>(total), T(0));
+      size_t i = 0;
+      auto next = [&]() { return buf_.data() + offs[i++]; };
+      res_.resize(static_cast<size_t>(L + 1));
+      for (auto& r : res_) r = next();
+      emb_ = next(), emb_mean_ = next(), emb_rstd_ = next();
+      layers_.resize(static_cast<size_t>(L));
+      for (auto& s : layers_) {
+        s.n1 = next(), s.mean1 = next(), s.rstd1 = next();
+        s.msr.q = next(), s.msr.k = next();
+        s.msr.v = next(), s.msr.g = next(), s.msr.o = next(), s.msr.z = next();
+        s.msr.gn_rstd = next();
+        s.x1 = next();
+        s.n2 = next(), s.mean2 = next(), s.rstd2 = next();
+        s.ffn.h = next(), s.ffn.gt = next(), s.ffn.a = next();
+        if (!glu) s.ffn.gt = nullptr;
+      }
+      nf_ = next(), meanf_ = next(), rstdf_ = next();
+      logits_ = next();
+      if (with_grad) {
+        sc_.dn = nullptr;
+        dres_ = next();
+        sc_.dn = next();
+        sc_.msr.dq = next(), sc_.msr.dk = next();
+        sc_.msr.dv = next(), sc_.msr.dg = next(), sc_.msr.dz = next(), sc_.msr.do_ = next();
+        sc_.ffn.da = next(), sc_.ffn.dgt = next();
+      }
+    }
+    int64_t batch() const { return batch_; }
+    int64_t length() const { return length_; }
+    // Logits of the last forward_train [batch·length, vocab]; the caller writes the loss gradient into
+    // dlogits() (the same memory) before backward().
+    T* logits() { return logits_; }
+    const T* logits() const { return logits_; }
+    T* dlogits() { return logits_; }
+    // Final hidden state (after the last layer, before the final norm) [batch·length, d].
+    const T* hidden() const { return res_.back(); }
+
+   private:
+    friend class Model;
+    int64_t batch_, length_;
+    bool with_grad_;
+    std::vector<T> buf_;
+    std::vector<T*> res_;
+    T *emb_, *emb_mean_, *emb_rstd_;
+    std::vector<BlockSaved<T>> layers_;
+    T *nf_, *meanf_, *rstdf_, *logits_;
+    T* dres_ = nullptr;
+    BlockScratch<T> sc_{};
+    // Recorded by forward_train for backward.
+    Form form_ = Form::chunkwise;
+    std::vector<int64_t> tokens_, row_off_, starts_;
+    std::unique_ptr<RotationTable<T>> rot_;
+    std::vector<StatePtrs<T>> state_in_;
+  };
+
+  explicit Model(ModelConfig cfg) : cfg_(std::move(cfg)), rc_(init_rc(cfg_)) {
+    const int64_t d = cfg_.decoder_embed_dim, Vd = cfg_.decoder_value_embed_dim, F = cfg_.decoder_ffn_embed_dim,
+                  V = cfg_.vocab_size;
+    const bool ln = cfg_.norm_type == "layernorm";
+    embed_ = table_.add("embed_tokens.weight", {V, d}).offset;
+    if (!cfg_.share_decoder_input_output_embed) head_ = table_.add("output_projection.weight", {V, d}).offset;
+    if (cfg_.layernorm_embedding) {
+      emb_norm_w_ = table_.add("layernorm_embedding.weight", {d}).offset;
+      if (ln) emb_norm_b_ = table_.add("layernorm_embedding.bias", {d}).offset;
+    }
+    for (int64_t l = 0; l < cfg_.decoder_layers; ++l) {
+      const std::string p = "layers." + std::to_string(l) + ".";
+      LayerOffsets o{};
+      o.q = table_.add(p + "retention.q_proj.weight", {d, d}).offset;
+      o.k = table_.add(p + "retention.k_proj.weight", {d, d}).offset;
+      o.v = table_.add(p + "retention.v_proj.weight", {Vd, d}).offset;
+      o.g = table_.add(p + "retention.g_proj.weight", {Vd, d}).offset;
+      o.out = table_.add(p + "retention.out_proj.weight", {d, Vd}).offset;
+      o.rn_w = table_.add(p + "retention_layer_norm.weight", {d}).offset;
+      o.rn_b = ln ? table_.add(p + "retention_layer_norm.bias", {d}).offset : -1;
+      o.fc1 = table_.add(p + "ffn.fc1.weight", {F, d}).offset;
+      o.fc2 = table_.add(p + "ffn.fc2.weight", {d, F}).offset;
+      o.gate = cfg_.ffn_type == "glu" ? table_.add(p + "ffn.gate.weight", {F, d}).offset : -1;
+      o.fn_w = table_.add(p + "final_layer_norm.weight", {d}).offset;
+      o.fn_b = ln ? table_.add(p + "final_layer_norm.bias", {d}).offset : -1;
+      layers_.push_back(o);
+    }
+    final_w_ = table_.add("layer_norm.weight", {d}).offset;
+    if (ln) final_b_ = table_.add("layer_norm.bias", {d}).offset;
+    params_.assign(static_cast<size_t>(table_.total()), T(0));
+    spec_ = BlockSpec{rc_, NormSpec{ln, cfg_.layernorm_eps}, cfg_.layernorm_eps,
+                      activation_from_string(cfg_.activation_fn), F};
+    set_norms_to_one();
+  }
+
+  const ModelConfig& config() const { return cfg_; }
+  const ParamTable& param_table() const { return table_; }
+  T* params() { return params_.data(); }
+  const T* params() const { return params_.data(); }
+  const RetentionConfig& retention_config() const { return rc_; }
+  const LayerOffsets& layer_offsets(int64_t l) const { return layers_[static_cast<size_t>(l)]; }
+
+  // torchscale's initialisation (see the class comment of MultiScaleRetention and RetNetDecoder).
+  void init_torchscale(uint64_t seed) {
+    std::mt19937_64 gen(seed);
+    const int64_t d = cfg_.decoder_embed_dim;
+    auto uniform = [&](int64_t off, int64_t n, double bound) {
+      std::uniform_real_distribution<double> u(-bound, bound);
+      for (int64_t i = 0; i < n; ++i) params_[static_cast<size_t>(off + i)] = static_cast<T>(u(gen));
+    };
+    auto normal = [&](int64_t off, int64_t n, double std) {
+      std::normal_distribution<double> nd(0.0, std);
+      for (int64_t i = 0; i < n; ++i) params_[static_cast<size_t>(off + i)] = static_cast<T>(nd(gen));
+    };
+    for (const ParamInfo& p : table_.entries()) {
+      const std::string& n = p.name;
+      auto ends = [&](const char* s) {
+        const std::string e(s);
+        return n.size() >= e.size() && n.compare(n.size() - e.size(), e.size(), e) == 0;
+      };
+      if (p.shape.rank() == 1) {
+        std::fill_n(params_.data() + p.offset, p.numel(), ends(".bias") ? T(0) : T(1));
+      } else if (n == "embed_tokens.weight" || n == "output_projection.weight") {
+        normal(p.offset, p.numel(), std::pow(static_cast<double>(d), -0.5));
+      } else {
+        const double fan_out = static_cast<double>(p.shape[0]), fan_in = static_cast<double>(p.shape[1]);
+        if (ends("q_proj.weight") || ends("k_proj.weight") || ends("v_proj.weight") || ends("g_proj.weight"))
+          uniform(p.offset, p.numel(), std::pow(2.0, -2.5) * std::sqrt(6.0 / (fan_in + fan_out)));
+        else if (ends("out_proj.weight"))
+          uniform(p.offset, p.numel(), 0.5 * std::sqrt(6.0 / (fan_in + fan_out)));
+        else  // ffn: PyTorch's nn.Linear default, kaiming_uniform(a = sqrt 5) = U(±1/sqrt(fan_in))
+          uniform(p.offset, p.numel(), 1.0 / std::sqrt(fan_in));
+      }
+    }
+  }
+
+  // ---------------------------------------------------------------- training interface
+  // Forward pass keeping activations. tokens [B, T] (B, T = the workspace's). start_positions: absolute
+  // position of each row's first token (null: all 0). state_in / state_out: per-layer retention states
+  // (empty vectors: none). logits_rows_last_only: compute the head only for each row's last position (the
+  // logits land in ws.logits() rows 0..B-1); backward is then not available.
+  void forward_train(const int64_t* tokens, Form form, Workspace& ws, const int64_t* start_positions = nullptr,
+                     const std::vector<StatePtrs<T>>& state_in = {}, const std::vector<StatePtrs<T>>& state_out = {},
+                     bool logits_last_only = false, bool step = false) {
+    const int64_t B = ws.batch_, Tn = ws.length_, N = B * Tn, d = cfg_.decoder_embed_dim, V = cfg_.vocab_size;
+    validate_tokens("Model::forward", tokens, B, Tn, V);
+    ws.form_ = form;
+    ws.tokens_.assign(tokens, tokens + N);
+    ws.starts_.assign(static_cast<size_t>(B), 0);
+    if (start_positions) ws.starts_.assign(start_positions, start_positions + B);
+    prepare_rotation(ws);
+    ws.state_in_ = state_in;
+    const T* P = params_.data();
+    const T scale = cfg_.no_scale_embedding ? T(1) : static_cast<T>(std::sqrt(static_cast<double>(d)));
+    const NormSpec ns = spec_.norm;
+    if (cfg_.layernorm_embedding) {
+      embedding_forward(cpu, ws.emb_, tokens, P + embed_, N, d, scale);
+      norm_forward(cpu, ns, ws.res_[0], ws.emb_mean_, ws.emb_rstd_, ws.emb_, norm_w(emb_norm_w_, emb_norm_b_), N, d);
+    } else {
+      embedding_forward(cpu, ws.res_[0], tokens, P + embed_, N, d, scale);
+    }
+    const MsrDims dm = dims(B, Tn);
+    for (int64_t l = 0; l < cfg_.decoder_layers; ++l) {
+      const size_t li = static_cast<size_t>(l);
+      block_forward(cpu, spec_, form, dm, weights(l), ws.res_[li], ws.layers_[li], ws.res_[li + 1], *ws.rot_,
+                    ws.row_off_.data(), state_in.empty() ? StatePtrs<T>{} : state_in[li],
+                    state_out.empty() ? StatePtrs<T>{} : state_out[li], step);
+    }
+    const T* xf = ws.res_.back();
+    int64_t rows = N;
+    if (logits_last_only && Tn > 1) {
+      // gather each row's last position into nf (as scratch input), then normalise in place
+      for (int64_t b = 0; b < B; ++b)
+        std::memcpy(ws.nf_ + b * d, xf + (b * Tn + Tn - 1) * d, sizeof(T) * static_cast<size_t>(d));
+      xf = ws.nf_;
+      rows = B;
+    }
+    norm_forward(cpu, ns, ws.nf_, ws.meanf_, ws.rstdf_, xf, norm_w(final_w_, final_b_), rows, d);
+    linear_forward(cpu, ws.logits_, ws.nf_, P + head_offset(), rows, d, V);
+    if (checked()) check_finite("Model::forward", "logits", ws.logits_, Shape{rows, V});
+  }
+
+  // Backward of the last forward_train on ws. Reads ws.dlogits() [B·T, V]; grads (param_table().total()
+  // elements) accumulate. d_state_out: per-layer gradients of the final states (empty: none);
+  // d_state_in: per-layer outputs for the gradients of the initial states (empty: not wanted).
+  void backward(Workspace& ws, T* grads, const std::vector<const T*>& d_state_out = {},
+                const std::vector<T*>& d_state_in = {}) {
+    require(ws.with_grad_, "Model::backward: the workspace was made without gradient buffers");
+    const int64_t B = ws.batch_, Tn = ws.length_, N = B * Tn, d = cfg_.decoder_embed_dim, V = cfg_.vocab_size;
+    const T* P = params_.data();
+    const NormSpec ns = spec_.norm;
+    T* dres = ws.dres_;
+    T* dn = ws.sc_.dn;
+    // head
+    linear_backward(cpu, dn, grads + head_offset(), ws.logits_, ws.nf_, P + head_offset(), N, d, V);
+    norm_backward(cpu, ns, dres, norm_g(grads, final_w_, final_b_), dn, ws.res_.back(), norm_w(final_w_, final_b_),
+                  ws.meanf_, ws.rstdf_, N, d, false);
+    const MsrDims dm = dims(B, Tn);
+    for (int64_t l = cfg_.decoder_layers - 1; l >= 0; --l) {
+      const size_t li = static_cast<size_t>(l);
+      block_backward(cpu, spec_, ws.form_, dm, weights(l), grads_of(grads, l), ws.res_[li], ws.layers_[li], ws.sc_,
+                     dres, *ws.rot_, ws.row_off_.data(), ws.state_in_.empty() ? StatePtrs<T>{} : ws.state_in_[li],
+                     d_state_out.empty() ? nullptr : d_state_out[li], d_state_in.empty() ? nullptr : d_state_in[li]);
+    }
+    const T scale = cfg_.no_scale_embedding ? T(1) : static_cast<T>(std::sqrt(static_cast<double>(d)));
+    const T* demb = dres;
+    if (cfg_.layernorm_embedding) {
+      norm_backward(cpu, ns, dn, norm_g(grads, emb_norm_w_, emb_norm_b_), dres, ws.emb_,
+                    norm_w(emb_norm_w_, emb_norm_b_), ws.emb_mean_, ws.emb_rstd_, N, d, false);
+      demb = dn;
+    }
+    embedding_backward(cpu, grads + embed_, demb, ws.tokens_.data(), N, d, scale);
+  }
+
+  // ---------------------------------------------------------------- inference interface
+  // logits [B, T, V]
+  Tensor<T> forward(HostView<const int64_t> tokens, Form form) {
+    require(tokens.rank() == 2, "Model::forward: tokens has shape ", tokens.shape().to_string(),
+            ", expected [batch, length]");
+    Workspace ws(*this, tokens.size(0), tokens.size(1), /*with_grad=*/false);
+    forward_train(tokens.data(), form, ws);
+    Tensor<T> out({tokens.size(0), tokens.size(1), cfg_.vocab_size});
+    std::memcpy(out.data(), ws.logits(), sizeof(T) * static_cast<size_t>(out.numel()));
+    return out;
+  }
+
+  struct State {
+    std::vector<Tensor<T>> kv;       // per layer [B, H, dk, dv] (torchscale's scaled storage)
+    std::vector<Tensor<T>> scale;    // per layer [B, H]
+    std::vector<int64_t> positions;  // [B]: next absolute position of each row
+    int64_t batch() const { return static_cast<int64_t>(positions.size()); }
+  };
+
+  State make_state(int64_t batch) const {
+    require(batch > 0, "Model::make_state: batch = ", batch, " must be positive");
+    State s;
+    const int64_t H = cfg_.decoder_retention_heads;
+    for (int64_t l = 0; l < cfg_.decoder_layers; ++l) {
+      s.kv.emplace_back(Shape{batch, H, cfg_.key_dim(), cfg_.value_dim()});
+      s.scale.emplace_back(Shape{batch, H});
+    }
+    s.positions.assign(static_cast<size_t>(batch), 0);
+    return s;
+  }
+
+  // Runs the prompt with `form`, continuing from and updating `state`; logits of each row's last token [B, V].
+  Tensor<T> prefill(HostView<const int64_t> tokens, State& state, Form form = Form::chunkwise) {
+    require(tokens.rank() == 2, "Model::prefill: tokens has shape ", tokens.shape().to_string(),
+            ", expected [batch, length]");
+    const int64_t B = tokens.size(0), Tn = tokens.size(1), V = cfg_.vocab_size;
+    check_state("Model::prefill", state, B);
+    Workspace ws(*this, B, Tn, /*with_grad=*/false);
+    std::vector<StatePtrs<T>> in, out;
+    std::vector<Tensor<T>> kv_out, sc_out;
+    for (size_t l = 0; l < state.kv.size(); ++l) {
+      kv_out.emplace_back(state.kv[l].shape());
+      sc_out.emplace_back(state.scale[l].shape());
+    }
+    for (size_t l = 0; l < state.kv.size(); ++l) {
+      in.push_back({state.kv[l].data(), state.scale[l].data()});
+      out.push_back({kv_out[l].data(), sc_out[l].data()});
+    }
+    forward_train(tokens.data(), form, ws, state.positions.data(), in, out, /*logits_last_only=*/true);
+    for (size_t l = 0; l < state.kv.size(); ++l) {
+      state.kv[l] = std::move(kv_out[l]);
+      state.scale[l] = std::move(sc_out[l]);
+    }
+    for (auto& p : state.positions) p += Tn;
+    Tensor<T> logits({B, V});
+    std::memcpy(logits.data(), ws.logits(), sizeof(T) * static_cast<size_t>(B * V));
+    return logits;
+  }
+
+  // One token per row: logits [B, V]; O(1) work and memory per token.
+  Tensor<T> step(HostView<const int64_t> tokens, State& state) {
+    require(tokens.rank() == 1, "Model::step: tokens has shape ", tokens.shape().to_string(), ", expected [batch]");
+    const int64_t B = tokens.size(0), V = cfg_.vocab_size;
+    check_state("Model::step", state, B);
+    if (!step_ws_ || step_ws_->batch() != B) step_ws_ = std::make_unique<Workspace>(*this, B, 1, false);
+    std::vector<StatePtrs<T>> in;
+    for (size_t l = 0; l < state.kv.size(); ++l) in.push_back({state.kv[l].data(), state.scale[l].data()});
+    forward_train(tokens.data(), Form::recurrent, *step_ws_, state.positions.data(), in, {}, false, /*step=*/true);
+    for (auto& p : state.positions) p += 1;
+    Tensor<T> logits({B, V});
+    std::memcpy(logits.data(), step_ws_->logits(), sizeof(T) * static_cast<size_t>(B * V));
+    return logits;
+  }
+
+  // Pointers for a gradient buffer laid out like params().
+  BlockWeights<T> weights(int64_t l) const {
+    const LayerOffsets& o = layers_[static_cast<size_t>(l)];
+    const T* P = params_.data();
+    auto at = [&](int64_t off) { return off < 0 ? nullptr : P + off; };
+    return BlockWeights<T>{{at(o.rn_w), at(o.rn_b)},
+                           {at(o.q), at(o.k), at(o.v), at(o.g), at(o.out)},
+                           {at(o.fn_w), at(o.fn_b)},
+                           {at(o.fc1), at(o.gate), at(o.fc2)}};
+  }
+
+ private:
+  static RetentionConfig init_rc(const ModelConfig& c) {
+    c.validate();
+    return c.retention_config();
+  }
+  int64_t head_offset() const { return head_ < 0 ? embed_ : head_; }
+  NormWeights<T> norm_w(int64_t w, int64_t b) const {
+    return {w < 0 ? nullptr : params_.data() + w, b < 0 ? nullptr : params_.data() + b};
+  }
+  static NormGrads<T> norm_g(T* g, int64_t w, int64_t b) { return {w < 0 ? nullptr : g + w, b < 0 ? nullptr : g + b}; }
+  BlockGrads<T> grads_of(T* G, int64_t l) const {
+    const LayerOffsets& o = layers_[static_cast<size_t>(l)];
+    auto at = [&](int64_t off) { return off < 0 ? nullptr : G + off; };
+    return BlockGrads<T>{{at(o.rn_w), at(o.rn_b)},
+                         {at(o.q), at(o.k), at(o.v), at(o.g), at(o.out)},
+                         {at(o.fn_w), at(o.fn_b)},
+                         {at(o.fc1), at(o.gate), at(o.fc2)}};
+  }
+  MsrDims dims(int64_t B, int64_t Tn) const {
+    return MsrDims{B, Tn, cfg_.decoder_embed_dim, cfg_.decoder_retention_heads, cfg_.key_dim(), cfg_.value_dim()};
+  }
+  void set_norms_to_one() {
+    for (const ParamInfo& p : table_.entries())
+      if (p.shape.rank() == 1 && p.name.size() > 7 && p.name.compare(p.name.size() - 7, 7, ".weight") == 0)
+        std::fill_n(params_.data() + p.offset, p.numel(), T(1));
+  }
+  void check_state(const char* op, const State& s, int64_t B) const {
+    require(static_cast<int64_t>(s.kv.size()) == cfg_.decoder_layers &&
+                static_cast<int64_t>(s.scale.size()) == cfg_.decoder_layers,
+            op, ": state has ", s.kv.size(), " layers, the model ", cfg_.decoder_layers);
+    require(s.batch() == B, op, ": state is for batch ", s.batch(), ", tokens have batch ", B);
+    const Shape kv{B, cfg_.decoder_retention_heads, cfg_.key_dim(), cfg_.value_dim()};
+    for (size_t l = 0; l < s.kv.size(); ++l) {
+      require(s.kv[l].shape() == kv, op, ": state kv of layer ", l, " has shape ", s.kv[l].shape().to_string(),
+              ", expected ", kv.to_string());
+      require(s.scale[l].shape() == Shape{B, cfg_.decoder_retention_heads}, op, ": state scale of layer ", l,
+              " has shape ", s.scale[l].shape().to_string());
+    }
+    for (size_t b = 0; b < s.positions.size(); ++b)
+      require(s.positions[b] >= 0, op, ": state position of row ", b, " is negative (", s.positions[b], ")");
+  }
+  // Rotation rows for every (row, position); one shared range when all rows start together.
+  void prepare_rotation(Workspace& ws) const {
+    const int64_t B = ws.batch_, Tn = ws.length_, dk = cfg_.key_dim();
+    const auto& st = ws.starts_;
+    const bool same = std::all_of(st.begin(), st.end(), [&](int64_t s) { return s == st[0]; });
+    ws.row_off_.assign(static_cast<size_t>(B), 0);
+    if (same) {
+      if (!ws.rot_ || ws.rot_->start != st[0] || ws.rot_->count != Tn)
+        ws.rot_ = std::make_unique<RotationTable<T>>(dk, st[0], Tn);
+      return;
+    }
+    auto tab = std::make_unique<RotationTable<T>>(dk, 0, 0);
+    tab->count = B * Tn;
+    tab->start = -1;  // marks a per-row table
+    for (int64_t b = 0; b < B; ++b) {
+      RotationTable<T> r(dk, st[static_cast<size_t>(b)], Tn);
+      tab->sin.insert(tab->sin.end(), r.sin.begin(), r.sin.end());
+      tab->cos.insert(tab->cos.end(), r.cos.begin(), r.cos.end());
+      ws.row_off_[static_cast<size_t>(b)] = b * Tn;
+    }
+    ws.rot_ = std::move(tab);
+  }
+
+  ModelConfig cfg_;
+  RetentionConfig rc_;
+  ParamTable table_;
+  std::vector<T> params_;
+  std::vector<LayerOffsets> layers_;
+  int64_t embed_ = -1, head_ = -1, emb_norm_w_ = -1, emb_norm_b_ = -1, final_w_ = -1, final_b_ = -1;
+  BlockSpec spec_{RetentionConfig(RetentionOptions{}), {}, 0, Activation::gelu, 0};
+  std::unique_ptr<Workspace> step_ws_;
+};
+
+}  // namespace retnet

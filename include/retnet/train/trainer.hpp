@@ -1,0 +1,208 @@
+#pragma once
+// The training step: loss and gradients (whole sequences or segments carrying state), gradient
+// accumulation, global-norm clipping, scheduled AdamW. Deterministic for a fixed thread count.
+//
+// Segments: with segment_length > 0 a sequence of length T is run as ceil(T / segment_length) segments,
+// each continuing from the retention state the previous one left. The gradient is exact, not truncated:
+// a first pass runs the segments forward keeping only the per-layer states between them; the backward
+// pass then walks the segments in reverse, recomputing each segment's activations from its stored initial
+// state and passing the gradient of the state from segment to segment (the retention ops' d_state_kv).
+// Memory is one segment's activations plus L states per boundary; compute is about 2 forwards + 1 backward.
+#include <cmath>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "retnet/nn/model.hpp"
+#include "retnet/train/adamw.hpp"
+#include "retnet/train/loss.hpp"
+#include "retnet/train/schedule.hpp"
+
+namespace retnet {
+
+// Keeps workspaces for the shapes a training run uses.
+template <class T>
+class GradContext {
+ public:
+  typename Model<T>::Workspace& workspace(const Model<T>& m, int64_t batch, int64_t length) {
+    auto& p = ws_[{batch, length}];
+    if (!p) p = std::make_unique<typename Model<T>::Workspace>(m, batch, length, true);
+    return *p;
+  }
+  void clear() { ws_.clear(); }
+
+ private:
+  std::map<std::pair<int64_t, int64_t>, std::unique_ptr<typename Model<T>::Workspace>> ws_;
+};
+
+// Loss of tokens [B, T] against targets [B, T] (kIgnoreIndex skips a position) and its gradient, added to
+// grads scaled by grad_scale (typically 1 / tokens counted in the optimizer step).
+template <class T>
+LossSum loss_and_grad(Model<T>& model, GradContext<T>& ctx, const int64_t* tokens, const int64_t* targets, int64_t B,
+                      int64_t Tn, Form form, T* grads, double grad_scale, int64_t segment_length = 0) {
+  const ModelConfig& c = model.config();
+  const int64_t V = c.vocab_size, L = c.decoder_layers;
+  const int64_t seg = segment_length > 0 ? std::min(segment_length, Tn) : Tn;
+  const int64_t S = (Tn + seg - 1) / seg;
+  if (S == 1) {
+    auto& ws = ctx.workspace(model, B, Tn);
+    model.forward_train(tokens, form, ws);
+    LossSum r = cross_entropy_forward_backward(cpu, ws.logits(), targets, B * Tn, V, ws.dlogits(), grad_scale);
+    model.backward(ws, grads);
+    return r;
+  }
+  const int64_t H = c.decoder_retention_heads;
+  const int64_t kv_n = B * H * c.key_dim() * c.value_dim(), sc_n = B * H;
+  // states[s]: the state entering segment s (s = 1 .. S-1; segment 0 starts empty)
+  std::vector<std::vector<T>> kv(static_cast<size_t>(S * L)), sc(static_cast<size_t>(S * L));
+  auto state_ptrs = [&](int64_t s) {
+    std::vector<StatePtrs<T>> v;
+    for (int64_t l = 0; l < L; ++l) {
+      auto& a = kv[static_cast<size_t>(s * L + l)];
+      auto& b = sc[static_cast<size_t>(s * L + l)];
+      if (a.empty()) a.assign(static_cast<size_t>(kv_n), T(0)), b.assign(static_cast<size_t>(sc_n), T(0));
+      v.push_back({a.data(), b.data()});
+    }
+    return v;
+  };
+  std::vector<int64_t> seg_tok, seg_tgt, starts(static_cast<size_t>(B));
+  auto slice = [&](int64_t s, int64_t len) {
+    seg_tok.resize(static_cast<size_t>(B * len));
+    seg_tgt.resize(static_cast<size_t>(B * len));
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t t = 0; t < len; ++t) {
+        seg_tok[static_cast<size_t>(b * len + t)] = tokens[b * Tn + s * seg + t];
+        seg_tgt[static_cast<size_t>(b * len + t)] = targets[b * Tn + s * seg + t];
+      }
+    std::fill(starts.begin(), starts.end(), s * seg);
+  };
+  auto seg_len = [&](int64_t s) { return std::min(seg, Tn - s * seg); };
+  LossSum total;
+  // forward pass: states only (the last segment's activations stay for the backward pass)
+  for (int64_t s = 0; s < S; ++s) {
+    const int64_t len = seg_len(s);
+    slice(s, len);
+    auto& ws = ctx.workspace(model, B, len);
+    const std::vector<StatePtrs<T>> in = s == 0 ? std::vector<StatePtrs<T>>{} : state_ptrs(s);
+    const std::vector<StatePtrs<T>> out = s + 1 < S ? state_ptrs(s + 1) : std::vector<StatePtrs<T>>{};
+    model.forward_train(seg_tok.data(), form, ws, starts.data(), in, out);
+    const bool last = s + 1 == S;
+    LossSum r = cross_entropy_forward_backward(cpu, ws.logits(), seg_tgt.data(), B * len, V,
+                                               last ? ws.dlogits() : static_cast<T*>(nullptr), grad_scale);
+    total.sum += r.sum;
+    total.count += r.count;
+  }
+  // backward pass, segments in reverse, passing the state gradient back
+  std::vector<std::vector<T>> dcur(static_cast<size_t>(L), std::vector<T>(static_cast<size_t>(kv_n))), dprev = dcur;
+  for (int64_t s = S - 1; s >= 0; --s) {
+    const int64_t len = seg_len(s);
+    auto& ws = ctx.workspace(model, B, len);
+    const std::vector<StatePtrs<T>> in = s == 0 ? std::vector<StatePtrs<T>>{} : state_ptrs(s);
+    if (s + 1 < S) {  // recompute
+      slice(s, len);
+      model.forward_train(seg_tok.data(), form, ws, starts.data(), in, {});
+      cross_entropy_forward_backward(cpu, ws.logits(), seg_tgt.data(), B * len, V, ws.dlogits(), grad_scale);
+    }
+    std::vector<const T*> d_out;
+    std::vector<T*> d_in;
+    for (int64_t l = 0; l < L; ++l) {
+      if (s + 1 < S) d_out.push_back(dcur[static_cast<size_t>(l)].data());
+      if (s > 0) d_in.push_back(dprev[static_cast<size_t>(l)].data());
+    }
+    model.backward(ws, grads, d_out, d_in);
+    std::swap(dcur, dprev);
+  }
+  return total;
+}
+
+struct TrainerConfig {
+  AdamWConfig adamw;
+  LrSchedule schedule;
+  double grad_clip = 1.0;          // global gradient-norm clip; <= 0 disables
+  int64_t accumulation_steps = 1;  // micro-batches per optimizer step (the batch rows are split)
+  Form form = Form::chunkwise;
+  int64_t segment_length = 0;  // > 0: train in segments carrying state (see loss_and_grad)
+};
+
+struct StepStats {
+  double loss = 0;       // mean over counted tokens
+  double grad_norm = 0;  // before clipping
+  double lr = 0;
+  int64_t tokens = 0;
+};
+
+template <class T>
+class Trainer {
+ public:
+  Trainer(Model<T>& model, TrainerConfig cfg)
+      : model_(model),
+        cfg_(cfg),
+        opt_(model.param_table(), cfg.adamw),
+        grads_(static_cast<size_t>(model.param_table().total()), T(0)) {
+    require(cfg_.accumulation_steps > 0, "TrainerConfig: accumulation_steps = ", cfg_.accumulation_steps,
+            " must be positive");
+  }
+
+  // Computes the gradient of the mean loss over inputs/targets [B, T] without updating (grads() holds it).
+  LossSum compute_gradients(HostView<const int64_t> inputs, HostView<const int64_t> targets) {
+    require(inputs.rank() == 2 && targets.shape() == inputs.shape(), "Trainer: inputs ", inputs.shape().to_string(),
+            " and targets ", targets.shape().to_string(), " must both be [batch, length]");
+    const int64_t B = inputs.size(0), Tn = inputs.size(1), A = cfg_.accumulation_steps;
+    require(B % A == 0, "Trainer: batch ", B, " is not divisible by accumulation_steps = ", A);
+    std::fill(grads_.begin(), grads_.end(), T(0));
+    const int64_t count = count_targets(targets.data(), B * Tn);
+    const double scale = count ? 1.0 / static_cast<double>(count) : 0.0;
+    LossSum total;
+    const int64_t mb = B / A;
+    for (int64_t a = 0; a < A; ++a) {
+      LossSum r = loss_and_grad(model_, ctx_, inputs.data() + a * mb * Tn, targets.data() + a * mb * Tn, mb, Tn,
+                                cfg_.form, grads_.data(), scale, cfg_.segment_length);
+      total.sum += r.sum;
+      total.count += r.count;
+    }
+    return total;
+  }
+
+  // One optimizer step on inputs/targets [B, T].
+  StepStats step(HostView<const int64_t> inputs, HostView<const int64_t> targets) {
+    const LossSum l = compute_gradients(inputs, targets);
+    StepStats st;
+    st.loss = l.mean();
+    st.tokens = inputs.numel();
+    double ss = 0;
+    for (T g : grads_) ss += static_cast<double>(g) * static_cast<double>(g);
+    st.grad_norm = std::sqrt(ss);
+    if (cfg_.grad_clip > 0 && st.grad_norm > cfg_.grad_clip) {
+      const T f = static_cast<T>(cfg_.grad_clip / (st.grad_norm + 1e-6));
+      for (T& g : grads_) g *= f;
+    }
+    st.lr = cfg_.adamw.lr * cfg_.schedule.factor(step_);
+    opt_.step(model_.params(), grads_.data(), st.lr);
+    ++step_;
+    return st;
+  }
+
+  int64_t step_count() const { return step_; }
+  void set_step_count(int64_t s) {
+    step_ = s;
+    opt_.set_steps(s);
+  }
+  AdamW<T>& optimizer() { return opt_; }
+  const AdamW<T>& optimizer() const { return opt_; }
+  const std::vector<T>& grads() const { return grads_; }
+  Model<T>& model() { return model_; }
+  const Model<T>& model() const { return model_; }
+  const TrainerConfig& config() const { return cfg_; }
+
+ private:
+  Model<T>& model_;
+  TrainerConfig cfg_;
+  AdamW<T> opt_;
+  std::vector<T> grads_;
+  GradContext<T> ctx_;
+  int64_t step_ = 0;
+};
+
+}  // namespace retnet
