@@ -1,0 +1,107 @@
+#pragma once
+// The CUDA backend tag, error checking and the stream-ordered workspace used by the GPU ops.
+//
+// retnet::Cuda carries the stream every op runs on and a cuBLAS handle (used by the dense layers). Ops are
+// asynchronous on that stream; errors from launches are checked at once (cudaGetLastError), errors from the
+// kernels themselves surface at the caller's next synchronisation.
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+
+#include "retnet/core/backend.hpp"
+#include "retnet/core/error.hpp"
+#include "retnet/core/tensor.hpp"
+
+namespace retnet {
+
+struct Cuda {
+  cudaStream_t stream = nullptr;
+  cublasHandle_t cublas = nullptr;
+};
+
+namespace cuda_detail {
+
+inline void check_cuda(cudaError_t e, const char* what, const char* file, int line) {
+  if (e != cudaSuccess)
+    fail("CUDA error in ", what, " (", file, ":", line, "): ", cudaGetErrorName(e), ": ", cudaGetErrorString(e));
+}
+
+inline void check_cublas(cublasStatus_t s, const char* what, const char* file, int line) {
+  if (s != CUBLAS_STATUS_SUCCESS) fail("cuBLAS error ", static_cast<int>(s), " in ", what, " (", file, ":", line, ")");
+}
+
+}  // namespace cuda_detail
+
+// Every CUDA runtime call goes through RETNET_CUDA_CHECK; every launch is followed by RETNET_CUDA_CHECK_LAUNCH.
+#define RETNET_CUDA_CHECK(call) ::retnet::cuda_detail::check_cuda((call), #call, __FILE__, __LINE__)
+#define RETNET_CUDA_CHECK_LAUNCH(name) ::retnet::cuda_detail::check_cuda(cudaGetLastError(), name, __FILE__, __LINE__)
+#define RETNET_CUBLAS_CHECK(call) ::retnet::cuda_detail::check_cublas((call), #call, __FILE__, __LINE__)
+
+namespace cuda_detail {
+
+// Throws unless p is device memory (or managed memory) of the current device, aligned to `align` bytes.
+inline void expect_device_pointer(const char* op, const char* name, const void* p, size_t align = 16) {
+  if (p == nullptr) return;
+  cudaPointerAttributes a{};
+  const cudaError_t e = cudaPointerGetAttributes(&a, p);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();  // clear the sticky-free error state of this query
+    fail(op, ": ", name, " is not a pointer the CUDA runtime knows (", cudaGetErrorString(e), ")");
+  }
+  require(a.type == cudaMemoryTypeDevice || a.type == cudaMemoryTypeManaged, op, ": ", name,
+          " is not device memory (it is ", a.type == cudaMemoryTypeHost ? "pinned host" : "unregistered host",
+          " memory)");
+  int dev = 0;
+  check_cuda(cudaGetDevice(&dev), "cudaGetDevice", __FILE__, __LINE__);
+  require(a.type == cudaMemoryTypeManaged || a.device == dev, op, ": ", name, " lives on device ", a.device,
+          " but the current device is ", dev);
+  require(reinterpret_cast<uintptr_t>(p) % align == 0, op, ": ", name, " is not aligned to ", align, " bytes");
+}
+
+template <class T>
+void expect_device_view(const char* op, const char* name, const TensorView<T, Device>& v, size_t align = 16) {
+  expect_device_pointer(op, name, v.data(), align);
+}
+
+// Scratch memory from the stream-ordered pool (cudaMallocAsync): cheap after the first call, freed in
+// stream order when the op returns.
+class Workspace {
+ public:
+  Workspace(cudaStream_t s, size_t bytes) : stream_(s) {
+    if (bytes) RETNET_CUDA_CHECK(cudaMallocAsync(&ptr_, bytes, s));
+  }
+  ~Workspace() {
+    if (ptr_) (void)cudaFreeAsync(ptr_, stream_);
+  }
+  Workspace(const Workspace&) = delete;
+  Workspace& operator=(const Workspace&) = delete;
+  template <class U>
+  U* as(size_t byte_offset = 0) const {
+    return reinterpret_cast<U*>(static_cast<char*>(ptr_) + byte_offset);
+  }
+
+ private:
+  cudaStream_t stream_;
+  void* ptr_ = nullptr;
+};
+
+inline size_t align_up(size_t n, size_t a = 256) { return (n + a - 1) / a * a; }
+
+// Keep freed pool memory cached between ops instead of returning it to the driver at each synchronisation.
+inline void keep_pool_memory() {
+  static const bool done = [] {
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess) return false;
+    cudaMemPool_t pool;
+    if (cudaDeviceGetDefaultMemPool(&pool, dev) != cudaSuccess) return false;
+    uint64_t threshold = UINT64_MAX;
+    (void)cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold);
+    return true;
+  }();
+  (void)done;
+}
+
+}  // namespace cuda_detail
+}  // namespace retnet

@@ -1,0 +1,443 @@
+#pragma once
+// Retention on the GPU: host launchers (validation, dispatch of head sizes to template constants, the pass
+// sequence of forward and backward) and the chunkwise form. docs/SEMANTICS.md is the contract.
+//
+// Every form computes raw retention with the chunk engine of retention_scan.cuh and applies the form's
+// detached row multipliers mu_n (torchscale mode); the forms differ only in mu. The backward pass is three
+// more runs of the same engine (g = mu * d_o):
+//   dq = forward retention of (q=g, k=v, v=k) from U0^T            (state U_n^T)
+//   dk = reversed retention of (q=v, k=g, v=q) from dU_T^T          (state dU_n^T)
+//   dv = reversed retention of (q=k, k=q, v=g) from dU_T            (state dU_n; its end is d kv0)
+// Storage float or bf16 (__nv_bfloat16); state, scale and accumulation always float. bf16 uses bf16 tensor-core
+// products (mma.sync m16n8k16), float uses three tf32 products per product (float accuracy).
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+
+#include "retnet/core/checked.hpp"
+#include "retnet/core/config.hpp"
+#include "retnet/core/error.hpp"
+#include "retnet/core/retention_args.hpp"
+#include "retnet/core/tensor.hpp"
+#include "retnet/cuda/context.cuh"
+#include "retnet/cuda/retention_scan.cuh"
+
+namespace retnet {
+namespace cuda_detail {
+
+template <class E>
+struct MmaFor;
+template <>
+struct MmaFor<float> {
+  using type = MmaTf32x3;
+};
+template <>
+struct MmaFor<__nv_bfloat16> {
+  using type = MmaBf16;
+};
+
+// Rows per chunk: 64, except float with a 256-wide reduction (shared memory).
+template <class E, int DQK>
+inline constexpr int chunk_rows = (std::is_same_v<E, float> && DQK == 256) ? 32 : 64;
+
+template <class E>
+inline constexpr const char* type_name = std::is_same_v<E, float> ? "float" : "bf16";
+
+inline HeadDecays head_decays(const RetentionConfig& cfg) {
+  HeadDecays d{};
+  for (int64_t h = 0; h < cfg.heads(); ++h) {
+    d.log2g[h] = static_cast<float>(cfg.log_gammas()[static_cast<size_t>(h)] / std::log(2.0));
+    d.lng[h] = cfg.log_gammas()[static_cast<size_t>(h)];
+  }
+  return d;
+}
+
+// One raw retention run over (q, k, v) with optional reversal, initial/final state and row multipliers.
+struct Run {
+  const void* q = nullptr;  // [B, T, H, dqk]
+  const void* k = nullptr;
+  const void* v = nullptr;  // [B, T, H, dval]
+  void* o = nullptr;        // [B, T, H, dval]
+  const float* mu = nullptr;
+  int dqk = 0, dval = 0;
+  bool reverse = false;
+  const float* init = nullptr;
+  bool init_transposed = false;
+  InitScale init_scale = InitScale::one;
+  const float* s0 = nullptr;
+  float* final_state = nullptr;
+  FinalScale final_scale = FinalScale::one;
+  float* colsum = nullptr;
+  int seg = 0;  // fixed segment length (torchscale chunkwise), 0 = choose
+};
+
+struct Geometry {
+  int L, seg, NS;
+};
+
+template <class E, int DQK>
+Geometry geometry(int dval, int64_t B, int64_t T, int H, int fixed_seg) {
+  constexpr int L = chunk_rows<E, DQK>;
+  Geometry g{L, 0, 0};
+  if (fixed_seg > 0) {
+    g.seg = fixed_seg;
+  } else {
+    const int64_t tiles = B * H * (dval / kVTile);
+    const int64_t want = std::max<int64_t>(1, (1024 + tiles - 1) / tiles);
+    const int64_t max_ns = (T + L - 1) / L;
+    const int64_t ns = std::min(want, max_ns);
+    const int64_t per = (T + ns - 1) / ns;
+    g.seg = static_cast<int>((per + L - 1) / L * L);
+  }
+  g.NS = static_cast<int>((T + g.seg - 1) / g.seg);
+  return g;
+}
+
+template <class E, int DQK, bool Summary>
+void launch_scan(const Cuda& ctx, const ScanParams& sp, int64_t B, int H, const HeadDecays& dec) {
+  using P = typename MmaFor<E>::type;
+  constexpr int LM = chunk_rows<E, DQK>;
+  constexpr int bytes = ScanSmem<P, DQK, LM, Summary>::bytes;
+  auto kern = scan_kernel<P, DQK, LM, Summary>;
+  RETNET_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  const dim3 grid(static_cast<unsigned>(sp.dv / kVTile), static_cast<unsigned>(sp.NS), static_cast<unsigned>(B * H));
+  kern<<<grid, kThreads, bytes, ctx.stream>>>(sp, dec);
+  RETNET_CUDA_CHECK_LAUNCH(Summary ? "retention scan (segment summaries)" : "retention scan (outputs)");
+}
+
+template <int DQK>
+void launch_prefix(const Cuda& ctx, const PrefixParams& pp, int64_t B, int H, const HeadDecays& dec) {
+  const dim3 grid(static_cast<unsigned>(B * H), static_cast<unsigned>(pp.dv / 32));
+  prefix_kernel<DQK><<<grid, 256, 0, ctx.stream>>>(pp, dec);
+  RETNET_CUDA_CHECK_LAUNCH("retention prefix over segments");
+}
+
+// Passes 1 and 2: segment summaries, then entering states (and the final state). Returns the geometry.
+template <class E, int DQK>
+Geometry run_states_t(const Cuda& ctx, const Run& r, int64_t B, int64_t T, int H, const HeadDecays& dec,
+                      float* states) {
+  const Geometry geo = geometry<E, DQK>(r.dval, B, T, H, r.seg);
+  ScanParams sp{};
+  sp.q = r.q;
+  sp.k = r.k;
+  sp.v = r.v;
+  sp.o = r.o;
+  sp.mu = r.mu;
+  sp.states = states;
+  sp.T = T;
+  sp.H = H;
+  sp.dv = r.dval;
+  sp.L = std::min(geo.L, geo.seg);
+  sp.seg = geo.seg;
+  sp.NS = geo.NS;
+  sp.reverse = r.reverse ? 1 : 0;
+  launch_scan<E, DQK, true>(ctx, sp, B, H, dec);
+  PrefixParams pp{};
+  pp.states = states;
+  pp.init = r.init;
+  pp.s0 = r.s0;
+  pp.final_state = r.final_state;
+  pp.colsum = r.colsum;
+  pp.T = T;
+  pp.H = H;
+  pp.dqk = DQK;
+  pp.dv = r.dval;
+  pp.seg = geo.seg;
+  pp.NS = geo.NS;
+  pp.init_transposed = r.init_transposed ? 1 : 0;
+  pp.init_scale = r.init_scale;
+  pp.final_scale = r.final_scale;
+  launch_prefix<DQK>(ctx, pp, B, H, dec);
+  return geo;
+}
+
+template <class E, int DQK>
+void run_output_t(const Cuda& ctx, const Run& r, int64_t B, int64_t T, int H, const HeadDecays& dec, float* states,
+                  const Geometry& geo) {
+  ScanParams sp{};
+  sp.q = r.q;
+  sp.k = r.k;
+  sp.v = r.v;
+  sp.o = r.o;
+  sp.mu = r.mu;
+  sp.states = states;
+  sp.T = T;
+  sp.H = H;
+  sp.dv = r.dval;
+  sp.L = std::min(geo.L, geo.seg);
+  sp.seg = geo.seg;
+  sp.NS = geo.NS;
+  sp.reverse = r.reverse ? 1 : 0;
+  launch_scan<E, DQK, false>(ctx, sp, B, H, dec);
+}
+
+// The one place where run-time head sizes become template constants.
+template <class F>
+void dispatch_head_size(int d, F&& f) {
+  switch (d) {
+    case 64:
+      return f(std::integral_constant<int, 64>{});
+    case 128:
+      return f(std::integral_constant<int, 128>{});
+    case 256:
+      return f(std::integral_constant<int, 256>{});
+  }
+  fail("retention (CUDA): head size ", d, " is not supported; supported sizes are 64, 128 and 256");
+}
+
+template <class E>
+Geometry run_states(const Cuda& ctx, const Run& r, int64_t B, int64_t T, int H, const HeadDecays& dec, float* states) {
+  Geometry geo{};
+  dispatch_head_size(r.dqk, [&](auto D) { geo = run_states_t<E, decltype(D)::value>(ctx, r, B, T, H, dec, states); });
+  return geo;
+}
+
+template <class E>
+void run_output(const Cuda& ctx, const Run& r, int64_t B, int64_t T, int H, const HeadDecays& dec, float* states,
+                const Geometry& geo) {
+  dispatch_head_size(r.dqk, [&](auto D) { run_output_t<E, decltype(D)::value>(ctx, r, B, T, H, dec, states, geo); });
+}
+
+// Largest states buffer any run of this problem needs (floats).
+inline size_t states_floats(int64_t B, int64_t T, int H, int dk, int dv) {
+  // the smallest segment any geometry picks is 32 rows (or the configured chunk, counted separately)
+  (void)T;
+  return static_cast<size_t>(B) * static_cast<size_t>(H) * static_cast<size_t>(dk) * static_cast<size_t>(dv);
+}
+
+template <class E>
+void check_common(const char* op, const RetentionConfig& cfg, const RetentionDims& d) {
+  require(cfg.heads() <= kMaxHeads, op, ": heads = ", cfg.heads(), " exceeds the CUDA limit of ", kMaxHeads);
+  for (int64_t x : {d.key_dim, d.value_dim})
+    require(x == 64 || x == 128 || x == 256, op, ": head size ", x,
+            " is not supported on the GPU; key_dim and value_dim must each be 64, 128 or 256");
+  require(d.length < (int64_t{1} << 31) && d.batch * d.heads < 65536, op, ": shape too large (batch * heads = ",
+          d.batch * d.heads, ", length = ", d.length, ")");
+  int dev = 0;
+  RETNET_CUDA_CHECK(cudaGetDevice(&dev));
+  int major = 0;
+  RETNET_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+  require(major >= 8, op, ": needs a GPU of compute capability 8.0 or newer (found ", major, ".x)");
+}
+
+inline int64_t nseg(int64_t T, int64_t seg) { return (T + seg - 1) / seg; }
+
+// Segment count upper bound for workspace sizing: geometry() never makes more than max(1024/tiles, 1)
+// segments of >= 32 rows, or T/C for a fixed chunk.
+inline int64_t max_segments(int64_t B, int64_t T, int H, int dval, int fixed_seg) {
+  if (fixed_seg > 0) return nseg(T, fixed_seg);
+  const int64_t tiles = B * H * (dval / kVTile);
+  return std::min<int64_t>(std::max<int64_t>(1, (1024 + tiles - 1) / tiles), nseg(T, 32)) + 1;
+}
+
+template <class E>
+void compute_mu(const Cuda& ctx, Form form, const RetentionConfig& cfg, const RetentionDims& d, const void* q,
+                const void* k, const float* s0, const float* colsum, int NS, float* mu, const HeadDecays& dec) {
+  MuParams mp{};
+  mp.q = q;
+  mp.k = k;
+  mp.s0 = s0;
+  mp.colsum = colsum;
+  mp.mu = mu;
+  mp.T = d.length;
+  mp.H = static_cast<int>(d.heads);
+  mp.dk = static_cast<int>(d.key_dim);
+  mp.dv = static_cast<int>(d.value_dim);
+  mp.C = static_cast<int>(std::min<int64_t>(cfg.chunk_size(), int64_t{1} << 30));
+  mp.NS = NS;
+  mp.kind = form == Form::recurrent ? MuKind::recurrent : form == Form::parallel ? MuKind::parallel : MuKind::chunkwise;
+  const int bytes = 2 * 32 * (static_cast<int>(d.key_dim) + 1) * static_cast<int>(sizeof(float));
+  RETNET_CUDA_CHECK(cudaFuncSetAttribute(mu_kernel<E>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  const dim3 grid(static_cast<unsigned>((d.length + 31) / 32), static_cast<unsigned>(d.batch * d.heads));
+  mu_kernel<E><<<grid, 256, bytes, ctx.stream>>>(mp, dec);
+  RETNET_CUDA_CHECK_LAUNCH("retention row multipliers");
+}
+
+template <class E>
+void check_device_args(const char* op, const RetentionInputs<E, Device, float>& in) {
+  expect_device_view(op, "q", in.q);
+  expect_device_view(op, "k", in.k);
+  expect_device_view(op, "v", in.v);
+  expect_device_view(op, "state_kv", in.state_kv);
+  expect_device_view(op, "state_scale", in.state_scale, 4);
+}
+
+template <class E>
+void forward_impl(const char* op, const Cuda& ctx, Form form, const RetentionConfig& cfg,
+                  const RetentionInputs<E, Device, float>& in, const RetentionOutputs<E, Device, float>& out) {
+  const RetentionDims d = validate_forward(op, cfg, in, out);
+  check_common<E>(op, cfg, d);
+  check_device_args(op, in);
+  expect_device_view(op, "o", out.o);
+  expect_device_view(op, "state_kv (out)", out.state_kv);
+  expect_device_view(op, "state_scale (out)", out.state_scale, 4);
+  keep_pool_memory();
+  const bool ts = cfg.normalization() == Normalization::torchscale;
+  const int64_t B = d.batch, T = d.length;
+  const int H = static_cast<int>(d.heads), dk = static_cast<int>(d.key_dim), dv = static_cast<int>(d.value_dim);
+  const HeadDecays dec = head_decays(cfg);
+  const bool chunk_norm = ts && form == Form::chunkwise;
+  const int fixed_seg = chunk_norm ? static_cast<int>(std::min<int64_t>(cfg.chunk_size(), T)) : 0;
+  const int64_t ns = max_segments(B, T, H, dv, fixed_seg);
+  const size_t st_bytes = align_up(states_floats(B, T, H, dk, dv) * static_cast<size_t>(ns) * sizeof(float));
+  const size_t cs_bytes = chunk_norm ? align_up(static_cast<size_t>(B * H * ns * dv) * sizeof(float)) : 0;
+  const size_t mu_bytes = ts ? align_up(static_cast<size_t>(B * T * H) * sizeof(float)) : 0;
+  Workspace ws(ctx.stream, st_bytes + cs_bytes + mu_bytes);
+  float* states = ws.as<float>();
+  float* colsum = chunk_norm ? ws.as<float>(st_bytes) : nullptr;
+  float* mu = ts ? ws.as<float>(st_bytes + cs_bytes) : nullptr;
+  const float* s0 = ts ? in.state_scale.data() : nullptr;
+
+  Run r;
+  r.q = in.q.data();
+  r.k = in.k.data();
+  r.v = in.v.data();
+  r.o = out.o.data();
+  r.mu = mu;
+  r.dqk = dk;
+  r.dval = dv;
+  r.init = in.state_kv.data();
+  r.init_scale = ts ? InitScale::sqrt_s0 : InitScale::one;
+  r.s0 = s0;
+  r.final_state = out.state_kv.data();
+  r.final_scale = ts ? FinalScale::rsqrt_final : FinalScale::one;
+  r.colsum = colsum;
+  r.seg = fixed_seg;
+  const Geometry geo = run_states<E>(ctx, r, B, T, H, dec, states);
+  if (ts) compute_mu<E>(ctx, form, cfg, d, r.q, r.k, s0, colsum, geo.NS, mu, dec);
+  run_output<E>(ctx, r, B, T, H, dec, states, geo);
+  if (!out.state_scale.empty()) {
+    final_scale_kernel<<<static_cast<unsigned>((B * H + 127) / 128), 128, 0, ctx.stream>>>(
+        s0, out.state_scale.data(), B * H, H, T, dec);
+    RETNET_CUDA_CHECK_LAUNCH("retention final scale");
+  }
+}
+
+template <class E>
+void backward_impl(const char* op, const Cuda& ctx, Form form, const RetentionConfig& cfg,
+                   const RetentionInputs<E, Device, float>& in, const RetentionOutputGrads<E, Device, float>& gout,
+                   const RetentionInputGrads<E, Device, float>& gin) {
+  const RetentionDims d = validate_backward(op, cfg, in, gout, gin);
+  check_common<E>(op, cfg, d);
+  check_device_args(op, in);
+  expect_device_view(op, "d_o", gout.d_o);
+  expect_device_view(op, "d_state_kv (of the final state)", gout.d_state_kv);
+  expect_device_view(op, "dq", gin.dq);
+  expect_device_view(op, "dk", gin.dk);
+  expect_device_view(op, "dv", gin.dv);
+  expect_device_view(op, "d_state_kv (of the initial state)", gin.d_state_kv);
+  keep_pool_memory();
+  const bool ts = cfg.normalization() == Normalization::torchscale;
+  const int64_t B = d.batch, T = d.length;
+  const int H = static_cast<int>(d.heads), dk = static_cast<int>(d.key_dim), dv = static_cast<int>(d.value_dim);
+  const HeadDecays dec = head_decays(cfg);
+  const bool chunk_norm = ts && form == Form::chunkwise;
+  const int fixed_seg = chunk_norm ? static_cast<int>(std::min<int64_t>(cfg.chunk_size(), T)) : 0;
+  const int64_t ns = std::max(max_segments(B, T, H, dv, fixed_seg), max_segments(B, T, H, dk, 0));
+  const size_t st_bytes = align_up(states_floats(B, T, H, dk, dv) * static_cast<size_t>(ns) * sizeof(float));
+  const size_t cs_bytes = chunk_norm ? align_up(static_cast<size_t>(B * H * ns * dv) * sizeof(float)) : 0;
+  const size_t mu_bytes = ts ? align_up(static_cast<size_t>(B * T * H) * sizeof(float)) : 0;
+  const size_t g_bytes = ts ? align_up(static_cast<size_t>(B * T * H * dv) * sizeof(E)) : 0;
+  Workspace ws(ctx.stream, st_bytes + cs_bytes + mu_bytes + g_bytes);
+  float* states = ws.as<float>();
+  float* colsum = chunk_norm ? ws.as<float>(st_bytes) : nullptr;
+  float* mu = ts ? ws.as<float>(st_bytes + cs_bytes) : nullptr;
+  const float* s0 = ts ? in.state_scale.data() : nullptr;
+  const void* g = gout.d_o.data();
+  if (ts) {
+    int NS = 0;
+    if (chunk_norm) {  // the multipliers need the column sums of the chunk-entering states
+      Run f;
+      f.q = in.q.data();
+      f.k = in.k.data();
+      f.v = in.v.data();
+      f.dqk = dk;
+      f.dval = dv;
+      f.init = in.state_kv.data();
+      f.init_scale = InitScale::sqrt_s0;
+      f.s0 = s0;
+      f.colsum = colsum;
+      f.seg = fixed_seg;
+      NS = run_states<E>(ctx, f, B, T, H, dec, states).NS;
+    }
+    compute_mu<E>(ctx, form, cfg, d, in.q.data(), in.k.data(), s0, colsum, NS, mu, dec);
+    E* gs = ws.as<E>(st_bytes + cs_bytes + mu_bytes);
+    const int64_t n = B * T * H * dv;
+    scale_rows_kernel<E><<<static_cast<unsigned>((n + 255) / 256), 256, 0, ctx.stream>>>(gout.d_o.data(), mu, gs,
+                                                                                        B * T * H, dv);
+    RETNET_CUDA_CHECK_LAUNCH("retention backward: g = mu d_o");
+    g = gs;
+  }
+  // The reversed runs start from d(final U) / gamma, so that their first row adds q^T g on top of d(final U).
+  const InitScale dfin = ts ? InitScale::rsqrt_final_over_gamma : InitScale::inv_gamma;
+  {  // dk: reversed (q=v, k=g, v=q) from dU_T^T
+    Run r;
+    r.q = in.v.data();
+    r.k = g;
+    r.v = in.q.data();
+    r.o = gin.dk.data();
+    r.dqk = dv;
+    r.dval = dk;
+    r.reverse = true;
+    r.init = gout.d_state_kv.data();
+    r.init_transposed = true;
+    r.init_scale = dfin;
+    r.s0 = s0;
+    const Geometry geo = run_states<E>(ctx, r, B, T, H, dec, states);
+    run_output<E>(ctx, r, B, T, H, dec, states, geo);
+  }
+  {  // dv: reversed (q=k, k=q, v=g) from dU_T; its final state is dU_0
+    Run r;
+    r.q = in.k.data();
+    r.k = in.q.data();
+    r.v = g;
+    r.o = gin.dv.data();
+    r.dqk = dk;
+    r.dval = dv;
+    r.reverse = true;
+    r.init = gout.d_state_kv.data();
+    r.init_scale = dfin;
+    r.s0 = s0;
+    r.final_state = gin.d_state_kv.data();
+    r.final_scale = ts ? FinalScale::gamma_sqrt_s0 : FinalScale::gamma;
+    const Geometry geo = run_states<E>(ctx, r, B, T, H, dec, states);
+    run_output<E>(ctx, r, B, T, H, dec, states, geo);
+  }
+  {  // dq: forward (q=g, k=v, v=k) from U0^T
+    Run r;
+    r.q = g;
+    r.k = in.v.data();
+    r.v = in.k.data();
+    r.o = gin.dq.data();
+    r.dqk = dv;
+    r.dval = dk;
+    r.init = in.state_kv.data();
+    r.init_transposed = true;
+    r.init_scale = ts ? InitScale::sqrt_s0 : InitScale::one;
+    r.s0 = s0;
+    const Geometry geo = run_states<E>(ctx, r, B, T, H, dec, states);
+    run_output<E>(ctx, r, B, T, H, dec, states, geo);
+  }
+}
+
+}  // namespace cuda_detail
+
+// Chunkwise form (torchscale's chunk normaliser with cfg.chunk_size(); raw mode is form-independent).
+template <class E>
+void retention_chunkwise_forward(const Cuda& ctx, const RetentionConfig& cfg, const RetentionInputs<E, Device, float>& in,
+                                 const RetentionOutputs<E, Device, float>& out) {
+  cuda_detail::forward_impl<E>("retention_chunkwise_forward (CUDA)", ctx, Form::chunkwise, cfg, in, out);
+}
+
+template <class E>
+void retention_chunkwise_backward(const Cuda& ctx, const RetentionConfig& cfg,
+                                  const RetentionInputs<E, Device, float>& in,
+                                  const RetentionOutputGrads<E, Device, float>& gout,
+                                  const RetentionInputGrads<E, Device, float>& gin) {
+  cuda_detail::backward_impl<E>("retention_chunkwise_backward (CUDA)", ctx, Form::chunkwise, cfg, in, gout, gin);
+}
+
+}  // namespace retnet

@@ -1,0 +1,497 @@
+#pragma once
+// The engine shared by every retention form on the GPU: raw retention by chunks, in three kernels.
+//
+//   r_n = q_n U_n,   U_n = gamma U_{n-1} + k_n^T v_n,   U_{-1} = U0 (scaled), optionally o_n = mu_n r_n
+//
+// The sequence of every (batch, head) is cut into segments of `seg` rows, each into chunks of L <= LM rows.
+//   1. scan_kernel<Summary=true>: per (segment, value tile), the segment's own state contribution
+//      Delta_s = sum_m gamma^(end - m) k_m^T v_m (tensor cores, chunk by chunk).
+//   2. prefix_kernel: per (batch, head), elementwise across segments: H_0 = U0, H_{s+1} = gamma^len H_s + Delta_s,
+//      written over Delta_s; the final state; and, for torchscale's chunkwise normaliser, the column sums of |H_s|.
+//   3. scan_kernel<Summary=false>: per (segment, value tile), walks its chunks with the state tile in registers:
+//      O = diag(gamma^(i+1)) Q H + (Q K^T . Gamma) V, then H <- gamma^L H + K^T diag(gamma^(L-1-j)) V.
+// A `reverse` flag walks time backwards, which turns the same kernels into the backward pass (see
+// retention_chunkwise.cuh). Only the state at segment boundaries touches device memory.
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "retnet/cuda/context.cuh"
+#include "retnet/cuda/mma.cuh"
+
+namespace retnet::cuda_detail {
+
+inline constexpr int kMaxHeads = 256;
+inline constexpr int kThreads = 256;  // 8 warps in every scan block
+inline constexpr int kVTile = 64;     // value columns per block
+
+struct HeadDecays {
+  float log2g[kMaxHeads];  // log2(gamma_h)
+  double lng[kMaxHeads];   // ln(gamma_h)
+};
+
+struct ScanParams {
+  const void* q;  // [B, T, H, dqk]
+  const void* k;  // [B, T, H, dqk]
+  const void* v;  // [B, T, H, dv]
+  void* o;        // [B, T, H, dv] (not used by the summary pass)
+  const float* mu;  // [B, T, H] row multipliers of o, or null
+  float* states;    // [B*H, NS, dqk, dv]: Delta_s after pass 1, H_s after pass 2
+  int64_t T;
+  int H, dv;
+  int L, seg, NS;
+  int reverse;
+};
+
+template <class P, int DQK, int LM, bool Summary>
+struct ScanSmem {
+  using E = typename P::T;
+  static constexpr int PAD = 16 / sizeof(E);
+  static constexpr int LDQ = DQK + PAD, LDV = kVTile + PAD, LDA = LM + PAD;
+  static constexpr int QK_ELEMS = LM * LDQ, V_ELEMS = LM * LDV;
+  static constexpr int STAGE = (Summary ? 1 : 2) * QK_ELEMS + V_ELEMS;
+  static constexpr int H_ELEMS = Summary ? 0 : DQK * LDV;
+  static constexpr int A_ELEMS = Summary ? 0 : LM * LDA;
+  static constexpr int VB_ELEMS = V_ELEMS;
+  static constexpr int STAGES = (2 * STAGE + H_ELEMS + A_ELEMS + VB_ELEMS) * static_cast<int>(sizeof(E)) <= 227 * 1024 ? 2 : 1;
+  static constexpr int bytes = (STAGES * STAGE + H_ELEMS + A_ELEMS + VB_ELEMS) * static_cast<int>(sizeof(E));
+};
+
+// grid (dv / 64, NS, B * H), block 256.
+template <class P, int DQK, int LM, bool Summary>
+__global__ void __launch_bounds__(kThreads) scan_kernel(ScanParams p, HeadDecays dec) {
+  using E = typename P::T;
+  using SM = ScanSmem<P, DQK, LM, Summary>;
+  constexpr int LDQ = SM::LDQ, LDV = SM::LDV, LDA = SM::LDA, STAGE = SM::STAGE, NST = SM::STAGES;
+  constexpr int KS = P::KS;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  E* smem = reinterpret_cast<E*>(smem_raw);
+  E* Hs = smem + NST * STAGE;
+  E* As = Hs + SM::H_ELEMS;
+  E* Vb = As + SM::A_ELEMS;
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, tq = lane & 3;
+  const int vt = blockIdx.x, s = blockIdx.y, bh = blockIdx.z;
+  const int b = bh / p.H, h = bh % p.H;
+  const int64_t T = p.T;
+  const float l2g = dec.log2g[h];
+  const int64_t seg_start = static_cast<int64_t>(s) * p.seg;
+  const int seg_len = static_cast<int>(min(static_cast<int64_t>(p.seg), T - seg_start));
+  const int nchunks = (seg_len + p.L - 1) / p.L;
+  const int H = p.H, dv = p.dv;
+  const E* __restrict__ qg = static_cast<const E*>(p.q);
+  const E* __restrict__ kg = static_cast<const E*>(p.k);
+  const E* __restrict__ vg = static_cast<const E*>(p.v);
+
+  auto phys = [&](int64_t pos) { return p.reverse ? T - 1 - pos : pos; };
+
+  // Issue the copies of chunk c into stage buffer st.
+  auto load_chunk = [&](int c, int st) {
+    E* Qs = smem + st * STAGE;
+    E* Ks = Summary ? Qs : Qs + SM::QK_ELEMS;
+    E* Vs = Ks + SM::QK_ELEMS;
+    const int64_t c0 = seg_start + static_cast<int64_t>(c) * p.L;
+    const int len = min(p.L, seg_len - c * p.L);
+    constexpr int EPV = 16 / sizeof(E);  // elements per 16-byte piece
+    constexpr int QK_PIECES = DQK / EPV, V_PIECES = kVTile / EPV;
+    for (int i = tid; i < LM * QK_PIECES; i += kThreads) {
+      const int r = i / QK_PIECES, cc = (i % QK_PIECES) * EPV;
+      const bool ok = r < len;
+      const int64_t t = ok ? phys(c0 + r) : 0;
+      const int64_t off = ((static_cast<int64_t>(b) * T + t) * H + h) * DQK + cc;
+      if constexpr (!Summary) cp_async16(Qs + r * LDQ + cc, qg + off, ok ? 16 : 0);
+      cp_async16(Ks + r * LDQ + cc, kg + off, ok ? 16 : 0);
+    }
+    for (int i = tid; i < LM * V_PIECES; i += kThreads) {
+      const int r = i / V_PIECES, cc = (i % V_PIECES) * EPV;
+      const bool ok = r < len;
+      const int64_t t = ok ? phys(c0 + r) : 0;
+      const int64_t off = ((static_cast<int64_t>(b) * T + t) * H + h) * dv + vt * kVTile + cc;
+      cp_async16(Vs + r * LDV + cc, vg + off, ok ? 16 : 0);
+    }
+    cp_async_commit();
+  };
+
+  // State tile [DQK, 64] in registers: warps 4 (rows) x 2 (cols), each DQK/4 rows x 32 columns.
+  constexpr int HM = DQK / 64;  // m16 tiles per warp
+  const int hw_m = (warp & 3) * (DQK / 4), hw_n = (warp >> 2) * 32;
+  float hacc[HM][4][4];
+  float* __restrict__ st_g = p.states + (static_cast<int64_t>(bh) * p.NS + s) * DQK * dv + vt * kVTile;
+#pragma unroll
+  for (int mt = 0; mt < HM; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int row = hw_m + mt * 16 + g + (e >> 1) * 8, col = hw_n + nt * 8 + 2 * tq + (e & 1);
+        hacc[mt][nt][e] = Summary ? 0.f : st_g[static_cast<int64_t>(row) * dv + col];
+      }
+  if constexpr (!Summary) {
+#pragma unroll
+    for (int mt = 0; mt < HM; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int row = hw_m + mt * 16 + g + (e >> 1) * 8, col = hw_n + nt * 8 + 2 * tq + (e & 1);
+          Hs[row * LDV + col] = P::from_float(hacc[mt][nt][e]);
+        }
+  }
+
+  // Output / score tiles: warps WMO (rows) x WNO (cols).
+  constexpr int WMO = LM / 16, WNO = 8 / WMO;
+  constexpr int ON = kVTile / WNO, SN = LM / WNO;  // columns per warp of O and of S
+  const int ow_m = (warp % WMO) * 16, ow_n = (warp / WMO) * ON, sw_n = (warp / WMO) * SN;
+
+  load_chunk(0, 0);
+  for (int c = 0; c < nchunks; ++c) {
+    const int st = NST == 2 ? (c & 1) : 0;
+    E* Qs = smem + st * STAGE;
+    E* Ks = Summary ? Qs : Qs + SM::QK_ELEMS;
+    E* Vs = Ks + SM::QK_ELEMS;
+    const int len = min(p.L, seg_len - c * p.L);
+    cp_async_wait<0>();
+    __syncthreads();  // (A) chunk c visible; everyone is past chunk c-1
+    if (NST == 2 && c + 1 < nchunks) load_chunk(c + 1, st ^ 1);
+
+    // Vb = diag(gamma^(len-1-j)) V
+    for (int i = tid; i < LM * kVTile; i += kThreads) {
+      const int r = i / kVTile, cc = i % kVTile;
+      const float w = r < len ? exp2f(static_cast<float>(len - 1 - r) * l2g) : 0.f;
+      Vb[r * LDV + cc] = P::from_float(P::to_float(Vs[r * LDV + cc]) * w);
+    }
+    if constexpr (!Summary) {
+      // S = Q K^T, masked and decayed, into As.
+      float sacc[SN / 8][4] = {};
+#pragma unroll
+      for (int k0 = 0; k0 < DQK; k0 += KS) {
+        typename P::A a;
+        P::template lda<false>(a, Qs, LDQ, ow_m, k0, lane);
+        if constexpr (SN % 16 == 0) {
+#pragma unroll
+          for (int nt = 0; nt < SN / 8; nt += 2) {
+            typename P::B bb[2];
+            P::template ldb2<false>(bb, Ks, LDQ, sw_n + nt * 8, k0, lane);
+            P::mma(sacc[nt], a, bb[0]);
+            P::mma(sacc[nt + 1], a, bb[1]);
+          }
+        } else {
+#pragma unroll
+          for (int nt = 0; nt < SN / 8; ++nt) {
+            typename P::B bb;
+            P::template ldb1<false>(bb, Ks, LDQ, sw_n + nt * 8, k0, lane);
+            P::mma(sacc[nt], a, bb);
+          }
+        }
+      }
+#pragma unroll
+      for (int nt = 0; nt < SN / 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int i = ow_m + g + (e >> 1) * 8, j = sw_n + nt * 8 + 2 * tq + (e & 1);
+          const float val = i >= j ? sacc[nt][e] * exp2f(static_cast<float>(i - j) * l2g) : 0.f;
+          As[i * LDA + j] = P::from_float(val);
+        }
+    }
+    __syncthreads();  // (B) As, Vb ready
+
+    if constexpr (!Summary) {
+      // O = diag(gamma^(i+1)) Q H + As V
+      float oacc[ON / 8][4] = {};
+#pragma unroll
+      for (int k0 = 0; k0 < DQK; k0 += KS) {
+        typename P::A a;
+        P::template lda<false>(a, Qs, LDQ, ow_m, k0, lane);
+#pragma unroll
+        for (int nt = 0; nt < ON / 8; nt += 2) {
+          typename P::B bb[2];
+          P::template ldb2<true>(bb, Hs, LDV, ow_n + nt * 8, k0, lane);
+          P::mma(oacc[nt], a, bb[0]);
+          P::mma(oacc[nt + 1], a, bb[1]);
+        }
+      }
+      const float al0 = exp2f(static_cast<float>(ow_m + g + 1) * l2g);
+      const float al1 = exp2f(static_cast<float>(ow_m + g + 9) * l2g);
+#pragma unroll
+      for (int nt = 0; nt < ON / 8; ++nt) {
+        oacc[nt][0] *= al0;
+        oacc[nt][1] *= al0;
+        oacc[nt][2] *= al1;
+        oacc[nt][3] *= al1;
+      }
+#pragma unroll
+      for (int k0 = 0; k0 < LM; k0 += KS) {
+        typename P::A a;
+        P::template lda<false>(a, As, LDA, ow_m, k0, lane);
+#pragma unroll
+        for (int nt = 0; nt < ON / 8; nt += 2) {
+          typename P::B bb[2];
+          P::template ldb2<true>(bb, Vs, LDV, ow_n + nt * 8, k0, lane);
+          P::mma(oacc[nt], a, bb[0]);
+          P::mma(oacc[nt + 1], a, bb[1]);
+        }
+      }
+      E* __restrict__ og = static_cast<E*>(p.o);
+      const int64_t c0 = seg_start + static_cast<int64_t>(c) * p.L;
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int i = ow_m + g + half * 8;
+        if (i < len) {
+          const int64_t t = phys(c0 + i);
+          const float m = p.mu ? p.mu[(static_cast<int64_t>(b) * T + t) * H + h] : 1.f;
+          E* orow = og + ((static_cast<int64_t>(b) * T + t) * H + h) * dv + vt * kVTile;
+#pragma unroll
+          for (int nt = 0; nt < ON / 8; ++nt) {
+            const int col = ow_n + nt * 8 + 2 * tq;
+            if constexpr (sizeof(E) == 2) {
+              __nv_bfloat162 pr = __floats2bfloat162_rn(oacc[nt][2 * half] * m, oacc[nt][2 * half + 1] * m);
+              *reinterpret_cast<__nv_bfloat162*>(orow + col) = pr;
+            } else {
+              *reinterpret_cast<float2*>(orow + col) = make_float2(oacc[nt][2 * half] * m, oacc[nt][2 * half + 1] * m);
+            }
+          }
+        }
+      }
+    }
+
+    // H <- gamma^len H + K^T Vb
+    {
+      const float dl = exp2f(static_cast<float>(len) * l2g);
+#pragma unroll
+      for (int mt = 0; mt < HM; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) hacc[mt][nt][e] *= dl;
+#pragma unroll
+      for (int k0 = 0; k0 < LM; k0 += KS) {
+        typename P::B bb[4];
+        P::template ldb2<true>(*reinterpret_cast<typename P::B(*)[2]>(&bb[0]), Vb, LDV, hw_n, k0, lane);
+        P::template ldb2<true>(*reinterpret_cast<typename P::B(*)[2]>(&bb[2]), Vb, LDV, hw_n + 16, k0, lane);
+#pragma unroll
+        for (int mt = 0; mt < HM; ++mt) {
+          typename P::A a;
+          P::template lda<true>(a, Ks, LDQ, hw_m + mt * 16, k0, lane);
+#pragma unroll
+          for (int nt = 0; nt < 4; ++nt) P::mma(hacc[mt][nt], a, bb[nt]);
+        }
+      }
+    }
+    __syncthreads();  // (C) everyone is done with Hs, Qs/Ks/Vs of this stage, Vb
+    if constexpr (!Summary) {
+      if (c + 1 < nchunks) {
+#pragma unroll
+        for (int mt = 0; mt < HM; ++mt)
+#pragma unroll
+          for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int row = hw_m + mt * 16 + g + (e >> 1) * 8, col = hw_n + nt * 8 + 2 * tq + (e & 1);
+              Hs[row * LDV + col] = P::from_float(hacc[mt][nt][e]);
+            }
+      }
+    }
+    if (NST == 1 && c + 1 < nchunks) load_chunk(c + 1, 0);
+  }
+  if constexpr (Summary) {
+#pragma unroll
+    for (int mt = 0; mt < HM; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int row = hw_m + mt * 16 + g + (e >> 1) * 8, col = hw_n + nt * 8 + 2 * tq + (e & 1);
+          st_g[static_cast<int64_t>(row) * dv + col] = hacc[mt][nt][e];
+        }
+  }
+}
+
+// How the initial state enters and the final state leaves the prefix pass.
+enum class InitScale { one, sqrt_s0, rsqrt_final_over_gamma, inv_gamma };
+enum class FinalScale { one, rsqrt_final, gamma_sqrt_s0, gamma };
+
+struct PrefixParams {
+  float* states;          // [B*H, NS, dqk, dv]
+  const float* init;      // [B, H, dqk, dv], or [B, H, dv, dqk] when init_transposed; may be null
+  const float* s0;        // [B, H] or null (0)
+  float* final_state;     // [B, H, dqk, dv] or null
+  float* colsum;          // [B*H, NS, dv] of |H_s| column sums, or null
+  int64_t T;
+  int H, dqk, dv, seg, NS;
+  int init_transposed;
+  InitScale init_scale;
+  FinalScale final_scale;
+};
+
+__device__ __forceinline__ double final_scale_of(double s0, double lng, int64_t T) {
+  return s0 * exp(static_cast<double>(T) * lng) + expm1(static_cast<double>(T) * lng) / expm1(lng);
+}
+
+// grid (B*H, dv/32), block 256 = 32 value columns x 8 row slices.
+template <int DQK>
+__global__ void __launch_bounds__(256) prefix_kernel(PrefixParams p, HeadDecays dec) {
+  constexpr int R = DQK / 8;
+  __shared__ float red[8][32];
+  const int bh = blockIdx.x, h = bh % p.H;
+  const int v = blockIdx.y * 32 + (threadIdx.x & 31), ks = threadIdx.x >> 5;
+  const int dv = p.dv;
+  const double s0 = p.s0 ? static_cast<double>(p.s0[bh]) : 0.0;
+  const double lng = dec.lng[h];
+  float im = 1.f;
+  if (p.init_scale == InitScale::sqrt_s0) im = static_cast<float>(sqrt(s0));
+  if (p.init_scale == InitScale::inv_gamma) im = static_cast<float>(exp(-lng));
+  if (p.init_scale == InitScale::rsqrt_final_over_gamma)
+    im = static_cast<float>(1.0 / (sqrt(final_scale_of(s0, lng, p.T)) * exp(lng)));
+  float carry[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const int kk = ks + 8 * r;
+    float x = 0.f;
+    if (p.init)
+      x = p.init_transposed ? p.init[(static_cast<int64_t>(bh) * dv + v) * DQK + kk]
+                            : p.init[(static_cast<int64_t>(bh) * DQK + kk) * dv + v];
+    carry[r] = x * im;
+  }
+  const float l2g = dec.log2g[h];
+  for (int s = 0; s < p.NS; ++s) {
+    const int len = static_cast<int>(min(static_cast<int64_t>(p.seg), p.T - static_cast<int64_t>(s) * p.seg));
+    const float dl = exp2f(static_cast<float>(len) * l2g);
+    float* st = p.states + (static_cast<int64_t>(bh) * p.NS + s) * DQK * dv + v;
+    float cs = 0.f;
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const int kk = ks + 8 * r;
+      const float d = st[static_cast<int64_t>(kk) * dv];
+      st[static_cast<int64_t>(kk) * dv] = carry[r];
+      cs += fabsf(carry[r]);
+      carry[r] = carry[r] * dl + d;
+    }
+    if (p.colsum) {
+      red[ks][threadIdx.x & 31] = cs;
+      __syncthreads();
+      if (ks == 0) {
+        float t = 0.f;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) t += red[i][threadIdx.x & 31];
+        p.colsum[(static_cast<int64_t>(bh) * p.NS + s) * dv + v] = t;
+      }
+      __syncthreads();
+    }
+  }
+  if (p.final_state) {
+    float fm = 1.f;
+    if (p.final_scale == FinalScale::rsqrt_final) fm = static_cast<float>(1.0 / sqrt(final_scale_of(s0, lng, p.T)));
+    if (p.final_scale == FinalScale::gamma_sqrt_s0) fm = static_cast<float>(exp(lng) * sqrt(s0));
+    if (p.final_scale == FinalScale::gamma) fm = static_cast<float>(exp(lng));
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const int kk = ks + 8 * r;
+      p.final_state[(static_cast<int64_t>(bh) * DQK + kk) * dv + v] = carry[r] * fm;
+    }
+  }
+}
+
+// Row multipliers mu [B, T, H] of the torchscale normaliser.
+enum class MuKind { recurrent, parallel, chunkwise };
+struct MuParams {
+  const void* q;  // [B, T, H, dk]
+  const void* k;
+  const float* s0;      // [B, H] or null
+  const float* colsum;  // chunkwise: [B*H, NS, dv] column sums of |H_s| (segments == chunks)
+  float* mu;            // [B, T, H]
+  int64_t T;
+  int H, dk, dv, C, NS;
+  MuKind kind;
+};
+
+// grid (ceil(T/32), B*H), block 256: 32 rows per block, 8 threads per row.
+template <class E>
+__global__ void __launch_bounds__(256) mu_kernel(MuParams p, HeadDecays dec) {
+  constexpr int RB = 32;
+  extern __shared__ __align__(16) float mu_smem[];
+  const int bh = blockIdx.y, b = bh / p.H, h = bh % p.H;
+  const int64_t T = p.T, n0 = static_cast<int64_t>(blockIdx.x) * RB;
+  const int dk = p.dk, H = p.H;
+  const int r = threadIdx.x >> 3, sub = threadIdx.x & 7;
+  const int64_t n = n0 + r;
+  const double lng = dec.lng[h];
+  const float l2g = dec.log2g[h];
+  const double s0 = p.s0 ? static_cast<double>(p.s0[bh]) : 0.0;
+  const E* q = static_cast<const E*>(p.q);
+  const E* k = static_cast<const E*>(p.k);
+  float* Qs = mu_smem;          // [RB][dk + 1]
+  float* Ks = Qs + RB * (dk + 1);  // [RB][dk + 1]
+  auto load = [&](float* dst, const E* src, int64_t m0) {
+    for (int i = threadIdx.x; i < RB * dk; i += blockDim.x) {
+      const int rr = i / dk, cc = i % dk;
+      const int64_t m = m0 + rr;
+      dst[rr * (dk + 1) + cc] = m < T ? static_cast<float>(src[((static_cast<int64_t>(b) * T + m) * H + h) * dk + cc]) : 0.f;
+    }
+  };
+  float sum = 0.f;
+  if (p.kind != MuKind::recurrent) {
+    load(Qs, q, n0);
+    const int64_t w_lo = p.kind == MuKind::parallel ? 0 : (n0 / p.C) * p.C;  // RB divides C or C divides RB? handled per row
+    const int64_t hi = min(n0 + RB, T);
+    for (int64_t m0 = (w_lo / RB) * RB; m0 < hi; m0 += RB) {
+      __syncthreads();
+      load(Ks, k, m0);
+      __syncthreads();
+      if (n < T) {
+        const int64_t lo = p.kind == MuKind::parallel ? 0 : (n / p.C) * p.C;
+        for (int j = sub; j < RB; j += 8) {
+          const int64_t m = m0 + j;
+          if (m < lo || m > n) continue;
+          float d = 0.f;
+          for (int c = 0; c < dk; ++c) d += Qs[r * (dk + 1) + c] * Ks[j * (dk + 1) + c];
+          sum += fabsf(d) * exp2f(static_cast<float>(n - m) * l2g);
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int off = 4; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+  if (sub != 0 || n >= T) return;
+  double mu;
+  if (p.kind == MuKind::recurrent) {
+    mu = 1.0 / sqrt(final_scale_of(s0, lng, n + 1));
+  } else if (p.kind == MuKind::parallel) {
+    const double sc = sqrt(final_scale_of(s0, lng, n + 1));
+    const double cn = fmin(fmax(static_cast<double>(sum) / sc, 1.0), 5e4);
+    mu = 1.0 / (sc * cn);
+  } else {
+    const int64_t c = n / p.C, i = n - c * p.C;
+    const double Si = expm1(static_cast<double>(i + 1) * lng) / expm1(lng);
+    const double SC = expm1(static_cast<double>(p.C) * lng) / expm1(lng);
+    double kvs = 1.0;
+    if (p.colsum) {
+      const float* cs = p.colsum + (static_cast<int64_t>(bh) * p.NS + c) * p.dv;
+      float mx = 0.f;
+      for (int v = 0; v < p.dv; ++v) mx = fmaxf(mx, cs[v]);
+      kvs = fmax(1.0, static_cast<double>(mx) / SC);
+    }
+    const double inner = fmax(static_cast<double>(sum) / sqrt(Si), 1.0);
+    mu = 1.0 / (sqrt(Si) * fmax(inner, kvs));
+  }
+  p.mu[(static_cast<int64_t>(b) * T + n) * H + h] = static_cast<float>(mu);
+}
+
+// g = mu * d_o (rows), written in the storage type.
+template <class E>
+__global__ void scale_rows_kernel(const E* __restrict__ x, const float* __restrict__ mu, E* __restrict__ y,
+                                  int64_t rows, int dv) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= rows * dv) return;
+  y[i] = static_cast<E>(static_cast<float>(x[i]) * mu[i / dv]);
+}
+
+// Final scale_{T-1} (both modes), written last so that an aliased input scale is read first.
+__global__ void final_scale_kernel(const float* s0, float* out, int64_t BH, int H, int64_t T, HeadDecays dec) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= BH) return;
+  out[i] = static_cast<float>(final_scale_of(s0 ? static_cast<double>(s0[i]) : 0.0, dec.lng[i % H], T));
+}
+
+}  // namespace retnet::cuda_detail

@@ -1,0 +1,311 @@
+// GPU retention (every form, forward and backward, float and bf16) against the CPU backend in double.
+// Inputs are drawn fresh for every case; outputs are poisoned (NaN) before every run.
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "cpu_reference.hpp"
+#include "retnet/cuda.cuh"
+
+namespace {
+
+using retnet::Form;
+using retnet::Normalization;
+using retnet_test::RefProblem;
+
+bool have_gpu() {
+  static const bool ok = [] {
+    int n = 0;
+    const cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess || n == 0) {
+      (void)cudaGetLastError();
+      std::printf("skipped: no CUDA device (%s)\n", e == cudaSuccess ? "none found" : cudaGetErrorString(e));
+      return false;
+    }
+    return true;
+  }();
+  return ok;
+}
+
+template <class E>
+E to_e(double x) {
+  if constexpr (std::is_same_v<E, float>)
+    return static_cast<float>(x);
+  else
+    return __float2bfloat16(static_cast<float>(x));
+}
+template <class E>
+double from_e(E x) {
+  if constexpr (std::is_same_v<E, float>)
+    return static_cast<double>(x);
+  else
+    return static_cast<double>(__bfloat162float(x));
+}
+
+template <class T>
+struct DeviceBuffer {
+  T* ptr = nullptr;
+  size_t n = 0;
+  explicit DeviceBuffer(size_t count) : n(count) {
+    if (n) RETNET_CUDA_CHECK(cudaMalloc(&ptr, n * sizeof(T)));
+  }
+  ~DeviceBuffer() {
+    if (ptr) (void)cudaFree(ptr);
+  }
+  DeviceBuffer(DeviceBuffer&& o) noexcept : ptr(o.ptr), n(o.n) { o.ptr = nullptr; }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  void poison() {
+    if (n) RETNET_CUDA_CHECK(cudaMemset(ptr, 0xFF, n * sizeof(T)));
+  }
+};
+
+// Values rounded to the storage type, kept in double for the reference.
+template <class E>
+std::vector<double> draw(std::mt19937_64& rng, size_t n, double scale = 1.0) {
+  std::normal_distribution<double> d(0.0, scale);
+  std::vector<double> x(n);
+  for (auto& e : x) e = from_e<E>(to_e<E>(d(rng)));
+  return x;
+}
+std::vector<double> draw_f(std::mt19937_64& rng, size_t n, double lo, double hi) {
+  std::uniform_real_distribution<double> d(lo, hi);
+  std::vector<double> x(n);
+  for (auto& e : x) e = static_cast<double>(static_cast<float>(d(rng)));
+  return x;
+}
+
+template <class E>
+DeviceBuffer<E> upload(const std::vector<double>& x) {
+  DeviceBuffer<E> b(x.size());
+  std::vector<E> h(x.size());
+  for (size_t i = 0; i < x.size(); ++i) h[i] = to_e<E>(x[i]);
+  if (!x.empty()) RETNET_CUDA_CHECK(cudaMemcpy(b.ptr, h.data(), x.size() * sizeof(E), cudaMemcpyHostToDevice));
+  return b;
+}
+template <class E>
+std::vector<double> download(const DeviceBuffer<E>& b) {
+  std::vector<E> h(b.n);
+  if (b.n) RETNET_CUDA_CHECK(cudaMemcpy(h.data(), b.ptr, b.n * sizeof(E), cudaMemcpyDeviceToHost));
+  std::vector<double> x(b.n);
+  for (size_t i = 0; i < b.n; ++i) x[i] = from_e<E>(h[i]);
+  return x;
+}
+
+// ||got - ref|| / ||ref||; NaN (unwritten or broken) fails.
+double rel_err(const std::vector<double>& got, const std::vector<double>& ref) {
+  REQUIRE(got.size() == ref.size());
+  double num = 0, den = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (!std::isfinite(got[i])) return INFINITY;
+    num += (got[i] - ref[i]) * (got[i] - ref[i]);
+    den += ref[i] * ref[i];
+  }
+  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+}
+
+struct Case {
+  int64_t B, T, H, dk, dv, chunk;
+  bool state;
+};
+
+template <class E>
+void check_case(const Case& c, Form form, Normalization norm, uint64_t seed, bool backward = true) {
+  const double tol = std::is_same_v<E, float> ? 1e-5 : 1e-2;
+  retnet::RetentionOptions opt;
+  opt.heads = c.H;
+  opt.key_dim = c.dk;
+  opt.value_dim = c.dv;
+  opt.chunk_size = c.chunk;
+  opt.normalization = norm;
+  const retnet::RetentionConfig cfg(opt);
+  std::mt19937_64 rng(seed);
+  RefProblem p;
+  p.B = c.B;
+  p.T = c.T;
+  p.H = c.H;
+  p.dk = c.dk;
+  p.dv = c.dv;
+  const size_t nq = static_cast<size_t>(c.B * c.T * c.H * c.dk), nv = static_cast<size_t>(c.B * c.T * c.H * c.dv);
+  const size_t ns = static_cast<size_t>(c.B * c.H * c.dk * c.dv), nsc = static_cast<size_t>(c.B * c.H);
+  p.q = draw<E>(rng, nq);
+  p.k = draw<E>(rng, nq, 1.0 / std::sqrt(static_cast<double>(c.dk)));
+  p.v = draw<E>(rng, nv);
+  if (c.state) {
+    p.kv0 = draw<float>(rng, ns, 0.1);
+    p.s0 = draw_f(rng, nsc, 0.5, 20.0);
+  }
+  p.d_o = draw<E>(rng, nv);
+  if (c.state) p.d_kv1 = draw<float>(rng, ns, 0.5);
+
+  auto q = upload<E>(p.q), k = upload<E>(p.k), v = upload<E>(p.v);
+  auto kv0 = upload<float>(p.kv0), s0 = upload<float>(p.s0);
+  DeviceBuffer<E> o(nv);
+  DeviceBuffer<float> kv1(ns), s1(nsc);
+  o.poison();
+  kv1.poison();
+  s1.poison();
+  const retnet::Shape sq{c.B, c.T, c.H, c.dk}, sv{c.B, c.T, c.H, c.dv}, ss{c.B, c.H, c.dk, c.dv}, sc{c.B, c.H};
+  retnet::RetentionInputs<E, retnet::Device, float> in;
+  in.q = {q.ptr, sq};
+  in.k = {k.ptr, sq};
+  in.v = {v.ptr, sv};
+  if (c.state) {
+    in.state_kv = {kv0.ptr, ss};
+    in.state_scale = {s0.ptr, sc};
+  }
+  retnet::RetentionOutputs<E, retnet::Device, float> out;
+  out.o = {o.ptr, sv};
+  out.state_kv = {kv1.ptr, ss};
+  out.state_scale = {s1.ptr, sc};
+  const retnet::Cuda ctx{};
+  retnet::retention_forward(ctx, form, cfg, in, out);
+  RETNET_CUDA_CHECK(cudaDeviceSynchronize());
+
+  const auto ref = retnet_test::ref_forward(form, cfg, p);
+  INFO("form " << retnet::to_string(form) << ", " << retnet::to_string(norm) << ", "
+               << (std::is_same_v<E, float> ? "float" : "bf16") << ", B " << c.B << " T " << c.T << " H " << c.H
+               << " dk " << c.dk << " dv " << c.dv << " chunk " << c.chunk << (c.state ? " with state" : ""));
+  const double eo = rel_err(download(o), ref.o), es = rel_err(download(kv1), ref.kv1),
+               esc = rel_err(download(s1), ref.s1);
+  INFO("forward errors: o " << eo << ", state " << es << ", scale " << esc);
+  CHECK(eo <= tol);
+  CHECK(es <= tol);
+  CHECK(esc <= 1e-6);
+  if (!backward) return;
+
+  auto d_o = upload<E>(p.d_o);
+  auto d_kv1 = upload<float>(p.d_kv1);
+  DeviceBuffer<E> dq(nq), dk(nq), dv(nv);
+  DeviceBuffer<float> dkv0(ns);
+  dq.poison();
+  dk.poison();
+  dv.poison();
+  dkv0.poison();
+  retnet::RetentionOutputGrads<E, retnet::Device, float> go;
+  go.d_o = {d_o.ptr, sv};
+  if (c.state) go.d_state_kv = {d_kv1.ptr, ss};
+  retnet::RetentionInputGrads<E, retnet::Device, float> gi;
+  gi.dq = {dq.ptr, sq};
+  gi.dk = {dk.ptr, sq};
+  gi.dv = {dv.ptr, sv};
+  gi.d_state_kv = {dkv0.ptr, ss};
+  retnet::retention_backward(ctx, form, cfg, in, go, gi);
+  RETNET_CUDA_CHECK(cudaDeviceSynchronize());
+  const auto rb = retnet_test::ref_backward(form, cfg, p);
+  const double edq = rel_err(download(dq), rb.dq), edk = rel_err(download(dk), rb.dk),
+               edv = rel_err(download(dv), rb.dv), eds = rel_err(download(dkv0), rb.dkv0);
+  INFO("backward errors: dq " << edq << ", dk " << edk << ", dv " << edv << ", d_state " << eds);
+  CHECK(edq <= tol);
+  CHECK(edk <= tol);
+  CHECK(edv <= tol);
+  CHECK(eds <= tol);
+}
+
+const Case odd_cases[] = {
+    {2, 77, 3, 64, 128, 16, true},  {1, 130, 2, 128, 64, 64, false}, {1, 50, 2, 256, 64, 100, true},
+    {2, 200, 2, 64, 64, 7, true},   {1, 1, 2, 64, 64, 64, true},     {1, 300, 1, 128, 256, 128, false},
+};
+
+template <class E>
+void run_odd_cases(uint64_t seed) {
+  for (Form form : {Form::chunkwise, Form::recurrent, Form::parallel})
+    for (Normalization norm : {Normalization::torchscale, Normalization::raw})
+      for (const Case& c : odd_cases) check_case<E>(c, form, norm, seed++);
+}
+
+}  // namespace
+
+TEST_CASE("cuda retention float matches the CPU on odd shapes", "[cuda][retention][float]") {
+  if (!have_gpu()) return;
+  run_odd_cases<float>(1000);
+}
+
+TEST_CASE("cuda retention bf16 matches the CPU on odd shapes", "[cuda][retention][bf16]") {
+  if (!have_gpu()) return;
+  run_odd_cases<__nv_bfloat16>(2000);
+}
+
+TEST_CASE("cuda retention on the benchmark shapes (batch 1)", "[cuda][retention][bench-shapes]") {
+  if (!have_gpu()) return;
+  const Case shapes[] = {{1, 4096, 16, 128, 128, 64, false}, {1, 4096, 64, 128, 128, 64, false},
+                         {1, 16384, 16, 128, 128, 64, false}, {1, 2048, 16, 128, 128, 64, false},
+                         {1, 1024, 8, 64, 64, 64, false},     {1, 8192, 8, 256, 256, 64, true}};
+  uint64_t seed = 3000;
+  for (const Case& c : shapes) {
+    check_case<__nv_bfloat16>(c, Form::chunkwise, Normalization::raw, seed++);
+    check_case<float>(c, Form::chunkwise, Normalization::raw, seed++);
+  }
+  check_case<__nv_bfloat16>(shapes[0], Form::chunkwise, Normalization::torchscale, seed++);
+}
+
+template <class E>
+void check_steps(int64_t B, int64_t H, int64_t dk, int64_t dv, Normalization norm, uint64_t seed) {
+  const double tol = std::is_same_v<E, float> ? 1e-5 : 1e-2;
+  retnet::RetentionOptions opt;
+  opt.heads = H;
+  opt.key_dim = dk;
+  opt.value_dim = dv;
+  opt.normalization = norm;
+  const retnet::RetentionConfig cfg(opt);
+  std::mt19937_64 rng(seed);
+  std::vector<double> kv = draw<float>(rng, static_cast<size_t>(B * H * dk * dv), 0.1);
+  std::vector<double> s = draw_f(rng, static_cast<size_t>(B * H), 0.0, 10.0);
+  auto dkv = upload<float>(kv), ds = upload<float>(s);
+  const retnet::Cuda ctx{};
+  for (int step = 0; step < 3; ++step) {
+    auto q = draw<E>(rng, static_cast<size_t>(B * H * dk)), k = draw<E>(rng, static_cast<size_t>(B * H * dk));
+    auto v = draw<E>(rng, static_cast<size_t>(B * H * dv));
+    auto gq = upload<E>(q), gk = upload<E>(k), gv = upload<E>(v);
+    DeviceBuffer<E> o(static_cast<size_t>(B * H * dv));
+    o.poison();
+    retnet::retention_recurrent_step<E>(ctx, cfg, {gq.ptr, {B, H, dk}}, {gk.ptr, {B, H, dk}}, {gv.ptr, {B, H, dv}},
+                                        {dkv.ptr, {B, H, dk, dv}}, {ds.ptr, {B, H}}, {o.ptr, {B, H, dv}});
+    RETNET_CUDA_CHECK(cudaDeviceSynchronize());
+    const auto ro = retnet_test::ref_step(cfg, B, q, k, v, kv, s);
+    INFO("step " << step << " B " << B << " " << retnet::to_string(norm));
+    CHECK(rel_err(download(o), ro) <= tol);
+    CHECK(rel_err(download(dkv), kv) <= 1e-5);
+    if (norm == Normalization::torchscale) CHECK(rel_err(download(ds), s) <= 1e-6);
+  }
+}
+
+TEST_CASE("cuda recurrent step for batched decoding", "[cuda][retention][step]") {
+  if (!have_gpu()) return;
+  check_steps<float>(256, 4, 64, 128, Normalization::torchscale, 10);
+  check_steps<__nv_bfloat16>(256, 8, 256, 256, Normalization::torchscale, 11);
+  check_steps<float>(3, 2, 128, 64, Normalization::raw, 12);
+}
+
+TEST_CASE("cuda retention rejects bad arguments", "[cuda][retention][errors]") {
+  if (!have_gpu()) return;
+  retnet::RetentionOptions opt;
+  opt.heads = 2;
+  opt.key_dim = 96;
+  opt.value_dim = 64;
+  const retnet::RetentionConfig bad(opt);
+  DeviceBuffer<float> q(2 * 8 * 96), v(2 * 8 * 64), o(2 * 8 * 64);
+  retnet::RetentionInputs<float, retnet::Device, float> in;
+  in.q = {q.ptr, {1, 8, 2, 96}};
+  in.k = {q.ptr, {1, 8, 2, 96}};
+  in.v = {v.ptr, {1, 8, 2, 64}};
+  retnet::RetentionOutputs<float, retnet::Device, float> out;
+  out.o = {o.ptr, {1, 8, 2, 64}};
+  const retnet::Cuda ctx{};
+  CHECK_THROWS_WITH(retnet::retention_forward(ctx, Form::chunkwise, bad, in, out), Catch::Contains("head size 96"));
+  opt.key_dim = 64;
+  const retnet::RetentionConfig good(opt);
+  std::vector<float> host(2 * 8 * 64);
+  in.q = {host.data(), {1, 8, 2, 64}};
+  in.k = {q.ptr, {1, 8, 2, 64}};
+  CHECK_THROWS_WITH(retnet::retention_forward(ctx, Form::chunkwise, good, in, out), Catch::Contains("q is not"));
+  in.q = {q.ptr + 1, {1, 8, 2, 64}};
+  CHECK_THROWS_WITH(retnet::retention_forward(ctx, Form::chunkwise, good, in, out), Catch::Contains("aligned"));
+}
