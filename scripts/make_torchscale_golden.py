@@ -59,6 +59,27 @@ def import_torchscale(path):
     return RetNetConfig, RetNetDecoder
 
 
+def compute_in_input_precision():
+    """torchscale's RMSNorm and GLU activation cast to float32 (x.float()) even in a double model. For goldens
+    precise to double rounding, run the same formulas in the input's precision."""
+    import torch
+    from torchscale.component import gate_linear_unit, rms_norm
+
+    def rms_forward(self, x):
+        out = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return out * self.weight if self.weight is not None else out
+
+    def glu_forward(self, x):
+        shape = x.shape
+        x = x.reshape(-1, x.size(-1))
+        g = self.gate(x)
+        x = self.activation_fn(self.fc1(x)) * g
+        return self.fc2(x).view(shape)
+
+    rms_norm.RMSNorm.forward = rms_forward
+    gate_linear_unit.GLU.forward = glu_forward
+
+
 # ---- a tiny safetensors reader and writer ---------------------------------------------------------------
 DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32}
 
@@ -134,6 +155,15 @@ VARIANTS = {
 }
 
 
+def exact_buffers(torch, dec, args):
+    """After .double(): recompute RetNetRelPos' float32-computed buffers in double, so the goldens are exact."""
+    n = args.decoder_embed_dim // args.decoder_retention_heads // 2
+    angle = 1.0 / (10000 ** torch.linspace(0, 1, n, dtype=torch.float64))
+    dec.retnet_rel_pos.angle = angle.unsqueeze(-1).repeat(1, 2).flatten()
+    heads = torch.arange(args.decoder_retention_heads, dtype=torch.float64)
+    dec.retnet_rel_pos.decay = torch.log(1 - 2 ** (-5 - heads))
+
+
 def build(torch, RetNetConfig, RetNetDecoder, cfg_dict):
     args = RetNetConfig(**cfg_dict)
     embed = torch.nn.Embedding(args.vocab_size, args.decoder_embed_dim)
@@ -178,6 +208,7 @@ def golden(ts_path, out_dir):
     import torch
 
     RetNetConfig, RetNetDecoder = import_torchscale(ts_path)
+    compute_in_input_precision()
     os.makedirs(out_dir, exist_ok=True)
     rng = np.random.default_rng(20240611)
     B, T = 2, 11  # T is not a multiple of the chunk size 4
@@ -204,6 +235,7 @@ def golden(ts_path, out_dir):
             f.write("\n")
 
         dec = dec.double().eval()
+        exact_buffers(torch, dec, args)
         par = run_parallel(torch, dec, tok)
         chk = run_chunkwise(torch, dec, tok)
         rec, state = run_recurrent(torch, dec, tok)
@@ -224,6 +256,7 @@ def check(ts_path, a):
     import torch
 
     RetNetConfig, RetNetDecoder = import_torchscale(ts_path)
+    compute_in_input_precision()
     with open(a.config) as f:
         cfg = json.load(f)
     known = set(RetNetConfig().__dict__.keys())
@@ -235,6 +268,10 @@ def check(ts_path, a):
     missing, unexpected = dec.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
     assert not missing and not unexpected
     dec = dec.double().eval()
+    # the loaded buffers hold our decays in float32; recompute torchscale's in double when they are the default
+    default_decay = torch.log(1 - 2 ** (-5 - torch.arange(args.decoder_retention_heads, dtype=torch.float64)))
+    if torch.allclose(dec.retnet_rel_pos.decay, default_decay, rtol=1e-6, atol=1e-7):
+        exact_buffers(torch, dec, args)
     tok = torch.from_numpy(np.load(a.tokens))
     if a.mode == "parallel":
         ref = run_parallel(torch, dec, tok)

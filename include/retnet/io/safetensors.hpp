@@ -765,8 +765,10 @@ inline bool in_param_scope(const std::string& name, const std::string& prefix) {
 // Loads every parameter of `table` (stored as prefix + name) into data[table.total()]. Strict: all names present
 // with the table's shapes and a floating dtype, no other names in the prefix's scope. Everything is checked and
 // read into a scratch buffer first, so on error `data` is left untouched.
+// `allowed_extra` lists further in-scope names that are tolerated (e.g. torchscale's buffers; see io/model_io.hpp).
 template <class T>
-void load_params(const SafetensorsFile& file, const ParamTable& table, T* data, const std::string& prefix = "") {
+void load_params(const SafetensorsFile& file, const ParamTable& table, T* data, const std::string& prefix = "",
+                 const std::vector<std::string>& allowed_extra = {}) {
   std::vector<std::string> missing, wrong, unexpected;
   for (const auto& p : table.entries()) {
     const std::string name = prefix + p.name;
@@ -776,7 +778,9 @@ void load_params(const SafetensorsFile& file, const ParamTable& table, T* data, 
       wrong.push_back(name + " " + file.shape(name).to_string() + " (expected " + p.shape.to_string() + ")");
   }
   for (const auto& n : file.names())
-    if (in_param_scope(n, prefix) && table.find(n.substr(prefix.size())) == nullptr) unexpected.push_back(n);
+    if (in_param_scope(n, prefix) && table.find(n.substr(prefix.size())) == nullptr &&
+        std::find(allowed_extra.begin(), allowed_extra.end(), n) == allowed_extra.end())
+      unexpected.push_back(n);
   auto list = [](const std::vector<std::string>& v) {
     std::string s;
     for (size_t i = 0; i < v.size() && i < 8; ++i) s += (i ? ", " : "") + v[i];
