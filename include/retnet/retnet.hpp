@@ -26,3 +26,6 @@
 #include "retnet/train/trainer.hpp"
 #include "retnet/io/npy.hpp"
 // retnet/io/config_json.hpp is not included here: it needs nlohmann_json, which the retnet target does not link.
+#include "retnet/io/model_io.hpp"
+#include "retnet/infer/sampler.hpp"
+#include "retnet/infer/generate.hpp"
