@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdint>
 #include <random>
+#include <type_traits>
 #include <vector>
 
 #include "retnet/retnet.hpp"
@@ -94,7 +95,7 @@ struct Grads {
 
 template <class T>
 Grads<T> backward(Form form, const RetentionConfig& cfg, const Problem<T>& p, const Tensor<T>& d_o,
-                  const Tensor<T>* d_kv_final) {
+                  const std::type_identity_t<Tensor<T>>* d_kv_final) {
   Grads<T> g{Tensor<T>(p.q.shape()), Tensor<T>(p.k.shape()), Tensor<T>(p.v.shape()), Tensor<T>(p.kv0.shape())};
   RetentionOutputGrads<T> gout{d_o.cview(), {}};
   if (d_kv_final) gout.d_state_kv = d_kv_final->cview();

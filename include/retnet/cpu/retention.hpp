@@ -174,11 +174,13 @@ void check_grads_out(const char* op, const RetentionInputGrads<T>& g) {
   check_finite(op, "d_state_kv (of the initial state)", g.d_state_kv);
 }
 
-// Runs f(b, h) for every (batch, head) pair, spread over the OpenMP threads.
+// Runs f(b, h) for every (batch, head) pair, spread over the OpenMP threads when there is enough work to
+// pay for a parallel region (tiny problems, e.g. a decoding step of a small model, stay on the caller's thread).
 template <class F>
 void for_each_pair(const Layout& l, F&& f) {
   const int64_t pairs = l.B * l.H;
-#pragma omp parallel for schedule(dynamic, 1)
+  const bool big = pairs > 1 && pairs * l.T * (l.dk + 16) * (l.dv + 16) >= (int64_t{1} << 18);
+#pragma omp parallel for schedule(dynamic, 1) if (big)
   for (int64_t p = 0; p < pairs; ++p) f(p / l.H, p % l.H);
 }
 
