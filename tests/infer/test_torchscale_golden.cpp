@@ -31,7 +31,7 @@ Form form_of(const std::string& m) { return retnet_logits::form_of(m); }
 }  // namespace
 
 TEMPLATE_TEST_CASE("torchscale checkpoints give torchscale's logits in every form", "", float, double) {
-  const double tol = std::is_same_v<TestType, double> ? 1e-9 : 1e-5;
+  const double tol = std::is_same_v<TestType, double> ? 1e-12 : 1e-5;
   const Tensor<int64_t> tokens = io::read_npy<int64_t>(dir + "tokens.npy");
   for (const std::string variant : {"gelu", "swish"}) {
     Model<TestType> model(io::load_config(dir + variant + ".config.json"));
@@ -57,7 +57,7 @@ TEST_CASE("retnet-logits reproduces the goldens") {
       const auto got = io::read_npy<double>(out);
       const auto want = io::read_npy<double>(dir + "swish.logits_" + mode + ".npy");
       INFO(dtype << " " << mode);
-      CHECK(max_rel_diff(got, want) < (dtype == "double" ? 1e-9 : 1e-5));
+      CHECK(max_rel_diff(got, want) < (dtype == "double" ? 1e-12 : 1e-5));
     }
   std::filesystem::remove(out);
   auto err = [](std::vector<std::string> args) {
