@@ -125,6 +125,7 @@ void check_case(const Case& c, Form form, Normalization norm, uint64_t seed, boo
   opt.value_dim = c.dv;
   opt.chunk_size = c.chunk;
   opt.normalization = norm;
+  if (c.H > 32) opt.decay_schedule = retnet::DecaySchedule::paper;  // torchscale's gamma_h rounds to 1 past h = 47
   const retnet::RetentionConfig cfg(opt);
   std::mt19937_64 rng(seed);
   RefProblem p;
@@ -308,4 +309,17 @@ TEST_CASE("cuda retention rejects bad arguments", "[cuda][retention][errors]") {
   CHECK_THROWS_WITH(retnet::retention_forward(ctx, Form::chunkwise, good, in, out), Catch::Contains("q is not"));
   in.q = {q.ptr + 1, {1, 8, 2, 64}};
   CHECK_THROWS_WITH(retnet::retention_forward(ctx, Form::chunkwise, good, in, out), Catch::Contains("aligned"));
+}
+
+// A small set that reaches every kernel instantiation, for compute-sanitizer (memcheck, racecheck).
+TEST_CASE("cuda retention sanitizer subset", "[cuda][sanitize]") {
+  if (!have_gpu()) return;
+  const Case a{2, 77, 3, 64, 128, 16, true}, b{1, 70, 2, 256, 128, 100, true}, c{1, 40, 1, 128, 64, 64, false};
+  check_case<__nv_bfloat16>(a, Form::chunkwise, Normalization::torchscale, 77);
+  check_case<float>(a, Form::chunkwise, Normalization::raw, 78);
+  check_case<float>(b, Form::parallel, Normalization::torchscale, 79);
+  check_case<__nv_bfloat16>(b, Form::recurrent, Normalization::raw, 80);
+  check_case<float>(c, Form::recurrent, Normalization::torchscale, 81);
+  check_case<__nv_bfloat16>(c, Form::parallel, Normalization::raw, 82);
+  check_steps<__nv_bfloat16>(4, 2, 64, 64, Normalization::torchscale, 83);
 }

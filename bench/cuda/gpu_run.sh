@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# One call on the GPU machine: build, GPU tests, benchmarks, fla, sanitizers. Stages by name:
+#   bench/cuda/gpu_run.sh build test bench fla memcheck racecheck
+# Expects .gpu-debs (and .peers/fla-src for fla) carried along; logs go to $OUT.
+set -o pipefail
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT" /tmp/deps
+for f in .gpu-debs/*.deb; do dpkg -x "$f" /tmp/deps; done
+B=/tmp/build-cuda
+for stage in "$@"; do
+  echo "=== $stage ($(date +%T))"
+  case $stage in
+    build)
+      nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
+      cmake -S . -B $B -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH=/tmp/deps/usr \
+        -DCMAKE_CUDA_ARCHITECTURES=90 -DRETNET_BUILD_EXAMPLES=OFF -DCMAKE_CUDA_FLAGS="-Xptxas=-v" > "$OUT/build.log" 2>&1 &&
+        cmake --build $B -j16 --target test_cuda bench_cuda_retention >> "$OUT/build.log" 2>&1 ||
+        { grep -E "error" -A3 "$OUT/build.log" | head -60; exit 1; }
+      grep -E "registers|spill" "$OUT/build.log" | sort | uniq -c | sort -rn | head -12 ;;
+    test) $B/tests/cuda/test_cuda ${TEST_FILTER:-} 2>&1 | tee "$OUT/test.log" | tail -60 ;;
+    bench) $B/bench/cuda/bench_cuda_retention --benchmark_counters_tabular=true ${BENCH_FILTER:+--benchmark_filter=$BENCH_FILTER} 2>&1 | tee "$OUT/bench.log" | grep -v "^-" ;;
+    fla) PYTHONPATH=$PWD/.peers/fla-src PYTHONUNBUFFERED=1 python3 bench/fla_bench.py "$OUT/fla.json" 2>&1 | tee "$OUT/fla.log" | tail -30 ;;
+    memcheck) compute-sanitizer --tool memcheck --error-exitcode 3 $B/tests/cuda/test_cuda "[step],[errors]" 2>&1 | tail -5;
+      SANITIZE=1 compute-sanitizer --tool memcheck --error-exitcode 3 $B/tests/cuda/test_cuda "[sanitize]" 2>&1 | tee "$OUT/memcheck.log" | tail -8 ;;
+    racecheck) SANITIZE=1 compute-sanitizer --tool racecheck --error-exitcode 3 $B/tests/cuda/test_cuda "[sanitize]" 2>&1 | tee "$OUT/racecheck.log" | tail -8 ;;
+  esac
+done
