@@ -93,8 +93,9 @@ typename Model<T>::State concat_states(const Model<T>& model, const std::vector<
 
 // Saves a recurrent state: layers.{l}.kv [B, H, dk, dv], layers.{l}.scale [B, H], positions [B] (I64), atomically.
 template <class State>
-void save_state(const State& s, const std::string& path) {
+void save_state(const State& s, const std::string& path, const std::map<std::string, std::string>& metadata = {}) {
   io::SafetensorsWriter w;
+  for (const auto& [k, v] : metadata) w.set_metadata(k, v);
   w.set_metadata("format", "retnet-state");
   w.set_metadata("layers", std::to_string(s.kv.size()));
   for (size_t l = 0; l < s.kv.size(); ++l) {
@@ -139,9 +140,13 @@ struct GenerateOptions {
 using TokenCallback = std::function<void(int64_t, int64_t)>;
 
 // Continues every prompt by up to max_new_tokens tokens; returns the new tokens of each prompt.
+// final_state (optional) receives the state after each prompt and all its new tokens but the last one (rows in
+// prompt order), so decoding can resume by stepping the last tokens. Rows that ended early on stop_token have
+// been stepped further with the stop token repeated.
 template <class T>
 std::vector<std::vector<int64_t>> generate(Model<T>& model, const std::vector<std::vector<int64_t>>& prompts,
-                                           const GenerateOptions& opt, const TokenCallback& on_token = {}) {
+                                           const GenerateOptions& opt, const TokenCallback& on_token = {},
+                                           typename Model<T>::State* final_state = nullptr) {
   opt.sampling.validate();
   require(!prompts.empty(), "infer::generate: no prompts");
   require(opt.max_new_tokens >= 0, "infer::generate: max_new_tokens = ", opt.max_new_tokens, " is negative");
@@ -198,6 +203,11 @@ std::vector<std::vector<int64_t>> generate(Model<T>& model, const std::vector<st
     }
     if (!any || step + 1 == opt.max_new_tokens) break;
     logits_now = model.step(HostView<const int64_t>(next.data(), {N}), state);
+  }
+  if (final_state) {
+    std::vector<int64_t> row_of(static_cast<size_t>(N));
+    for (int64_t r = 0; r < N; ++r) row_of[static_cast<size_t>(order[static_cast<size_t>(r)])] = r;
+    *final_state = select_rows(model, state, row_of);
   }
   return out;
 }
