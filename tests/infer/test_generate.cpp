@@ -292,3 +292,30 @@ TEST_CASE("export a checkpoint of ours for torchscale", "[.][export]") {
   for (int64_t i = 0; i < tokens.numel(); ++i) tokens[i] = static_cast<int64_t>(g() % 50);
   io::write_npy(std::string(dir) + "/ours_tokens.npy", tokens);
 }
+
+TEST_CASE("generation resumes from its final state exactly") {
+  Model<double> m(small_config());
+  randomise(m, 31);
+  const std::vector<std::vector<int64_t>> prompts{{1, 2, 3, 4, 5, 6}, {7, 8}, {9, 10, 11}};
+  const infer::GenerateOptions opt{.max_new_tokens = 12, .sampling = {.temperature = 0}};
+  const auto full = infer::generate(m, prompts, opt);
+  Model<double>::State st;
+  const auto part = infer::generate(m, prompts, {.max_new_tokens = 5, .sampling = {.temperature = 0}}, {}, &st);
+  REQUIRE(st.batch() == 3);
+  for (size_t i = 0; i < prompts.size(); ++i) CHECK(st.positions[i] == static_cast<int64_t>(prompts[i].size()) + 4);
+  const std::string path = temp_path("gen_state.safetensors");
+  infer::save_state(st, path, {{"note", "x"}});
+  CHECK(io::SafetensorsFile::open(path).metadata().at("note") == "x");
+  auto restored = infer::load_state(m, path);
+  std::vector<int64_t> last;
+  for (const auto& p : part) last.push_back(p.back());
+  std::vector<std::vector<int64_t>> cont = part;
+  for (int k = 5; k < 12; ++k) {
+    const auto l = m.step(HostView<const int64_t>(last.data(), {3}), restored);
+    for (int64_t r = 0; r < 3; ++r) {
+      last[static_cast<size_t>(r)] = Sampler::argmax(l.data() + r * m.config().vocab_size, m.config().vocab_size);
+      cont[static_cast<size_t>(r)].push_back(last[static_cast<size_t>(r)]);
+    }
+  }
+  CHECK(cont == full);
+}
