@@ -54,13 +54,22 @@ struct ScanSmem {
   static constexpr int H_ELEMS = Summary ? 0 : DQK * LDV;
   static constexpr int A_ELEMS = Summary ? 0 : LM * LDA;
   static constexpr int VB_ELEMS = V_ELEMS;
-  static constexpr int STAGES = (2 * STAGE + H_ELEMS + A_ELEMS + VB_ELEMS) * static_cast<int>(sizeof(E)) <= 227 * 1024 ? 2 : 1;
+  static constexpr int fixed_bytes = (H_ELEMS + A_ELEMS + VB_ELEMS) * static_cast<int>(sizeof(E));
+  static constexpr int stage_bytes = STAGE * static_cast<int>(sizeof(E));
+  // Two blocks per multiprocessor beat double buffering inside one block: double-buffer only where two
+  // double-buffered blocks still fit, else single-buffer where that gives two blocks, else whatever fits.
+  static constexpr int kSmemPerSm = 227 * 1024;
+  static constexpr int STAGES = 2 * (2 * stage_bytes + fixed_bytes + 1024) <= kSmemPerSm   ? 2
+                                : 2 * (stage_bytes + fixed_bytes + 1024) <= kSmemPerSm     ? 1
+                                : 2 * stage_bytes + fixed_bytes <= kSmemPerSm              ? 2
+                                                                                          : 1;
+  static constexpr int min_blocks = 2 * (STAGES * stage_bytes + fixed_bytes + 1024) <= kSmemPerSm ? 2 : 1;
   static constexpr int bytes = (STAGES * STAGE + H_ELEMS + A_ELEMS + VB_ELEMS) * static_cast<int>(sizeof(E));
 };
 
 // grid (dv / 64, NS, B * H), block 256.
 template <class P, int DQK, int LM, bool Summary>
-__global__ void __launch_bounds__(kThreads) scan_kernel(ScanParams p, HeadDecays dec) {
+__global__ void __launch_bounds__(kThreads, (ScanSmem<P, DQK, LM, Summary>::min_blocks)) scan_kernel(ScanParams p, HeadDecays dec) {
   using E = typename P::T;
   using SM = ScanSmem<P, DQK, LM, Summary>;
   constexpr int LDQ = SM::LDQ, LDV = SM::LDV, LDA = SM::LDA, STAGE = SM::STAGE, NST = SM::STAGES;
