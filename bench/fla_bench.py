@@ -5,6 +5,7 @@ bf16 and float, with triton.testing.do_bench (median, CUDA events). Prints a mar
 Usage: PYTHONPATH=<fla source> python3 bench/fla_bench.py [out.json]
 """
 import json
+import os
 import sys
 
 import torch
@@ -45,7 +46,11 @@ def main():
     out = {}
     print("| B, T, H, D | dtype | fla fwd ms | fla fwd+bwd ms |")
     print("|---|---|---|---|")
-    for dtype, name in ((torch.bfloat16, "bf16"), (torch.float32, "f32")):
+    dtypes = ((torch.bfloat16, "bf16"), (torch.float32, "f32"))
+    only = os.environ.get("FLA_DTYPES")  # e.g. "bf16"
+    for dtype, name in dtypes:
+        if only and name not in only.split(","):
+            continue
         for s in SHAPES:
             f = bench(*s, dtype, False)
             fb = bench(*s, dtype, True)
