@@ -23,9 +23,21 @@ std::string error_of(const std::function<void()>& f) {
   return "";
 }
 
+// A per-process scratch directory, removed when the test program exits.
+struct ScratchDir {
+  std::filesystem::path path;
+  ScratchDir() : path(std::filesystem::temp_directory_path() / ("retnet_test_infer_" + std::to_string(::getpid()))) {
+    std::filesystem::create_directories(path);
+  }
+  ~ScratchDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+};
+
 std::string temp_path(const std::string& name) {
-  const auto dir = std::filesystem::temp_directory_path() / ("retnet_test_infer_" + std::to_string(::getpid()));
-  std::filesystem::create_directories(dir);
+  static ScratchDir scratch;
+  const auto& dir = scratch.path;
   return (dir / name).string();
 }
 
