@@ -262,9 +262,14 @@ def check(ts_path, a):
     known = set(RetNetConfig().__dict__.keys())
     cfg = {k: v for k, v in cfg.items() if k in known}
     args, dec = build(torch, RetNetConfig, RetNetDecoder, cfg)
-    sd = {k: torch.from_numpy(v) for k, v in read_safetensors(a.weights).items()}
+    # names with '/' are other groups of a training checkpoint (e.g. AdamW moments "adam.m/...")
+    sd = {k: torch.from_numpy(v) for k, v in read_safetensors(a.weights).items() if "/" not in k}
     if args.share_decoder_input_output_embed and "output_projection.weight" not in sd:
         sd["output_projection.weight"] = sd["embed_tokens.weight"]
+    for buf in ("retnet_rel_pos.angle", "retnet_rel_pos.decay"):
+        if buf not in sd:  # files written by io::save_params alone lack torchscale's buffers
+            print(f"note: {buf} not in the checkpoint; using torchscale's own")
+            sd[buf] = dec.state_dict()[buf]
     missing, unexpected = dec.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
     assert not missing and not unexpected
     dec = dec.double().eval()
