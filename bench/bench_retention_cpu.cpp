@@ -55,10 +55,12 @@ struct Setup {
 void set_counters(benchmark::State& state, double flops_per_iter, int64_t tokens_per_iter) {
   using benchmark::Counter;
   state.counters["FLOP/s"] = Counter(flops_per_iter, Counter::kIsIterationInvariantRate, Counter::kIs1000);
-  state.counters["tokens/s"] =
-      Counter(static_cast<double>(tokens_per_iter), Counter::kIsIterationInvariantRate, Counter::kIs1000);
-  state.counters["ns/token"] = Counter(static_cast<double>(tokens_per_iter) * 1e-9,
-                                       Counter::kIsIterationInvariantRate | Counter::kInvert, Counter::kIs1000);
+  if (tokens_per_iter > 0)
+    state.counters["tokens/s"] =
+        Counter(static_cast<double>(tokens_per_iter), Counter::kIsIterationInvariantRate, Counter::kIs1000);
+  if (tokens_per_iter > 0)
+    state.counters["us/token"] =
+        Counter(static_cast<double>(tokens_per_iter) * 1e-6, Counter::kIsIterationInvariantRate | Counter::kInvert);
 }
 
 void BM_sgemm1024(benchmark::State& state) {

@@ -196,7 +196,7 @@ TEST_CASE("torchscale mode reproduces torchscale's three code paths (no initial 
 }
 
 TEST_CASE("a long sequence stays finite in float (T = 65536, 16 heads)") {
-  const Case c{1, 65536, 16, 8, 8, 64, false};
+  const Case c{1, 65536, 16, 8, 8, 128, false};
   for (Normalization norm : {Normalization::torchscale, Normalization::raw}) {
     INFO(to_string(norm));
     const RetentionConfig cfg = make_config(c, norm);
@@ -212,16 +212,18 @@ TEST_CASE("a long sequence stays finite in float (T = 65536, 16 heads)") {
     for (auto* t : {&p.q, &p.k, &p.v})
       for (auto& x : t->storage()) x = normal(rng);
     const Result<float> r = forward(Form::chunkwise, cfg, p);
-    const Tensor<float> d_o(p.v.shape(), 1.0f);
-    const Grads<float> g = backward(Form::chunkwise, cfg, p, d_o, nullptr);
     auto all_finite = [](const Tensor<float>& t) {
       return std::all_of(t.storage().begin(), t.storage().end(), [](float x) { return std::isfinite(x); });
     };
     CHECK(all_finite(r.o));
     CHECK(all_finite(r.kv));
-    CHECK(all_finite(g.dq));
-    CHECK(all_finite(g.dk));
-    CHECK(all_finite(g.dv));
+    if (norm == Normalization::torchscale) {  // the backward pass too (once: it is slow in debug builds)
+      const Tensor<float> d_o(p.v.shape(), 1.0f);
+      const Grads<float> g = backward(Form::chunkwise, cfg, p, d_o, nullptr);
+      CHECK(all_finite(g.dq));
+      CHECK(all_finite(g.dk));
+      CHECK(all_finite(g.dv));
+    }
     // The slowest head's scale approaches 1 / (1 - gamma) = 2^20.
     CHECK(r.scale[15] == Approx(std::pow(2.0, 20) * (1 - std::pow(1 - std::pow(2.0, -20), 65536))).epsilon(1e-4));
   }

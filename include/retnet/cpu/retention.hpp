@@ -175,11 +175,12 @@ void check_grads_out(const char* op, const RetentionInputGrads<T>& g) {
 }
 
 // Runs f(b, h) for every (batch, head) pair, spread over the OpenMP threads when there is enough work to
-// pay for a parallel region (tiny problems, e.g. a decoding step of a small model, stay on the caller's thread).
+// pay for a parallel region (roughly 10 MFLOP; a decoding step stays on the caller's thread: on a busy machine a
+// parallel region can cost milliseconds).
 template <class F>
 void for_each_pair(const Layout& l, F&& f) {
   const int64_t pairs = l.B * l.H;
-  const bool big = pairs > 1 && pairs * l.T * (l.dk + 16) * (l.dv + 16) >= (int64_t{1} << 18);
+  const bool big = pairs > 1 && pairs * l.T * (l.dk + 16) * (l.dv + 16) >= (int64_t{1} << 22);
 #pragma omp parallel for schedule(dynamic, 1) if (big)
   for (int64_t p = 0; p < pairs; ++p) f(p / l.H, p % l.H);
 }
@@ -210,9 +211,11 @@ std::vector<ChunkTables<T>> chunk_tables(const RetentionConfig& cfg, int64_t T_l
     t.b.resize(Ce);
     t.d.resize(Ce);
     t.inv_sqrt_S.resize(Ce);
+    std::vector<double> pw(static_cast<size_t>(Ce + 1));
+    for (int64_t i = 0; i <= Ce; ++i) pw[static_cast<size_t>(i)] = std::exp(static_cast<double>(i) * lg);
     for (int64_t i = 0; i < Ce; ++i) {
-      for (int64_t j = 0; j <= i; ++j) t.mask(i, j) = static_cast<T>(std::exp(static_cast<double>(i - j) * lg));
-      t.b(i) = static_cast<T>(std::exp(static_cast<double>(i + 1) * lg));
+      for (int64_t j = 0; j <= i; ++j) t.mask(i, j) = static_cast<T>(pw[static_cast<size_t>(i - j)]);
+      t.b(i) = static_cast<T>(pw[static_cast<size_t>(i + 1)]);
       t.d(i) = static_cast<T>(std::exp(static_cast<double>(Ce - 1 - i) * lg));
       t.inv_sqrt_S(i) = static_cast<T>(1.0 / std::sqrt(decay_sum(lg, i)));
     }
