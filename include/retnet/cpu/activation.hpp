@@ -44,28 +44,28 @@ inline T activate_grad(Activation a, T x) {
 // y [n] = act(x)
 template <class T>
 void activation_forward(Cpu, Activation a, T* y, const T* x, int64_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n > 32768)
   for (int64_t i = 0; i < n; ++i) y[i] = activate(a, x[i]);
 }
 
 // dx [n] = dy · act'(x)  (overwrites)
 template <class T>
 void activation_backward(Cpu, Activation a, T* dx, const T* dy, const T* x, int64_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n > 32768)
   for (int64_t i = 0; i < n; ++i) dx[i] = dy[i] * activate_grad(a, x[i]);
 }
 
 // GLU product: y [n] = act(a) ⊙ b
 template <class T>
 void glu_forward(Cpu, Activation act, T* y, const T* a, const T* b, int64_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n > 32768)
   for (int64_t i = 0; i < n; ++i) y[i] = activate(act, a[i]) * b[i];
 }
 
 // da = dy ⊙ b ⊙ act'(a);  db = dy ⊙ act(a)  (both overwrite; da may alias dy)
 template <class T>
 void glu_backward(Cpu, Activation act, T* da, T* db, const T* dy, const T* a, const T* b, int64_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n > 32768)
   for (int64_t i = 0; i < n; ++i) {
     const T g = dy[i];
     const T av = a[i];

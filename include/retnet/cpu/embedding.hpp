@@ -17,7 +17,7 @@ inline void validate_tokens(const char* op, const int64_t* tokens, int64_t rows,
 // out [n, d] = scale · E[tokens[i]],  E [vocab, d]
 template <class T>
 void embedding_forward(Cpu, T* out, const int64_t* tokens, const T* table, int64_t n, int64_t d, T scale) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n * d > 32768)
   for (int64_t i = 0; i < n; ++i) {
     const T* e = table + tokens[i] * d;
     T* o = out + i * d;

@@ -44,7 +44,7 @@ void linear_forward(Cpu, T* y, const T* x, const T* w, int64_t n, int64_t in, in
   MapCMat<T> X(x, n, in);
   MapCMat<T> W(w, out, in);
   const int threads = max_threads();
-  if (n <= 32 && threads > 1 && out >= 64) {
+  if (n <= 32 && threads > 1 && out * in >= 65536) {
     // Split W by rows: each thread streams its own slice of the weights once.
     const int64_t parts = threads;
 #pragma omp parallel for schedule(static)

@@ -12,7 +12,7 @@ namespace retnet {
 // y may alias x.
 template <class T>
 void rmsnorm_forward(Cpu, T* y, T* rstd, const T* x, const T* w, int64_t n, int64_t c, double eps) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n * c > 32768)
   for (int64_t i = 0; i < n; ++i) {
     const T* xr = x + i * c;
     T* yr = y + i * c;
@@ -40,7 +40,7 @@ void rmsnorm_backward(Cpu, T* dx, T* dw, const T* dy, const T* x, const T* w, co
       for (int64_t j = 0; j < c; ++j) dw[j] += dyr[j] * xr[j] * r;
     }
   }
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n * c > 32768)
   for (int64_t i = 0; i < n; ++i) {
     const T r = rstd[i];
     const T* xr = x + i * c;
@@ -63,7 +63,7 @@ void rmsnorm_backward(Cpu, T* dx, T* dw, const T* dy, const T* x, const T* w, co
 template <class T>
 void layernorm_forward(Cpu, T* y, T* mean, T* rstd, const T* x, const T* w, const T* b, int64_t n, int64_t c,
                        double eps) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n * c > 32768)
   for (int64_t i = 0; i < n; ++i) {
     const T* xr = x + i * c;
     T* yr = y + i * c;
@@ -99,7 +99,7 @@ void layernorm_backward(Cpu, T* dx, T* dw, T* db, const T* dy, const T* x, const
       }
     }
   }
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n * c > 32768)
   for (int64_t i = 0; i < n; ++i) {
     const T* xr = x + i * c;
     const T* dyr = dy + i * c;

@@ -60,7 +60,7 @@ struct StatePtrs {
 template <class T>
 void rotate_heads(T* x, const MsrDims& dm, const RotationTable<T>& tab, const int64_t* row_off, bool inverse) {
   const int64_t half = dm.dk / 2;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (dm.rows() * dm.d > 32768)
   for (int64_t r = 0; r < dm.rows(); ++r) {
     const int64_t b = r / dm.length, t = r % dm.length;
     const int64_t pos = row_off[b] + t;
@@ -82,7 +82,7 @@ void msr_forward(Cpu, const RetentionConfig& rc, Form form, double eps, const Ms
   linear_forward(cpu, s.v, x, w.v, N, d, Vd);
   linear_forward(cpu, s.g, x, w.g, N, d, Vd);
   const T scaling = T(1) / std::sqrt(T(dm.dk));
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * d > 32768)
   for (int64_t i = 0; i < N * d; ++i) s.k[i] *= scaling;
   rotate_heads(s.q, dm, rot, row_off, false);
   rotate_heads(s.k, dm, rot, row_off, false);
@@ -109,7 +109,7 @@ void msr_forward(Cpu, const RetentionConfig& rc, Form form, double eps, const Ms
   }
   // Group norm (per token and head over dv, no affine) and swish gate.
   const int64_t dv = dm.dv, H = dm.heads;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * Vd > 32768)
   for (int64_t r = 0; r < N * H; ++r) {
     const T* orow = s.o + r * dv;
     T ss = 0;
@@ -135,7 +135,7 @@ void msr_backward(Cpu, const RetentionConfig& rc, Form form, const MsrDims& dm, 
   // out = z Woᵀ
   linear_backward(cpu, sc.dz, gw.out, dout, s.z, w.out, N, Vd, d);
   // z = silu(g) ⊙ o·r :  dy (into dz) and dg
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * Vd > 32768)
   for (int64_t r = 0; r < N * H; ++r) {
     const T rs = s.gn_rstd[r];
     for (int64_t j = 0; j < dv; ++j) {
@@ -170,7 +170,7 @@ void msr_backward(Cpu, const RetentionConfig& rc, Form form, const MsrDims& dm, 
   rotate_heads(sc.dq, dm, rot, row_off, true);
   rotate_heads(sc.dk, dm, rot, row_off, true);
   const T scaling = T(1) / std::sqrt(T(dm.dk));
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * d > 32768)
   for (int64_t i = 0; i < N * d; ++i) sc.dk[i] *= scaling;
   // projections
   linear_backward(cpu, dx, gw.q, sc.dq, x, w.q, N, d, d, GradMode::overwrite);

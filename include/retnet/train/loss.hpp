@@ -35,7 +35,7 @@ LossSum cross_entropy_forward_backward(Cpu, const T* logits, const int64_t* targ
     require(targets[i] == ignore_index || (targets[i] >= 0 && targets[i] < vocab), "cross_entropy: target ", targets[i],
             " at row ", i, " is out of range; expected an id in [0, ", vocab, ") or the ignore index ", ignore_index);
   std::vector<double> losses(static_cast<size_t>(n), 0.0);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n * vocab > 32768)
   for (int64_t i = 0; i < n; ++i) {
     const T* x = logits + i * vocab;
     const int64_t t = targets[i];
