@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <type_traits>
 
 #include "retnet/core/checked.hpp"
@@ -74,6 +75,19 @@ struct Run {
   int seg = 0;  // fixed segment length (torchscale chunkwise), 0 = choose
 };
 
+// Blocks the segment split aims at (about 4 waves of 2 blocks on 132 SMs); RETNET_CUDA_SCAN_BLOCKS overrides
+// it (tuning knob, 64..65536).
+inline int64_t target_blocks() {
+  static const int64_t v = [] {
+    if (const char* e = std::getenv("RETNET_CUDA_SCAN_BLOCKS")) {
+      const long long x = std::atoll(e);
+      if (x >= 64 && x <= 65536) return static_cast<int64_t>(x);
+    }
+    return int64_t{1024};
+  }();
+  return v;
+}
+
 struct Geometry {
   int L, seg, NS;
 };
@@ -86,7 +100,8 @@ Geometry geometry(int dval, int64_t B, int64_t T, int H, int fixed_seg) {
     g.seg = fixed_seg;
   } else {
     const int64_t tiles = B * H * (dval / kVTile);
-    const int64_t want = std::max<int64_t>(1, (1024 + tiles - 1) / tiles);
+    const int64_t blocks = target_blocks();
+    const int64_t want = std::max<int64_t>(1, (blocks + tiles - 1) / tiles);
     const int64_t max_ns = (T + L - 1) / L;
     const int64_t ns = std::min(want, max_ns);
     const int64_t per = (T + ns - 1) / ns;
@@ -230,7 +245,7 @@ inline int64_t nseg(int64_t T, int64_t seg) { return (T + seg - 1) / seg; }
 inline int64_t max_segments(int64_t B, int64_t T, int H, int dval, int fixed_seg) {
   if (fixed_seg > 0) return nseg(T, fixed_seg);
   const int64_t tiles = B * H * (dval / kVTile);
-  return std::min<int64_t>(std::max<int64_t>(1, (1024 + tiles - 1) / tiles), nseg(T, 32)) + 1;
+  return std::min<int64_t>(std::max<int64_t>(1, (target_blocks() + tiles - 1) / tiles), nseg(T, 32)) + 1;
 }
 
 template <class E>
