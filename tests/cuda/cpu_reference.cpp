@@ -57,10 +57,10 @@ std::vector<double> ref_step(const retnet::RetentionConfig& cfg, int64_t B, cons
                              std::vector<double>& s) {
   const int64_t H = cfg.heads(), dk = cfg.key_dim(), dv = cfg.value_dim();
   std::vector<double> o(static_cast<size_t>(B * H * dv), 0.0);
-  retnet::retention_recurrent_step(retnet::cpu, cfg, HostView<const double>(q.data(), {B, H, dk}),
-                                   HostView<const double>(k.data(), {B, H, dk}),
-                                   HostView<const double>(v.data(), {B, H, dv}), HostView<double>(kv.data(), {B, H, dk, dv}),
-                                   HostView<double>(s.data(), {B, H}), HostView<double>(o.data(), {B, H, dv}));
+  retnet::retention_recurrent_step(
+      retnet::cpu, cfg, HostView<const double>(q.data(), {B, H, dk}), HostView<const double>(k.data(), {B, H, dk}),
+      HostView<const double>(v.data(), {B, H, dv}), HostView<double>(kv.data(), {B, H, dk, dv}),
+      HostView<double>(s.data(), {B, H}), HostView<double>(o.data(), {B, H, dv}));
   return o;
 }
 

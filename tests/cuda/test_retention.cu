@@ -211,8 +211,8 @@ void check_case(const Case& c, Form form, Normalization norm, uint64_t seed, boo
 }
 
 const Case odd_cases[] = {
-    {2, 77, 3, 64, 128, 16, true},  {1, 130, 2, 128, 64, 64, false}, {1, 50, 2, 256, 64, 100, true},
-    {2, 200, 2, 64, 64, 7, true},   {1, 1, 2, 64, 64, 64, true},     {1, 300, 1, 128, 256, 128, false},
+    {2, 77, 3, 64, 128, 16, true}, {1, 130, 2, 128, 64, 64, false}, {1, 50, 2, 256, 64, 100, true},
+    {2, 200, 2, 64, 64, 7, true},  {1, 1, 2, 64, 64, 64, true},     {1, 300, 1, 128, 256, 128, false},
 };
 
 template <class E>
@@ -236,7 +236,7 @@ TEST_CASE("cuda retention bf16 matches the CPU on odd shapes", "[cuda][retention
 
 TEST_CASE("cuda retention on the benchmark shapes (batch 1)", "[cuda][retention][bench-shapes]") {
   if (!have_gpu()) return;
-  const Case shapes[] = {{1, 4096, 16, 128, 128, 64, false}, {1, 4096, 64, 128, 128, 64, false},
+  const Case shapes[] = {{1, 4096, 16, 128, 128, 64, false},  {1, 4096, 64, 128, 128, 64, false},
                          {1, 16384, 16, 128, 128, 64, false}, {1, 2048, 16, 128, 128, 64, false},
                          {1, 1024, 8, 64, 64, 64, false},     {1, 8192, 8, 256, 256, 64, true}};
   uint64_t seed = 3000;

@@ -229,8 +229,8 @@ void check_common(const char* op, const RetentionConfig& cfg, const RetentionDim
   for (int64_t x : {d.key_dim, d.value_dim})
     require(x == 64 || x == 128 || x == 256, op, ": head size ", x,
             " is not supported on the GPU; key_dim and value_dim must each be 64, 128 or 256");
-  require(d.length < (int64_t{1} << 31) && d.batch * d.heads < 65536, op, ": shape too large (batch * heads = ",
-          d.batch * d.heads, ", length = ", d.length, ")");
+  require(d.length < (int64_t{1} << 31) && d.batch * d.heads < 65536, op,
+          ": shape too large (batch * heads = ", d.batch * d.heads, ", length = ", d.length, ")");
   int dev = 0;
   RETNET_CUDA_CHECK(cudaGetDevice(&dev));
   int major = 0;
@@ -325,8 +325,8 @@ void forward_impl(const char* op, const Cuda& ctx, Form form, const RetentionCon
   if (ts) compute_mu<E>(ctx, form, cfg, d, r.q, r.k, s0, colsum, geo.NS, mu, dec);
   run_output<E>(ctx, r, B, T, H, dec, states, geo);
   if (!out.state_scale.empty()) {
-    final_scale_kernel<<<static_cast<unsigned>((B * H + 127) / 128), 128, 0, ctx.stream>>>(
-        s0, out.state_scale.data(), B * H, H, T, dec);
+    final_scale_kernel<<<static_cast<unsigned>((B * H + 127) / 128), 128, 0, ctx.stream>>>(s0, out.state_scale.data(),
+                                                                                           B * H, H, T, dec);
     RETNET_CUDA_CHECK_LAUNCH("retention final scale");
   }
 }
@@ -381,8 +381,8 @@ void backward_impl(const char* op, const Cuda& ctx, Form form, const RetentionCo
     compute_mu<E>(ctx, form, cfg, d, in.q.data(), in.k.data(), s0, colsum, NS, mu, dec);
     E* gs = ws.as<E>(st_bytes + cs_bytes + mu_bytes);
     const int64_t n = B * T * H * dv;
-    scale_rows_kernel<E><<<static_cast<unsigned>((n + 255) / 256), 256, 0, ctx.stream>>>(gout.d_o.data(), mu, gs,
-                                                                                        B * T * H, dv);
+    scale_rows_kernel<E>
+        <<<static_cast<unsigned>((n + 255) / 256), 256, 0, ctx.stream>>>(gout.d_o.data(), mu, gs, B * T * H, dv);
     RETNET_CUDA_CHECK_LAUNCH("retention backward: g = mu d_o");
     g = gs;
   }
@@ -442,7 +442,8 @@ void backward_impl(const char* op, const Cuda& ctx, Form form, const RetentionCo
 
 // Chunkwise form (torchscale's chunk normaliser with cfg.chunk_size(); raw mode is form-independent).
 template <class E>
-void retention_chunkwise_forward(const Cuda& ctx, const RetentionConfig& cfg, const RetentionInputs<E, Device, float>& in,
+void retention_chunkwise_forward(const Cuda& ctx, const RetentionConfig& cfg,
+                                 const RetentionInputs<E, Device, float>& in,
                                  const RetentionOutputs<E, Device, float>& out) {
   cuda_detail::forward_impl<E>("retention_chunkwise_forward (CUDA)", ctx, Form::chunkwise, cfg, in, out);
 }

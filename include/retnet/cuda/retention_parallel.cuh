@@ -8,7 +8,8 @@
 namespace retnet {
 
 template <class E>
-void retention_parallel_forward(const Cuda& ctx, const RetentionConfig& cfg, const RetentionInputs<E, Device, float>& in,
+void retention_parallel_forward(const Cuda& ctx, const RetentionConfig& cfg,
+                                const RetentionInputs<E, Device, float>& in,
                                 const RetentionOutputs<E, Device, float>& out) {
   cuda_detail::forward_impl<E>("retention_parallel_forward (CUDA)", ctx, Form::parallel, cfg, in, out);
 }

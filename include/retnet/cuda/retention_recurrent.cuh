@@ -15,10 +15,10 @@ namespace cuda_detail {
 //   torchscale: s' = s gamma + 1, kv' = kv gamma sqrt(s/s') + k^T v / sqrt(s'), o = q kv'
 //   raw:        kv' = gamma kv + k^T v, o = q kv'
 template <class E>
-__global__ void __launch_bounds__(256) recurrent_step_kernel(const E* __restrict__ q, const E* __restrict__ k,
-                                                             const E* __restrict__ v, float* __restrict__ kv,
-                                                             float* __restrict__ scale, E* __restrict__ o, int H,
-                                                             int dk, int dv, int torchscale, HeadDecays dec) {
+__global__ void __launch_bounds__(256)
+    recurrent_step_kernel(const E* __restrict__ q, const E* __restrict__ k, const E* __restrict__ v,
+                          float* __restrict__ kv, float* __restrict__ scale, E* __restrict__ o, int H, int dk, int dv,
+                          int torchscale, HeadDecays dec) {
   __shared__ float qs[256], ks[256], part[4][64];
   const int bh = blockIdx.x, h = bh % H;
   const int col = blockIdx.y * 64 + (threadIdx.x & 63), slice = threadIdx.x >> 6;
@@ -59,7 +59,8 @@ __global__ void step_scale_kernel(float* scale, int64_t BH, int H, HeadDecays de
 }  // namespace cuda_detail
 
 template <class E>
-void retention_recurrent_forward(const Cuda& ctx, const RetentionConfig& cfg, const RetentionInputs<E, Device, float>& in,
+void retention_recurrent_forward(const Cuda& ctx, const RetentionConfig& cfg,
+                                 const RetentionInputs<E, Device, float>& in,
                                  const RetentionOutputs<E, Device, float>& out) {
   cuda_detail::forward_impl<E>("retention_recurrent_forward (CUDA)", ctx, Form::recurrent, cfg, in, out);
 }
@@ -76,9 +77,9 @@ void retention_recurrent_backward(const Cuda& ctx, const RetentionConfig& cfg,
 // state_scale [B, H] in float, updated in place (state_scale only in torchscale mode; it may be empty in raw
 // mode). Same math as the CPU step.
 template <class E>
-void retention_recurrent_step(const Cuda& ctx, const RetentionConfig& cfg, DeviceView<const E> q,
-                              DeviceView<const E> k, DeviceView<const E> v, DeviceView<float> state_kv,
-                              DeviceView<float> state_scale, DeviceView<E> o) {
+void retention_recurrent_step(const Cuda& ctx, const RetentionConfig& cfg, DeviceView<const E> q, DeviceView<const E> k,
+                              DeviceView<const E> v, DeviceView<float> state_kv, DeviceView<float> state_scale,
+                              DeviceView<E> o) {
   using namespace cuda_detail;
   const char* op = "retention_recurrent_step (CUDA)";
   detail::expect_present(op, "q", q);
@@ -101,8 +102,8 @@ void retention_recurrent_step(const Cuda& ctx, const RetentionConfig& cfg, Devic
     detail::expect_shape(op, "state_scale", state_scale.shape(), {B, H});
   }
   require(H <= kMaxHeads, op, ": heads = ", H, " exceeds the CUDA limit of ", kMaxHeads);
-  require(dk <= 256 && dv % 64 == 0, op, ": key_dim must be at most 256 and value_dim a multiple of 64 (got ", dk,
-          ", ", dv, ")");
+  require(dk <= 256 && dv % 64 == 0, op, ": key_dim must be at most 256 and value_dim a multiple of 64 (got ", dk, ", ",
+          dv, ")");
   require(B * H < (int64_t{1} << 31), op, ": batch * heads too large");
   expect_device_view(op, "q", q, sizeof(E));
   expect_device_view(op, "k", k, sizeof(E));
@@ -112,14 +113,13 @@ void retention_recurrent_step(const Cuda& ctx, const RetentionConfig& cfg, Devic
   expect_device_view(op, "o", o, sizeof(E));
   const HeadDecays dec = head_decays(cfg);
   const dim3 grid(static_cast<unsigned>(B * H), static_cast<unsigned>(dv / 64));
-  recurrent_step_kernel<E><<<grid, 256, 0, ctx.stream>>>(q.data(), k.data(), v.data(), state_kv.data(),
-                                                        ts ? state_scale.data() : nullptr, o.data(),
-                                                        static_cast<int>(H), static_cast<int>(dk),
-                                                        static_cast<int>(dv), ts ? 1 : 0, dec);
+  recurrent_step_kernel<E><<<grid, 256, 0, ctx.stream>>>(
+      q.data(), k.data(), v.data(), state_kv.data(), ts ? state_scale.data() : nullptr, o.data(), static_cast<int>(H),
+      static_cast<int>(dk), static_cast<int>(dv), ts ? 1 : 0, dec);
   RETNET_CUDA_CHECK_LAUNCH("retention recurrent step");
   if (ts) {
     step_scale_kernel<<<static_cast<unsigned>((B * H + 127) / 128), 128, 0, ctx.stream>>>(state_scale.data(), B * H,
-                                                                                         static_cast<int>(H), dec);
+                                                                                          static_cast<int>(H), dec);
     RETNET_CUDA_CHECK_LAUNCH("retention recurrent step (scale)");
   }
 }

@@ -32,10 +32,10 @@ struct HeadDecays {
 };
 
 struct ScanParams {
-  const void* q;  // [B, T, H, dqk]
-  const void* k;  // [B, T, H, dqk]
-  const void* v;  // [B, T, H, dv]
-  void* o;        // [B, T, H, dv] (not used by the summary pass)
+  const void* q;    // [B, T, H, dqk]
+  const void* k;    // [B, T, H, dqk]
+  const void* v;    // [B, T, H, dv]
+  void* o;          // [B, T, H, dv] (not used by the summary pass)
   const float* mu;  // [B, T, H] row multipliers of o, or null
   float* states;    // [B*H, NS, dqk, dv]: Delta_s after pass 1, H_s after pass 2
   int64_t T;
@@ -59,17 +59,18 @@ struct ScanSmem {
   // Two blocks per multiprocessor beat double buffering inside one block: double-buffer only where two
   // double-buffered blocks still fit, else single-buffer where that gives two blocks, else whatever fits.
   static constexpr int kSmemPerSm = 227 * 1024;
-  static constexpr int STAGES = 2 * (2 * stage_bytes + fixed_bytes + 1024) <= kSmemPerSm   ? 2
-                                : 2 * (stage_bytes + fixed_bytes + 1024) <= kSmemPerSm     ? 1
-                                : 2 * stage_bytes + fixed_bytes <= kSmemPerSm              ? 2
-                                                                                          : 1;
+  static constexpr int STAGES = 2 * (2 * stage_bytes + fixed_bytes + 1024) <= kSmemPerSm ? 2
+                                : 2 * (stage_bytes + fixed_bytes + 1024) <= kSmemPerSm   ? 1
+                                : 2 * stage_bytes + fixed_bytes <= kSmemPerSm            ? 2
+                                                                                         : 1;
   static constexpr int min_blocks = 2 * (STAGES * stage_bytes + fixed_bytes + 1024) <= kSmemPerSm ? 2 : 1;
   static constexpr int bytes = (STAGES * STAGE + H_ELEMS + A_ELEMS + VB_ELEMS) * static_cast<int>(sizeof(E));
 };
 
 // grid (dv / 64, NS, B * H), block 256.
 template <class P, int DQK, int LM, bool Summary>
-__global__ void __launch_bounds__(kThreads, (ScanSmem<P, DQK, LM, Summary>::min_blocks)) scan_kernel(ScanParams p, HeadDecays dec) {
+__global__ void __launch_bounds__(kThreads, (ScanSmem<P, DQK, LM, Summary>::min_blocks))
+    scan_kernel(ScanParams p, HeadDecays dec) {
   using E = typename P::T;
   using SM = ScanSmem<P, DQK, LM, Summary>;
   constexpr int LDQ = SM::LDQ, LDV = SM::LDV, LDA = SM::LDA, STAGE = SM::STAGE, NST = SM::STAGES;
@@ -322,11 +323,11 @@ enum class InitScale { one, sqrt_s0, rsqrt_final_over_gamma, inv_gamma };
 enum class FinalScale { one, rsqrt_final, gamma_sqrt_s0, gamma };
 
 struct PrefixParams {
-  float* states;          // [B*H, NS, dqk, dv]
-  const float* init;      // [B, H, dqk, dv], or [B, H, dv, dqk] when init_transposed; may be null
-  const float* s0;        // [B, H] or null (0)
-  float* final_state;     // [B, H, dqk, dv] or null
-  float* colsum;          // [B*H, NS, dv] of |H_s| column sums, or null
+  float* states;       // [B*H, NS, dqk, dv]
+  const float* init;   // [B, H, dqk, dv], or [B, H, dv, dqk] when init_transposed; may be null
+  const float* s0;     // [B, H] or null (0)
+  float* final_state;  // [B, H, dqk, dv] or null
+  float* colsum;       // [B*H, NS, dv] of |H_s| column sums, or null
   int64_t T;
   int H, dqk, dv, seg, NS;
   int init_transposed;
@@ -430,19 +431,21 @@ __global__ void __launch_bounds__(256) mu_kernel(MuParams p, HeadDecays dec) {
   const double s0 = p.s0 ? static_cast<double>(p.s0[bh]) : 0.0;
   const E* q = static_cast<const E*>(p.q);
   const E* k = static_cast<const E*>(p.k);
-  float* Qs = mu_smem;          // [RB][dk + 1]
+  float* Qs = mu_smem;             // [RB][dk + 1]
   float* Ks = Qs + RB * (dk + 1);  // [RB][dk + 1]
   auto load = [&](float* dst, const E* src, int64_t m0) {
     for (int i = threadIdx.x; i < RB * dk; i += blockDim.x) {
       const int rr = i / dk, cc = i % dk;
       const int64_t m = m0 + rr;
-      dst[rr * (dk + 1) + cc] = m < T ? static_cast<float>(src[((static_cast<int64_t>(b) * T + m) * H + h) * dk + cc]) : 0.f;
+      dst[rr * (dk + 1) + cc] =
+          m < T ? static_cast<float>(src[((static_cast<int64_t>(b) * T + m) * H + h) * dk + cc]) : 0.f;
     }
   };
   float sum = 0.f;
   if (p.kind != MuKind::recurrent) {
     load(Qs, q, n0);
-    const int64_t w_lo = p.kind == MuKind::parallel ? 0 : (n0 / p.C) * p.C;  // RB divides C or C divides RB? handled per row
+    const int64_t w_lo =
+        p.kind == MuKind::parallel ? 0 : (n0 / p.C) * p.C;  // RB divides C or C divides RB? handled per row
     const int64_t hi = min(n0 + RB, T);
     for (int64_t m0 = (w_lo / RB) * RB; m0 < hi; m0 += RB) {
       __syncthreads();
