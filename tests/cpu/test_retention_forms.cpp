@@ -227,3 +227,29 @@ TEST_CASE("backward overwrites its outputs and forms agree on gradients in raw m
     CHECK(max_rel_diff(g.dkv0, ref.dkv0) < 1e-12);
   }
 }
+
+TEST_CASE("the final state may overwrite the initial state in place") {
+  const Case c{2, 23, 3, 8, 12, 5, true};
+  for (Normalization norm : {Normalization::torchscale, Normalization::raw}) {
+    const RetentionConfig cfg = make_config(c, norm);
+    const Problem<double> p = make_problem(c, 700);
+    const Tensor<double> d_o = random_like(p.v.shape(), 701), d_kv = random_like(p.kv0.shape(), 702);
+    for (Form f : all_forms) {
+      INFO(to_string(norm) << " " << name(f));
+      const Result<double> want = forward(f, cfg, p);
+      const Grads<double> gwant = backward(f, cfg, p, d_o, &d_kv);
+      Tensor<double> kv = p.kv0, scale = p.s0, o(p.v.shape());
+      retention_forward(cpu, f, cfg,
+                        RetentionInputs<double>{p.q.cview(), p.k.cview(), p.v.cview(), kv.cview(), scale.cview()},
+                        RetentionOutputs<double>{o.view(), kv.view(), scale.view()});
+      CHECK(max_rel_diff(o, want.o) < 1e-15);
+      CHECK(max_rel_diff(kv, want.kv) < 1e-15);
+      CHECK(max_rel_diff(scale, want.scale) < 1e-15);
+      Tensor<double> dq(p.q.shape()), dk(p.k.shape()), dv(p.v.shape()), dstate = d_kv;
+      retention_backward(cpu, f, cfg, p.inputs(), RetentionOutputGrads<double>{d_o.cview(), dstate.cview()},
+                         RetentionInputGrads<double>{dq.view(), dk.view(), dv.view(), dstate.view()});
+      CHECK(max_rel_diff(dstate, gwant.dkv0) < 1e-15);
+      CHECK(max_rel_diff(dq, gwant.dq) < 1e-15);
+    }
+  }
+}
