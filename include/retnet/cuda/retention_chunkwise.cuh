@@ -111,16 +111,48 @@ Geometry geometry(int dval, int64_t B, int64_t T, int H, int fixed_seg) {
   return g;
 }
 
-template <class E, int DQK, bool Summary>
-void launch_scan(const Cuda& ctx, const ScanParams& sp, int64_t B, int H, const HeadDecays& dec) {
+// Wide scan blocks (128 value columns, 16 warps, S = Q K^T computed once for them) where the value size is a
+// multiple of 128 and the output kernel double-buffers in one block per multiprocessor (bf16 with head size 64
+// or 128, float with 64). RETNET_CUDA_WIDE=0 selects the narrow blocks everywhere (A/B switch).
+inline bool wide_enabled() {
+  static const bool v = [] {
+    const char* e = std::getenv("RETNET_CUDA_WIDE");
+    return !(e && e[0] == '0');
+  }();
+  return v;
+}
+
+template <class E, int DQK>
+constexpr bool wide_fits() {
   using P = typename MmaFor<E>::type;
   constexpr int LM = chunk_rows<E, DQK>;
-  constexpr int bytes = ScanSmem<P, DQK, LM, Summary>::bytes;
-  auto kern = scan_kernel<P, DQK, LM, Summary>;
+  if constexpr (LM != 64) {
+    return false;
+  } else {
+    return ScanSmem<P, DQK, LM, false, kWideVTile>::STAGES == 2;
+  }
+}
+
+template <class E, int DQK, bool Summary, int VT>
+void launch_scan_vt(const Cuda& ctx, const ScanParams& sp, int64_t B, int H, const HeadDecays& dec) {
+  using P = typename MmaFor<E>::type;
+  constexpr int LM = chunk_rows<E, DQK>;
+  using SM = ScanSmem<P, DQK, LM, Summary, VT>;
+  constexpr int bytes = SM::bytes;
+  auto kern = scan_kernel<P, DQK, LM, Summary, VT>;
   RETNET_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-  const dim3 grid(static_cast<unsigned>(sp.dv / kVTile), static_cast<unsigned>(sp.NS), static_cast<unsigned>(B * H));
-  kern<<<grid, kThreads, bytes, ctx.stream>>>(sp, dec);
+  const dim3 grid(static_cast<unsigned>(sp.dv / VT), static_cast<unsigned>(sp.NS), static_cast<unsigned>(B * H));
+  kern<<<grid, SM::NT, bytes, ctx.stream>>>(sp, dec);
   RETNET_CUDA_CHECK_LAUNCH(Summary ? "retention scan (segment summaries)" : "retention scan (outputs)");
+}
+
+template <class E, int DQK, bool Summary>
+void launch_scan(const Cuda& ctx, const ScanParams& sp, int64_t B, int H, const HeadDecays& dec) {
+  if constexpr (wide_fits<E, DQK>()) {
+    if (wide_enabled() && sp.dv % kWideVTile == 0)
+      return launch_scan_vt<E, DQK, Summary, kWideVTile>(ctx, sp, B, H, dec);
+  }
+  launch_scan_vt<E, DQK, Summary, kVTile>(ctx, sp, B, H, dec);
 }
 
 template <int DQK>

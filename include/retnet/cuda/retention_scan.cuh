@@ -23,8 +23,11 @@
 namespace retnet::cuda_detail {
 
 inline constexpr int kMaxHeads = 256;
-inline constexpr int kThreads = 256;  // 8 warps in every scan block
-inline constexpr int kVTile = 64;     // value columns per block
+inline constexpr int kThreads = 256;  // 8 warps per scan block of kVTile value columns
+inline constexpr int kVTile = 64;     // value columns per block (narrow blocks)
+// Wide blocks: 2 * kVTile value columns and 2 * kThreads threads. Every warp keeps the tile sizes of a narrow
+// block, but S = Q K^T (and the loads of Q and K) are shared by twice as many value columns.
+inline constexpr int kWideVTile = 2 * kVTile;
 
 struct HeadDecays {
   float log2g[kMaxHeads];  // log2(gamma_h)
@@ -44,11 +47,13 @@ struct ScanParams {
   int reverse;
 };
 
-template <class P, int DQK, int LM, bool Summary>
+template <class P, int DQK, int LM, bool Summary, int VT = kVTile>
 struct ScanSmem {
   using E = typename P::T;
+  static constexpr bool kWide = VT != kVTile;
+  static constexpr int NT = kWide ? 2 * kThreads : kThreads;  // threads per block
   static constexpr int PAD = 16 / sizeof(E);
-  static constexpr int LDQ = DQK + PAD, LDV = kVTile + PAD, LDA = LM + PAD;
+  static constexpr int LDQ = DQK + PAD, LDV = VT + PAD, LDA = LM + PAD;
   static constexpr int QK_ELEMS = LM * LDQ, V_ELEMS = LM * LDV;
   static constexpr int STAGE = (Summary ? 1 : 2) * QK_ELEMS + V_ELEMS;
   static constexpr int H_ELEMS = Summary ? 0 : DQK * LDV;
@@ -58,23 +63,30 @@ struct ScanSmem {
   static constexpr int stage_bytes = STAGE * static_cast<int>(sizeof(E));
   // Two blocks per multiprocessor beat double buffering inside one block: double-buffer only where two
   // double-buffered blocks still fit, else single-buffer where that gives two blocks, else whatever fits.
+  // Wide blocks (16 warps, up to 128 registers per thread) run one per multiprocessor: double-buffer where it
+  // fits.
   static constexpr int kSmemPerSm = 227 * 1024;
-  static constexpr int STAGES = 2 * (2 * stage_bytes + fixed_bytes + 1024) <= kSmemPerSm ? 2
-                                : 2 * (stage_bytes + fixed_bytes + 1024) <= kSmemPerSm   ? 1
-                                : 2 * stage_bytes + fixed_bytes <= kSmemPerSm            ? 2
-                                                                                         : 1;
-  static constexpr int min_blocks = 2 * (STAGES * stage_bytes + fixed_bytes + 1024) <= kSmemPerSm ? 2 : 1;
+  static constexpr int STAGES = kWide ? (2 * stage_bytes + fixed_bytes <= kSmemPerSm ? 2 : 1)
+                                : 2 * (2 * stage_bytes + fixed_bytes + 1024) <= kSmemPerSm ? 2
+                                : 2 * (stage_bytes + fixed_bytes + 1024) <= kSmemPerSm     ? 1
+                                : 2 * stage_bytes + fixed_bytes <= kSmemPerSm              ? 2
+                                                                                           : 1;
+  static constexpr int min_blocks = !kWide && 2 * (STAGES * stage_bytes + fixed_bytes + 1024) <= kSmemPerSm ? 2 : 1;
   static constexpr int bytes = (STAGES * STAGE + H_ELEMS + A_ELEMS + VB_ELEMS) * static_cast<int>(sizeof(E));
 };
 
-// grid (dv / 64, NS, B * H), block 256.
-template <class P, int DQK, int LM, bool Summary>
-__global__ void __launch_bounds__(kThreads, (ScanSmem<P, DQK, LM, Summary>::min_blocks))
+// grid (dv / VT, NS, B * H), block SM::NT (256 for VT = 64, 512 for VT = 128).
+template <class P, int DQK, int LM, bool Summary, int VT = kVTile>
+__global__ void __launch_bounds__((ScanSmem<P, DQK, LM, Summary, VT>::NT),
+                                  (ScanSmem<P, DQK, LM, Summary, VT>::min_blocks))
     scan_kernel(ScanParams p, HeadDecays dec) {
   using E = typename P::T;
-  using SM = ScanSmem<P, DQK, LM, Summary>;
+  using SM = ScanSmem<P, DQK, LM, Summary, VT>;
   constexpr int LDQ = SM::LDQ, LDV = SM::LDV, LDA = SM::LDA, STAGE = SM::STAGE, NST = SM::STAGES;
   constexpr int KS = P::KS;
+  constexpr int NT = SM::NT, NW = NT / 32;  // threads, warps
+  static_assert(VT == kVTile || VT == kWideVTile, "value tile of 64 or 128 columns");
+  static_assert(NW / 4 * 32 == VT, "state tile: 4 row groups x 32-column groups of warps cover the value tile");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   E* smem = reinterpret_cast<E*>(smem_raw);
   E* Hs = smem + NST * STAGE;
@@ -105,8 +117,8 @@ __global__ void __launch_bounds__(kThreads, (ScanSmem<P, DQK, LM, Summary>::min_
     const int64_t c0 = seg_start + static_cast<int64_t>(c) * p.L;
     const int len = min(p.L, seg_len - c * p.L);
     constexpr int EPV = 16 / sizeof(E);  // elements per 16-byte piece
-    constexpr int QK_PIECES = DQK / EPV, V_PIECES = kVTile / EPV;
-    for (int i = tid; i < LM * QK_PIECES; i += kThreads) {
+    constexpr int QK_PIECES = DQK / EPV, V_PIECES = VT / EPV;
+    for (int i = tid; i < LM * QK_PIECES; i += NT) {
       const int r = i / QK_PIECES, cc = (i % QK_PIECES) * EPV;
       const bool ok = r < len;
       const int64_t t = ok ? phys(c0 + r) : 0;
@@ -114,21 +126,21 @@ __global__ void __launch_bounds__(kThreads, (ScanSmem<P, DQK, LM, Summary>::min_
       if constexpr (!Summary) cp_async16(Qs + r * LDQ + cc, qg + off, ok ? 16 : 0);
       cp_async16(Ks + r * LDQ + cc, kg + off, ok ? 16 : 0);
     }
-    for (int i = tid; i < LM * V_PIECES; i += kThreads) {
+    for (int i = tid; i < LM * V_PIECES; i += NT) {
       const int r = i / V_PIECES, cc = (i % V_PIECES) * EPV;
       const bool ok = r < len;
       const int64_t t = ok ? phys(c0 + r) : 0;
-      const int64_t off = ((static_cast<int64_t>(b) * T + t) * H + h) * dv + vt * kVTile + cc;
+      const int64_t off = ((static_cast<int64_t>(b) * T + t) * H + h) * dv + vt * VT + cc;
       cp_async16(Vs + r * LDV + cc, vg + off, ok ? 16 : 0);
     }
     cp_async_commit();
   };
 
-  // State tile [DQK, 64] in registers: warps 4 (rows) x 2 (cols), each DQK/4 rows x 32 columns.
+  // State tile [DQK, VT] in registers: warps 4 (rows) x NW/4 (cols), each DQK/4 rows x 32 columns.
   constexpr int HM = DQK / 64;  // m16 tiles per warp
   const int hw_m = (warp & 3) * (DQK / 4), hw_n = (warp >> 2) * 32;
   float hacc[HM][4][4];
-  float* __restrict__ st_g = p.states + (static_cast<int64_t>(bh) * p.NS + s) * DQK * dv + vt * kVTile;
+  float* __restrict__ st_g = p.states + (static_cast<int64_t>(bh) * p.NS + s) * DQK * dv + vt * VT;
 #pragma unroll
   for (int mt = 0; mt < HM; ++mt)
 #pragma unroll
@@ -151,8 +163,9 @@ __global__ void __launch_bounds__(kThreads, (ScanSmem<P, DQK, LM, Summary>::min_
   }
 
   // Output / score tiles: warps WMO (rows) x WNO (cols).
-  constexpr int WMO = LM / 16, WNO = 8 / WMO;
-  constexpr int ON = kVTile / WNO, SN = LM / WNO;  // columns per warp of O and of S
+  constexpr int WMO = LM / 16, WNO = NW / WMO;
+  constexpr int ON = VT / WNO, SN = LM / WNO;  // columns per warp of O and of S
+  static_assert(WMO * WNO == NW && ON % 16 == 0 && SN % 8 == 0, "warp layout of the O and S tiles");
   const int ow_m = (warp % WMO) * 16, ow_n = (warp / WMO) * ON, sw_n = (warp / WMO) * SN;
 
   load_chunk(0, 0);
@@ -167,8 +180,8 @@ __global__ void __launch_bounds__(kThreads, (ScanSmem<P, DQK, LM, Summary>::min_
     if (NST == 2 && c + 1 < nchunks) load_chunk(c + 1, st ^ 1);
 
     // Vb = diag(gamma^(len-1-j)) V
-    for (int i = tid; i < LM * kVTile; i += kThreads) {
-      const int r = i / kVTile, cc = i % kVTile;
+    for (int i = tid; i < LM * VT; i += NT) {
+      const int r = i / VT, cc = i % VT;
       const float w = r < len ? exp2f(static_cast<float>(len - 1 - r) * l2g) : 0.f;
       Vb[r * LDV + cc] = P::from_float(P::to_float(Vs[r * LDV + cc]) * w);
     }
@@ -251,7 +264,7 @@ __global__ void __launch_bounds__(kThreads, (ScanSmem<P, DQK, LM, Summary>::min_
         if (i < len) {
           const int64_t t = phys(c0 + i);
           const float m = p.mu ? p.mu[(static_cast<int64_t>(b) * T + t) * H + h] : 1.f;
-          E* orow = og + ((static_cast<int64_t>(b) * T + t) * H + h) * dv + vt * kVTile;
+          E* orow = og + ((static_cast<int64_t>(b) * T + t) * H + h) * dv + vt * VT;
 #pragma unroll
           for (int nt = 0; nt < ON / 8; ++nt) {
             const int col = ow_n + nt * 8 + 2 * tq;
