@@ -35,7 +35,7 @@ namespace {
 struct Options {
   std::string data, out = "train_lm_out", resume, prompt = "The ", form = "chunkwise", decay = "cosine";
   bool do_resume = false;
-  int64_t steps = 600, batch = 16, seq = 128, layers = 4, dim = 128, heads = 2, value_dim = 256, ffn = 256, chunk = 64,
+  int64_t steps = 300, batch = 16, seq = 128, layers = 4, dim = 128, heads = 2, value_dim = 256, ffn = 256, chunk = 64,
           warmup = 30, accum = 1, segment = 0, ckpt_every = 200, eval_every = 100, sample_len = 400;
   double lr = 3e-3, weight_decay = 0.05, clip = 1.0, temperature = 0.7;
   uint64_t seed = 1234;

@@ -57,9 +57,12 @@ class Model {
       // First pass computes offsets, second binds pointers.
       std::vector<int64_t> offs;
       auto plan = [&](int64_t n) { offs.push_back(take(n)); };
-      for (int64_t l = 0; l <= L; ++l) plan(N * d);  // res
-      plan(N * d), plan(N), plan(N);                 // emb, emb mean, emb rstd
-      for (int64_t l = 0; l < L; ++l) {
+      // Without gradients (inference) the layers share one set of saved buffers and the residual stream
+      // ping-pongs between two buffers, so memory does not grow with the depth.
+      const int64_t planned_layers = with_grad ? L : 1, planned_res = with_grad ? L + 1 : 2;
+      for (int64_t l = 0; l < planned_res; ++l) plan(N * d);  // res
+      plan(N * d), plan(N), plan(N);                          // emb, emb mean, emb rstd
+      for (int64_t l = 0; l < planned_layers; ++l) {
         plan(N * d), plan(N), plan(N);                           // n1 mean1 rstd1
         plan(N * d), plan(N * d);                                // q k
         plan(N * Vd), plan(N * Vd), plan(N * Vd), plan(N * Vd);  // v g o z
@@ -79,10 +82,12 @@ class Model {
       size_t i = 0;
       auto next = [&]() { return buf_.data() + offs[i++]; };
       res_.resize(static_cast<size_t>(L + 1));
-      for (auto& r : res_) r = next();
+      for (int64_t l = 0; l < planned_res; ++l) res_[static_cast<size_t>(l)] = next();
+      for (int64_t l = planned_res; l <= L; ++l) res_[static_cast<size_t>(l)] = res_[static_cast<size_t>(l % 2)];
       emb_ = next(), emb_mean_ = next(), emb_rstd_ = next();
       layers_.resize(static_cast<size_t>(L));
-      for (auto& s : layers_) {
+      for (int64_t l = 0; l < planned_layers; ++l) {
+        auto& s = layers_[static_cast<size_t>(l)];
         s.n1 = next(), s.mean1 = next(), s.rstd1 = next();
         s.msr.q = next(), s.msr.k = next();
         s.msr.v = next(), s.msr.g = next(), s.msr.o = next(), s.msr.z = next();
@@ -92,6 +97,7 @@ class Model {
         s.ffn.h = next(), s.ffn.gt = next(), s.ffn.a = next();
         if (!glu) s.ffn.gt = nullptr;
       }
+      for (int64_t l = planned_layers; l < L; ++l) layers_[static_cast<size_t>(l)] = layers_[0];
       nf_ = next(), meanf_ = next(), rstdf_ = next();
       logits_ = next();
       if (with_grad) {
