@@ -68,6 +68,21 @@ Rows<T> rows(T* base, int64_t offset, int64_t len, int64_t width, int64_t heads)
   return Rows<T>(base + offset, len, width, Eigen::OuterStride<>(heads * width));
 }
 
+// Asks the hardware to start loading rows [n0, n0 + len) of one head (the next chunk while this one computes).
+// Rows that will be written (for_write) are fetched for ownership.
+template <bool for_write = false, class T>
+inline void prefetch_rows(const T* base, int64_t offset, int64_t len, int64_t width, int64_t heads) {
+#if defined(__GNUC__)
+  const char* p = reinterpret_cast<const char*>(base + offset);
+  const int64_t stride = heads * width * static_cast<int64_t>(sizeof(T));
+  const int64_t bytes = width * static_cast<int64_t>(sizeof(T));
+  for (int64_t r = 0; r < len; ++r, p += stride)
+    for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(p + b, for_write ? 1 : 0);
+#else
+  (void)base, (void)offset, (void)len, (void)width, (void)heads;
+#endif
+}
+
 // The initial state of one pair as a raw U0 (dk x dv), and s0 (0 in raw mode or without a state).
 template <class T>
 struct InitialState {
@@ -260,6 +275,13 @@ void chunkwise_forward(const RetentionConfig& cfg, const RetentionDims& dims, co
       const ConstRows<T> K = rows(in.k.data(), l.qk(b, n0, h), L, l.dk, l.H);
       const ConstRows<T> V = rows(in.v.data(), l.vo(b, n0, h), L, l.dv, l.H);
       Rows<T> O = rows(out.o.data(), l.vo(b, n0, h), L, l.dv, l.H);
+      if (c + 1 < nchunks) {
+        const int64_t Ln = std::min(C, l.T - n0 - C);
+        prefetch_rows(in.q.data(), l.qk(b, n0 + C, h), Ln, l.dk, l.H);
+        prefetch_rows(in.k.data(), l.qk(b, n0 + C, h), Ln, l.dk, l.H);
+        prefetch_rows(in.v.data(), l.vo(b, n0 + C, h), Ln, l.dv, l.H);
+        prefetch_rows<true>(out.o.data(), l.vo(b, n0 + C, h), Ln, l.dv, l.H);
+      }
       auto Ab = A.topLeftCorner(L, L);
       auto Rb = R.topRows(L);
       Ab.noalias() = Q * K.transpose();
@@ -327,6 +349,16 @@ void chunkwise_backward(const RetentionConfig& cfg, const RetentionDims& dims, c
       Rows<T> dQ = rows(gin.dq.data(), l.qk(b, n0, h), L, l.dk, l.H);
       Rows<T> dK = rows(gin.dk.data(), l.qk(b, n0, h), L, l.dk, l.H);
       Rows<T> dV = rows(gin.dv.data(), l.vo(b, n0, h), L, l.dv, l.H);
+      if (c > 0) {  // the previous chunk is next, and full
+        const int64_t np = n0 - C;
+        prefetch_rows(in.q.data(), l.qk(b, np, h), C, l.dk, l.H);
+        prefetch_rows(in.k.data(), l.qk(b, np, h), C, l.dk, l.H);
+        prefetch_rows(in.v.data(), l.vo(b, np, h), C, l.dv, l.H);
+        prefetch_rows(gout.d_o.data(), l.vo(b, np, h), C, l.dv, l.H);
+        prefetch_rows<true>(gin.dq.data(), l.qk(b, np, h), C, l.dk, l.H);
+        prefetch_rows<true>(gin.dk.data(), l.qk(b, np, h), C, l.dk, l.H);
+        prefetch_rows<true>(gin.dv.data(), l.vo(b, np, h), C, l.dv, l.H);
+      }
       auto Ab = A.topLeftCorner(L, L);
       auto Pb = P.topLeftCorner(L, L);
       auto Gb = G.topRows(L);
