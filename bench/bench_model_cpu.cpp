@@ -7,6 +7,8 @@
 // Run: OMP_NUM_THREADS=2 bench_model_cpu  (results: bench/results/cpu_model.md)
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <numeric>
 #include <random>
@@ -17,6 +19,9 @@
 using namespace retnet;
 
 namespace {
+
+// Ceilings measured earlier in the same run (benchmarks run in registration order).
+double g_sgemm_gflops = 0, g_stream_gbs = 0;
 
 ModelConfig bench_config(int64_t heads, int64_t chunk) {
   ModelConfig c;
@@ -52,18 +57,22 @@ void BM_sgemm(benchmark::State& state) {
   const int64_t n = state.range(0);
   cpu_detail::RowMat<float> a = cpu_detail::RowMat<float>::Random(n, n), b = cpu_detail::RowMat<float>::Random(n, n),
                             c(n, n);
+  const auto t0 = std::chrono::steady_clock::now();
   for (auto _ : state) {
     c.noalias() = a * b;
     benchmark::DoNotOptimize(c.data());
   }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   state.counters["GFLOP/s"] =
       benchmark::Counter(2.0 * double(n) * n * n * 1e-9 * double(state.iterations()), benchmark::Counter::kIsRate);
+  g_sgemm_gflops = std::max(g_sgemm_gflops, 2.0 * double(n) * n * n * 1e-9 * double(state.iterations()) / seconds);
 }
 BENCHMARK(BM_sgemm)->Arg(2048)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(1.0);
 
 void BM_stream_read(benchmark::State& state) {
   const size_t n = size_t(1) << 28;  // 1 GiB of float
   std::vector<float> buf(n, 1.0f);
+  const auto t0 = std::chrono::steady_clock::now();
   for (auto _ : state) {
     double total = 0;
 #pragma omp parallel for reduction(+ : total) schedule(static)
@@ -74,8 +83,10 @@ void BM_stream_read(benchmark::State& state) {
     }
     benchmark::DoNotOptimize(total);
   }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   state.counters["GB/s"] =
       benchmark::Counter(double(n) * 4 * 1e-9 * double(state.iterations()), benchmark::Counter::kIsRate);
+  g_stream_gbs = std::max(g_stream_gbs, double(n) * 4 * 1e-9 * double(state.iterations()) / seconds);
 }
 BENCHMARK(BM_stream_read)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(1.0);
 
@@ -97,8 +108,13 @@ void BM_train_step(benchmark::State& state) {
   for (auto& v : y) v = int64_t(g() % 256);
   HostView<const int64_t> xv(x.data(), {B, T}), yv(y.data(), {B, T});
   tr.step(xv, yv);  // warm-up: workspaces allocated
+  const auto t0 = std::chrono::steady_clock::now();
   for (auto _ : state) benchmark::DoNotOptimize(tr.step(xv, yv).loss);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const double tokens = double(B * T) * double(state.iterations());
+  const double gflops = tokens * train_flop_per_token(cfg, T, form) * 1e-9 / seconds;
+  state.counters["vs_torchscale"] = tokens / seconds / torchscale;
+  if (g_sgemm_gflops > 0) state.counters["of_sgemm"] = gflops / g_sgemm_gflops;
   state.counters["tokens/s"] = benchmark::Counter(tokens, benchmark::Counter::kIsRate);
   state.counters["GFLOP/s"] =
       benchmark::Counter(tokens * train_flop_per_token(cfg, T, form) * 1e-9, benchmark::Counter::kIsRate);
@@ -125,8 +141,15 @@ void BM_decode(benchmark::State& state) {
   if (P > 0) model.prefill(HostView<const int64_t>(prompt.data(), {B, P}), st);
   size_t state_bytes = 0;
   for (size_t l = 0; l < st.kv.size(); ++l) state_bytes += size_t(st.kv[l].numel() + st.scale[l].numel()) * 4;
+  const auto t0 = std::chrono::steady_clock::now();
   for (auto _ : state) benchmark::DoNotOptimize(model.step(HostView<const int64_t>(tok.data(), {B}), st).data());
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const double weight_bytes = double(param_count(model) - 256 * 512) * 4;  // embedding rows are gathered, not streamed
+  if (g_stream_gbs > 0) {
+    const double ceiling = g_stream_gbs * 1e9 / weight_bytes;  // tokens/s of one row if only weights were read
+    state.counters["ceiling_tok/s"] = ceiling;
+    state.counters["of_ceiling"] = double(B) * double(state.iterations()) / seconds / ceiling;
+  }
   state.counters["tokens/s"] = benchmark::Counter(double(B) * double(state.iterations()), benchmark::Counter::kIsRate);
   state.counters["weight_MB"] = weight_bytes * 1e-6;
   state.counters["state_MB"] = double(state_bytes) * 1e-6;

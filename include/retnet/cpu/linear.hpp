@@ -34,36 +34,73 @@ inline int max_threads() {
   return 1;
 #endif
 }
+
+// y[:, lo:hi] (=, +=) x · W[lo:hi]ᵀ for few rows of x: four weight rows at a time, each reused for all rows.
+template <class T>
+void small_rows_block(T* y, const T* x, const T* w, int64_t n, int64_t in, int64_t out, int64_t lo, int64_t hi,
+                      bool accumulate) {
+  int64_t o = lo;
+  for (; o + 4 <= hi; o += 4) {
+    const T* w0 = w + o * in;
+    const T* w1 = w0 + in;
+    const T* w2 = w1 + in;
+    const T* w3 = w2 + in;
+    for (int64_t r = 0; r < n; ++r) {
+      const T* xr = x + r * in;
+      T a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+#pragma omp simd reduction(+ : a0, a1, a2, a3)
+      for (int64_t i = 0; i < in; ++i) {
+        const T xv = xr[i];
+        a0 += xv * w0[i];
+        a1 += xv * w1[i];
+        a2 += xv * w2[i];
+        a3 += xv * w3[i];
+      }
+      T* yr = y + r * out + o;
+      if (accumulate) {
+        yr[0] += a0, yr[1] += a1, yr[2] += a2, yr[3] += a3;
+      } else {
+        yr[0] = a0, yr[1] = a1, yr[2] = a2, yr[3] = a3;
+      }
+    }
+  }
+  for (; o < hi; ++o) {
+    const T* wr = w + o * in;
+    for (int64_t r = 0; r < n; ++r) {
+      const T* xr = x + r * in;
+      T a = 0;
+#pragma omp simd reduction(+ : a)
+      for (int64_t i = 0; i < in; ++i) a += xr[i] * wr[i];
+      y[r * out + o] = accumulate ? y[r * out + o] + a : a;
+    }
+  }
+}
 }  // namespace cpu_detail
 
 // y [n, out] = x [n, in] · Wᵀ, W [out, in]; accumulate = true adds into y.
-// Few rows (decoding) are split over threads by output rows, since Eigen does not thread matrix-vector work.
+// Few rows (decoding) use a packing-free kernel split over threads by output rows.
 template <class T>
 void linear_forward(Cpu, T* y, const T* x, const T* w, int64_t n, int64_t in, int64_t out, bool accumulate = false) {
   using namespace cpu_detail;
   MapCMat<T> X(x, n, in);
   MapCMat<T> W(w, out, in);
-  const int threads = max_threads();
-  if (n <= 32 && threads > 1 && out * in >= 65536) {
-    // Split W by rows: each thread streams its own slice of the weights once.
-    const int64_t parts = threads;
-#pragma omp parallel for schedule(static)
+  if (n <= 32) {
+    // Few rows (decoding): stream each weight row once and use it for every input row while it sits in L1;
+    // no packing of W (which would read and write the whole matrix again). Threads split the output rows.
+    const int64_t parts = (max_threads() > 1 && out * in >= 65536) ? max_threads() : 1;
+#pragma omp parallel for schedule(static) if (parts > 1)
     for (int64_t p = 0; p < parts; ++p) {
       const int64_t lo = out * p / parts, hi = out * (p + 1) / parts;
-      if (hi <= lo) continue;
-      MapCMat<T> Ws(w + lo * in, hi - lo, in);
-      Eigen::Map<RowMat<T>, 0, Eigen::OuterStride<>> Ys(y + lo, n, hi - lo, Eigen::OuterStride<>(out));
-      if (n == 1) {
+      if (n == 1) {  // one row: Eigen's matrix-vector kernel streams the slice fastest
+        MapCMat<T> Ws(w + lo * in, hi - lo, in);
         Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, 1>> yv(y + lo, hi - lo);
         Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, 1>> xv(x, in);
         if (accumulate)
           yv.noalias() += Ws * xv;
         else
           yv.noalias() = Ws * xv;
-      } else if (accumulate) {
-        Ys.noalias() += X * Ws.transpose();
       } else {
-        Ys.noalias() = X * Ws.transpose();
+        small_rows_block(y, x, w, n, in, out, lo, hi, accumulate);
       }
     }
     return;
