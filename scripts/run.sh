@@ -6,8 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 build=build
-cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DRETNET_CUDA=OFF -DRETNET_BUILD_TESTS=OFF \
-  -DRETNET_BUILD_BENCHMARKS=OFF > /dev/null
+cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DRETNET_CUDA=OFF > /dev/null
 cmake --build "$build" -j "$(nproc)" --target train_lm
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
 exec "$build/examples/train_lm" --out "$build/train_lm_out" "$@"
