@@ -736,19 +736,23 @@ void retention_recurrent_step(Cpu, const RetentionConfig& cfg, HostView<const T>
   detail::expect_present(op, "v", v);
   detail::expect_present(op, "state_kv", state_kv);
   detail::expect_present(op, "o", o);
-  require(q.rank() == 3, op, ": q has shape ", q.shape().to_string(), ", expected rank 3 [batch, heads, key_dim]");
+  if (q.rank() != 3) fail(op, ": q has shape ", q.shape().to_string(), ", expected rank 3 [batch, heads, key_dim]");
   const int64_t B = q.size(0), H = cfg.heads(), dk = cfg.key_dim(), dv = cfg.value_dim();
-  require(B > 0, op, ": batch = ", B, " (from q ", q.shape().to_string(), ") must be positive");
-  detail::expect_shape(op, "q", q.shape(), {B, H, dk});
-  detail::expect_shape(op, "k", k.shape(), {B, H, dk});
-  detail::expect_shape(op, "v", v.shape(), {B, H, dv});
-  detail::expect_shape(op, "state_kv", state_kv.shape(), {B, H, dk, dv});
-  detail::expect_shape(op, "o", o.shape(), {B, H, dv});
+  if (B <= 0) fail(op, ": batch = ", B, " (from q ", q.shape().to_string(), ") must be positive");
+  // Compare before formatting: expect_shape builds its message eagerly, which a decoding step should not pay.
+  auto expect = [op](const char* name, const Shape& got, const Shape& want) {
+    if (!(got == want)) detail::expect_shape(op, name, got, want);
+  };
+  expect("q", q.shape(), {B, H, dk});
+  expect("k", k.shape(), {B, H, dk});
+  expect("v", v.shape(), {B, H, dv});
+  expect("state_kv", state_kv.shape(), {B, H, dk, dv});
+  expect("o", o.shape(), {B, H, dv});
   const bool ts = cfg.normalization() == Normalization::torchscale;
   if (ts) {
     require(!state_scale.empty(), op,
             ": state_scale is missing; Normalization::torchscale needs it (zeros for an empty state)");
-    detail::expect_shape(op, "state_scale", state_scale.shape(), {B, H});
+    expect("state_scale", state_scale.shape(), {B, H});
     check_scale_values(op, cfg, HostView<const T>(state_scale));
   }
   if (checked()) {
@@ -762,21 +766,31 @@ void retention_recurrent_step(Cpu, const RetentionConfig& cfg, HostView<const T>
   for_each_pair(l, [&](int64_t b, int64_t h) {
     const double gamma = cfg.gammas()[static_cast<size_t>(h)];
     const int64_t p = b * H + h;
-    const ConstRow<T> qr(q.data() + p * dk, dk), kr(k.data() + p * dk, dk), vr(v.data() + p * dv, dv);
-    Row<T> orow(o.data() + p * dv, dv);
-    Eigen::Map<Mat<T>> kv(state_kv.data() + p * dk * dv, dk, dv);
+    // kv' = a kv + c k^T v and o = q kv' in one pass over the state (decoding is bound by the state's bytes).
+    double a = gamma, c = 1.0;
     if (ts) {
       const double s = static_cast<double>(state_scale.data()[p]);
       const double s_new = s * gamma + 1.0;
-      const double inv_root = 1.0 / std::sqrt(s_new);
-      kv *= static_cast<T>(gamma * std::sqrt(s) * inv_root);
-      kv.noalias() += (kr * static_cast<T>(inv_root)).transpose() * vr;
+      c = 1.0 / std::sqrt(s_new);
+      a = gamma * std::sqrt(s) * c;
       state_scale.data()[p] = static_cast<T>(s_new);
-    } else {
-      kv *= static_cast<T>(gamma);
-      kv.noalias() += kr.transpose() * vr;
     }
-    orow.noalias() = qr * kv;
+    const T at = static_cast<T>(a), ct = static_cast<T>(c);
+    T* __restrict kvp = state_kv.data() + p * dk * dv;
+    T* __restrict out = o.data() + p * dv;
+    const T* __restrict qp = q.data() + p * dk;
+    const T* __restrict kp = k.data() + p * dk;
+    const T* __restrict vp = v.data() + p * dv;
+    std::fill(out, out + dv, T(0));
+    for (int64_t i = 0; i < dk; ++i) {  // a plain loop: the compiler vectorises it over dv
+      T* __restrict row = kvp + i * dv;
+      const T ki = ct * kp[i], qi = qp[i];
+      for (int64_t j = 0; j < dv; ++j) {
+        const T x = row[j] * at + ki * vp[j];
+        row[j] = x;
+        out[j] += qi * x;
+      }
+    }
   });
   if (checked()) {
     check_finite(op, "o", HostView<const T>(o));
