@@ -207,6 +207,9 @@ int main(int argc, char** argv) {
     cfg.decoder_layers = o.layers;
     cfg.recurrent_chunk_size = o.chunk;
     cfg.activation_fn = "swish";
+    const std::string ckpt = o.out + "/checkpoint.safetensors", csv_path = o.out + "/loss.csv";
+    const std::string resume_path = o.resume.empty() ? ckpt : o.resume;
+    if (o.do_resume) cfg = read_training_checkpoint_info(resume_path).config;  // the checkpoint's model wins
     Model<float> model(cfg);
     model.init_torchscale(o.seed);
     TrainerConfig tc;
@@ -220,14 +223,12 @@ int main(int argc, char** argv) {
     Trainer<float> trainer(model, tc);
 
     std::filesystem::create_directories(o.out);
-    const std::string ckpt = o.out + "/checkpoint.safetensors", csv_path = o.out + "/loss.csv";
     io::save_config(cfg, o.out + "/config.json");
     int64_t start = 0;
     if (o.do_resume) {
-      const std::string path = o.resume.empty() ? ckpt : o.resume;
-      const TrainingCheckpointInfo info = load_training_checkpoint(path, trainer);
+      const TrainingCheckpointInfo info = load_training_checkpoint(resume_path, trainer);
       start = info.step;
-      std::printf("resumed from %s at step %lld\n", path.c_str(), static_cast<long long>(start));
+      std::printf("resumed from %s at step %lld\n", resume_path.c_str(), static_cast<long long>(start));
     }
     int64_t params = 0;
     for (const auto& p : model.param_table().entries()) params += p.numel();
@@ -235,9 +236,9 @@ int main(int argc, char** argv) {
         "train_lm: %lld bytes of text (%s), model %lld parameters (d %lld, %lld layers, %lld heads), "
         "batch %lld x %lld, %lld steps, form %s\n",
         static_cast<long long>(n), o.data.empty() ? "embedded corpus" : o.data.c_str(), static_cast<long long>(params),
-        static_cast<long long>(o.dim), static_cast<long long>(o.layers), static_cast<long long>(o.heads),
-        static_cast<long long>(o.batch), static_cast<long long>(o.seq), static_cast<long long>(o.steps),
-        o.form.c_str());
+        static_cast<long long>(cfg.decoder_embed_dim), static_cast<long long>(cfg.decoder_layers),
+        static_cast<long long>(cfg.decoder_retention_heads), static_cast<long long>(o.batch),
+        static_cast<long long>(o.seq), static_cast<long long>(o.steps), o.form.c_str());
 
     // held-out loss on fixed windows
     auto eval = [&]() {
