@@ -246,3 +246,17 @@ TEST_CASE("cross-entropy is stable for large logits and honours the ignore index
   tgt[0] = 7;
   CHECK(!error_of([&] { cross_entropy_forward_backward(cpu, logits.data(), tgt.data(), 3, 3); }).empty());
 }
+
+TEST_CASE("float and double models agree", "[nn]") {
+  ModelConfig c = small_cfg();
+  c.layernorm_eps = 1e-6;
+  Model<double> md(c);
+  md.init_torchscale(12);
+  Model<float> mf(c);
+  for (int64_t i = 0; i < md.param_table().total(); ++i) mf.params()[i] = static_cast<float>(md.params()[i]);
+  const auto tok = random_tokens(2 * 9, c.vocab_size, 13);
+  HostView<const int64_t> tv(tok.data(), {2, 9});
+  const Tensor<double> a = md.forward(tv, Form::chunkwise);
+  const Tensor<float> b = mf.forward(tv, Form::chunkwise);
+  for (int64_t i = 0; i < a.numel(); ++i) REQUIRE(double(b[i]) == Approx(a[i]).margin(1e-4));
+}
