@@ -25,7 +25,7 @@ class ParamTable {
   const ParamInfo& add(std::string name, Shape shape) {
     require(!index_.count(name), "ParamTable: parameter '", name, "' added twice");
     for (int i = 0; i < shape.rank(); ++i)
-      require(shape[i] > 0, "ParamTable: parameter '", name, "' has non-positive size in ", shape.to_string());
+      require(shape[i] > 0, "ParamTable: parameter '", name, "' has non-positive size in ", shape);
     const int64_t offset = (total_ + 15) / 16 * 16;
     entries_.push_back({std::move(name), shape, offset});
     index_[entries_.back().name] = entries_.size() - 1;

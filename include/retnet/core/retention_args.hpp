@@ -59,7 +59,7 @@ struct RetentionInputGrads {
 namespace detail {
 
 inline void expect_shape(const char* op, const char* name, const Shape& got, const Shape& want) {
-  require(got == want, op, ": ", name, " has shape ", got.to_string(), ", expected ", want.to_string());
+  require(got == want, op, ": ", name, " has shape ", got, ", expected ", want);
 }
 
 template <class View>
@@ -79,11 +79,11 @@ RetentionDims validate_inputs(const char* op, const RetentionConfig& cfg, const 
   detail::expect_present(op, "q", in.q);
   detail::expect_present(op, "k", in.k);
   detail::expect_present(op, "v", in.v);
-  require(in.q.rank() == 4, op, ": q has shape ", in.q.shape().to_string(),
+  require(in.q.rank() == 4, op, ": q has shape ", in.q.shape(),
           ", expected rank 4 [batch, length, heads, key_dim]");
   const RetentionDims d{in.q.size(0), in.q.size(1), cfg.heads(), cfg.key_dim(), cfg.value_dim()};
-  require(d.batch > 0, op, ": batch = ", d.batch, " (from q ", in.q.shape().to_string(), ") must be positive");
-  require(d.length > 0, op, ": length = ", d.length, " (from q ", in.q.shape().to_string(), ") must be positive");
+  require(d.batch > 0, op, ": batch = ", d.batch, " (from q ", in.q.shape(), ") must be positive");
+  require(d.length > 0, op, ": length = ", d.length, " (from q ", in.q.shape(), ") must be positive");
   detail::expect_shape(op, "q", in.q.shape(), {d.batch, d.length, d.heads, d.key_dim});
   detail::expect_shape(op, "k", in.k.shape(), {d.batch, d.length, d.heads, d.key_dim});
   detail::expect_shape(op, "v", in.v.shape(), {d.batch, d.length, d.heads, d.value_dim});

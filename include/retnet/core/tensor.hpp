@@ -5,6 +5,7 @@
 #include <array>
 #include <cstdint>
 #include <initializer_list>
+#include <ostream>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -43,6 +44,8 @@ class Shape {
     for (int i = 0; i < rank_; ++i) s += (i ? ", " : "") + std::to_string(dims_[static_cast<size_t>(i)]);
     return s + "]";
   }
+  // Streaming lets error messages format a shape only when they are raised.
+  friend std::ostream& operator<<(std::ostream& os, const Shape& s) { return os << s.to_string(); }
   friend bool operator==(const Shape& a, const Shape& b) {
     return a.rank_ == b.rank_ && std::equal(a.dims_.begin(), a.dims_.begin() + a.rank_, b.dims_.begin());
   }
@@ -86,7 +89,7 @@ class Tensor {
  public:
   Tensor() = default;
   explicit Tensor(Shape shape) : shape_(shape) {
-    for (int i = 0; i < shape.rank(); ++i) require(shape[i] >= 0, "Tensor: negative size in shape ", shape.to_string());
+    for (int i = 0; i < shape.rank(); ++i) require(shape[i] >= 0, "Tensor: negative size in shape ", shape);
     data_.assign(static_cast<size_t>(shape.numel()), T{});
   }
   Tensor(Shape shape, T fill) : Tensor(shape) { std::fill(data_.begin(), data_.end(), fill); }
@@ -107,7 +110,7 @@ class Tensor {
 
   // Same data, another shape of equal element count.
   void reshape(Shape shape) {
-    require(shape.numel() == shape_.numel(), "Tensor::reshape: ", shape_.to_string(), " to ", shape.to_string(),
+    require(shape.numel() == shape_.numel(), "Tensor::reshape: ", shape_, " to ", shape,
             " changes the element count");
     shape_ = shape;
   }
