@@ -91,17 +91,7 @@ void linear_forward(Cpu, T* y, const T* x, const T* w, int64_t n, int64_t in, in
 #pragma omp parallel for schedule(static) if (parts > 1)
     for (int64_t p = 0; p < parts; ++p) {
       const int64_t lo = out * p / parts, hi = out * (p + 1) / parts;
-      if (n == 1) {  // one row: Eigen's matrix-vector kernel streams the slice fastest
-        MapCMat<T> Ws(w + lo * in, hi - lo, in);
-        Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, 1>> yv(y + lo, hi - lo);
-        Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, 1>> xv(x, in);
-        if (accumulate)
-          yv.noalias() += Ws * xv;
-        else
-          yv.noalias() = Ws * xv;
-      } else {
-        small_rows_block(y, x, w, n, in, out, lo, hi, accumulate);
-      }
+      small_rows_block(y, x, w, n, in, out, lo, hi, accumulate);
     }
     return;
   }
