@@ -168,8 +168,26 @@ void make_batch(const std::vector<int64_t>& text, int64_t train_end, uint64_t se
 }
 
 std::string printable(const std::string& s) {
+  // Control bytes and invalid UTF-8 (an undertrained byte model emits both) become '?'.
   std::string r;
-  for (unsigned char c : s) r += (c == '\n' || c == '\t' || (c >= 32 && c != 127) || c >= 128) ? char(c) : '?';
+  for (size_t i = 0; i < s.size();) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
+    if (c < 128) {
+      r += (c == '\n' || c == '\t' || (c >= 32 && c != 127)) ? static_cast<char>(c) : '?';
+      ++i;
+      continue;
+    }
+    const size_t len = (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+    bool ok = len > 0 && i + len <= s.size();
+    for (size_t k = 1; ok && k < len; ++k) ok = (static_cast<unsigned char>(s[i + k]) >> 6) == 2;
+    if (ok) {
+      r.append(s, i, len);
+      i += len;
+    } else {
+      r += '?';
+      ++i;
+    }
+  }
   return r;
 }
 
