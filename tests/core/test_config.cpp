@@ -2,19 +2,11 @@
 #include <cmath>
 
 #include "retnet/retnet.hpp"
+#include "test_util.hpp"
 
 using namespace retnet;
-
-namespace {
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
-}  // namespace
+using retnet::test::error_of;
+using retnet::test::temp_path;
 
 TEST_CASE("torchscale decay schedule is 1 - 2^(-5-h)") {
   RetentionConfig cfg(RetentionOptions{.heads = 3});

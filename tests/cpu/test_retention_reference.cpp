@@ -3,8 +3,10 @@
 #include <catch2/catch.hpp>
 
 #include "cpu/retention_helpers.hpp"
+#include "test_util.hpp"
 
 using namespace rtest;
+using retnet::test::error_of;
 
 namespace {
 
@@ -145,15 +147,6 @@ std::vector<Vecd> torchscale_chunkwise(Head x, double g, size_t Bc) {
       }
     }
   return o;
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
 }
 
 }  // namespace

@@ -9,37 +9,13 @@
 
 #include "retnet/io/config_json.hpp"
 #include "retnet/retnet.hpp"
+#include "test_util.hpp"
 
 using namespace retnet;
+using retnet::test::error_of;
+using retnet::test::temp_path;
 
 namespace {
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
-
-// A per-process scratch directory, removed when the test program exits.
-struct ScratchDir {
-  std::filesystem::path path;
-  ScratchDir() : path(std::filesystem::temp_directory_path() / ("retnet_test_infer_" + std::to_string(::getpid()))) {
-    std::filesystem::create_directories(path);
-  }
-  ~ScratchDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path, ec);
-  }
-};
-
-std::string temp_path(const std::string& name) {
-  static ScratchDir scratch;
-  const auto& dir = scratch.path;
-  return (dir / name).string();
-}
 
 ModelConfig small_config(bool tied = false) {
   ModelConfig c;

@@ -7,37 +7,13 @@
 
 #include "retnet/io/config_json.hpp"
 #include "retnet/io/npy.hpp"
+#include "test_util.hpp"
 
 using namespace retnet;
+using retnet::test::error_of;
+using retnet::test::temp_path;
 
 namespace {
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
-
-// A per-process scratch directory, removed when the test program exits.
-struct ScratchDir {
-  std::filesystem::path path;
-  ScratchDir() : path(std::filesystem::temp_directory_path() / ("retnet_test_io_cfg_" + std::to_string(::getpid()))) {
-    std::filesystem::create_directories(path);
-  }
-  ~ScratchDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path, ec);
-  }
-};
-
-std::string temp_path(const std::string& name) {
-  static ScratchDir scratch;
-  const auto& dir = scratch.path;
-  return (dir / name).string();
-}
 
 void spit(const std::string& path, const std::string& bytes) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);

@@ -9,38 +9,14 @@
 #include <random>
 
 #include "retnet/io/safetensors.hpp"
+#include "test_util.hpp"
 
 using namespace retnet;
+using retnet::test::error_of;
+using retnet::test::temp_path;
 using namespace retnet::io;
 
 namespace {
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
-
-// A per-process scratch directory, removed when the test program exits.
-struct ScratchDir {
-  std::filesystem::path path;
-  ScratchDir() : path(std::filesystem::temp_directory_path() / ("retnet_test_io_" + std::to_string(::getpid()))) {
-    std::filesystem::create_directories(path);
-  }
-  ~ScratchDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path, ec);
-  }
-};
-
-std::string temp_path(const std::string& name) {
-  static ScratchDir scratch;
-  const auto& dir = scratch.path;
-  return (dir / name).string();
-}
 
 std::string slurp(const std::string& path) {
   std::ifstream in(path, std::ios::binary);

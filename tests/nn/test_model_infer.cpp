@@ -7,8 +7,11 @@
 
 #include "retnet/nn/model.hpp"
 #include "retnet/train/loss.hpp"
+#include "test_util.hpp"
 
 using namespace retnet;
+using retnet::test::error_of;
+using retnet::test::temp_path;
 
 namespace {
 
@@ -30,15 +33,6 @@ std::vector<int64_t> random_tokens(int64_t n, int64_t V, uint64_t seed) {
   std::vector<int64_t> t(static_cast<size_t>(n));
   for (auto& x : t) x = static_cast<int64_t>(g() % static_cast<uint64_t>(V));
   return t;
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
 }
 
 }  // namespace
