@@ -56,6 +56,19 @@ struct StatePtrs {
   T* scale = nullptr;
 };
 
+// The retention op's inputs over the saved (rotated, scaled) q, k and v, with the optional initial state.
+template <class T>
+RetentionInputs<T> msr_retention_inputs(const MsrDims& dm, const MsrSaved<T>& s, StatePtrs<T> state_in) {
+  const Shape qk{dm.batch, dm.length, dm.heads, dm.dk}, vo{dm.batch, dm.length, dm.heads, dm.dv};
+  RetentionInputs<T> in;
+  in.q = HostView<const T>(s.q, qk);
+  in.k = HostView<const T>(s.k, qk);
+  in.v = HostView<const T>(s.v, vo);
+  if (state_in.kv) in.state_kv = HostView<const T>(state_in.kv, {dm.batch, dm.heads, dm.dk, dm.dv});
+  if (state_in.scale) in.state_scale = HostView<const T>(state_in.scale, {dm.batch, dm.heads});
+  return in;
+}
+
 // x [B, T, H, dk] in place: row (b, t) uses table row row_off[b] + t; inverse applies the transpose.
 template <class T>
 void rotate_heads(T* x, const MsrDims& dm, const RotationTable<T>& tab, const int64_t* row_off, bool inverse) {
@@ -87,7 +100,7 @@ void msr_forward(Cpu, const RetentionConfig& rc, Form form, double eps, const Ms
   rotate_heads(s.q, dm, rot, row_off, false);
   rotate_heads(s.k, dm, rot, row_off, false);
 
-  const Shape qk{dm.batch, dm.length, dm.heads, dm.dk}, vo{dm.batch, dm.length, dm.heads, dm.dv};
+  const Shape vo{dm.batch, dm.length, dm.heads, dm.dv};
   const Shape skv{dm.batch, dm.heads, dm.dk, dm.dv}, ssc{dm.batch, dm.heads};
   if (step) {
     retention_recurrent_step(cpu, rc, HostView<const T>(s.q, {dm.batch, dm.heads, dm.dk}),
@@ -95,12 +108,7 @@ void msr_forward(Cpu, const RetentionConfig& rc, Form form, double eps, const Ms
                              HostView<const T>(s.v, {dm.batch, dm.heads, dm.dv}), HostView<T>(state_in.kv, skv),
                              HostView<T>(state_in.scale, ssc), HostView<T>(s.o, {dm.batch, dm.heads, dm.dv}));
   } else {
-    RetentionInputs<T> in;
-    in.q = HostView<const T>(s.q, qk);
-    in.k = HostView<const T>(s.k, qk);
-    in.v = HostView<const T>(s.v, vo);
-    if (state_in.kv) in.state_kv = HostView<const T>(state_in.kv, skv);
-    if (state_in.scale) in.state_scale = HostView<const T>(state_in.scale, ssc);
+    const RetentionInputs<T> in = msr_retention_inputs(dm, s, state_in);
     RetentionOutputs<T> o;
     o.o = HostView<T>(s.o, vo);
     if (state_out.kv) o.state_kv = HostView<T>(state_out.kv, skv);
@@ -150,13 +158,8 @@ void msr_backward(Cpu, const RetentionConfig& rc, Form form, const MsrDims& dm, 
   rmsnorm_backward<T>(cpu, sc.do_, nullptr, sc.dz, s.o, nullptr, s.gn_rstd, N * H, dv);
   // retention backward
   const Shape qk{dm.batch, dm.length, dm.heads, dm.dk}, vo{dm.batch, dm.length, dm.heads, dm.dv};
-  const Shape skv{dm.batch, dm.heads, dm.dk, dm.dv}, ssc{dm.batch, dm.heads};
-  RetentionInputs<T> in;
-  in.q = HostView<const T>(s.q, qk);
-  in.k = HostView<const T>(s.k, qk);
-  in.v = HostView<const T>(s.v, vo);
-  if (state_in.kv) in.state_kv = HostView<const T>(state_in.kv, skv);
-  if (state_in.scale) in.state_scale = HostView<const T>(state_in.scale, ssc);
+  const Shape skv{dm.batch, dm.heads, dm.dk, dm.dv};
+  const RetentionInputs<T> in = msr_retention_inputs(dm, s, state_in);
   RetentionOutputGrads<T> go;
   go.d_o = HostView<const T>(sc.do_, vo);
   if (d_state_out) go.d_state_kv = HostView<const T>(d_state_out, skv);
