@@ -114,6 +114,13 @@ double max_rel_diff(const Tensor<A>& a, const Tensor<B>& b) {
   return scale > 0 ? worst / scale : worst;
 }
 
+// The largest max_rel_diff over the four gradients (q, k, v, initial state).
+template <class T>
+double max_rel_diff(const Grads<T>& a, const Grads<T>& b) {
+  return std::max(
+      {max_rel_diff(a.dq, b.dq), max_rel_diff(a.dk, b.dk), max_rel_diff(a.dv, b.dv), max_rel_diff(a.dkv0, b.dkv0)});
+}
+
 // Per (batch, position, head) RMS normalisation of o [B, T, H, dv] with epsilon 0, in double.
 template <class T>
 Tensor<double> rms_normalised(const Tensor<T>& o) {
