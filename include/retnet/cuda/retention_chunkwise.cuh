@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <string_view>
 #include <type_traits>
 
 #include "retnet/core/checked.hpp"
@@ -25,6 +26,7 @@
 #include "retnet/core/tensor.hpp"
 #include "retnet/cuda/context.cuh"
 #include "retnet/cuda/retention_scan.cuh"
+#include "retnet/cuda/retention_scan_bf16.cuh"
 
 namespace retnet {
 namespace cuda_detail {
@@ -146,8 +148,36 @@ void launch_scan_vt(const Cuda& ctx, const ScanParams& sp, int64_t B, int H, con
   RETNET_CUDA_CHECK_LAUNCH(Summary ? "retention scan (segment summaries)" : "retention scan (outputs)");
 }
 
+// bf16 runs on scan_bf16_kernel (128 value columns per block where the key size is at most 128 and the value
+// size a multiple of 128, else 64); RETNET_CUDA_ENGINE=scan selects the generic scan_kernel (A/B switch).
+inline bool bf16_engine_enabled() {
+  static const bool v = [] {
+    const char* e = std::getenv("RETNET_CUDA_ENGINE");
+    return !(e && std::string_view(e) == "scan");
+  }();
+  return v;
+}
+
+template <int DQK, bool Summary, int VT>
+void launch_scan_bf16(const Cuda& ctx, const ScanParams& sp, int64_t B, int H, const HeadDecays& dec) {
+  constexpr int bytes = Bf16ScanSmem<DQK, VT, Summary>::bytes;
+  auto kern = scan_bf16_kernel<DQK, VT, Summary>;
+  RETNET_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  const dim3 grid(static_cast<unsigned>(sp.dv / VT), static_cast<unsigned>(sp.NS), static_cast<unsigned>(B * H));
+  kern<<<grid, kBf16ScanThreads, bytes, ctx.stream>>>(sp, dec);
+  RETNET_CUDA_CHECK_LAUNCH(Summary ? "retention bf16 scan (segment summaries)" : "retention bf16 scan (outputs)");
+}
+
 template <class E, int DQK, bool Summary>
 void launch_scan(const Cuda& ctx, const ScanParams& sp, int64_t B, int H, const HeadDecays& dec) {
+  if constexpr (std::is_same_v<E, __nv_bfloat16>) {
+    if (bf16_engine_enabled()) {
+      if constexpr (DQK <= 128) {
+        if (sp.dv % 128 == 0) return launch_scan_bf16<DQK, Summary, 128>(ctx, sp, B, H, dec);
+      }
+      return launch_scan_bf16<DQK, Summary, kVTile>(ctx, sp, B, H, dec);
+    }
+  }
   if constexpr (wide_fits<E, DQK>()) {
     if (wide_enabled() && sp.dv % kWideVTile == 0)
       return launch_scan_vt<E, DQK, Summary, kWideVTile>(ctx, sp, B, H, dec);
