@@ -74,7 +74,8 @@ struct Run {
   float* final_state = nullptr;
   FinalScale final_scale = FinalScale::one;
   float* colsum = nullptr;
-  int seg = 0;  // fixed segment length (torchscale chunkwise), 0 = choose
+  int seg = 0;                     // fixed segment length (torchscale chunkwise), 0 = choose
+  bool states_transposed = false;  // run_output: the states are another run's, [dval, dqk] per segment
 };
 
 // Blocks the segment split aims at (about 4 waves of 2 blocks on 132 SMs); RETNET_CUDA_SCAN_BLOCKS overrides
@@ -244,10 +245,11 @@ void run_output_t(const Cuda& ctx, const Run& r, int64_t B, int64_t T, int H, co
   sp.T = T;
   sp.H = H;
   sp.dv = r.dval;
-  sp.L = std::min(geo.L, geo.seg);
+  sp.L = std::min(chunk_rows<E, DQK>, geo.seg);  // this run's own chunk (the states may be another run's)
   sp.seg = geo.seg;
   sp.NS = geo.NS;
   sp.reverse = r.reverse ? 1 : 0;
+  sp.states_transposed = r.states_transposed ? 1 : 0;
   launch_scan<E, DQK, false>(ctx, sp, B, H, dec);
 }
 
@@ -450,22 +452,6 @@ void backward_impl(const char* op, const Cuda& ctx, Form form, const RetentionCo
   }
   // The reversed runs start from d(final U) / gamma, so that their first row adds q^T g on top of d(final U).
   const InitScale dfin = ts ? InitScale::rsqrt_final_over_gamma : InitScale::inv_gamma;
-  {  // dk: reversed (q=v, k=g, v=q) from dU_T^T
-    Run r;
-    r.q = in.v.data();
-    r.k = g;
-    r.v = in.q.data();
-    r.o = gin.dk.data();
-    r.dqk = dv;
-    r.dval = dk;
-    r.reverse = true;
-    r.init = gout.d_state_kv.data();
-    r.init_transposed = true;
-    r.init_scale = dfin;
-    r.s0 = s0;
-    const Geometry geo = run_states<E>(ctx, r, B, T, H, dec, states);
-    run_output<E>(ctx, r, B, T, H, dec, states, geo);
-  }
   {  // dv: reversed (q=k, k=q, v=g) from dU_T; its final state is dU_0
     Run r;
     r.q = in.k.data();
@@ -482,6 +468,18 @@ void backward_impl(const char* op, const Cuda& ctx, Form form, const RetentionCo
     r.final_scale = ts ? FinalScale::gamma_sqrt_s0 : FinalScale::gamma;
     const Geometry geo = run_states<E>(ctx, r, B, T, H, dec, states);
     run_output<E>(ctx, r, B, T, H, dec, states, geo);
+    // dk: reversed (q=v, k=g, v=q) from dU_T^T. Its states are dU_n^T, the transposes of the dv run's: the
+    // outputs pass reads those (same segments) instead of running its own summaries and prefix.
+    Run rk;
+    rk.q = in.v.data();
+    rk.k = g;
+    rk.v = in.q.data();
+    rk.o = gin.dk.data();
+    rk.dqk = dv;
+    rk.dval = dk;
+    rk.reverse = true;
+    rk.states_transposed = true;
+    run_output<E>(ctx, rk, B, T, H, dec, states, geo);
   }
   {  // dq: forward (q=g, k=v, v=k) from U0^T
     Run r;

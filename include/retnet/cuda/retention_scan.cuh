@@ -45,6 +45,7 @@ struct ScanParams {
   int H, dv;
   int L, seg, NS;
   int reverse;
+  int states_transposed;  // outputs pass: states holds [B*H, NS, dv, dqk] (another run's states, transposed)
 };
 
 template <class P, int DQK, int LM, bool Summary, int VT = kVTile>
@@ -141,6 +142,12 @@ __global__ void __launch_bounds__((ScanSmem<P, DQK, LM, Summary, VT>::NT),
   const int hw_m = (warp & 3) * (DQK / 4), hw_n = (warp >> 2) * 32;
   float hacc[HM][4][4];
   float* __restrict__ st_g = p.states + (static_cast<int64_t>(bh) * p.NS + s) * DQK * dv + vt * VT;
+  // Entering state (row, col) of this block's tile; states_transposed: the buffer holds [dv, DQK] states.
+  auto state_at = [&](int row, int col) {
+    return p.states_transposed ? p.states[(static_cast<int64_t>(bh) * p.NS + s) * DQK * dv +
+                                          static_cast<int64_t>(vt * VT + col) * DQK + row]
+                               : st_g[static_cast<int64_t>(row) * dv + col];
+  };
 #pragma unroll
   for (int mt = 0; mt < HM; ++mt)
 #pragma unroll
@@ -148,7 +155,7 @@ __global__ void __launch_bounds__((ScanSmem<P, DQK, LM, Summary, VT>::NT),
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int row = hw_m + mt * 16 + g + (e >> 1) * 8, col = hw_n + nt * 8 + 2 * tq + (e & 1);
-        hacc[mt][nt][e] = Summary ? 0.f : st_g[static_cast<int64_t>(row) * dv + col];
+        hacc[mt][nt][e] = Summary ? 0.f : state_at(row, col);
       }
   if constexpr (!Summary) {
 #pragma unroll
@@ -378,18 +385,31 @@ __global__ void __launch_bounds__(256) prefix_kernel(PrefixParams p, HeadDecays 
     carry[r] = x * im;
   }
   const float l2g = dec.log2g[h];
+  // The summaries of segment s + 1 are loaded before segment s is written: the loads of a thread do not wait
+  // for its stores (the compiler cannot tell that they never alias).
+  auto seg_ptr = [&](int s) { return p.states + (static_cast<int64_t>(bh) * p.NS + s) * DQK * dv + v; };
+  float next[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) next[r] = seg_ptr(0)[static_cast<int64_t>(ks + 8 * r) * dv];
   for (int s = 0; s < p.NS; ++s) {
     const int len = static_cast<int>(min(static_cast<int64_t>(p.seg), p.T - static_cast<int64_t>(s) * p.seg));
     const float dl = exp2f(static_cast<float>(len) * l2g);
-    float* st = p.states + (static_cast<int64_t>(bh) * p.NS + s) * DQK * dv + v;
+    float* st = seg_ptr(s);
+    float d[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) d[r] = next[r];
+    if (s + 1 < p.NS) {
+      const float* nx = seg_ptr(s + 1);
+#pragma unroll
+      for (int r = 0; r < R; ++r) next[r] = nx[static_cast<int64_t>(ks + 8 * r) * dv];
+    }
     float cs = 0.f;
 #pragma unroll
     for (int r = 0; r < R; ++r) {
       const int kk = ks + 8 * r;
-      const float d = st[static_cast<int64_t>(kk) * dv];
       st[static_cast<int64_t>(kk) * dv] = carry[r];
       cs += fabsf(carry[r]);
-      carry[r] = carry[r] * dl + d;
+      carry[r] = carry[r] * dl + d[r];
     }
     if (p.colsum) {
       red[ks][threadIdx.x & 31] = cs;

@@ -34,12 +34,13 @@ struct Bf16ScanSmem {
   static_assert(bytes <= 227 * 1024, "bf16 scan: shared memory of one block");
 };
 
-__device__ __forceinline__ uint32_t scale_bf16x2(uint32_t x, float a, float b) {
-  __nv_bfloat162 v;
-  static_assert(sizeof(v) == sizeof(x));
-  memcpy(&v, &x, sizeof(x));
-  const float2 f = __bfloat1622float2(v);
-  const __nv_bfloat162 r = __floats2bfloat162_rn(f.x * a, f.y * b);
+// x * w elementwise in bf16x2 (one HMUL2): the decayed V of the state update, as bf16(V * w) with w in bf16.
+__device__ __forceinline__ uint32_t mul_bf16x2(uint32_t x, uint32_t w) {
+  __nv_bfloat162 a, b;
+  static_assert(sizeof(a) == sizeof(x));
+  memcpy(&a, &x, sizeof(x));
+  memcpy(&b, &w, sizeof(w));
+  const __nv_bfloat162 r = __hmul2(a, b);
   uint32_t out;
   memcpy(&out, &r, sizeof(out));
   return out;
@@ -52,9 +53,9 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
   return out;
 }
 
-// grid (dv / VT, NS, B * H), block 256.
+// grid (dv / VT, NS, B * H), block 256. The summary pass keeps only the state tile: two blocks per multiprocessor.
 template <int DQK, int VT, bool Summary>
-__global__ void __launch_bounds__(kBf16ScanThreads, 1) scan_bf16_kernel(ScanParams p, HeadDecays dec) {
+__global__ void __launch_bounds__(kBf16ScanThreads, Summary ? 2 : 1) scan_bf16_kernel(ScanParams p, HeadDecays dec) {
   using P = MmaBf16;
   using E = __nv_bfloat16;
   using SM = Bf16ScanSmem<DQK, VT, Summary>;
@@ -115,6 +116,12 @@ __global__ void __launch_bounds__(kBf16ScanThreads, 1) scan_bf16_kernel(ScanPara
   const int hw_m = (warp & 3) * (DQK / 4), hw_n = (warp >> 2) * (VT / 2);
   float hacc[HM][HN][4];
   float* __restrict__ st_g = p.states + (static_cast<int64_t>(bh) * p.NS + s) * DQK * dv + vt * VT;
+  // Entering state (row, col) of this block's tile; states_transposed: the buffer holds [dv, DQK] states.
+  auto state_at = [&](int row, int col) {
+    return p.states_transposed ? p.states[(static_cast<int64_t>(bh) * p.NS + s) * DQK * dv +
+                                          static_cast<int64_t>(vt * VT + col) * DQK + row]
+                               : st_g[static_cast<int64_t>(row) * dv + col];
+  };
 #pragma unroll
   for (int mt = 0; mt < HM; ++mt)
 #pragma unroll
@@ -122,7 +129,7 @@ __global__ void __launch_bounds__(kBf16ScanThreads, 1) scan_bf16_kernel(ScanPara
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int row = hw_m + mt * 16 + g + (e >> 1) * 8, col = hw_n + nt * 8 + 2 * tq + (e & 1);
-        hacc[mt][nt][e] = Summary ? 0.f : st_g[static_cast<int64_t>(row) * dv + col];
+        hacc[mt][nt][e] = Summary ? 0.f : state_at(row, col);
       }
   // The bf16 copy of the state that Q H reads: Hs(c & 1) holds the state entering chunk c.
   auto store_state = [&](E* Hs) {
@@ -139,17 +146,18 @@ __global__ void __launch_bounds__(kBf16ScanThreads, 1) scan_bf16_kernel(ScanPara
   };
   if constexpr (!Summary) store_state(Hs_base);
 
-  // Decay weights of the state update for this thread's rows of the V fragments: w[kt][i] for chunk rows
-  // kt*16 + 2 tq + {0, 1, 8, 9}; rows at or past len weigh 0.
-  float w[LM / 16][4];
+  // Decay weights of the state update for this thread's rows of the V fragments, as bf16 pairs: w[kt][i] for
+  // chunk rows kt*16 + 2 tq + 8 i + {0, 1}; rows at or past len weigh 0.
+  uint32_t w[LM / 16][2];
   int w_len = -1;
   auto set_weights = [&](int len) {
+    auto weight = [&](int j) { return j < len ? exp2f(static_cast<float>(len - 1 - j) * l2g) : 0.f; };
 #pragma unroll
     for (int kt = 0; kt < LM / 16; ++kt)
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int j = kt * 16 + 2 * tq + (i & 1) + (i >> 1) * 8;
-        w[kt][i] = j < len ? exp2f(static_cast<float>(len - 1 - j) * l2g) : 0.f;
+      for (int i = 0; i < 2; ++i) {
+        const int j = kt * 16 + 2 * tq + 8 * i;
+        w[kt][i] = pack_bf16x2(weight(j), weight(j + 1));
       }
     w_len = len;
   };
@@ -245,8 +253,7 @@ __global__ void __launch_bounds__(kBf16ScanThreads, 1) scan_bf16_kernel(ScanPara
 #pragma unroll
           for (int nt = 0; nt < ON / 8; ++nt) {
             const int col = ow_n + nt * 8 + 2 * tq;
-            *reinterpret_cast<uint32_t*>(orow + col) =
-                pack_bf16x2(oacc[nt][2 * half] * m, oacc[nt][2 * half + 1] * m);
+            *reinterpret_cast<uint32_t*>(orow + col) = pack_bf16x2(oacc[nt][2 * half] * m, oacc[nt][2 * half + 1] * m);
           }
         }
       }
@@ -269,8 +276,8 @@ __global__ void __launch_bounds__(kBf16ScanThreads, 1) scan_bf16_kernel(ScanPara
           P::ldb2<true>(*reinterpret_cast<typename P::B(*)[2]>(&bb[nt]), Vs, LDV, hw_n + nt * 8, kt * 16, lane);
 #pragma unroll
           for (int x = 0; x < 2; ++x) {
-            bb[nt + x].r[0] = scale_bf16x2(bb[nt + x].r[0], w[kt][0], w[kt][1]);
-            bb[nt + x].r[1] = scale_bf16x2(bb[nt + x].r[1], w[kt][2], w[kt][3]);
+            bb[nt + x].r[0] = mul_bf16x2(bb[nt + x].r[0], w[kt][0]);
+            bb[nt + x].r[1] = mul_bf16x2(bb[nt + x].r[1], w[kt][1]);
           }
         }
 #pragma unroll
