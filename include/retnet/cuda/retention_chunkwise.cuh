@@ -159,31 +159,14 @@ inline bool bf16_engine_enabled() {
   return v;
 }
 
-// Warps per outputs block of the bf16 engine (RETNET_CUDA_BF16_WARPS=8 or 16; A/B switch).
-inline int bf16_warps() {
-  static const int v = [] {
-    const char* e = std::getenv("RETNET_CUDA_BF16_WARPS");
-    return e && std::string_view(e) == "16" ? 16 : 8;
-  }();
-  return v;
-}
-
-template <int DQK, bool Summary, int VT, int NW>
-void launch_scan_bf16_nw(const Cuda& ctx, const ScanParams& sp, int64_t B, int H, const HeadDecays& dec) {
-  constexpr int bytes = Bf16ScanSmem<DQK, VT, Summary>::bytes;
-  auto kern = scan_bf16_kernel<DQK, VT, Summary, NW>;
-  RETNET_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-  const dim3 grid(static_cast<unsigned>(sp.dv / VT), static_cast<unsigned>(sp.NS), static_cast<unsigned>(B * H));
-  kern<<<grid, 32 * NW, bytes, ctx.stream>>>(sp, dec);
-  RETNET_CUDA_CHECK_LAUNCH(Summary ? "retention bf16 scan (segment summaries)" : "retention bf16 scan (outputs)");
-}
-
 template <int DQK, bool Summary, int VT>
 void launch_scan_bf16(const Cuda& ctx, const ScanParams& sp, int64_t B, int H, const HeadDecays& dec) {
-  if constexpr (!Summary && VT == 128) {
-    if (bf16_warps() == 16) return launch_scan_bf16_nw<DQK, Summary, VT, 16>(ctx, sp, B, H, dec);
-  }
-  launch_scan_bf16_nw<DQK, Summary, VT, 8>(ctx, sp, B, H, dec);
+  constexpr int bytes = Bf16ScanSmem<DQK, VT, Summary>::bytes;
+  auto kern = scan_bf16_kernel<DQK, VT, Summary>;
+  RETNET_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  const dim3 grid(static_cast<unsigned>(sp.dv / VT), static_cast<unsigned>(sp.NS), static_cast<unsigned>(B * H));
+  kern<<<grid, kBf16ScanThreads, bytes, ctx.stream>>>(sp, dec);
+  RETNET_CUDA_CHECK_LAUNCH(Summary ? "retention bf16 scan (segment summaries)" : "retention bf16 scan (outputs)");
 }
 
 template <class E, int DQK, bool Summary>

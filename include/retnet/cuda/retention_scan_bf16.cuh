@@ -1,15 +1,14 @@
 #pragma once
 // The bf16 chunk engine: the same passes and contract as scan_kernel (retention_scan.cuh), with each chunk
 // computed so that the tensor cores, not shared memory and barriers, set the pace:
-//  * 8 or 16 warps. For the output, 4 row groups of 16 chunk rows x 2 or 4 parts of the value tile; each warp computes
-//  its
+//  * 8 warps. For the output, 4 row groups of 16 chunk rows x 2 halves of the value tile; each warp computes its
 //    rows of S = Q K^T only up to its diagonal (causal), masks and decays them in registers and feeds them to
 //    S V directly as bf16 A fragments (no trip through shared memory, no barrier).
 //  * one Q fragment per 16-wide k step feeds both S = Q K^T and Q H.
 //  * the state update's decay diag(gamma^(L-1-j)) scales the V fragments in registers (no scaled copy of V).
 //  * the stage buffers and the bf16 copy of the state are double-buffered: one barrier per chunk.
-// Row groups pair up on the warp schedulers (warps w, w + 4, ... share one): groups w and 3 - w alternate, so
-// that every scheduler carries the same causal work.
+// Row groups pair up on the warp schedulers (warps w and w + 4 share one): group w and 3 - w, so that every
+// scheduler carries the same causal work.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -21,6 +20,7 @@
 
 namespace retnet::cuda_detail {
 
+inline constexpr int kBf16ScanThreads = 256;
 inline constexpr int kBf16ScanRows = 64;  // chunk rows
 
 template <int DQK, int VT, bool Summary>
@@ -53,17 +53,15 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
   return out;
 }
 
-// grid (dv / VT, NS, B * H), block 32 * NW (NW = 8 or 16 warps: 4 row groups x NW / 4 column groups). The
-// summary pass keeps only the state tile: two blocks per multiprocessor.
-template <int DQK, int VT, bool Summary, int NW>
-__global__ void __launch_bounds__(32 * NW, Summary ? 2 : 1) scan_bf16_kernel(ScanParams p, HeadDecays dec) {
+// grid (dv / VT, NS, B * H), block 256. The summary pass keeps only the state tile: two blocks per multiprocessor.
+template <int DQK, int VT, bool Summary>
+__global__ void __launch_bounds__(kBf16ScanThreads, Summary ? 2 : 1) scan_bf16_kernel(ScanParams p, HeadDecays dec) {
   using P = MmaBf16;
   using E = __nv_bfloat16;
   using SM = Bf16ScanSmem<DQK, VT, Summary>;
   constexpr int LM = SM::LM, LDQ = SM::LDQ, LDV = SM::LDV, STAGE = SM::STAGE;
-  constexpr int NT = 32 * NW, CG = NW / 4;
+  constexpr int NT = kBf16ScanThreads;
   static_assert(VT == 64 || VT == 128, "value tile of 64 or 128 columns");
-  static_assert(NW == 8 || NW == 16, "8 or 16 warps");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   E* smem = reinterpret_cast<E*>(smem_raw);
   E* Hs_base = smem + 2 * STAGE;
@@ -113,10 +111,9 @@ __global__ void __launch_bounds__(32 * NW, Summary ? 2 : 1) scan_bf16_kernel(Sca
     cp_async_commit();
   };
 
-  // State tile [DQK, VT] in registers: warps 4 (rows) x CG (columns), each DQK/4 rows x VT/CG columns.
-  constexpr int HM = DQK / 64, HN = VT / (8 * CG);  // m16 and n8 tiles per warp
-  static_assert(HN % 2 == 0, "state tile columns per warp");
-  const int hw_m = (warp & 3) * (DQK / 4), hw_n = (warp >> 2) * (VT / CG);
+  // State tile [DQK, VT] in registers: warps 4 (rows) x 2 (columns), each DQK/4 rows x VT/2 columns.
+  constexpr int HM = DQK / 64, HN = VT / 16;  // m16 and n8 tiles per warp
+  const int hw_m = (warp & 3) * (DQK / 4), hw_n = (warp >> 2) * (VT / 2);
   float hacc[HM][HN][4];
   float* __restrict__ st_g = p.states + (static_cast<int64_t>(bh) * p.NS + s) * DQK * dv + vt * VT;
   // Entering state (row, col) of this block's tile; states_transposed: the buffer holds [dv, DQK] states.
@@ -166,9 +163,8 @@ __global__ void __launch_bounds__(32 * NW, Summary ? 2 : 1) scan_bf16_kernel(Sca
   };
 
   // Output tile of this warp: chunk rows rg*16 .. +15, value columns ow_n .. ow_n + ON - 1.
-  constexpr int ON = VT / CG;
-  static_assert(ON % 16 == 0, "output columns per warp");
-  const int rg = ((warp >> 2) & 1) ? 3 - (warp & 3) : (warp & 3);
+  constexpr int ON = VT / 2;
+  const int rg = warp < 4 ? warp : 7 - warp;
   const int ow_m = rg * 16, ow_n = (warp >> 2) * ON;
 
   load_chunk(0, 0);
