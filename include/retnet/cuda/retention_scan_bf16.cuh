@@ -85,28 +85,35 @@ __global__ void __launch_bounds__(kBf16ScanThreads, Summary ? 2 : 1) scan_bf16_k
   auto stage_k = [&](int st) { return Summary ? smem + st * STAGE : smem + st * STAGE + SM::QK_ELEMS; };
   auto stage_v = [&](int st) { return stage_k(st) + SM::QK_ELEMS; };
 
+  // Each thread copies 16-byte pieces at a fixed column of rows r0, r0 + RSTEP, ...: the per-thread base
+  // pointers are set once, a chunk adds only its time offsets.
+  constexpr int EPV = 8;  // bf16 per 16-byte piece
+  constexpr int QK_PIECES = DQK / EPV, V_PIECES = VT / EPV;
+  constexpr int QK_RSTEP = NT / QK_PIECES, V_RSTEP = NT / V_PIECES;
+  static_assert(NT % QK_PIECES == 0 && NT % V_PIECES == 0, "whole rows per pass of the loader");
+  const int qk_r0 = tid / QK_PIECES, qk_cc = (tid % QK_PIECES) * EPV;
+  const int v_r0 = tid / V_PIECES, v_cc = (tid % V_PIECES) * EPV;
+  const int64_t qk_step = static_cast<int64_t>(H) * DQK, v_step = static_cast<int64_t>(H) * dv;  // per time step
+  const int64_t qk_base = (static_cast<int64_t>(b) * T * H + h) * DQK + qk_cc;
+  const int64_t v_base = (static_cast<int64_t>(b) * T * H + h) * dv + vt * VT + v_cc;
   auto load_chunk = [&](int c, int st) {
     E* Qs = stage_q(st);
     E* Ks = stage_k(st);
     E* Vs = stage_v(st);
     const int64_t c0 = seg_start + static_cast<int64_t>(c) * p.L;
     const int len = min(p.L, seg_len - c * p.L);
-    constexpr int EPV = 8;  // bf16 per 16-byte piece
-    constexpr int QK_PIECES = DQK / EPV, V_PIECES = VT / EPV;
-    for (int i = tid; i < LM * QK_PIECES; i += NT) {
-      const int r = i / QK_PIECES, cc = (i % QK_PIECES) * EPV;
+#pragma unroll
+    for (int r = qk_r0; r < LM; r += QK_RSTEP) {
       const bool ok = r < len;
-      const int64_t t = ok ? phys(c0 + r) : 0;
-      const int64_t off = ((static_cast<int64_t>(b) * T + t) * H + h) * DQK + cc;
-      if constexpr (!Summary) cp_async16(Qs + r * LDQ + cc, qg + off, ok ? 16 : 0);
-      cp_async16(Ks + r * LDQ + cc, kg + off, ok ? 16 : 0);
+      const int64_t off = qk_base + (ok ? phys(c0 + r) : 0) * qk_step;
+      if constexpr (!Summary) cp_async16(Qs + r * LDQ + qk_cc, qg + off, ok ? 16 : 0);
+      cp_async16(Ks + r * LDQ + qk_cc, kg + off, ok ? 16 : 0);
     }
-    for (int i = tid; i < LM * V_PIECES; i += NT) {
-      const int r = i / V_PIECES, cc = (i % V_PIECES) * EPV;
+#pragma unroll
+    for (int r = v_r0; r < LM; r += V_RSTEP) {
       const bool ok = r < len;
-      const int64_t t = ok ? phys(c0 + r) : 0;
-      const int64_t off = ((static_cast<int64_t>(b) * T + t) * H + h) * dv + vt * VT + cc;
-      cp_async16(Vs + r * LDV + cc, vg + off, ok ? 16 : 0);
+      const int64_t off = v_base + (ok ? phys(c0 + r) : 0) * v_step;
+      cp_async16(Vs + r * LDV + v_cc, vg + off, ok ? 16 : 0);
     }
     cp_async_commit();
   };
@@ -259,8 +266,8 @@ __global__ void __launch_bounds__(kBf16ScanThreads, Summary ? 2 : 1) scan_bf16_k
       }
     }
 
-    // H <- gamma^len H + K^T diag(gamma^(len-1-j)) V
-    {
+    // H <- gamma^len H + K^T diag(gamma^(len-1-j)) V (the outputs pass needs no state after its last chunk)
+    if (Summary || c + 1 < nchunks) {
       const float dl = exp2f(static_cast<float>(len) * l2g);
 #pragma unroll
       for (int mt = 0; mt < HM; ++mt)
