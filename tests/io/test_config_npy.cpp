@@ -1,5 +1,6 @@
 #include <unistd.h>
 
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <filesystem>
 #include <fstream>
@@ -45,7 +46,9 @@ TEST_CASE("torchscale's RetNetConfig dictionaries load, with inert fields report
   CHECK_FALSE(g.layernorm_embedding);
   CHECK_FALSE(g.share_decoder_input_output_embed);
   CHECK(report.unknown.empty());
-  CHECK(std::find(report.ignored.begin(), report.ignored.end(), "dropout") != report.ignored.end());
+  CHECK(std::find(report.ignored.begin(), report.ignored.end(), "fsdp") != report.ignored.end());
+  CHECK(std::find(report.ignored.begin(), report.ignored.end(), "dropout") == report.ignored.end());  // read
+  CHECK(g.dropout == 0.0);
   const ModelConfig s = io::load_config(data_dir + "swish.config.json");
   CHECK(s.activation_fn == "swish");
   CHECK(s.share_decoder_input_output_embed);
@@ -95,11 +98,11 @@ TEST_CASE("config JSON round trip and field errors") {
   CHECK(has(err(R"([1])"), "must be a JSON object"));
   CHECK(has(err(R"({"vocab_size": 10, "decay_schedule": "fast"})"), "decay_schedule"));
   io::ConfigReport rep2;
-  const ModelConfig z = io::config_from_json_string(
-      R"({"vocab_size": 10, "dropout": 0.1, "my_field": 3, "decoder_layers": null})", &rep2);
+  const ModelConfig z =
+      io::config_from_json_string(R"({"vocab_size": 10, "fsdp": false, "my_field": 3, "decoder_layers": null})", &rep2);
   CHECK(z.decoder_layers == ModelConfig{}.decoder_layers);
   CHECK(rep2.unknown == std::vector<std::string>{"my_field"});
-  CHECK(rep2.ignored == std::vector<std::string>{"dropout"});
+  CHECK(rep2.ignored == std::vector<std::string>{"fsdp"});
   CHECK(has(error_of([&] { io::load_config(path + ".missing"); }), "cannot open"));
 }
 
@@ -146,4 +149,38 @@ TEST_CASE("npy round trip and validation") {
   big.replace(big.find("<i8"), 3, ">i8");
   CHECK(has(err_of_bytes(big), "big-endian"));
   for (size_t n = 0; n < good.size(); ++n) CHECK_FALSE(err_of_bytes(good.substr(0, n)).empty());
+}
+
+TEST_CASE("config JSON reads and writes the dropout rates") {
+  ModelConfig c;
+  c.vocab_size = 30;
+  c.dropout = 0.1;
+  c.activation_dropout = 0.25;
+  c.drop_path_rate = 0.05;
+  const nlohmann::json j = io::config_to_json(c);
+  CHECK(j.at("dropout").get<double>() == 0.1);
+  CHECK(j.at("activation_dropout").get<double>() == 0.25);
+  CHECK(j.at("drop_path_rate").get<double>() == 0.05);
+  const std::string path = temp_path("dropout.json");
+  io::save_config(c, path);
+  io::ConfigReport rep;
+  const ModelConfig r = io::load_config(path, &rep);
+  CHECK(r.dropout == 0.1);
+  CHECK(r.activation_dropout == 0.25);
+  CHECK(r.drop_path_rate == 0.05);
+  CHECK(rep.unknown.empty());
+  for (const std::string f : {"dropout", "activation_dropout", "drop_path_rate"})
+    CHECK(std::find(rep.ignored.begin(), rep.ignored.end(), f) == rep.ignored.end());
+  // files without them (older ones of ours, hand-written ones) still load, with rates 0
+  const ModelConfig plain = io::config_from_json_string(R"({"vocab_size": 10})");
+  CHECK(plain.dropout == 0.0);
+  CHECK(plain.activation_dropout == 0.0);
+  CHECK(plain.drop_path_rate == 0.0);
+  const std::string e1 = error_of([] { io::config_from_json_string(R"({"vocab_size": 10, "dropout": 1.0})"); });
+  CHECK(e1.find("dropout = 1") != std::string::npos);
+  const std::string e2 = error_of([] { io::config_from_json_string(R"({"vocab_size": 10, "drop_path_rate": -0.5})"); });
+  CHECK(e2.find("drop_path_rate = -0.5") != std::string::npos);
+  const std::string e3 =
+      error_of([] { io::config_from_json_string(R"({"vocab_size": 10, "activation_dropout": "high"})"); });
+  CHECK(e3.find("field 'activation_dropout' must be a number") != std::string::npos);
 }

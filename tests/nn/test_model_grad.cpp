@@ -1,4 +1,5 @@
-// Finite-difference gradient checks in double for the layers and the whole model, every parameter tensor.
+// Finite-difference gradient checks in double for the layers and the whole model, every parameter tensor,
+// without and with training-mode dropout (fixed masks: the same key for every evaluation).
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <random>
@@ -65,14 +66,19 @@ void perturb(Model<double>& m, uint64_t seed) {
 }
 
 double loss_of(Model<double>& m, GradContext<double>& ctx, const Data& d, int64_t B, int64_t T, Form form,
-               int64_t segment) {
+               int64_t segment, const DropoutKey* key) {
   std::vector<double> scratch(static_cast<size_t>(m.param_table().total()));
-  const LossSum r = loss_and_grad(m, ctx, d.tokens.data(), d.targets.data(), B, T, form, scratch.data(), 1.0, segment);
+  const LossSum r =
+      loss_and_grad(m, ctx, d.tokens.data(), d.targets.data(), B, T, form, scratch.data(), 1.0, segment, key);
   return r.mean();
 }
 
-void check_model_grad(const std::string& variant, Form form, int64_t segment) {
+// dropout > 0: all three rates set to it, masks from a fixed key.
+void check_model_grad(const std::string& variant, Form form, int64_t segment, double dropout = 0) {
   ModelConfig c = tiny(variant);
+  c.dropout = c.activation_dropout = c.drop_path_rate = dropout;
+  const DropoutKey fixed{17, 5, 0};
+  const DropoutKey* key = dropout > 0 ? &fixed : nullptr;
   Model<double> m(c);
   m.init_torchscale(7);
   perturb(m, 8);
@@ -81,18 +87,18 @@ void check_model_grad(const std::string& variant, Form form, int64_t segment) {
   GradContext<double> ctx;
   std::vector<double> grads(static_cast<size_t>(m.param_table().total()), 0.0);
   const int64_t count = count_targets(d.targets.data(), B * T);
-  loss_and_grad(m, ctx, d.tokens.data(), d.targets.data(), B, T, form, grads.data(), 1.0 / double(count), segment);
+  loss_and_grad(m, ctx, d.tokens.data(), d.targets.data(), B, T, form, grads.data(), 1.0 / double(count), segment, key);
   std::mt19937_64 g(11);
   for (const auto& p : m.param_table().entries()) {
-    INFO(variant << " " << to_string(form) << " segment " << segment << " " << p.name);
+    INFO(variant << " " << to_string(form) << " segment " << segment << " dropout " << dropout << " " << p.name);
     for (int k = 0; k < 4; ++k) {
       const int64_t i = p.offset + static_cast<int64_t>(g() % static_cast<uint64_t>(p.numel()));
       double& w = m.params()[i];
       const double w0 = w, h = 1e-5;
       w = w0 + h;
-      const double lp = loss_of(m, ctx, d, B, T, form, segment);
+      const double lp = loss_of(m, ctx, d, B, T, form, segment, key);
       w = w0 - h;
-      const double lm = loss_of(m, ctx, d, B, T, form, segment);
+      const double lm = loss_of(m, ctx, d, B, T, form, segment, key);
       w = w0;
       const double fd = (lp - lm) / (2 * h);
       const double an = grads[static_cast<size_t>(i)];
@@ -115,18 +121,34 @@ TEST_CASE("segmented training gives the exact gradient through the carried state
   check_model_grad("raw", Form::parallel, 4);
 }
 
+TEST_CASE("model gradient with dropout, activation dropout and drop path matches finite differences",
+          "[nn][grad][dropout]") {
+  for (Form f : {Form::chunkwise, Form::parallel, Form::recurrent}) check_model_grad("glu", f, 0, 0.3);
+  for (const char* v : {"swish", "mlp", "layernorm", "embnorm", "raw"}) check_model_grad(v, Form::chunkwise, 0, 0.3);
+  check_model_grad("raw", Form::parallel, 0, 0.3);
+  check_model_grad("glu", Form::chunkwise, 3, 0.3);
+  check_model_grad("raw", Form::chunkwise, 2, 0.3);
+  check_model_grad("raw", Form::parallel, 4, 0.3);
+}
+
 TEST_CASE("segments reproduce the whole-sequence loss and gradient", "[nn][segments]") {
-  for (const char* v : {"glu", "raw"}) {
-    ModelConfig c = tiny(v);
+  // with dropout too: masks follow absolute positions, so the segments see the whole sequence's masks
+  const DropoutKey key{3, 1, 0};
+  for (const char* v : {"glu", "raw", "glu+dropout"}) {
+    ModelConfig c = tiny(std::string(v) == "raw" ? "raw" : "glu");
+    const bool drop = std::string(v) == "glu+dropout";
+    if (drop) c.dropout = c.activation_dropout = c.drop_path_rate = 0.3;
     Model<double> m(c);
     m.init_torchscale(3);
     const int64_t B = 2, T = 9;
     const Data d = make_data(B, T, c.vocab_size, 4);
     GradContext<double> ctx;
     std::vector<double> g1(static_cast<size_t>(m.param_table().total())), g2 = g1;
-    const LossSum a = loss_and_grad(m, ctx, d.tokens.data(), d.targets.data(), B, T, Form::chunkwise, g1.data(), 1.0);
+    const DropoutKey* k = drop ? &key : nullptr;
+    const LossSum a =
+        loss_and_grad(m, ctx, d.tokens.data(), d.targets.data(), B, T, Form::chunkwise, g1.data(), 1.0, 0, k);
     const LossSum b =
-        loss_and_grad(m, ctx, d.tokens.data(), d.targets.data(), B, T, Form::chunkwise, g2.data(), 1.0, 4);
+        loss_and_grad(m, ctx, d.tokens.data(), d.targets.data(), B, T, Form::chunkwise, g2.data(), 1.0, 4, k);
     CHECK(a.sum == Approx(b.sum).epsilon(1e-10));
     for (size_t i = 0; i < g1.size(); ++i) REQUIRE(g1[i] == Approx(g2[i]).margin(1e-10).epsilon(1e-8));
   }

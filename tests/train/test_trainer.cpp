@@ -9,6 +9,7 @@
 
 #include "retnet/train/checkpoint.hpp"
 #include "retnet/train/trainer.hpp"
+#include "test_util.hpp"
 
 using namespace retnet;
 
@@ -191,4 +192,59 @@ TEST_CASE("resuming from a training checkpoint continues with the same losses", 
     CHECK_THROWS_AS(load_training_checkpoint(path, tr2), Error);
   }
   std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("with dropout, accumulation equals the full batch and resuming continues with the same losses",
+          "[train][checkpoint][dropout]") {
+  ModelConfig c = cfg();
+  c.dropout = 0.1, c.activation_dropout = 0.1, c.drop_path_rate = 0.2;
+  // micro-batches see the masks of the full batch (masks follow global rows)
+  {
+    Model<double> m(c);
+    m.init_torchscale(1);
+    TrainerConfig b = tcfg();
+    b.accumulation_steps = 2;
+    Trainer<double> ta(m, tcfg()), tb(m, b);
+    std::vector<int64_t> x, y;
+    batch(1, 0, 4, 10, 17, x, y);
+    HostView<const int64_t> xv(x.data(), {4, 10}), yv(y.data(), {4, 10});
+    const LossSum la = ta.compute_gradients(xv, yv), lb = tb.compute_gradients(xv, yv);
+    CHECK(la.sum == Approx(lb.sum).epsilon(1e-12));
+    for (size_t i = 0; i < ta.grads().size(); ++i) REQUIRE(ta.grads()[i] == Approx(tb.grads()[i]).margin(1e-14));
+  }
+  const std::string path = retnet::test::temp_path("dropout_train.safetensors");
+  TrainerConfig t = tcfg();
+  t.segment_length = 5;
+  t.accumulation_steps = 2;
+  t.dropout_seed = 99;
+  auto train = [&](const ModelConfig& mc, const TrainerConfig& tc, int64_t steps) {
+    Model<float> m(mc);
+    m.init_torchscale(3);
+    Trainer<float> tr(m, tc);
+    return run(tr, 0, steps);
+  };
+  const std::vector<double> full = train(c, t, 10);
+  std::vector<double> resumed;
+  {
+    Model<float> m(c);
+    m.init_torchscale(3);
+    Trainer<float> tr(m, t);
+    resumed = run(tr, 0, 4);
+    save_training_checkpoint(path, tr, 0);
+  }
+  {
+    Model<float> m(c);
+    Trainer<float> tr(m, t);
+    const TrainingCheckpointInfo info = load_training_checkpoint(path, tr);
+    CHECK(info.config.dropout == 0.1);
+    CHECK(info.config.drop_path_rate == 0.2);
+    const auto rest = run(tr, info.step, 10);
+    resumed.insert(resumed.end(), rest.begin(), rest.end());
+  }
+  CHECK(resumed == full);
+  // dropout is really on: the losses differ from the run without it and depend on the seed
+  CHECK(train(cfg(), t, 10) != full);
+  TrainerConfig other_seed = t;
+  other_seed.dropout_seed = 100;
+  CHECK(train(c, other_seed, 10) != full);
 }

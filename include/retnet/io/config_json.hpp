@@ -9,7 +9,8 @@
 // scripts/make_torchscale_golden.py writes them):
 //   * fields of ModelConfig are read with type checks (a wrong type or value is a retnet::Error naming the field);
 //     null means "use the default" (as RetNetConfig.override treats None);
-//   * torchscale fields that do not change inference or that this library does not need (dropout rates, fsdp,
+//   * the dropout rates (dropout, activation_dropout, drop_path_rate) are read (training only; absent means 0);
+//   * torchscale fields that do not change the model or that this library does not need (fsdp,
 //     chunkwise_recurrent, max_target_positions, ...) are accepted and reported in ConfigReport::ignored;
 //   * torchscale features that change the model and are not supported (deepnorm, multiway, MoE layers,
 //     no_output_layer) are errors when switched on;
@@ -41,9 +42,6 @@ namespace detail {
 
 inline const std::set<std::string>& torchscale_ignored_fields() {
   static const std::set<std::string> s{
-      "dropout",
-      "activation_dropout",
-      "drop_path_rate",
       "chunkwise_recurrent",
       "subln",
       "max_target_positions",
@@ -132,6 +130,9 @@ inline ModelConfig config_from_json(const nlohmann::json& j, ConfigReport* repor
   get_bool("share_decoder_input_output_embed", c.share_decoder_input_output_embed);
   get_int("recurrent_chunk_size", c.recurrent_chunk_size);
   get_bool("decoder_normalize_before", c.decoder_normalize_before);
+  get_double("dropout", c.dropout);
+  get_double("activation_dropout", c.activation_dropout);
+  get_double("drop_path_rate", c.drop_path_rate);
   unsupported_flag("deepnorm");
   unsupported_flag("multiway");
   unsupported_flag("no_output_layer");
@@ -208,7 +209,7 @@ inline ModelConfig load_config(const std::string& path, ConfigReport* report = n
   return config_from_json_string(text, report, path);
 }
 
-// Every torchscale RetNetConfig field (inert ones at torchscale's defaults) plus non-default extensions.
+// Every torchscale RetNetConfig field (unsupported ones at torchscale's defaults) plus non-default extensions.
 inline nlohmann::json config_to_json(const ModelConfig& c) {
   c.validate();
   nlohmann::json j = nlohmann::json::object();
@@ -219,9 +220,9 @@ inline nlohmann::json config_to_json(const ModelConfig& c) {
   j["decoder_layers"] = c.decoder_layers;
   j["decoder_normalize_before"] = c.decoder_normalize_before;
   j["activation_fn"] = c.activation_fn;
-  j["dropout"] = 0.0;
-  j["drop_path_rate"] = 0.0;
-  j["activation_dropout"] = 0.0;
+  j["dropout"] = c.dropout;
+  j["drop_path_rate"] = c.drop_path_rate;
+  j["activation_dropout"] = c.activation_dropout;
   j["no_scale_embedding"] = c.no_scale_embedding;
   j["layernorm_embedding"] = c.layernorm_embedding;
   j["moe_freq"] = 0;

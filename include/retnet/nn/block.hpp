@@ -2,10 +2,12 @@
 // Pre-norm RetNet decoder layer (torchscale's DecoderLayer with decoder_normalize_before):
 //   x1 = x + MSR(Norm_ret(x));   x_out = x1 + FFN(Norm_ffn(x1))
 // Norm is RMSNorm with a weight (torchscale) or LayerNorm with weight and bias (option).
+// Training: each branch may be multiplied by a mask (dropout and drop path, nn/dropout.hpp) before the add.
 #include <cstdint>
 #include <cstring>
 
 #include "retnet/cpu/norm.hpp"
+#include "retnet/nn/dropout.hpp"
 #include "retnet/nn/ffn.hpp"
 #include "retnet/nn/msr.hpp"
 
@@ -73,10 +75,13 @@ struct BlockSaved {
   T* x1;                  // [N, d] residual after retention
   T *n2, *mean2, *rstd2;  // [N, d], [N], [N]
   FfnSaved<T> ffn;
+  T* ret_mask = nullptr;  // [N, d] multipliers of the retention branch; null: none
+  T* ffn_mask = nullptr;  // [N, d] multipliers of the FFN branch; null: none
 };
 template <class T>
 struct BlockScratch {
-  T* dn;  // [N, d]
+  T* dn;                 // [N, d]
+  T* dbranch = nullptr;  // [N, d] masked gradient of a branch; needed only with masks
   MsrScratch<T> msr;
   FfnScratch<T> ffn;
 };
@@ -87,13 +92,24 @@ void block_forward(Cpu, const BlockSpec& bs, Form form, const MsrDims& dm, const
                    const BlockSaved<T>& s, T* x_out, const RotationTable<T>& rot, const int64_t* row_off,
                    StatePtrs<T> state_in = {}, StatePtrs<T> state_out = {}, bool step = false) {
   const int64_t N = dm.rows(), d = dm.d;
+  const size_t bytes = sizeof(T) * static_cast<size_t>(N * d);
   norm_forward(cpu, bs.norm, s.n1, s.mean1, s.rstd1, x, w.ret_norm, N, d);
-  std::memcpy(s.x1, x, sizeof(T) * static_cast<size_t>(N * d));
+  // Without a mask the branch accumulates straight onto the residual copy; with one it is computed alone,
+  // masked, then added.
+  if (s.ret_mask)
+    std::memset(s.x1, 0, bytes);
+  else
+    std::memcpy(s.x1, x, bytes);
   msr_forward(cpu, bs.retention, form, bs.group_norm_eps, dm, w.msr, s.n1, s.msr, s.x1, rot, row_off, state_in,
               state_out, step);
+  if (s.ret_mask) masked_residual_add(s.x1, s.ret_mask, x, N * d);
   norm_forward(cpu, bs.norm, s.n2, s.mean2, s.rstd2, s.x1, w.ffn_norm, N, d);
-  std::memcpy(x_out, s.x1, sizeof(T) * static_cast<size_t>(N * d));
+  if (s.ffn_mask)
+    std::memset(x_out, 0, bytes);
+  else
+    std::memcpy(x_out, s.x1, bytes);
   ffn_forward(cpu, bs.act, w.ffn, s.n2, s.ffn, x_out, N, d, bs.ffn_dim);
+  if (s.ffn_mask) masked_residual_add(x_out, s.ffn_mask, s.x1, N * d);
 }
 
 // dres [N, d]: on entry the gradient of x_out, on exit the gradient of x.
@@ -103,10 +119,16 @@ void block_backward(Cpu, const BlockSpec& bs, Form form, const MsrDims& dm, cons
                     const RotationTable<T>& rot, const int64_t* row_off, StatePtrs<T> state_in = {},
                     const T* d_state_out = nullptr, T* d_state_in = nullptr) {
   const int64_t N = dm.rows(), d = dm.d;
-  ffn_backward(cpu, bs.act, w.ffn, g.ffn, s.n2, s.ffn, sc.ffn, dres, sc.dn, N, d, bs.ffn_dim);
+  // the gradient reaching a masked branch is the residual gradient times its mask
+  auto branch_grad = [&](const T* mask) -> const T* {
+    if (!mask) return dres;
+    masked_copy(sc.dbranch, dres, mask, N * d);
+    return sc.dbranch;
+  };
+  ffn_backward(cpu, bs.act, w.ffn, g.ffn, s.n2, s.ffn, sc.ffn, branch_grad(s.ffn_mask), sc.dn, N, d, bs.ffn_dim);
   norm_backward(cpu, bs.norm, dres, g.ffn_norm, sc.dn, s.x1, w.ffn_norm, s.mean2, s.rstd2, N, d, true);
-  msr_backward(cpu, bs.retention, form, dm, w.msr, g.msr, s.n1, s.msr, sc.msr, dres, sc.dn, rot, row_off, state_in,
-               d_state_out, d_state_in);
+  msr_backward(cpu, bs.retention, form, dm, w.msr, g.msr, s.n1, s.msr, sc.msr, branch_grad(s.ret_mask), sc.dn, rot,
+               row_off, state_in, d_state_out, d_state_in);
   norm_backward(cpu, bs.norm, dres, g.ret_norm, sc.dn, x, w.ret_norm, s.mean1, s.rstd1, N, d, true);
 }
 

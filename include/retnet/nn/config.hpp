@@ -26,6 +26,10 @@ struct ModelConfig {
   bool share_decoder_input_output_embed = false;
   int64_t recurrent_chunk_size = 512;
   bool decoder_normalize_before = true;  // pre-norm; post-norm is not supported
+  // Training only (Model::forward_train with a DropoutKey); evaluation and inference ignore them.
+  double dropout = 0.0;             // after the embedding, the retention output and fc2
+  double activation_dropout = 0.0;  // after the FFN activation (GLU: after the product)
+  double drop_path_rate = 0.0;      // stochastic depth of the last layer; layer l: linspace(0, rate, layers)[l]
 
   // Extensions beyond torchscale (defaults reproduce torchscale).
   std::string ffn_type = "glu";       // "glu" (torchscale) or "mlp" (the paper's fc1 -> gelu -> fc2)
@@ -36,6 +40,7 @@ struct ModelConfig {
 
   int64_t key_dim() const { return decoder_embed_dim / decoder_retention_heads; }
   int64_t value_dim() const { return decoder_value_embed_dim / decoder_retention_heads; }
+  bool has_dropout() const { return dropout > 0 || activation_dropout > 0 || drop_path_rate > 0; }
 
   // Throws retnet::Error naming the first invalid field.
   void validate() const {
@@ -64,6 +69,12 @@ struct ModelConfig {
             "' is invalid; expected 'rmsnorm' or 'layernorm'");
     require(std::isfinite(layernorm_eps) && layernorm_eps >= 0, "ModelConfig: layernorm_eps = ", layernorm_eps,
             " is invalid; it must be finite and >= 0");
+    auto rate = [](const char* field, double p) {
+      require(p >= 0 && p < 1, "ModelConfig: ", field, " = ", p, " is invalid; it must be in [0, 1)");
+    };
+    rate("dropout", dropout);
+    rate("activation_dropout", activation_dropout);
+    rate("drop_path_rate", drop_path_rate);
     require(decoder_normalize_before, "ModelConfig: decoder_normalize_before = false (post-norm) is not supported");
     retention_config();  // validates decays
   }

@@ -1,10 +1,12 @@
 #pragma once
 // Feed-forward networks, bias-free: torchscale's GLU  fc2(act(fc1 x) ⊙ gate x)  and the paper's plain
 // MLP  fc2(act(fc1 x)).  Shapes: x [N, d], fc1/gate [F, d], fc2 [d, F].
+// Training: an activation-dropout mask (nn/dropout.hpp) multiplies what fc2 reads.
 #include <cstdint>
 
 #include "retnet/cpu/activation.hpp"
 #include "retnet/cpu/linear.hpp"
+#include "retnet/nn/dropout.hpp"
 
 namespace retnet {
 
@@ -18,7 +20,8 @@ struct FfnGrads {
 };
 template <class T>
 struct FfnSaved {
-  T *h, *gt, *a;  // [N, F]: fc1 output, gate output (GLU only), the product fed to fc2
+  T *h, *gt, *a;          // [N, F]: fc1 output, gate output (GLU only), the product fed to fc2 (after dropout)
+  T* act_mask = nullptr;  // [N, F] activation-dropout multipliers; null: none
 };
 template <class T>
 struct FfnScratch {
@@ -36,6 +39,7 @@ void ffn_forward(Cpu, Activation act, const FfnWeights<T>& w, const T* x, const 
   } else {
     activation_forward(cpu, act, s.a, s.h, N * F);
   }
+  if (s.act_mask) apply_mask(s.a, s.act_mask, N * F);
   linear_forward(cpu, out, s.a, w.fc2, N, F, d, /*accumulate=*/true);
 }
 
@@ -44,6 +48,7 @@ template <class T>
 void ffn_backward(Cpu, Activation act, const FfnWeights<T>& w, const FfnGrads<T>& gw, const T* x, const FfnSaved<T>& s,
                   const FfnScratch<T>& sc, const T* dout, T* dx, int64_t N, int64_t d, int64_t F) {
   linear_backward(cpu, sc.da, gw.fc2, dout, s.a, w.fc2, N, F, d);
+  if (s.act_mask) apply_mask(sc.da, s.act_mask, N * F);
   if (w.gate) {
     glu_backward(cpu, act, sc.da, sc.dgt, sc.da, s.h, s.gt, N * F);  // sc.da becomes d(fc1 out)
     linear_backward(cpu, dx, gw.fc1, sc.da, x, w.fc1, N, d, F, GradMode::overwrite);

@@ -1,7 +1,7 @@
 #pragma once
 // The RetNet language model (torchscale's RetNetDecoder with its embedding and LM head) on the CPU.
 //
-//   x = embed_scale · E[tokens]  (→ RMSNorm if layernorm_embedding)
+//   x = embed_scale · E[tokens]  (→ RMSNorm if layernorm_embedding)  → dropout
 //   x = DecoderLayer_l(x)  for l = 0 .. L-1
 //   logits = Norm(x) · W_outᵀ   (W_out = E when share_decoder_input_output_embed)
 //
@@ -10,6 +10,10 @@
 // Training: forward_train() keeps every activation in a Workspace; backward() writes the parameter
 // gradients (accumulating, +=) from the logits gradient the caller puts into ws.dlogits(). Both take
 // optional per-layer recurrent states so long sequences can be trained in segments (train/trainer.hpp).
+// Training mode (a DropoutKey passed to forward_train) applies torchscale's dropout: after the embedding,
+// on the retention branch (then drop path), after the FFN activation (activation_dropout) and on the FFN
+// branch (dropout after fc2, then drop path); the masks are kept in the workspace for backward().
+// Without a key (evaluation, inference) or with all rates 0 nothing of this runs.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -26,6 +30,7 @@
 #include "retnet/cpu/embedding.hpp"
 #include "retnet/nn/block.hpp"
 #include "retnet/nn/config.hpp"
+#include "retnet/nn/dropout.hpp"
 
 namespace retnet {
 
@@ -78,6 +83,17 @@ class Model {
         plan(N * Vd), plan(N * Vd), plan(N * Vd), plan(N * Vd);  // dv dg dz do
         plan(N * F), plan(N * F);                                // da dgt
       }
+      // Dropout masks (training only), only for the sites with a nonzero rate.
+      const bool masks = with_grad && c.has_dropout();
+      auto branch_masked = [&](int64_t l) { return c.dropout > 0 || drop_path_rate_of(c.drop_path_rate, l, L) > 0; };
+      if (masks) {
+        plan(c.dropout > 0 ? N * d : 0);  // embedding
+        for (int64_t l = 0; l < L; ++l) {
+          plan(branch_masked(l) ? N * d : 0), plan(branch_masked(l) ? N * d : 0);  // retention, ffn branches
+          plan(c.activation_dropout > 0 ? N * F : 0);                              // ffn activation
+        }
+        plan(N * d);  // dbranch
+      }
       buf_.assign(static_cast<size_t>(total), T(0));
       size_t i = 0;
       auto next = [&]() { return buf_.data() + offs[i++]; };
@@ -108,6 +124,20 @@ class Model {
         sc_.msr.dv = next(), sc_.msr.dg = next(), sc_.msr.dz = next(), sc_.msr.do_ = next();
         sc_.ffn.da = next(), sc_.ffn.dgt = next();
       }
+      if (masks) {
+        auto next_if = [&](bool used) {
+          T* p = next();
+          return used ? p : nullptr;
+        };
+        emb_mask_store_ = next_if(c.dropout > 0);
+        mask_store_.resize(static_cast<size_t>(L));
+        for (int64_t l = 0; l < L; ++l) {
+          LayerMasks& lm = mask_store_[static_cast<size_t>(l)];
+          lm.ret = next_if(branch_masked(l)), lm.ffn = next_if(branch_masked(l));
+          lm.act = next_if(c.activation_dropout > 0);
+        }
+        sc_.dbranch = next();
+      }
     }
     int64_t batch() const { return batch_; }
     int64_t length() const { return length_; }
@@ -130,6 +160,12 @@ class Model {
     T *nf_, *meanf_, *rstdf_, *logits_;
     T* dres_ = nullptr;
     BlockScratch<T> sc_{};
+    struct LayerMasks {
+      T *ret, *ffn, *act;
+    };
+    T* emb_mask_store_ = nullptr;  // storage (null: site unused)
+    std::vector<LayerMasks> mask_store_;
+    T* emb_mask_ = nullptr;  // the embedding mask of the last forward_train (null: none)
     // Recorded by forward_train for backward.
     Form form_ = Form::chunkwise;
     std::vector<int64_t> tokens_, row_off_, starts_;
@@ -217,17 +253,22 @@ class Model {
   // Forward pass keeping activations. tokens [B, T] (B, T = the workspace's). start_positions: absolute
   // position of each row's first token (null: all 0). state_in / state_out: per-layer retention states
   // (empty vectors: none). logits_rows_last_only: compute the head only for each row's last position (the
-  // logits land in ws.logits() rows 0..B-1); backward is then not available.
+  // logits land in ws.logits() rows 0..B-1); backward is then not available. dropout: non-null selects
+  // training mode, with the masks a pure function of the key (nn/dropout.hpp); null is evaluation.
   void forward_train(const int64_t* tokens, Form form, Workspace& ws, const int64_t* start_positions = nullptr,
                      const std::vector<StatePtrs<T>>& state_in = {}, const std::vector<StatePtrs<T>>& state_out = {},
-                     bool logits_last_only = false, bool step = false) {
+                     bool logits_last_only = false, bool step = false, const DropoutKey* dropout = nullptr) {
     const int64_t B = ws.batch_, Tn = ws.length_, N = B * Tn, d = cfg_.decoder_embed_dim, V = cfg_.vocab_size;
     validate_tokens("Model::forward", tokens, B, Tn, V);
+    const bool train = dropout && cfg_.has_dropout();
+    require(!train || (ws.with_grad_ && !step),
+            "Model::forward_train: dropout (training mode) needs a workspace with gradients and no recurrent step");
     ws.form_ = form;
     ws.tokens_.assign(tokens, tokens + N);
     ws.starts_.assign(static_cast<size_t>(B), 0);
     if (start_positions) ws.starts_.assign(start_positions, start_positions + B);
     prepare_rotation(ws);
+    set_masks(ws, train ? dropout : nullptr);
     ws.state_in_ = state_in;
     const T* P = params_.data();
     const T scale = cfg_.no_scale_embedding ? T(1) : static_cast<T>(std::sqrt(static_cast<double>(d)));
@@ -238,6 +279,7 @@ class Model {
     } else {
       embedding_forward(cpu, ws.res_[0], tokens, P + embed_, N, d, scale);
     }
+    if (ws.emb_mask_) apply_mask(ws.res_[0], ws.emb_mask_, N * d);
     const MsrDims dm = dims(B, Tn);
     for (int64_t l = 0; l < cfg_.decoder_layers; ++l) {
       const size_t li = static_cast<size_t>(l);
@@ -281,6 +323,7 @@ class Model {
                      dres, *ws.rot_, ws.row_off_.data(), ws.state_in_.empty() ? StatePtrs<T>{} : ws.state_in_[li],
                      d_state_out.empty() ? nullptr : d_state_out[li], d_state_in.empty() ? nullptr : d_state_in[li]);
     }
+    if (ws.emb_mask_) apply_mask(dres, ws.emb_mask_, N * d);
     const T scale = cfg_.no_scale_embedding ? T(1) : static_cast<T>(std::sqrt(static_cast<double>(d)));
     const T* demb = dres;
     if (cfg_.layernorm_embedding) {
@@ -416,6 +459,28 @@ class Model {
     }
     for (size_t b = 0; b < s.positions.size(); ++b)
       require(s.positions[b] >= 0, op, ": state position of row ", b, " is negative (", s.positions[b], ")");
+  }
+  // Points the workspace's saved masks at fresh masks for `key`, or at none (evaluation).
+  void set_masks(Workspace& ws, const DropoutKey* key) const {
+    const int64_t L = cfg_.decoder_layers;
+    ws.emb_mask_ = nullptr;
+    for (auto& s : ws.layers_) s.ret_mask = s.ffn_mask = s.ffn.act_mask = nullptr;
+    if (!key) return;
+    const int64_t B = ws.batch_, Tn = ws.length_, d = cfg_.decoder_embed_dim, F = cfg_.decoder_ffn_embed_dim;
+    const int64_t* starts = ws.starts_.data();
+    ws.emb_mask_ = ws.emb_mask_store_;
+    if (ws.emb_mask_)
+      fill_dropout_mask(ws.emb_mask_, *key, 0, DropoutSite::embedding, cfg_.dropout, 0.0, B, Tn, d, starts);
+    for (int64_t l = 0; l < L; ++l) {
+      const auto& m = ws.mask_store_[static_cast<size_t>(l)];
+      BlockSaved<T>& s = ws.layers_[static_cast<size_t>(l)];
+      const double path = drop_path_rate_of(cfg_.drop_path_rate, l, L);
+      s.ret_mask = m.ret, s.ffn_mask = m.ffn, s.ffn.act_mask = m.act;
+      if (m.ret) fill_dropout_mask(m.ret, *key, l, DropoutSite::retention, cfg_.dropout, path, B, Tn, d, starts);
+      if (m.ffn) fill_dropout_mask(m.ffn, *key, l, DropoutSite::ffn_output, cfg_.dropout, path, B, Tn, d, starts);
+      if (m.act)
+        fill_dropout_mask(m.act, *key, l, DropoutSite::ffn_activation, cfg_.activation_dropout, 0.0, B, Tn, F, starts);
+    }
   }
   // Rotation rows for every (row, position); one shared range when all rows start together.
   void prepare_rotation(Workspace& ws) const {

@@ -8,6 +8,10 @@
 // pass then walks the segments in reverse, recomputing each segment's activations from its stored initial
 // state and passing the gradient of the state from segment to segment (the retention ops' d_state_kv).
 // Memory is one segment's activations plus L states per boundary; compute is about 2 forwards + 1 backward.
+//
+// Dropout: the trainer runs the model in training mode with the key (TrainerConfig::dropout_seed, step,
+// micro-batch row offset). Masks depend on absolute positions and global rows, so a segmented run or an
+// accumulated one sees the masks of the plain run, and a resumed run those of an uninterrupted one.
 #include <cmath>
 #include <cstdint>
 #include <map>
@@ -38,17 +42,19 @@ class GradContext {
 };
 
 // Loss of tokens [B, T] against targets [B, T] (kIgnoreIndex skips a position) and its gradient, added to
-// grads scaled by grad_scale (typically 1 / tokens counted in the optimizer step).
+// grads scaled by grad_scale (typically 1 / tokens counted in the optimizer step). dropout: training-mode
+// key (null: no dropout).
 template <class T>
 LossSum loss_and_grad(Model<T>& model, GradContext<T>& ctx, const int64_t* tokens, const int64_t* targets, int64_t B,
-                      int64_t Tn, Form form, T* grads, double grad_scale, int64_t segment_length = 0) {
+                      int64_t Tn, Form form, T* grads, double grad_scale, int64_t segment_length = 0,
+                      const DropoutKey* dropout = nullptr) {
   const ModelConfig& c = model.config();
   const int64_t V = c.vocab_size, L = c.decoder_layers;
   const int64_t seg = segment_length > 0 ? std::min(segment_length, Tn) : Tn;
   const int64_t S = (Tn + seg - 1) / seg;
   if (S == 1) {
     auto& ws = ctx.workspace(model, B, Tn);
-    model.forward_train(tokens, form, ws);
+    model.forward_train(tokens, form, ws, nullptr, {}, {}, false, false, dropout);
     LossSum r = cross_entropy_forward_backward(cpu, ws.logits(), targets, B * Tn, V, ws.dlogits(), grad_scale);
     model.backward(ws, grads);
     return r;
@@ -87,7 +93,7 @@ LossSum loss_and_grad(Model<T>& model, GradContext<T>& ctx, const int64_t* token
     auto& ws = ctx.workspace(model, B, len);
     const std::vector<StatePtrs<T>> in = s == 0 ? std::vector<StatePtrs<T>>{} : state_ptrs(s);
     const std::vector<StatePtrs<T>> out = s + 1 < S ? state_ptrs(s + 1) : std::vector<StatePtrs<T>>{};
-    model.forward_train(seg_tok.data(), form, ws, starts.data(), in, out);
+    model.forward_train(seg_tok.data(), form, ws, starts.data(), in, out, false, false, dropout);
     const bool last = s + 1 == S;
     LossSum r = cross_entropy_forward_backward(cpu, ws.logits(), seg_tgt.data(), B * len, V,
                                                last ? ws.dlogits() : static_cast<T*>(nullptr), grad_scale);
@@ -102,7 +108,7 @@ LossSum loss_and_grad(Model<T>& model, GradContext<T>& ctx, const int64_t* token
     const std::vector<StatePtrs<T>> in = s == 0 ? std::vector<StatePtrs<T>>{} : state_ptrs(s);
     if (s + 1 < S) {  // recompute
       slice(s, len);
-      model.forward_train(seg_tok.data(), form, ws, starts.data(), in, {});
+      model.forward_train(seg_tok.data(), form, ws, starts.data(), in, {}, false, false, dropout);
       cross_entropy_forward_backward(cpu, ws.logits(), seg_tgt.data(), B * len, V, ws.dlogits(), grad_scale);
     }
     std::vector<const T*> d_out;
@@ -124,6 +130,7 @@ struct TrainerConfig {
   int64_t accumulation_steps = 1;  // micro-batches per optimizer step (the batch rows are split)
   Form form = Form::chunkwise;
   int64_t segment_length = 0;  // > 0: train in segments carrying state (see loss_and_grad)
+  uint64_t dropout_seed = 0;   // seeds the dropout masks (used when the model has dropout rates > 0)
 };
 
 struct StepStats {
@@ -157,8 +164,9 @@ class Trainer {
     LossSum total;
     const int64_t mb = B / A;
     for (int64_t a = 0; a < A; ++a) {
+      const DropoutKey key{cfg_.dropout_seed, static_cast<uint64_t>(step_), a * mb};
       LossSum r = loss_and_grad(model_, ctx_, inputs.data() + a * mb * Tn, targets.data() + a * mb * Tn, mb, Tn,
-                                cfg_.form, grads_.data(), scale, cfg_.segment_length);
+                                cfg_.form, grads_.data(), scale, cfg_.segment_length, &key);
       total.sum += r.sum;
       total.count += r.count;
     }
