@@ -3,13 +3,15 @@
 //   train_lm [--data FILE] [--steps N] [--batch B] [--seq T] [--layers L] [--dim D] [--heads H]
 //            [--value-dim V] [--ffn F] [--chunk C] [--lr LR] [--warmup W] [--decay cosine|linear|constant]
 //            [--weight-decay WD] [--clip C] [--accum A] [--segment S] [--form chunkwise|parallel|recurrent]
-//            [--seed S] [--out DIR] [--ckpt-every N] [--eval-every N] [--resume [FILE]]
+//            [--dropout P] [--seed S] [--out DIR] [--ckpt-every N] [--eval-every N] [--resume [FILE]]
 //            [--sample-len N] [--temperature T] [--prompt TEXT]
 //
 // Without --data it trains on the public-domain text embedded in examples/corpus.hpp. Writes DIR/loss.csv
 // (and DIR/loss.png when gnuplot is installed), DIR/config.json, DIR/checkpoint.safetensors (parameters
 // with torchscale's names + AdamW state; loads as a model file too). --resume continues from the checkpoint
 // with exactly the losses an uninterrupted run would have had: batch s is a pure function of (seed, s).
+// --dropout P (default 0) sets torchscale's `dropout` (embedding, retention and FFN outputs) for training;
+// the held-out loss and the sample run without it. Its masks are a pure function of (seed, step) too.
 #include <unistd.h>
 
 #include <algorithm>
@@ -37,7 +39,7 @@ struct Options {
   bool do_resume = false;
   int64_t steps = 300, batch = 16, seq = 128, layers = 4, dim = 128, heads = 2, value_dim = 256, ffn = 256, chunk = 64,
           warmup = 30, accum = 1, segment = 0, ckpt_every = 200, eval_every = 100, sample_len = 400;
-  double lr = 3e-3, weight_decay = 0.05, clip = 1.0, temperature = 0.7;
+  double lr = 3e-3, weight_decay = 0.05, clip = 1.0, temperature = 0.7, dropout = 0.0;
   uint64_t seed = 1234;
 };
 
@@ -129,6 +131,8 @@ Options parse(int argc, char** argv) {
       o.clip = real();
     else if (a == "--temperature")
       o.temperature = real();
+    else if (a == "--dropout")
+      o.dropout = real();
     else if (a == "--help" || a == "-h")
       usage("help");
     else
@@ -225,6 +229,7 @@ int main(int argc, char** argv) {
     cfg.decoder_layers = o.layers;
     cfg.recurrent_chunk_size = o.chunk;
     cfg.activation_fn = "swish";
+    cfg.dropout = o.dropout;
     const std::string ckpt = o.out + "/checkpoint.safetensors", csv_path = o.out + "/loss.csv";
     const std::string resume_path = o.resume.empty() ? ckpt : o.resume;
     if (o.do_resume) cfg = read_training_checkpoint_info(resume_path).config;  // the checkpoint's model wins
@@ -238,6 +243,7 @@ int main(int argc, char** argv) {
     tc.accumulation_steps = o.accum;
     tc.form = parse_form(o.form);
     tc.segment_length = o.segment;
+    tc.dropout_seed = o.seed;
     Trainer<float> trainer(model, tc);
 
     std::filesystem::create_directories(o.out);
@@ -252,11 +258,12 @@ int main(int argc, char** argv) {
     for (const auto& p : model.param_table().entries()) params += p.numel();
     std::printf(
         "train_lm: %lld bytes of text (%s), model %lld parameters (d %lld, %lld layers, %lld heads), "
-        "batch %lld x %lld, %lld steps, form %s\n",
+        "batch %lld x %lld, %lld steps, form %s%s\n",
         static_cast<long long>(n), o.data.empty() ? "embedded corpus" : o.data.c_str(), static_cast<long long>(params),
         static_cast<long long>(cfg.decoder_embed_dim), static_cast<long long>(cfg.decoder_layers),
         static_cast<long long>(cfg.decoder_retention_heads), static_cast<long long>(o.batch),
-        static_cast<long long>(o.seq), static_cast<long long>(o.steps), o.form.c_str());
+        static_cast<long long>(o.seq), static_cast<long long>(o.steps), o.form.c_str(),
+        cfg.dropout > 0 ? (", dropout " + std::to_string(cfg.dropout)).c_str() : "");
 
     // held-out loss on fixed windows
     auto eval = [&]() {
