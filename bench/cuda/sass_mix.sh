@@ -5,7 +5,7 @@ B=/tmp/build-cuda
 K=${1:-scan_bf16_kernelILi128ELi128ELb0E}
 cuobjdump -sass $B/bench/cuda/bench_cuda_retention | awk -v k="$K" '
   /Function :/ { on = index($0, k) > 0 }
-  on && /\/\*[0-9a-f]{4}\*\// {
-    line = $0; sub(/^[^*]*\*\/ */, "", line); sub(/^@!?U?P[0-9T] +/, "", line)
+  on && /\/\*[0-9a-f][0-9a-f][0-9a-f][0-9a-f]\*\// {
+    line = $0; sub(/^ *\/\*[0-9a-f]+\*\/ */, "", line); sub(/^@!?U?P[0-9T] +/, "", line)
     split(line, w, /[ .;]/); n[w[1]]++; total++ }
   END { for (o in n) printf "%6d %s\n", n[o], o; printf "%6d TOTAL\n", total }' | sort -rn | head -40

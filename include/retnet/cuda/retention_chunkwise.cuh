@@ -95,25 +95,6 @@ struct Geometry {
   int L, seg, NS;
 };
 
-template <class E, int DQK>
-Geometry geometry(int dval, int64_t B, int64_t T, int H, int fixed_seg) {
-  constexpr int L = chunk_rows<E, DQK>;
-  Geometry g{L, 0, 0};
-  if (fixed_seg > 0) {
-    g.seg = fixed_seg;
-  } else {
-    const int64_t tiles = B * H * (dval / kVTile);
-    const int64_t blocks = target_blocks();
-    const int64_t want = std::max<int64_t>(1, (blocks + tiles - 1) / tiles);
-    const int64_t max_ns = (T + L - 1) / L;
-    const int64_t ns = std::min(want, max_ns);
-    const int64_t per = (T + ns - 1) / ns;
-    g.seg = static_cast<int>((per + L - 1) / L * L);
-  }
-  g.NS = static_cast<int>((T + g.seg - 1) / g.seg);
-  return g;
-}
-
 // Wide scan blocks (128 value columns, 16 warps, S = Q K^T computed once for them) where the value size is a
 // multiple of 128 and the output kernel double-buffers in one block per multiprocessor (bf16 with head size 64
 // or 128, float with 64). RETNET_CUDA_WIDE=0 selects the narrow blocks everywhere (A/B switch).
@@ -136,21 +117,7 @@ constexpr bool wide_fits() {
   }
 }
 
-template <class E, int DQK, bool Summary, int VT>
-void launch_scan_vt(const Cuda& ctx, const ScanParams& sp, int64_t B, int H, const HeadDecays& dec) {
-  using P = typename MmaFor<E>::type;
-  constexpr int LM = chunk_rows<E, DQK>;
-  using SM = ScanSmem<P, DQK, LM, Summary, VT>;
-  constexpr int bytes = SM::bytes;
-  auto kern = scan_kernel<P, DQK, LM, Summary, VT>;
-  RETNET_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-  const dim3 grid(static_cast<unsigned>(sp.dv / VT), static_cast<unsigned>(sp.NS), static_cast<unsigned>(B * H));
-  kern<<<grid, SM::NT, bytes, ctx.stream>>>(sp, dec);
-  RETNET_CUDA_CHECK_LAUNCH(Summary ? "retention scan (segment summaries)" : "retention scan (outputs)");
-}
-
-// bf16 runs on scan_bf16_kernel (128 value columns per block where the key size is at most 128 and the value
-// size a multiple of 128, else 64); RETNET_CUDA_ENGINE=scan selects the generic scan_kernel (A/B switch).
+// RETNET_CUDA_ENGINE=scan runs bf16 on the generic scan_kernel instead of scan_bf16_kernel (A/B switch).
 inline bool bf16_engine_enabled() {
   static const bool v = [] {
     const char* e = std::getenv("RETNET_CUDA_ENGINE");
@@ -159,31 +126,104 @@ inline bool bf16_engine_enabled() {
   return v;
 }
 
+// The scan kernel a run uses: the bf16 engine (128 value columns per block where the key size is at most 128 and
+// the value size a multiple of 128, else 64), or the generic scan_kernel (float; bf16 with
+// RETNET_CUDA_ENGINE=scan), wide or narrow.
+struct ScanKernel {
+  const void* fn;
+  int threads, bytes, vt;
+};
+
+template <class E, int DQK, bool Summary, int VT>
+ScanKernel generic_scan_kernel() {
+  using P = typename MmaFor<E>::type;
+  constexpr int LM = chunk_rows<E, DQK>;
+  using SM = ScanSmem<P, DQK, LM, Summary, VT>;
+  return {reinterpret_cast<const void*>(scan_kernel<P, DQK, LM, Summary, VT>), SM::NT, SM::bytes, VT};
+}
+
 template <int DQK, bool Summary, int VT>
-void launch_scan_bf16(const Cuda& ctx, const ScanParams& sp, int64_t B, int H, const HeadDecays& dec) {
-  constexpr int bytes = Bf16ScanSmem<DQK, VT, Summary>::bytes;
-  auto kern = scan_bf16_kernel<DQK, VT, Summary>;
-  RETNET_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-  const dim3 grid(static_cast<unsigned>(sp.dv / VT), static_cast<unsigned>(sp.NS), static_cast<unsigned>(B * H));
-  kern<<<grid, kBf16ScanThreads, bytes, ctx.stream>>>(sp, dec);
-  RETNET_CUDA_CHECK_LAUNCH(Summary ? "retention bf16 scan (segment summaries)" : "retention bf16 scan (outputs)");
+ScanKernel bf16_scan_kernel() {
+  return {reinterpret_cast<const void*>(scan_bf16_kernel<DQK, VT, Summary>), kBf16ScanThreads,
+          Bf16ScanSmem<DQK, VT, Summary>::bytes, VT};
 }
 
 template <class E, int DQK, bool Summary>
-void launch_scan(const Cuda& ctx, const ScanParams& sp, int64_t B, int H, const HeadDecays& dec) {
+ScanKernel pick_scan(int dv) {
   if constexpr (std::is_same_v<E, __nv_bfloat16>) {
     if (bf16_engine_enabled()) {
       if constexpr (DQK <= 128) {
-        if (sp.dv % 128 == 0) return launch_scan_bf16<DQK, Summary, 128>(ctx, sp, B, H, dec);
+        if (dv % 128 == 0) return bf16_scan_kernel<DQK, Summary, 128>();
       }
-      return launch_scan_bf16<DQK, Summary, kVTile>(ctx, sp, B, H, dec);
+      return bf16_scan_kernel<DQK, Summary, kVTile>();
     }
   }
   if constexpr (wide_fits<E, DQK>()) {
-    if (wide_enabled() && sp.dv % kWideVTile == 0)
-      return launch_scan_vt<E, DQK, Summary, kWideVTile>(ctx, sp, B, H, dec);
+    if (wide_enabled() && dv % kWideVTile == 0) return generic_scan_kernel<E, DQK, Summary, kWideVTile>();
   }
-  launch_scan_vt<E, DQK, Summary, kVTile>(ctx, sp, B, H, dec);
+  return generic_scan_kernel<E, DQK, Summary, kVTile>();
+}
+
+// Blocks of kernel k that run at once on the current device.
+inline int64_t concurrent_blocks(const ScanKernel& k) {
+  RETNET_CUDA_CHECK(cudaFuncSetAttribute(k.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, k.bytes));
+  int per_sm = 0, dev = 0, sms = 0;
+  RETNET_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k.fn, k.threads, k.bytes));
+  RETNET_CUDA_CHECK(cudaGetDevice(&dev));
+  RETNET_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  return std::max<int64_t>(1, static_cast<int64_t>(per_sm) * sms);
+}
+
+template <class E, int DQK, bool Summary>
+void launch_scan(const Cuda& ctx, ScanParams sp, int64_t B, int H, HeadDecays dec) {
+  const ScanKernel k = pick_scan<E, DQK, Summary>(sp.dv);
+  RETNET_CUDA_CHECK(cudaFuncSetAttribute(k.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, k.bytes));
+  const dim3 grid(static_cast<unsigned>(sp.dv / k.vt), static_cast<unsigned>(sp.NS), static_cast<unsigned>(B * H));
+  void* args[] = {&sp, &dec};
+  RETNET_CUDA_CHECK(cudaLaunchKernel(k.fn, grid, dim3(static_cast<unsigned>(k.threads)), args,
+                                     static_cast<size_t>(k.bytes), ctx.stream));
+  RETNET_CUDA_CHECK_LAUNCH(Summary ? "retention scan (segment summaries)" : "retention scan (outputs)");
+}
+
+// The segment split. Every block walks its segment's chunks in sequence, so the split trades waves of blocks
+// against chunks per block: it minimises (waves of outputs blocks) x (chunks per block + 2) + (waves of summary
+// blocks) x (0.35 x chunks per block + 1), the costs in units of one outputs chunk (measured on the H200: a
+// summary chunk costs about a third of an outputs chunk; a block's start, its first load and its state, about
+// two). RETNET_CUDA_SCAN_BLOCKS=n instead aims at n blocks of 64 value columns (the former rule).
+template <class E, int DQK>
+Geometry geometry(int dval, int64_t B, int64_t T, int H, int fixed_seg) {
+  constexpr int L = chunk_rows<E, DQK>;
+  Geometry g{L, 0, 0};
+  const int64_t chunks = (T + L - 1) / L;
+  const int64_t narrow_tiles = B * H * (dval / kVTile);
+  const int64_t cap = std::min(chunks, std::max<int64_t>(1, (target_blocks() + narrow_tiles - 1) / narrow_tiles));
+  if (fixed_seg > 0) {
+    g.seg = fixed_seg;
+  } else if (std::getenv("RETNET_CUDA_SCAN_BLOCKS")) {
+    g.seg = static_cast<int>((chunks + cap - 1) / cap * L);
+  } else {
+    const ScanKernel out = pick_scan<E, DQK, false>(dval), sum = pick_scan<E, DQK, true>(dval);
+    const int64_t tiles = B * H * (dval / out.vt);
+    const int64_t out_slots = concurrent_blocks(out), sum_slots = concurrent_blocks(sum);
+    double best = 0;
+    int64_t best_per = chunks;
+    for (int64_t ns = 1; ns <= cap; ++ns) {
+      const int64_t per = (chunks + ns - 1) / ns;  // chunks per segment
+      const int64_t used = (chunks + per - 1) / per;
+      if (used != ns) continue;  // the same split as a smaller ns
+      const double waves_out = static_cast<double>((tiles * ns + out_slots - 1) / out_slots);
+      const double waves_sum = static_cast<double>((tiles * ns + sum_slots - 1) / sum_slots);
+      const double cost =
+          waves_out * (static_cast<double>(per) + 2.0) + waves_sum * (0.35 * static_cast<double>(per) + 1.0);
+      if (ns == 1 || cost < best) {
+        best = cost;
+        best_per = per;
+      }
+    }
+    g.seg = static_cast<int>(best_per * L);
+  }
+  g.NS = static_cast<int>((T + g.seg - 1) / g.seg);
+  return g;
 }
 
 template <int DQK>
