@@ -1,9 +1,9 @@
 #pragma once
 // The bf16 chunk engine: the same passes and contract as scan_kernel (retention_scan.cuh), with each chunk
 // computed so that the tensor cores, not shared memory and barriers, set the pace:
-//  * 8 warps. For the output, 4 row groups of 16 chunk rows x 2 halves of the value tile. The two warps of a row
-//    group split its causal tiles of S = Q K^T (tiles past the diagonal are skipped), mask and decay them in
-//    registers, and swap them as bf16 A fragments of S V through a small exchange (a barrier of the two warps).
+//  * 8 warps. For the output, 4 row groups of 16 chunk rows x 2 halves of the value tile; each warp computes its
+//    rows of S = Q K^T only up to its diagonal (causal), masks and decays them in registers and feeds them to
+//    S V directly as bf16 A fragments (no trip through shared memory, no barrier).
 //  * one Q fragment per 16-wide k step feeds both S = Q K^T and Q H.
 //  * the state update's decay diag(gamma^(L-1-j)) scales the V fragments in registers (no scaled copy of V).
 //  * the stage buffers and the bf16 copy of the state are double-buffered: one barrier per chunk.
@@ -30,10 +30,7 @@ struct Bf16ScanSmem {
   static constexpr int QK_ELEMS = LM * LDQ, V_ELEMS = LM * LDV;
   static constexpr int STAGE = (Summary ? 1 : 2) * QK_ELEMS + V_ELEMS;
   static constexpr int H_ELEMS = Summary ? 0 : DQK * LDV;
-  // Score exchange between the two warps of a row group: row group rg owns 2 rg + 2 n8 tiles of 32 lanes x 8 bytes.
-  static constexpr int XS_BYTES = Summary ? 0 : (LM / 16) * (LM / 16 + 1) * 32 * 8;
-  static constexpr int XS_OFFSET = (2 * STAGE + 2 * H_ELEMS) * 2;
-  static constexpr int bytes = XS_OFFSET + XS_BYTES;
+  static constexpr int bytes = (2 * STAGE + 2 * H_ELEMS) * 2;
   static_assert(bytes <= 227 * 1024, "bf16 scan: shared memory of one block");
 };
 
@@ -54,23 +51,6 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
   uint32_t out;
   memcpy(&out, &r, sizeof(out));
   return out;
-}
-
-// Barrier of the two warps of row group rg (named barriers 1-4; immediates keep ptxas's barrier count at 5).
-__device__ __forceinline__ void pair_barrier(int rg) {
-  switch (rg) {
-    case 0:
-      asm volatile("bar.sync 1, 64;\n" ::: "memory");
-      break;
-    case 1:
-      asm volatile("bar.sync 2, 64;\n" ::: "memory");
-      break;
-    case 2:
-      asm volatile("bar.sync 3, 64;\n" ::: "memory");
-      break;
-    default:
-      asm volatile("bar.sync 4, 64;\n" ::: "memory");
-  }
 }
 
 // grid (dv / VT, NS, B * H), block 256. The summary pass keeps only the state tile: two blocks per multiprocessor.
@@ -192,8 +172,7 @@ __global__ void __launch_bounds__(kBf16ScanThreads, Summary ? 2 : 1) scan_bf16_k
   // Output tile of this warp: chunk rows rg*16 .. +15, value columns ow_n .. ow_n + ON - 1.
   constexpr int ON = VT / 2;
   const int rg = warp < 4 ? warp : 7 - warp;
-  const int cg = warp >> 2;
-  const int ow_m = rg * 16, ow_n = cg * ON;
+  const int ow_m = rg * 16, ow_n = (warp >> 2) * ON;
 
   load_chunk(0, 0);
   for (int c = 0; c < nchunks; ++c) {
@@ -209,10 +188,7 @@ __global__ void __launch_bounds__(kBf16ScanThreads, Summary ? 2 : 1) scan_bf16_k
 
     if constexpr (!Summary) {
       const E* Hs = Hs_base + st * SM::H_ELEMS;
-      // S = Q K^T and O = Q H, one Q fragment per k step. The 2 rg + 2 causal n8 tiles of S split between the
-      // two warps of the row group: column group 0 computes tiles [0, rg + 1), column group 1 [rg + 1, 2 rg + 2).
-      const int s_lo = cg == 0 ? 0 : rg + 1, s_hi = cg == 0 ? rg + 1 : 2 * rg + 2;
-      auto owns = [&](int nt) { return s_lo <= nt && nt < s_hi; };
+      // S = Q K^T (columns up to the diagonal block) and O = Q H, one Q fragment per k step.
       float sacc[LM / 8][4] = {};
       float oacc[ON / 8][4] = {};
 #pragma unroll
@@ -221,19 +197,11 @@ __global__ void __launch_bounds__(kBf16ScanThreads, Summary ? 2 : 1) scan_bf16_k
         P::lda<false>(a, Qs, LDQ, ow_m, k0, lane);
 #pragma unroll
         for (int nt = 0; nt < LM / 8; nt += 2) {
-          if (owns(nt) && owns(nt + 1)) {
+          if (nt < 2 * (rg + 1)) {
             typename P::B bb[2];
             P::ldb2<false>(bb, Ks, LDQ, nt * 8, k0, lane);
             P::mma(sacc[nt], a, bb[0]);
             P::mma(sacc[nt + 1], a, bb[1]);
-          } else if (owns(nt)) {
-            typename P::B bb;
-            P::ldb1<false>(bb, Ks, LDQ, nt * 8, k0, lane);
-            P::mma(sacc[nt], a, bb);
-          } else if (owns(nt + 1)) {
-            typename P::B bb;
-            P::ldb1<false>(bb, Ks, LDQ, (nt + 1) * 8, k0, lane);
-            P::mma(sacc[nt + 1], a, bb);
           }
         }
 #pragma unroll
@@ -254,32 +222,23 @@ __global__ void __launch_bounds__(kBf16ScanThreads, Summary ? 2 : 1) scan_bf16_k
         oacc[nt][2] *= al1;
         oacc[nt][3] *= al1;
       }
-      // Masked, decayed scores in bf16, in the A-fragment layout of S V, through the exchange: each lane stores
-      // its own tiles' fragment registers, and after the pair barrier reads the whole row of tiles back.
-      uint2* xs = reinterpret_cast<uint2*>(smem_raw + SM::XS_OFFSET) + rg * (rg + 1) * 32;
-#pragma unroll
-      for (int nt = 0; nt < LM / 8; ++nt) {
-        if (owns(nt)) {
-          float m[4];
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int i = ow_m + g + (e >> 1) * 8, j = nt * 8 + 2 * tq + (e & 1);
-            m[e] = i >= j ? sacc[nt][e] * exp2f(static_cast<float>(i - j) * l2g) : 0.f;
-          }
-          xs[nt * 32 + lane] = make_uint2(pack_bf16x2(m[0], m[1]), pack_bf16x2(m[2], m[3]));
-        }
-      }
-      pair_barrier(rg);
-      // O += (S . Gamma) V
+      // O += (S . Gamma) V, the masked scores as A fragments straight from the accumulators.
 #pragma unroll
       for (int kt = 0; kt < LM / 16; ++kt) {
         if (kt <= rg) {
           typename P::A a;
-          const uint2 lo = xs[(2 * kt) * 32 + lane], hi = xs[(2 * kt + 1) * 32 + lane];
-          a.r[0] = lo.x;
-          a.r[1] = lo.y;
-          a.r[2] = hi.x;
-          a.r[3] = hi.y;
+#pragma unroll
+          for (int half = 0; half < 2; ++half) {
+            const int nt = 2 * kt + half;
+            float m[4];
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int i = ow_m + g + (e >> 1) * 8, j = nt * 8 + 2 * tq + (e & 1);
+              m[e] = i >= j ? sacc[nt][e] * exp2f(static_cast<float>(i - j) * l2g) : 0.f;
+            }
+            a.r[2 * half] = pack_bf16x2(m[0], m[1]);
+            a.r[2 * half + 1] = pack_bf16x2(m[2], m[3]);
+          }
 #pragma unroll
           for (int nt = 0; nt < ON / 8; nt += 2) {
             typename P::B bb[2];
