@@ -19,27 +19,12 @@
 
 using namespace retnet;
 using retnet::test::error_of;
+using retnet::test::random_tokens;
 
 namespace {
 
-ModelConfig small_cfg() {
-  ModelConfig c;
-  c.decoder_embed_dim = 16;
-  c.decoder_retention_heads = 2;
-  c.decoder_value_embed_dim = 24;
-  c.decoder_ffn_embed_dim = 20;
-  c.decoder_layers = 2;
-  c.vocab_size = 13;
-  c.recurrent_chunk_size = 4;
-  return c;
-}
+ModelConfig small_cfg() { return retnet::test::small_model_config(); }
 
-std::vector<int64_t> random_tokens(int64_t n, int64_t V, uint64_t seed) {
-  std::mt19937_64 g(seed);
-  std::vector<int64_t> t(static_cast<size_t>(n));
-  for (auto& x : t) x = static_cast<int64_t>(g() % static_cast<uint64_t>(V));
-  return t;
-}
 
 std::vector<float> mask_of(const DropoutKey& key, int64_t layer, DropoutSite site, double p, double p_path, int64_t B,
                            int64_t Tn, int64_t width, const int64_t* starts = nullptr) {

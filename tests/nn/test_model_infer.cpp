@@ -11,29 +11,17 @@
 
 using namespace retnet;
 using retnet::test::error_of;
+using retnet::test::random_tokens;
 using retnet::test::temp_path;
 
 namespace {
 
 ModelConfig small_cfg() {
-  ModelConfig c;
-  c.decoder_embed_dim = 16;
-  c.decoder_retention_heads = 2;
-  c.decoder_value_embed_dim = 24;
-  c.decoder_ffn_embed_dim = 20;
-  c.decoder_layers = 2;
-  c.vocab_size = 13;
-  c.recurrent_chunk_size = 4;
+  ModelConfig c = retnet::test::small_model_config();
   c.layernorm_eps = 0;
   return c;
 }
 
-std::vector<int64_t> random_tokens(int64_t n, int64_t V, uint64_t seed) {
-  std::mt19937_64 g(seed);
-  std::vector<int64_t> t(static_cast<size_t>(n));
-  for (auto& x : t) x = static_cast<int64_t>(g() % static_cast<uint64_t>(V));
-  return t;
-}
 
 }  // namespace
 

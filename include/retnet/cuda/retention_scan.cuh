@@ -48,6 +48,47 @@ struct ScanParams {
   int states_transposed;  // outputs pass: states holds [B*H, NS, dv, dqk] (another run's states, transposed)
 };
 
+// f(row, col, value) for every element of a warp's m16n8 accumulator tiles acc[M][N] whose origin is (m0, n0).
+template <int M, int N, class F>
+__device__ __forceinline__ void for_each_acc(float (&acc)[M][N][4], int m0, int n0, int lane, F&& f) {
+  const int g = lane >> 2, tq = lane & 3;
+#pragma unroll
+  for (int mt = 0; mt < M; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < N; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) f(m0 + mt * 16 + g + (e >> 1) * 8, n0 + nt * 8 + 2 * tq + (e & 1), acc[mt][nt][e]);
+}
+
+// Writes a warp's 16-row output tile acc (columns col0 + 8 nt + 2 tq + {0, 1} of o's rows) for chunk rows
+// row0 + g and row0 + g + 8 of the chunk at sequence position c0, each row times its multiplier mu; rows at or
+// past len are padding.
+template <class E, int N>
+__device__ __forceinline__ void store_output_tile(const ScanParams& p, const float (&acc)[N][4], int b, int h,
+                                                  int64_t c0, int len, int row0, int col0, int lane) {
+  E* __restrict__ og = static_cast<E*>(p.o);
+  const int g = lane >> 2, tq = lane & 3;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int i = row0 + g + half * 8;
+    if (i < len) {
+      const int64_t t = p.reverse ? p.T - 1 - (c0 + i) : c0 + i;
+      const int64_t row = (static_cast<int64_t>(b) * p.T + t) * p.H + h;
+      const float m = p.mu ? p.mu[row] : 1.f;
+      E* orow = og + row * p.dv + col0;
+#pragma unroll
+      for (int nt = 0; nt < N; ++nt) {
+        const float x = acc[nt][2 * half] * m, y = acc[nt][2 * half + 1] * m;
+        if constexpr (sizeof(E) == 2) {
+          *reinterpret_cast<__nv_bfloat162*>(orow + nt * 8 + 2 * tq) = __floats2bfloat162_rn(x, y);
+        } else {
+          *reinterpret_cast<float2*>(orow + nt * 8 + 2 * tq) = make_float2(x, y);
+        }
+      }
+    }
+  }
+}
+
 template <class P, int DQK, int LM, bool Summary, int VT = kVTile>
 struct ScanSmem {
   using E = typename P::T;
@@ -148,25 +189,9 @@ __global__ void __launch_bounds__((ScanSmem<P, DQK, LM, Summary, VT>::NT),
                                           static_cast<int64_t>(vt * VT + col) * DQK + row]
                                : st_g[static_cast<int64_t>(row) * dv + col];
   };
-#pragma unroll
-  for (int mt = 0; mt < HM; ++mt)
-#pragma unroll
-    for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int row = hw_m + mt * 16 + g + (e >> 1) * 8, col = hw_n + nt * 8 + 2 * tq + (e & 1);
-        hacc[mt][nt][e] = Summary ? 0.f : state_at(row, col);
-      }
+  for_each_acc(hacc, hw_m, hw_n, lane, [&](int row, int col, float& x) { x = Summary ? 0.f : state_at(row, col); });
   if constexpr (!Summary) {
-#pragma unroll
-    for (int mt = 0; mt < HM; ++mt)
-#pragma unroll
-      for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int row = hw_m + mt * 16 + g + (e >> 1) * 8, col = hw_n + nt * 8 + 2 * tq + (e & 1);
-          Hs[row * LDV + col] = P::from_float(hacc[mt][nt][e]);
-        }
+    for_each_acc(hacc, hw_m, hw_n, lane, [&](int row, int col, float& x) { Hs[row * LDV + col] = P::from_float(x); });
   }
 
   // Output / score tiles: warps WMO (rows) x WNO (cols).
@@ -263,27 +288,7 @@ __global__ void __launch_bounds__((ScanSmem<P, DQK, LM, Summary, VT>::NT),
           P::mma(oacc[nt + 1], a, bb[1]);
         }
       }
-      E* __restrict__ og = static_cast<E*>(p.o);
-      const int64_t c0 = seg_start + static_cast<int64_t>(c) * p.L;
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int i = ow_m + g + half * 8;
-        if (i < len) {
-          const int64_t t = phys(c0 + i);
-          const float m = p.mu ? p.mu[(static_cast<int64_t>(b) * T + t) * H + h] : 1.f;
-          E* orow = og + ((static_cast<int64_t>(b) * T + t) * H + h) * dv + vt * VT;
-#pragma unroll
-          for (int nt = 0; nt < ON / 8; ++nt) {
-            const int col = ow_n + nt * 8 + 2 * tq;
-            if constexpr (sizeof(E) == 2) {
-              __nv_bfloat162 pr = __floats2bfloat162_rn(oacc[nt][2 * half] * m, oacc[nt][2 * half + 1] * m);
-              *reinterpret_cast<__nv_bfloat162*>(orow + col) = pr;
-            } else {
-              *reinterpret_cast<float2*>(orow + col) = make_float2(oacc[nt][2 * half] * m, oacc[nt][2 * half + 1] * m);
-            }
-          }
-        }
-      }
+      store_output_tile<E>(p, oacc, b, h, seg_start + static_cast<int64_t>(c) * p.L, len, ow_m, vt * VT + ow_n, lane);
     }
 
     // H <- gamma^len H + K^T Vb
@@ -312,29 +317,15 @@ __global__ void __launch_bounds__((ScanSmem<P, DQK, LM, Summary, VT>::NT),
     __syncthreads();  // (C) everyone is done with Hs, Qs/Ks/Vs of this stage, Vb
     if constexpr (!Summary) {
       if (c + 1 < nchunks) {
-#pragma unroll
-        for (int mt = 0; mt < HM; ++mt)
-#pragma unroll
-          for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int row = hw_m + mt * 16 + g + (e >> 1) * 8, col = hw_n + nt * 8 + 2 * tq + (e & 1);
-              Hs[row * LDV + col] = P::from_float(hacc[mt][nt][e]);
-            }
+        for_each_acc(hacc, hw_m, hw_n, lane,
+                     [&](int row, int col, float& x) { Hs[row * LDV + col] = P::from_float(x); });
       }
     }
     if (NST == 1 && c + 1 < nchunks) load_chunk(c + 1, 0);
   }
   if constexpr (Summary) {
-#pragma unroll
-    for (int mt = 0; mt < HM; ++mt)
-#pragma unroll
-      for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int row = hw_m + mt * 16 + g + (e >> 1) * 8, col = hw_n + nt * 8 + 2 * tq + (e & 1);
-          st_g[static_cast<int64_t>(row) * dv + col] = hacc[mt][nt][e];
-        }
+    for_each_acc(hacc, hw_m, hw_n, lane,
+                 [&](int row, int col, float& x) { st_g[static_cast<int64_t>(row) * dv + col] = x; });
   }
 }
 

@@ -129,15 +129,7 @@ __global__ void __launch_bounds__(kBf16ScanThreads, Summary ? 2 : 1) scan_bf16_k
                                           static_cast<int64_t>(vt * VT + col) * DQK + row]
                                : st_g[static_cast<int64_t>(row) * dv + col];
   };
-#pragma unroll
-  for (int mt = 0; mt < HM; ++mt)
-#pragma unroll
-    for (int nt = 0; nt < HN; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int row = hw_m + mt * 16 + g + (e >> 1) * 8, col = hw_n + nt * 8 + 2 * tq + (e & 1);
-        hacc[mt][nt][e] = Summary ? 0.f : state_at(row, col);
-      }
+  for_each_acc(hacc, hw_m, hw_n, lane, [&](int row, int col, float& x) { x = Summary ? 0.f : state_at(row, col); });
   // The bf16 copy of the state that Q H reads: Hs(c & 1) holds the state entering chunk c.
   auto store_state = [&](E* Hs) {
 #pragma unroll
@@ -248,22 +240,7 @@ __global__ void __launch_bounds__(kBf16ScanThreads, Summary ? 2 : 1) scan_bf16_k
           }
         }
       }
-      E* __restrict__ og = static_cast<E*>(p.o);
-      const int64_t c0 = seg_start + static_cast<int64_t>(c) * p.L;
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int i = ow_m + g + half * 8;
-        if (i < len) {
-          const int64_t t = phys(c0 + i);
-          const float m = p.mu ? p.mu[(static_cast<int64_t>(b) * T + t) * H + h] : 1.f;
-          E* orow = og + ((static_cast<int64_t>(b) * T + t) * H + h) * dv + vt * VT;
-#pragma unroll
-          for (int nt = 0; nt < ON / 8; ++nt) {
-            const int col = ow_n + nt * 8 + 2 * tq;
-            *reinterpret_cast<uint32_t*>(orow + col) = pack_bf16x2(oacc[nt][2 * half] * m, oacc[nt][2 * half + 1] * m);
-          }
-        }
-      }
+      store_output_tile<E>(p, oacc, b, h, seg_start + static_cast<int64_t>(c) * p.L, len, ow_m, vt * VT + ow_n, lane);
     }
 
     // H <- gamma^len H + K^T diag(gamma^(len-1-j)) V (the outputs pass needs no state after its last chunk)
@@ -302,15 +279,8 @@ __global__ void __launch_bounds__(kBf16ScanThreads, Summary ? 2 : 1) scan_bf16_k
     }
   }
   if constexpr (Summary) {
-#pragma unroll
-    for (int mt = 0; mt < HM; ++mt)
-#pragma unroll
-      for (int nt = 0; nt < HN; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int row = hw_m + mt * 16 + g + (e >> 1) * 8, col = hw_n + nt * 8 + 2 * tq + (e & 1);
-          st_g[static_cast<int64_t>(row) * dv + col] = hacc[mt][nt][e];
-        }
+    for_each_acc(hacc, hw_m, hw_n, lane,
+                 [&](int row, int col, float& x) { st_g[static_cast<int64_t>(row) * dv + col] = x; });
   }
 }
 
