@@ -1,6 +1,6 @@
-// CPU model benchmarks (float32): one training step (forward, cross-entropy, backward, AdamW) of the
-// PERFORMANCE.md model (4 layers, d_model 512, value dim 1024, FFN 1024, vocab 256) and recurrent decoding,
-// each set against a ceiling measured in the same binary:
+// CPU model benchmarks (float32; decoding also with bf16 weights): one training step (forward, cross-entropy, backward,
+// AdamW) of the PERFORMANCE.md model (4 layers, d_model 512, value dim 1024, FFN 1024, vocab 256) and recurrent
+// decoding, each set against a ceiling measured in the same binary:
 //   * BM_sgemm: Eigen sgemm 2048³ GFLOP/s (training goal: model FLOP/s >= half of it);
 //   * BM_stream_read: main-memory read bandwidth over 1 GiB (decoding ceiling = bandwidth / weight bytes);
 //   * torchscale's measured tokens/s on the same shapes (PERFORMANCE.md) as the ratio "vs_torchscale".
@@ -69,20 +69,24 @@ void BM_sgemm(benchmark::State& state) {
 }
 BENCHMARK(BM_sgemm)->Arg(2048)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(1.0);
 
+// One pass over buf (the read-bandwidth probe).
+double read_all(const std::vector<float>& buf) {
+  const int64_t n = int64_t(buf.size());
+  double total = 0;
+#pragma omp parallel for reduction(+ : total) schedule(static)
+  for (int64_t i = 0; i < n; i += 16) {
+    float s = 0;
+    for (int j = 0; j < 16; ++j) s += buf[size_t(i + j)];
+    total += s;
+  }
+  return total;
+}
+
 void BM_stream_read(benchmark::State& state) {
   const size_t n = size_t(1) << 28;  // 1 GiB of float
   std::vector<float> buf(n, 1.0f);
   const auto t0 = std::chrono::steady_clock::now();
-  for (auto _ : state) {
-    double total = 0;
-#pragma omp parallel for reduction(+ : total) schedule(static)
-    for (int64_t i = 0; i < int64_t(n); i += 16) {
-      float s = 0;
-      for (int j = 0; j < 16; ++j) s += buf[size_t(i + j)];
-      total += s;
-    }
-    benchmark::DoNotOptimize(total);
-  }
+  for (auto _ : state) benchmark::DoNotOptimize(read_all(buf));
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   state.counters["GB/s"] =
       benchmark::Counter(double(n) * 4 * 1e-9 * double(state.iterations()), benchmark::Counter::kIsRate);
@@ -131,11 +135,23 @@ BENCHMARK(BM_train_step)
     ->UseRealTime()
     ->MinTime(3.0);
 
-// args: batch, prompt length before timing; decoding steps timed one token per row each
-void BM_decode(benchmark::State& state) {
+// args: batch, prompt length before timing; decoding steps timed one token per row each. bf16: the model's
+// bf16 inference weights (2 bytes per streamed weight, so the ceiling doubles).
+void decode_bench(benchmark::State& state, bool bf16) {
   const int64_t B = state.range(0), P = state.range(1);
   Model<float> model(bench_config(2, 256));
   model.init_torchscale(1);
+  if (bf16) model.set_inference_weights(WeightPrecision::bf16);
+  if (g_stream_gbs == 0) {  // BM_stream_read filtered out (--benchmark_filter=decode): probe the bandwidth here
+    std::vector<float> buf(size_t(1) << 28, 1.0f);
+    benchmark::DoNotOptimize(read_all(buf));
+    for (int rep = 0; rep < 5; ++rep) {
+      const auto r0 = std::chrono::steady_clock::now();
+      benchmark::DoNotOptimize(read_all(buf));
+      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - r0).count();
+      g_stream_gbs = std::max(g_stream_gbs, double(buf.size()) * 4 * 1e-9 / s);
+    }
+  }
   auto st = model.make_state(B);
   std::vector<int64_t> prompt(size_t(B * P), 65), tok(size_t(B), 66);
   if (P > 0) model.prefill(HostView<const int64_t>(prompt.data(), {B, P}), st);
@@ -144,7 +160,8 @@ void BM_decode(benchmark::State& state) {
   const auto t0 = std::chrono::steady_clock::now();
   for (auto _ : state) benchmark::DoNotOptimize(model.step(HostView<const int64_t>(tok.data(), {B}), st).data());
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  const double weight_bytes = double(param_count(model) - 256 * 512) * 4;  // embedding rows are gathered, not streamed
+  // embedding rows are gathered, not streamed
+  const double weight_bytes = double(param_count(model) - 256 * 512) * (bf16 ? 2 : 4);
   if (g_stream_gbs > 0) {
     const double ceiling = g_stream_gbs * 1e9 / weight_bytes;  // tokens/s of one row if only weights were read
     state.counters["ceiling_tok/s"] = ceiling;
@@ -154,11 +171,20 @@ void BM_decode(benchmark::State& state) {
   state.counters["weight_MB"] = weight_bytes * 1e-6;
   state.counters["state_MB"] = double(state_bytes) * 1e-6;
 }
+void BM_decode(benchmark::State& state) { decode_bench(state, false); }
+void BM_decode_bf16(benchmark::State& state) { decode_bench(state, true); }
 BENCHMARK(BM_decode)
     ->Args({1, 0})
     ->Args({1, 2048})
     ->Args({16, 0})
     ->Args({16, 512})
+    ->ArgNames({"B", "prompt"})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime()
+    ->MinTime(2.0);
+BENCHMARK(BM_decode_bf16)
+    ->Args({1, 0})
+    ->Args({16, 0})
     ->ArgNames({"B", "prompt"})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime()

@@ -13,6 +13,7 @@
 #include "retnet/io/safetensors.hpp"
 #include "retnet/cpu/retention.hpp"
 #include "retnet/cpu/linear.hpp"
+#include "retnet/cpu/linear_bf16.hpp"
 #include "retnet/cpu/norm.hpp"
 #include "retnet/cpu/activation.hpp"
 #include "retnet/cpu/embedding.hpp"

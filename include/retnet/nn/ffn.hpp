@@ -6,6 +6,7 @@
 
 #include "retnet/cpu/activation.hpp"
 #include "retnet/cpu/linear.hpp"
+#include "retnet/cpu/linear_bf16.hpp"
 #include "retnet/nn/dropout.hpp"
 
 namespace retnet {
@@ -13,6 +14,8 @@ namespace retnet {
 template <class T>
 struct FfnWeights {
   const T *fc1, *gate, *fc2;  // gate is null for the MLP
+  // Inference only: bf16 copies; when set, the forward pass multiplies with these.
+  const uint16_t *fc1_16 = nullptr, *gate16 = nullptr, *fc2_16 = nullptr;
 };
 template <class T>
 struct FfnGrads {
@@ -32,15 +35,15 @@ struct FfnScratch {
 template <class T>
 void ffn_forward(Cpu, Activation act, const FfnWeights<T>& w, const T* x, const FfnSaved<T>& s, T* out, int64_t N,
                  int64_t d, int64_t F) {
-  linear_forward(cpu, s.h, x, w.fc1, N, d, F);
+  linear_forward_mixed(cpu, s.h, x, w.fc1, w.fc1_16, N, d, F);
   if (w.gate) {
-    linear_forward(cpu, s.gt, x, w.gate, N, d, F);
+    linear_forward_mixed(cpu, s.gt, x, w.gate, w.gate16, N, d, F);
     glu_forward(cpu, act, s.a, s.h, s.gt, N * F);
   } else {
     activation_forward(cpu, act, s.a, s.h, N * F);
   }
   if (s.act_mask) apply_mask(s.a, s.act_mask, N * F);
-  linear_forward(cpu, out, s.a, w.fc2, N, F, d, /*accumulate=*/true);
+  linear_forward_mixed(cpu, out, s.a, w.fc2, w.fc2_16, N, F, d, /*accumulate=*/true);
 }
 
 // dx [N, d] (overwrite) from dout [N, d]; weight gradients accumulate.

@@ -14,6 +14,13 @@
 // on the retention branch (then drop path), after the FFN activation (activation_dropout) and on the FFN
 // branch (dropout after fc2, then drop path); the masks are kept in the workspace for backward().
 // Without a key (evaluation, inference) or with all rates 0 nothing of this runs.
+// bf16 inference weights (opt-in, off by default): set_inference_weights(WeightPrecision::bf16) makes a bf16
+// copy (round to nearest even) of the float parameters; forward(), prefill() and step() then multiply with it
+// (activations, norms, retention and sums stay in T), halving the bytes decoding streams per token.
+// forward_train()/backward() (training, evaluation) always use the float parameters. The copy is a snapshot:
+// any later non-const params() access (a Trainer step, load_weights, load_checkpoint) marks it stale, and
+// forward()/prefill()/step() then throw retnet::Error until set_inference_weights(bf16) is called again.
+// Checkpoints always hold the float parameters.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -28,6 +35,7 @@
 #include "retnet/core/rotation.hpp"
 #include "retnet/core/tensor.hpp"
 #include "retnet/cpu/embedding.hpp"
+#include "retnet/cpu/linear_bf16.hpp"
 #include "retnet/nn/block.hpp"
 #include "retnet/nn/config.hpp"
 #include "retnet/nn/dropout.hpp"
@@ -210,10 +218,30 @@ class Model {
 
   const ModelConfig& config() const { return cfg_; }
   const ParamTable& param_table() const { return table_; }
-  T* params() { return params_.data(); }
+  // Non-const access may change the parameters, so it marks a bf16 inference copy stale.
+  T* params() {
+    ++params_version_;
+    return params_.data();
+  }
   const T* params() const { return params_.data(); }
   const RetentionConfig& retention_config() const { return rc_; }
   const LayerOffsets& layer_offsets(int64_t l) const { return layers_[static_cast<size_t>(l)]; }
+
+  // Weights used by forward(), prefill() and step(): float32 (default) uses the parameters themselves; bf16
+  // (re)builds a bf16 copy of the current parameters (call again after changing them). Costs 2 bytes per
+  // parameter while on; float32 frees it.
+  void set_inference_weights(WeightPrecision p) {
+    if (p == WeightPrecision::float32) {
+      std::vector<uint16_t>().swap(bf16_);
+    } else {
+      require(p == WeightPrecision::bf16, "Model::set_inference_weights: unknown precision ", static_cast<int>(p));
+      bf16_.resize(params_.size());
+      to_bf16(bf16_.data(), params_.data(), static_cast<int64_t>(params_.size()));
+      bf16_version_ = params_version_;
+    }
+    precision_ = p;
+  }
+  WeightPrecision inference_weights() const { return precision_; }
 
   // torchscale's initialisation (see the class comment of MultiScaleRetention and RetNetDecoder).
   void init_torchscale(uint64_t seed) {
@@ -258,6 +286,14 @@ class Model {
   void forward_train(const int64_t* tokens, Form form, Workspace& ws, const int64_t* start_positions = nullptr,
                      const std::vector<StatePtrs<T>>& state_in = {}, const std::vector<StatePtrs<T>>& state_out = {},
                      bool logits_last_only = false, bool step = false, const DropoutKey* dropout = nullptr) {
+    forward_impl(tokens, form, ws, start_positions, state_in, state_out, logits_last_only, step, dropout, false);
+  }
+
+ private:
+  // forward_train's body; bf16 = true multiplies with the bf16 inference copy (never in training).
+  void forward_impl(const int64_t* tokens, Form form, Workspace& ws, const int64_t* start_positions,
+                    const std::vector<StatePtrs<T>>& state_in, const std::vector<StatePtrs<T>>& state_out,
+                    bool logits_last_only, bool step, const DropoutKey* dropout, bool bf16) {
     const int64_t B = ws.batch_, Tn = ws.length_, N = B * Tn, d = cfg_.decoder_embed_dim, V = cfg_.vocab_size;
     validate_tokens("Model::forward", tokens, B, Tn, V);
     const bool train = dropout && cfg_.has_dropout();
@@ -283,8 +319,8 @@ class Model {
     const MsrDims dm = dims(B, Tn);
     for (int64_t l = 0; l < cfg_.decoder_layers; ++l) {
       const size_t li = static_cast<size_t>(l);
-      block_forward(cpu, spec_, form, dm, weights(l), ws.res_[li], ws.layers_[li], ws.res_[li + 1], *ws.rot_,
-                    ws.row_off_.data(), state_in.empty() ? StatePtrs<T>{} : state_in[li],
+      block_forward(cpu, spec_, form, dm, bf16 ? weights_bf16(l) : weights(l), ws.res_[li], ws.layers_[li],
+                    ws.res_[li + 1], *ws.rot_, ws.row_off_.data(), state_in.empty() ? StatePtrs<T>{} : state_in[li],
                     state_out.empty() ? StatePtrs<T>{} : state_out[li], step);
     }
     const T* xf = ws.res_.back();
@@ -297,10 +333,28 @@ class Model {
       rows = B;
     }
     norm_forward(cpu, ns, ws.nf_, ws.meanf_, ws.rstdf_, xf, norm_w(final_w_, final_b_), rows, d);
-    linear_forward(cpu, ws.logits_, ws.nf_, P + head_offset(), rows, d, V);
+    linear_forward_mixed(cpu, ws.logits_, ws.nf_, P + head_offset(), bf16 ? bf16_.data() + head_offset() : nullptr,
+                         rows, d, V);
     if (checked()) check_finite("Model::forward", "logits", ws.logits_, Shape{rows, V});
   }
+  // True when the inference calls use the bf16 copy; rejects a stale copy.
+  bool use_bf16(const char* op) const {
+    if (precision_ != WeightPrecision::bf16) return false;
+    require(bf16_version_ == params_version_, op,
+            ": the parameters may have changed since set_inference_weights(WeightPrecision::bf16) built the bf16 "
+            "copy (non-const params() was called); call set_inference_weights again");
+    return true;
+  }
+  BlockWeights<T> weights_bf16(int64_t l) const {
+    BlockWeights<T> w = weights(l);
+    const LayerOffsets& o = layers_[static_cast<size_t>(l)];
+    auto at = [&](int64_t off) { return off < 0 ? nullptr : bf16_.data() + off; };
+    w.msr.q16 = at(o.q), w.msr.k16 = at(o.k), w.msr.v16 = at(o.v), w.msr.g16 = at(o.g), w.msr.out16 = at(o.out);
+    w.ffn.fc1_16 = at(o.fc1), w.ffn.gate16 = at(o.gate), w.ffn.fc2_16 = at(o.fc2);
+    return w;
+  }
 
+ public:
   // Backward of the last forward_train on ws. Reads ws.dlogits() [B·T, V]; grads (param_table().total()
   // elements) accumulate. d_state_out: per-layer gradients of the final states (empty: none);
   // d_state_in: per-layer outputs for the gradients of the initial states (empty: not wanted).
@@ -339,8 +393,9 @@ class Model {
   Tensor<T> forward(HostView<const int64_t> tokens, Form form) {
     require(tokens.rank() == 2, "Model::forward: tokens has shape ", tokens.shape().to_string(),
             ", expected [batch, length]");
+    const bool bf16 = use_bf16("Model::forward");
     Workspace ws(*this, tokens.size(0), tokens.size(1), /*with_grad=*/false);
-    forward_train(tokens.data(), form, ws);
+    forward_impl(tokens.data(), form, ws, nullptr, {}, {}, false, false, nullptr, bf16);
     Tensor<T> out({tokens.size(0), tokens.size(1), cfg_.vocab_size});
     std::memcpy(out.data(), ws.logits(), sizeof(T) * static_cast<size_t>(out.numel()));
     return out;
@@ -371,6 +426,7 @@ class Model {
             ", expected [batch, length]");
     const int64_t B = tokens.size(0), Tn = tokens.size(1), V = cfg_.vocab_size;
     check_state("Model::prefill", state, B);
+    const bool bf16 = use_bf16("Model::prefill");
     Workspace ws(*this, B, Tn, /*with_grad=*/false);
     std::vector<StatePtrs<T>> in, out;
     std::vector<Tensor<T>> kv_out, sc_out;
@@ -382,7 +438,8 @@ class Model {
       in.push_back({state.kv[l].data(), state.scale[l].data()});
       out.push_back({kv_out[l].data(), sc_out[l].data()});
     }
-    forward_train(tokens.data(), form, ws, state.positions.data(), in, out, /*logits_last_only=*/true);
+    forward_impl(tokens.data(), form, ws, state.positions.data(), in, out, /*logits_last_only=*/true, false, nullptr,
+                 bf16);
     for (size_t l = 0; l < state.kv.size(); ++l) {
       state.kv[l] = std::move(kv_out[l]);
       state.scale[l] = std::move(sc_out[l]);
@@ -398,10 +455,12 @@ class Model {
     require(tokens.rank() == 1, "Model::step: tokens has shape ", tokens.shape().to_string(), ", expected [batch]");
     const int64_t B = tokens.size(0), V = cfg_.vocab_size;
     check_state("Model::step", state, B);
+    const bool bf16 = use_bf16("Model::step");
     if (!step_ws_ || step_ws_->batch() != B) step_ws_ = std::make_unique<Workspace>(*this, B, 1, false);
     std::vector<StatePtrs<T>> in;
     for (size_t l = 0; l < state.kv.size(); ++l) in.push_back({state.kv[l].data(), state.scale[l].data()});
-    forward_train(tokens.data(), Form::recurrent, *step_ws_, state.positions.data(), in, {}, false, /*step=*/true);
+    forward_impl(tokens.data(), Form::recurrent, *step_ws_, state.positions.data(), in, {}, false, /*step=*/true,
+                 nullptr, bf16);
     for (auto& p : state.positions) p += 1;
     Tensor<T> logits({B, V});
     std::memcpy(logits.data(), step_ws_->logits(), sizeof(T) * static_cast<size_t>(B * V));
@@ -513,6 +572,9 @@ class Model {
   int64_t embed_ = -1, head_ = -1, emb_norm_w_ = -1, emb_norm_b_ = -1, final_w_ = -1, final_b_ = -1;
   BlockSpec spec_{RetentionConfig(RetentionOptions{}), {}, 0, Activation::gelu, 0};
   std::unique_ptr<Workspace> step_ws_;
+  WeightPrecision precision_ = WeightPrecision::float32;
+  std::vector<uint16_t> bf16_;  // bf16 copy of params_ (same offsets) while precision_ is bf16
+  uint64_t params_version_ = 0, bf16_version_ = 0;
 };
 
 }  // namespace retnet

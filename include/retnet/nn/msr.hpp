@@ -17,6 +17,7 @@
 #include "retnet/core/rotation.hpp"
 #include "retnet/cpu/activation.hpp"
 #include "retnet/cpu/linear.hpp"
+#include "retnet/cpu/linear_bf16.hpp"
 #include "retnet/cpu/norm.hpp"
 #include "retnet/cpu/retention.hpp"
 
@@ -25,6 +26,8 @@ namespace retnet {
 template <class T>
 struct MsrWeights {
   const T *q, *k, *v, *g, *out;  // [d, d], [d, d], [Vd, d], [Vd, d], [d, Vd]
+  // Inference only: bf16 copies of the same matrices; when set, the forward pass multiplies with these.
+  const uint16_t *q16 = nullptr, *k16 = nullptr, *v16 = nullptr, *g16 = nullptr, *out16 = nullptr;
 };
 template <class T>
 struct MsrGrads {
@@ -90,10 +93,10 @@ void msr_forward(Cpu, const RetentionConfig& rc, Form form, double eps, const Ms
                  const T* x, const MsrSaved<T>& s, T* out, const RotationTable<T>& rot, const int64_t* row_off,
                  StatePtrs<T> state_in = {}, StatePtrs<T> state_out = {}, bool step = false) {
   const int64_t N = dm.rows(), d = dm.d, Vd = dm.vd();
-  linear_forward(cpu, s.q, x, w.q, N, d, d);
-  linear_forward(cpu, s.k, x, w.k, N, d, d);
-  linear_forward(cpu, s.v, x, w.v, N, d, Vd);
-  linear_forward(cpu, s.g, x, w.g, N, d, Vd);
+  linear_forward_mixed(cpu, s.q, x, w.q, w.q16, N, d, d);
+  linear_forward_mixed(cpu, s.k, x, w.k, w.k16, N, d, d);
+  linear_forward_mixed(cpu, s.v, x, w.v, w.v16, N, d, Vd);
+  linear_forward_mixed(cpu, s.g, x, w.g, w.g16, N, d, Vd);
   const T scaling = T(1) / std::sqrt(T(dm.dk));
 #pragma omp parallel for schedule(static) if (N * d > 32768)
   for (int64_t i = 0; i < N * d; ++i) s.k[i] *= scaling;
@@ -128,7 +131,7 @@ void msr_forward(Cpu, const RetentionConfig& rc, Form form, double eps, const Ms
     T* zrow = s.z + r * dv;
     for (int64_t j = 0; j < dv; ++j) zrow[j] = activate(Activation::swish, grow[j]) * orow[j] * rs;
   }
-  linear_forward(cpu, out, s.z, w.out, N, Vd, d, /*accumulate=*/true);
+  linear_forward_mixed(cpu, out, s.z, w.out, w.out16, N, Vd, d, /*accumulate=*/true);
 }
 
 // Backward. dout [N, d]: gradient of the layer output. Writes dx [N, d] (overwrite) = gradient of the
