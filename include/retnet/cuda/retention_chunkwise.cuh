@@ -93,6 +93,7 @@ inline int64_t target_blocks() {
 
 struct Geometry {
   int L, seg, NS;
+  bool single = false;  // one segment on the bf16 engine: no summary pass; the outputs pass writes the final state
 };
 
 // Wide scan blocks (128 value columns, 16 warps, S = Q K^T computed once for them) where the value size is a
@@ -132,6 +133,7 @@ inline bool bf16_engine_enabled() {
 struct ScanKernel {
   const void* fn;
   int threads, bytes, vt;
+  bool writes_final;  // the outputs pass can end a single-segment run with the final state (bf16 engine)
 };
 
 template <class E, int DQK, bool Summary, int VT>
@@ -139,13 +141,13 @@ ScanKernel generic_scan_kernel() {
   using P = typename MmaFor<E>::type;
   constexpr int LM = chunk_rows<E, DQK>;
   using SM = ScanSmem<P, DQK, LM, Summary, VT>;
-  return {reinterpret_cast<const void*>(scan_kernel<P, DQK, LM, Summary, VT>), SM::NT, SM::bytes, VT};
+  return {reinterpret_cast<const void*>(scan_kernel<P, DQK, LM, Summary, VT>), SM::NT, SM::bytes, VT, false};
 }
 
 template <int DQK, bool Summary, int VT>
 ScanKernel bf16_scan_kernel() {
   return {reinterpret_cast<const void*>(scan_bf16_kernel<DQK, VT, Summary>), kBf16ScanThreads,
-          Bf16ScanSmem<DQK, VT, Summary>::bytes, VT};
+          Bf16ScanSmem<DQK, VT, Summary>::bytes, VT, true};
 }
 
 template <class E, int DQK, bool Summary>
@@ -215,8 +217,9 @@ Geometry geometry(int dval, int64_t B, int64_t T, int H, int fixed_seg) {
       if (used != ns) continue;  // the same split as a smaller ns
       const double waves_out = static_cast<double>((tiles * ns + out_slots - 1) / out_slots);
       const double waves_sum = static_cast<double>((tiles * ns + sum_slots - 1) / sum_slots);
-      const double cost =
-          waves_out * (static_cast<double>(per) + 2.0) + waves_sum * (0.35 * static_cast<double>(per) + 1.0);
+      // one segment needs no summary pass (the outputs pass ends with the final state)
+      const double summary = ns == 1 ? 0.0 : waves_sum * (0.35 * static_cast<double>(per) + 1.0);
+      const double cost = waves_out * (static_cast<double>(per) + 2.0) + summary;
       if (ns == 1 || cost < best) {
         best = cost;
         best_per = per;
@@ -225,6 +228,7 @@ Geometry geometry(int dval, int64_t B, int64_t T, int H, int fixed_seg) {
     g.seg = static_cast<int>(best_per * L);
   }
   g.NS = static_cast<int>((T + g.seg - 1) / g.seg);
+  g.single = g.NS == 1 && pick_scan<E, DQK, false>(dval).writes_final;
   return g;
 }
 
@@ -254,12 +258,13 @@ Geometry run_states_t(const Cuda& ctx, const Run& r, int64_t B, int64_t T, int H
   sp.seg = geo.seg;
   sp.NS = geo.NS;
   sp.reverse = r.reverse ? 1 : 0;
-  launch_scan<E, DQK, true>(ctx, sp, B, H, dec);
+  if (!geo.single) launch_scan<E, DQK, true>(ctx, sp, B, H, dec);
   PrefixParams pp{};
   pp.states = states;
   pp.init = r.init;
   pp.s0 = r.s0;
-  pp.final_state = r.final_state;
+  pp.final_state = geo.single ? nullptr : r.final_state;  // single: the outputs pass writes it
+  pp.no_summaries = geo.single ? 1 : 0;
   pp.colsum = r.colsum;
   pp.T = T;
   pp.H = H;
@@ -292,6 +297,11 @@ void run_output_t(const Cuda& ctx, const Run& r, int64_t B, int64_t T, int H, co
   sp.NS = geo.NS;
   sp.reverse = r.reverse ? 1 : 0;
   sp.states_transposed = r.states_transposed ? 1 : 0;
+  if (geo.single) {
+    sp.final_state = r.final_state;
+    sp.s0 = r.s0;
+    sp.final_scale = r.final_scale;
+  }
   launch_scan<E, DQK, false>(ctx, sp, B, H, dec);
 }
 

@@ -34,6 +34,28 @@ struct HeadDecays {
   double lng[kMaxHeads];   // ln(gamma_h)
 };
 
+// How the initial state enters and the final state leaves a run.
+enum class InitScale { one, sqrt_s0, rsqrt_final_over_gamma, inv_gamma };
+enum class FinalScale { one, rsqrt_final, gamma_sqrt_s0, gamma };
+
+__device__ __forceinline__ double final_scale_of(double s0, double lng, int64_t T) {
+  return s0 * exp(static_cast<double>(T) * lng) + expm1(static_cast<double>(T) * lng) / expm1(lng);
+}
+
+// The factor of the final state leaving a run of length T (s0: the entering scale, lng: ln gamma).
+__device__ __forceinline__ float final_multiplier(FinalScale fs, double s0, double lng, int64_t T) {
+  switch (fs) {
+    case FinalScale::rsqrt_final:
+      return static_cast<float>(1.0 / sqrt(final_scale_of(s0, lng, T)));
+    case FinalScale::gamma_sqrt_s0:
+      return static_cast<float>(exp(lng) * sqrt(s0));
+    case FinalScale::gamma:
+      return static_cast<float>(exp(lng));
+    default:
+      return 1.f;
+  }
+}
+
 struct ScanParams {
   const void* q;    // [B, T, H, dqk]
   const void* k;    // [B, T, H, dqk]
@@ -46,6 +68,11 @@ struct ScanParams {
   int L, seg, NS;
   int reverse;
   int states_transposed;  // outputs pass: states holds [B*H, NS, dv, dqk] (another run's states, transposed)
+  // Single-segment runs of the bf16 engine (NS = 1): the outputs pass writes the final state [B, H, dqk, dv]
+  // itself (times final_multiplier), and the summary pass does not run. Null otherwise.
+  float* final_state;
+  const float* s0;  // [B, H] entering scales, or null (0)
+  FinalScale final_scale;
 };
 
 // f(row, col, value) for every element of a warp's m16n8 accumulator tiles acc[M][N] whose origin is (m0, n0).
@@ -329,10 +356,6 @@ __global__ void __launch_bounds__((ScanSmem<P, DQK, LM, Summary, VT>::NT),
   }
 }
 
-// How the initial state enters and the final state leaves the prefix pass.
-enum class InitScale { one, sqrt_s0, rsqrt_final_over_gamma, inv_gamma };
-enum class FinalScale { one, rsqrt_final, gamma_sqrt_s0, gamma };
-
 struct PrefixParams {
   float* states;       // [B*H, NS, dqk, dv]
   const float* init;   // [B, H, dqk, dv], or [B, H, dv, dqk] when init_transposed; may be null
@@ -344,11 +367,8 @@ struct PrefixParams {
   int init_transposed;
   InitScale init_scale;
   FinalScale final_scale;
+  int no_summaries;  // no summary pass ran (single segment): the summaries count as zero and are not read
 };
-
-__device__ __forceinline__ double final_scale_of(double s0, double lng, int64_t T) {
-  return s0 * exp(static_cast<double>(T) * lng) + expm1(static_cast<double>(T) * lng) / expm1(lng);
-}
 
 // grid (B*H, dv/32), block 256 = 32 value columns x 8 row slices.
 template <int DQK>
@@ -381,7 +401,7 @@ __global__ void __launch_bounds__(256) prefix_kernel(PrefixParams p, HeadDecays 
   auto seg_ptr = [&](int s) { return p.states + (static_cast<int64_t>(bh) * p.NS + s) * DQK * dv + v; };
   float next[R];
 #pragma unroll
-  for (int r = 0; r < R; ++r) next[r] = seg_ptr(0)[static_cast<int64_t>(ks + 8 * r) * dv];
+  for (int r = 0; r < R; ++r) next[r] = p.no_summaries ? 0.f : seg_ptr(0)[static_cast<int64_t>(ks + 8 * r) * dv];
   for (int s = 0; s < p.NS; ++s) {
     const int len = static_cast<int>(min(static_cast<int64_t>(p.seg), p.T - static_cast<int64_t>(s) * p.seg));
     const float dl = exp2f(static_cast<float>(len) * l2g);
@@ -415,10 +435,7 @@ __global__ void __launch_bounds__(256) prefix_kernel(PrefixParams p, HeadDecays 
     }
   }
   if (p.final_state) {
-    float fm = 1.f;
-    if (p.final_scale == FinalScale::rsqrt_final) fm = static_cast<float>(1.0 / sqrt(final_scale_of(s0, lng, p.T)));
-    if (p.final_scale == FinalScale::gamma_sqrt_s0) fm = static_cast<float>(exp(lng) * sqrt(s0));
-    if (p.final_scale == FinalScale::gamma) fm = static_cast<float>(exp(lng));
+    const float fm = final_multiplier(p.final_scale, s0, lng, p.T);
 #pragma unroll
     for (int r = 0; r < R; ++r) {
       const int kk = ks + 8 * r;

@@ -243,8 +243,9 @@ __global__ void __launch_bounds__(kBf16ScanThreads, Summary ? 2 : 1) scan_bf16_k
       store_output_tile<E>(p, oacc, b, h, seg_start + static_cast<int64_t>(c) * p.L, len, ow_m, vt * VT + ow_n, lane);
     }
 
-    // H <- gamma^len H + K^T diag(gamma^(len-1-j)) V (the outputs pass needs no state after its last chunk)
-    if (Summary || c + 1 < nchunks) {
+    // H <- gamma^len H + K^T diag(gamma^(len-1-j)) V (after its last chunk, the outputs pass needs the state only
+    // when it writes the final state)
+    if (Summary || c + 1 < nchunks || p.final_state) {
       const float dl = exp2f(static_cast<float>(len) * l2g);
 #pragma unroll
       for (int mt = 0; mt < HM; ++mt)
@@ -281,6 +282,11 @@ __global__ void __launch_bounds__(kBf16ScanThreads, Summary ? 2 : 1) scan_bf16_k
   if constexpr (Summary) {
     for_each_acc(hacc, hw_m, hw_n, lane,
                  [&](int row, int col, float& x) { st_g[static_cast<int64_t>(row) * dv + col] = x; });
+  } else if (p.final_state) {  // single segment: this walk ends the sequence
+    const float fm = final_multiplier(p.final_scale, p.s0 ? static_cast<double>(p.s0[bh]) : 0.0, dec.lng[h], T);
+    float* fs = p.final_state + static_cast<int64_t>(bh) * DQK * dv + vt * VT;
+    for_each_acc(hacc, hw_m, hw_n, lane,
+                 [&](int row, int col, float& x) { fs[static_cast<int64_t>(row) * dv + col] = x * fm; });
   }
 }
 
