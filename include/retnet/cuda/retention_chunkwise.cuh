@@ -6,10 +6,13 @@
 // detached row multipliers mu_n (torchscale mode); the forms differ only in mu. The backward pass is three
 // more runs of the same engine (g = mu * d_o):
 //   dq = forward retention of (q=g, k=v, v=k) from U0^T            (state U_n^T)
-//   dk = reversed retention of (q=v, k=g, v=q) from dU_T^T          (state dU_n^T)
+//   dk = reversed retention of (q=v, k=g, v=q) from dU_T^T          (state dU_n^T: the dv run's states, read
+//                                                                    transposed; no passes of its own)
 //   dv = reversed retention of (q=k, k=q, v=g) from dU_T            (state dU_n; its end is d kv0)
-// Storage float or bf16 (__nv_bfloat16); state, scale and accumulation always float. bf16 uses bf16 tensor-core
-// products (mma.sync m16n8k16), float uses three tf32 products per product (float accuracy).
+// Storage float or bf16 (__nv_bfloat16); state, scale and accumulation always float. bf16 runs on
+// scan_bf16_kernel (retention_scan_bf16.cuh, mma.sync m16n8k16); float on scan_kernel with three tf32 products
+// per product (float accuracy). geometry() picks the segment split; a single-segment bf16 run has no summary
+// pass and its outputs pass writes the final state.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
