@@ -35,6 +35,21 @@ inline int max_threads() {
 #endif
 }
 
+// a[j] = xr · wj over k elements, for four weight rows w0..w3 (the inner loop of the small-row kernels).
+template <class T>
+inline void dot4(const T* xr, const T* w0, const T* w1, const T* w2, const T* w3, int64_t k, T (&a)[4]) {
+  T a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+#pragma omp simd reduction(+ : a0, a1, a2, a3)
+  for (int64_t i = 0; i < k; ++i) {
+    const T xv = xr[i];
+    a0 += xv * w0[i];
+    a1 += xv * w1[i];
+    a2 += xv * w2[i];
+    a3 += xv * w3[i];
+  }
+  a[0] = a0, a[1] = a1, a[2] = a2, a[3] = a3;
+}
+
 // y[:, lo:hi] (=, +=) x · W[lo:hi]ᵀ for few rows of x: four weight rows at a time, each reused for all rows.
 template <class T>
 void small_rows_block(T* y, const T* x, const T* w, int64_t n, int64_t in, int64_t out, int64_t lo, int64_t hi,
@@ -46,22 +61,10 @@ void small_rows_block(T* y, const T* x, const T* w, int64_t n, int64_t in, int64
     const T* w2 = w1 + in;
     const T* w3 = w2 + in;
     for (int64_t r = 0; r < n; ++r) {
-      const T* xr = x + r * in;
-      T a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-#pragma omp simd reduction(+ : a0, a1, a2, a3)
-      for (int64_t i = 0; i < in; ++i) {
-        const T xv = xr[i];
-        a0 += xv * w0[i];
-        a1 += xv * w1[i];
-        a2 += xv * w2[i];
-        a3 += xv * w3[i];
-      }
+      T a[4];
+      dot4(x + r * in, w0, w1, w2, w3, in, a);
       T* yr = y + r * out + o;
-      if (accumulate) {
-        yr[0] += a0, yr[1] += a1, yr[2] += a2, yr[3] += a3;
-      } else {
-        yr[0] = a0, yr[1] = a1, yr[2] = a2, yr[3] = a3;
-      }
+      for (int j = 0; j < 4; ++j) yr[j] = accumulate ? yr[j] + a[j] : a[j];
     }
   }
   for (; o < hi; ++o) {

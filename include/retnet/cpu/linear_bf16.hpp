@@ -51,7 +51,7 @@ namespace cpu_detail {
 template <class T>
 inline void widen_bf16(T* dst, const uint16_t* src, int64_t k) {
 #pragma omp simd
-  for (int64_t i = 0; i < k; ++i) dst[i] = static_cast<T>(std::bit_cast<float>(static_cast<uint32_t>(src[i]) << 16));
+  for (int64_t i = 0; i < k; ++i) dst[i] = static_cast<T>(bf16_bits_to_float(src[i]));
 }
 
 #ifdef RETNET_BF16_AVX512
@@ -143,18 +143,10 @@ void small_rows_block_bf16(T* y, const T* x, const uint16_t* w, int64_t n, int64
       }
       const T *w0 = wf, *w1 = wf + K, *w2 = wf + 2 * K, *w3 = wf + 3 * K;
       for (int64_t r = 0; r < n; ++r) {
-        const T* xr = x + r * in + i0;
-        T a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-#pragma omp simd reduction(+ : a0, a1, a2, a3)
-        for (int64_t i = 0; i < k; ++i) {
-          const T xv = xr[i];
-          a0 += xv * w0[i];
-          a1 += xv * w1[i];
-          a2 += xv * w2[i];
-          a3 += xv * w3[i];
-        }
+        T a[4];
+        dot4(x + r * in + i0, w0, w1, w2, w3, k, a);
         T* ar = acc + 4 * r;
-        ar[0] += a0, ar[1] += a1, ar[2] += a2, ar[3] += a3;
+        for (int j = 0; j < 4; ++j) ar[j] += a[j];
       }
     }
     for (int64_t r = 0; r < n; ++r)
