@@ -1,6 +1,6 @@
-// Chunkwise retention on the GPU, forward and forward+backward, bf16 and float, raw mode (fla's semantics),
-// on the shapes of issue 4. Times with CUDA events (manual time); counters: FLOP/s, bytes/s and the fraction of
-// the roofline floor (790 TFLOP/s bf16 dense / 4.3 TB/s, the rates measured on the H200). fla is timed by
+// Chunkwise retention on the GPU, forward and forward+backward, bf16, float and float with allow_tf32, raw mode
+// (fla's semantics), on the shapes of issue 4. Times with CUDA events (manual time); counters: FLOP/s, bytes/s and the
+// fraction of the roofline floor (790 TFLOP/s bf16 dense / 4.3 TB/s, the rates measured on the H200). fla is timed by
 // bench/fla_bench.py in the same session.
 #include <benchmark/benchmark.h>
 #include <cuda_bf16.h>
@@ -51,8 +51,9 @@ void fill(void* dst, size_t n, uint32_t seed, float scale) {
   RETNET_CUDA_CHECK(cudaGetLastError());
 }
 
+// tf32: float storage with Cuda::allow_tf32 (one tf32 product per product, fla's float arithmetic).
 template <class E>
-void bm_retention(benchmark::State& state, bool backward) {
+void bm_retention(benchmark::State& state, bool backward, bool tf32 = false) {
   const int64_t B = state.range(0), T = state.range(1), H = state.range(2), D = state.range(3);
   const int64_t C = 64;
   retnet::RetentionOptions opt;
@@ -85,7 +86,7 @@ void bm_retention(benchmark::State& state, bool backward) {
   gi.dv = {static_cast<E*>(dv.p), s};
   cudaStream_t stream;
   RETNET_CUDA_CHECK(cudaStreamCreate(&stream));
-  const retnet::Cuda ctx{stream, nullptr};
+  const retnet::Cuda ctx{stream, nullptr, tf32};
   auto once = [&] {
     retnet::retention_forward(ctx, retnet::Form::chunkwise, cfg, in, out);
     if (backward) retnet::retention_backward(ctx, retnet::Form::chunkwise, cfg, in, go, gi);
@@ -140,6 +141,7 @@ void scaling(benchmark::internal::Benchmark* b) {
 
 void bm_bf16(benchmark::State& s, bool bwd) { bm_retention<__nv_bfloat16>(s, bwd); }
 void bm_f32(benchmark::State& s, bool bwd) { bm_retention<float>(s, bwd); }
+void bm_tf32(benchmark::State& s, bool bwd) { bm_retention<float>(s, bwd, true); }
 
 }  // namespace
 
@@ -147,6 +149,8 @@ BENCHMARK_CAPTURE(bm_bf16, fwd, false)->Apply(shapes);
 BENCHMARK_CAPTURE(bm_bf16, fwdbwd, true)->Apply(shapes);
 BENCHMARK_CAPTURE(bm_f32, fwd, false)->Apply(shapes);
 BENCHMARK_CAPTURE(bm_f32, fwdbwd, true)->Apply(shapes);
+BENCHMARK_CAPTURE(bm_tf32, fwd, false)->Apply(shapes);
+BENCHMARK_CAPTURE(bm_tf32, fwdbwd, true)->Apply(shapes);
 BENCHMARK_CAPTURE(bm_bf16, fwdbwd_scaling, true)->Apply(scaling);
 
 BENCHMARK_MAIN();

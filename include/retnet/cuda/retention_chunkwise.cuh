@@ -9,10 +9,10 @@
 //   dk = reversed retention of (q=v, k=g, v=q) from dU_T^T          (state dU_n^T: the dv run's states, read
 //                                                                    transposed; no passes of its own)
 //   dv = reversed retention of (q=k, k=q, v=g) from dU_T            (state dU_n; its end is d kv0)
-// Storage float or bf16 (__nv_bfloat16); state, scale and accumulation always float. bf16 runs on
-// scan_bf16_kernel (retention_scan_bf16.cuh, mma.sync m16n8k16); float on scan_kernel with three tf32 products
-// per product (float accuracy). geometry() picks the segment split; a single-segment bf16 run has no summary
-// pass and its outputs pass writes the final state.
+// Storage float or bf16 (__nv_bfloat16); state, scale and accumulation always float. Both run on
+// chunk_engine_kernel (retention_engine.cuh: bf16 mma.sync m16n8k16; float three tf32 products per product, float
+// accuracy); float with head size 256 on the generic scan_kernel. geometry() picks the segment split; a
+// single-segment engine run has no summary pass and its outputs pass writes the final state.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -28,8 +28,8 @@
 #include "retnet/core/retention_args.hpp"
 #include "retnet/core/tensor.hpp"
 #include "retnet/cuda/context.cuh"
+#include "retnet/cuda/retention_engine.cuh"
 #include "retnet/cuda/retention_scan.cuh"
-#include "retnet/cuda/retention_scan_bf16.cuh"
 
 namespace retnet {
 namespace cuda_detail {
@@ -96,7 +96,7 @@ inline int64_t target_blocks() {
 
 struct Geometry {
   int L, seg, NS;
-  bool single = false;  // one segment on the bf16 engine: no summary pass; the outputs pass writes the final state
+  bool single = false;  // one segment on the chunk engine: no summary pass; the outputs pass writes the final state
 };
 
 // Wide scan blocks (128 value columns, 16 warps, S = Q K^T computed once for them) where the value size is a
@@ -121,8 +121,8 @@ constexpr bool wide_fits() {
   }
 }
 
-// RETNET_CUDA_ENGINE=scan runs bf16 on the generic scan_kernel instead of scan_bf16_kernel (A/B switch).
-inline bool bf16_engine_enabled() {
+// RETNET_CUDA_ENGINE=scan runs everything on the generic scan_kernel instead of chunk_engine_kernel (A/B switch).
+inline bool engine_enabled() {
   static const bool v = [] {
     const char* e = std::getenv("RETNET_CUDA_ENGINE");
     return !(e && std::string_view(e) == "scan");
@@ -130,13 +130,12 @@ inline bool bf16_engine_enabled() {
   return v;
 }
 
-// The scan kernel a run uses: the bf16 engine (128 value columns per block where the key size is at most 128 and
-// the value size a multiple of 128, else 64), or the generic scan_kernel (float; bf16 with
-// RETNET_CUDA_ENGINE=scan), wide or narrow.
+// The scan kernel a run uses: the chunk engine with the widest value tile (128 or 64 columns) whose buffers fit,
+// or the generic scan_kernel where none fits (float with head size 256) or on request, wide or narrow.
 struct ScanKernel {
   const void* fn;
   int threads, bytes, vt;
-  bool writes_final;  // the outputs pass can end a single-segment run with the final state (bf16 engine)
+  bool writes_final;  // the outputs pass can end a single-segment run with the final state (chunk engine)
 };
 
 template <class E, int DQK, bool Summary, int VT>
@@ -147,20 +146,37 @@ ScanKernel generic_scan_kernel() {
   return {reinterpret_cast<const void*>(scan_kernel<P, DQK, LM, Summary, VT>), SM::NT, SM::bytes, VT, false};
 }
 
-template <int DQK, bool Summary, int VT>
-ScanKernel bf16_scan_kernel() {
-  return {reinterpret_cast<const void*>(scan_bf16_kernel<DQK, VT, Summary>), kBf16ScanThreads,
-          Bf16ScanSmem<DQK, VT, Summary>::bytes, VT, true};
+template <class Ops, int DQK, bool Summary, int VT>
+ScanKernel engine_scan_kernel() {
+  return {reinterpret_cast<const void*>(chunk_engine_kernel<Ops, DQK, VT, Summary>), kEngineThreads,
+          EngineSmem<Ops, DQK, VT, Summary>::bytes, VT, true};
 }
 
+// Whether the chunk engine runs (E, DQK) with value tile VT (both passes' buffers fit, chunk rows agree).
+template <class E, int DQK, int VT>
+constexpr bool engine_fits() {
+  using Ops = EngineOps<E>;
+  return chunk_rows<E, DQK> == kEngineRows && EngineSmem<Ops, DQK, VT, false>::fits &&
+         EngineSmem<Ops, DQK, VT, true>::fits;
+}
+
+// tf32: float storage with one tf32 product per product (Cuda::allow_tf32; the chunk engine only).
 template <class E, int DQK, bool Summary>
-ScanKernel pick_scan(int dv) {
-  if constexpr (std::is_same_v<E, __nv_bfloat16>) {
-    if (bf16_engine_enabled()) {
-      if constexpr (DQK <= 128) {
-        if (dv % 128 == 0) return bf16_scan_kernel<DQK, Summary, 128>();
+ScanKernel pick_scan(int dv, bool tf32) {
+  if (engine_enabled()) {
+    if constexpr (engine_fits<E, DQK, 128>()) {
+      if (dv % 128 == 0) {
+        if constexpr (std::is_same_v<E, float>) {
+          if (tf32) return engine_scan_kernel<EngineOpsTf32, DQK, Summary, 128>();
+        }
+        return engine_scan_kernel<EngineOps<E>, DQK, Summary, 128>();
       }
-      return bf16_scan_kernel<DQK, Summary, kVTile>();
+    }
+    if constexpr (engine_fits<E, DQK, kVTile>()) {
+      if constexpr (std::is_same_v<E, float>) {
+        if (tf32) return engine_scan_kernel<EngineOpsTf32, DQK, Summary, kVTile>();
+      }
+      return engine_scan_kernel<EngineOps<E>, DQK, Summary, kVTile>();
     }
   }
   if constexpr (wide_fits<E, DQK>()) {
@@ -181,7 +197,7 @@ inline int64_t concurrent_blocks(const ScanKernel& k) {
 
 template <class E, int DQK, bool Summary>
 void launch_scan(const Cuda& ctx, ScanParams sp, int64_t B, int H, HeadDecays dec) {
-  const ScanKernel k = pick_scan<E, DQK, Summary>(sp.dv);
+  const ScanKernel k = pick_scan<E, DQK, Summary>(sp.dv, ctx.allow_tf32);
   RETNET_CUDA_CHECK(cudaFuncSetAttribute(k.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, k.bytes));
   const dim3 grid(static_cast<unsigned>(sp.dv / k.vt), static_cast<unsigned>(sp.NS), static_cast<unsigned>(B * H));
   void* args[] = {&sp, &dec};
@@ -194,11 +210,11 @@ void launch_scan(const Cuda& ctx, ScanParams sp, int64_t B, int H, HeadDecays de
 // against chunks per block: it minimises (waves of outputs blocks) x (chunks per block + 2) + (waves of summary
 // blocks) x (0.35 x chunks per block + 1), the costs in units of one outputs chunk (measured on the H200: a
 // summary chunk costs about a third of an outputs chunk; a block's start, its first load and its state, about
-// two). The generic kernels (float) keep the former rule, about 1024 blocks of 64 value columns
-// (RETNET_CUDA_SCAN_BLOCKS=n: n blocks, for bf16 too): their timings do not move with the split, and shorter
-// segments keep the float state sums short enough for float accuracy (1e-5 at T = 16384).
+// two). Float at float accuracy (and the generic kernel) keeps the former rule, about 1024 blocks of 64 value
+// columns (RETNET_CUDA_SCAN_BLOCKS=n: n blocks, for bf16 too): shorter segments keep the float state sums short
+// enough for float accuracy (1e-5 at T = 16384). tf32: float with Cuda::allow_tf32, which takes the cost model.
 template <class E, int DQK>
-Geometry geometry(int dval, int64_t B, int64_t T, int H, int fixed_seg) {
+Geometry geometry(int dval, int64_t B, int64_t T, int H, int fixed_seg, bool tf32) {
   constexpr int L = chunk_rows<E, DQK>;
   Geometry g{L, 0, 0};
   const int64_t chunks = (T + L - 1) / L;
@@ -206,10 +222,11 @@ Geometry geometry(int dval, int64_t B, int64_t T, int H, int fixed_seg) {
   const int64_t cap = std::min(chunks, std::max<int64_t>(1, (target_blocks() + narrow_tiles - 1) / narrow_tiles));
   if (fixed_seg > 0) {
     g.seg = fixed_seg;
-  } else if (!std::is_same_v<E, __nv_bfloat16> || !bf16_engine_enabled() || std::getenv("RETNET_CUDA_SCAN_BLOCKS")) {
+  } else if (!(std::is_same_v<E, __nv_bfloat16> || tf32) || !engine_fits<E, DQK, kVTile>() || !engine_enabled() ||
+             std::getenv("RETNET_CUDA_SCAN_BLOCKS")) {
     g.seg = static_cast<int>((chunks + cap - 1) / cap * L);
   } else {
-    const ScanKernel out = pick_scan<E, DQK, false>(dval), sum = pick_scan<E, DQK, true>(dval);
+    const ScanKernel out = pick_scan<E, DQK, false>(dval, tf32), sum = pick_scan<E, DQK, true>(dval, tf32);
     const int64_t tiles = B * H * (dval / out.vt);
     const int64_t out_slots = concurrent_blocks(out), sum_slots = concurrent_blocks(sum);
     double best = 0;
@@ -231,7 +248,7 @@ Geometry geometry(int dval, int64_t B, int64_t T, int H, int fixed_seg) {
     g.seg = static_cast<int>(best_per * L);
   }
   g.NS = static_cast<int>((T + g.seg - 1) / g.seg);
-  g.single = g.NS == 1 && pick_scan<E, DQK, false>(dval).writes_final;
+  g.single = g.NS == 1 && pick_scan<E, DQK, false>(dval, tf32).writes_final;
   return g;
 }
 
@@ -246,7 +263,7 @@ void launch_prefix(const Cuda& ctx, const PrefixParams& pp, int64_t B, int H, co
 template <class E, int DQK>
 Geometry run_states_t(const Cuda& ctx, const Run& r, int64_t B, int64_t T, int H, const HeadDecays& dec,
                       float* states) {
-  const Geometry geo = geometry<E, DQK>(r.dval, B, T, H, r.seg);
+  const Geometry geo = geometry<E, DQK>(r.dval, B, T, H, r.seg, ctx.allow_tf32);
   ScanParams sp{};
   sp.q = r.q;
   sp.k = r.k;

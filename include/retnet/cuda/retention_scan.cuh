@@ -11,8 +11,9 @@
 //   3. scan_kernel<Summary=false>: per (segment, value tile), walks its chunks with the state tile in registers:
 //      O = diag(gamma^(i+1)) Q H + (Q K^T . Gamma) V, then H <- gamma^L H + K^T diag(gamma^(L-1-j)) V.
 // A `reverse` flag walks time backwards, which turns the same kernels into the backward pass (see
-// retention_chunkwise.cuh). Only the state at segment boundaries touches device memory. scan_kernel serves float
-// (and bf16 with RETNET_CUDA_ENGINE=scan); bf16 runs passes 1 and 3 on scan_bf16_kernel (retention_scan_bf16.cuh).
+// retention_chunkwise.cuh). Only the state at segment boundaries touches device memory. Passes 1 and 3 run on
+// chunk_engine_kernel (retention_engine.cuh); scan_kernel serves float with head size 256 (and everything with
+// RETNET_CUDA_ENGINE=scan).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 

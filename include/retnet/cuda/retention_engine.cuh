@@ -1,0 +1,539 @@
+#pragma once
+// The chunk engine: the same passes and contract as scan_kernel (retention_scan.cuh), with each chunk computed so
+// that the tensor cores, not shared memory and barriers, set the pace:
+//  * 8 warps. For the output, 4 row groups of 16 chunk rows x 2 halves of the value tile; each warp computes its
+//    rows of S = Q K^T only up to its diagonal (causal), masks and decays them in registers and feeds them to
+//    S V directly as A fragments (no trip through shared memory, no barrier).
+//  * one Q fragment per k step feeds both S = Q K^T and Q H.
+//  * the state update's decay diag(gamma^(L-1-j)) scales the V fragments in registers (no scaled copy of V).
+//  * the stage buffers and the copy of the state that Q H reads are double-buffered: one barrier per chunk.
+// Row groups pair up on the warp schedulers (warps w and w + 4 share one): group w and 3 - w, so that every
+// scheduler carries the same causal work.
+//
+// The storage type picks the arithmetic (EngineOps below):
+//   bf16 : mma.sync m16n8k16, ldmatrix from padded rows.
+//   float: mma.sync m16n8k8 in tf32 with three products per product (hi hi + hi lo + lo hi: float accuracy), or
+//          one (EngineOpsTf32, Cuda::allow_tf32), from XOR-swizzled rows (conflict-free both along and across
+//          rows, no padding: the double buffers fit). Within every 8 keys of S = Q K^T the keys are permuted so
+//          that the accumulators of S are already the A fragments of S V (no shuffles).
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <cstring>
+
+#include "retnet/cuda/mma.cuh"
+#include "retnet/cuda/retention_scan.cuh"
+
+namespace retnet::cuda_detail {
+
+inline constexpr int kEngineThreads = 256;
+inline constexpr int kEngineRows = 64;  // chunk rows
+
+__device__ __forceinline__ void ldsm_x4(uint32_t (&x)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(x[0]), "=r"(x[1]), "=r"(x[2]), "=r"(x[3])
+               : "r"(smem_addr(p)));
+}
+
+// x * w elementwise in bf16x2 (one HMUL2).
+__device__ __forceinline__ uint32_t mul_bf16x2(uint32_t x, uint32_t w) {
+  __nv_bfloat162 a, b;
+  static_assert(sizeof(a) == sizeof(x));
+  memcpy(&a, &x, sizeof(x));
+  memcpy(&b, &w, sizeof(w));
+  const __nv_bfloat162 r = __hmul2(a, b);
+  uint32_t out;
+  memcpy(&out, &r, sizeof(out));
+  return out;
+}
+
+__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+  const __nv_bfloat162 r = __floats2bfloat162_rn(lo, hi);
+  uint32_t out;
+  memcpy(&out, &r, sizeof(out));
+  return out;
+}
+
+template <class E>
+struct EngineOps;
+
+// Fragment access of the engine (g = lane / 4, t = lane % 4), for a shared buffer of W columns:
+//   lda_rows : A[m][k] = s(m0 + m, k0 + k)          (Q)
+//   lda_cols : A[m][k] = s(k0 + k, m0 + m)          (K^T of the state update)
+//   ldb_rows2: B[k][n] = s(n0 + key(n), k0 + k)     (K of S = Q K^T; two n8 blocks)
+//   ldb_cols2: B[k][n] = s(k0 + k, n0 + n)          (H, V; two n8 blocks), optionally times per-row weights
+//   key(nt, t, e1): the chunk key of accumulator column 2t + e1 of the n8 block nt of S
+//   scores_a : the A fragment of k step kt of S V from S's accumulators, f(nt, e) giving the masked values
+template <>
+struct EngineOps<__nv_bfloat16> {
+  using E = __nv_bfloat16;
+  using P = MmaBf16;
+  using A = P::A;
+  using B = P::B;
+  static constexpr int KS = 16, EPV = 8;
+  template <int W>
+  static constexpr int pitch = W + 8;
+  template <int W>
+  __device__ __forceinline__ static int at(int row, int col) {
+    return row * pitch<W> + col;
+  }
+  template <int W>
+  __device__ __forceinline__ static void lda_rows(A& a, const E* s, int m0, int k0, int lane) {
+    P::lda<false>(a, s, pitch<W>, m0, k0, lane);
+  }
+  template <int W>
+  __device__ __forceinline__ static void lda_cols(A& a, const E* s, int m0, int k0, int lane) {
+    P::lda<true>(a, s, pitch<W>, m0, k0, lane);
+  }
+  template <int W>
+  __device__ __forceinline__ static void ldb_rows2(B (&b)[2], const E* s, int n0, int k0, int lane) {
+    P::ldb2<false>(b, s, pitch<W>, n0, k0, lane);
+  }
+  template <int W>
+  __device__ __forceinline__ static void ldb_cols2(B (&b)[2], const E* s, int n0, int k0, int lane) {
+    P::ldb2<true>(b, s, pitch<W>, n0, k0, lane);
+  }
+  __device__ __forceinline__ static int key(int nt, int t, int e1) { return nt * 8 + 2 * t + e1; }
+
+  // Decay weights of the V rows this thread loads in k step kt: rows kt*16 + 2t + 8i + {0, 1}, as bf16 pairs.
+  template <int LM>
+  struct Weights {
+    uint32_t w[LM / KS][2];
+    template <class F>
+    __device__ __forceinline__ void set(int t, F&& weight) {
+#pragma unroll
+      for (int kt = 0; kt < LM / KS; ++kt)
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          const int j = kt * KS + 2 * t + 8 * i;
+          w[kt][i] = pack_bf16x2(weight(j), weight(j + 1));
+        }
+    }
+  };
+  template <int W, int LM>
+  __device__ __forceinline__ static void ldb_cols2_weighted(B (&b)[2], const E* s, int n0, int kt, int lane,
+                                                            const Weights<LM>& w) {
+    P::ldb2<true>(b, s, pitch<W>, n0, kt * KS, lane);
+#pragma unroll
+    for (int x = 0; x < 2; ++x) {
+      b[x].r[0] = mul_bf16x2(b[x].r[0], w.w[kt][0]);
+      b[x].r[1] = mul_bf16x2(b[x].r[1], w.w[kt][1]);
+    }
+  }
+  template <class F>
+  __device__ __forceinline__ static void scores_a(A& a, int kt, F&& f) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int nt = 2 * kt + half;
+      a.r[2 * half] = pack_bf16x2(f(nt, 0), f(nt, 1));
+      a.r[2 * half + 1] = pack_bf16x2(f(nt, 2), f(nt, 3));
+    }
+  }
+  // The copy of the state [DQK, VT] that Q H reads: stored as it is, read as B[k][n] = H(k0 + k, n0 + n).
+  template <int DQK, int VT>
+  __device__ __forceinline__ static void store_state(E* s, int row, int col, float x, float y) {
+    *reinterpret_cast<uint32_t*>(s + at<VT>(row, col)) = pack_bf16x2(x, y);
+  }
+  template <int DQK, int VT>
+  __device__ __forceinline__ static void ldb_state2(B (&b)[2], const E* s, int n0, int k0, int lane) {
+    ldb_cols2<VT>(b, s, n0, k0, lane);
+  }
+  template <int DQK, int VT>
+  static constexpr int state_elems = DQK* pitch<VT>;
+  template <int N>
+  __device__ __forceinline__ static void mma_n(float (&c)[N][4], const A& a, const B (&b)[N]) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) P::mma(c[i], a, b[i]);
+  }
+};
+
+// Float storage. Exact: three tf32 products per product (float accuracy, about 1e-6). Otherwise one tf32 product
+// of operands rounded to tf32 (about 1e-3 relative, as PyTorch's allow_tf32 and fla's float kernels).
+template <bool Exact>
+struct EngineOpsF32 {
+  using E = float;
+  struct A {
+    uint32_t hi[4], lo[4];
+  };
+  struct B {
+    uint32_t hi[2], lo[2];
+  };
+  static constexpr int KS = 8, EPV = 4;
+  template <int W>
+  static constexpr int pitch = W;
+  // Row r's columns are XOR-ed with 8 (r % 4) + 4 ((r / 4) % 2): eight rows at one column (ldmatrix) and four rows
+  // at eight columns (the fragments across rows) both fall on 32 distinct banks. Groups of 4 columns stay together.
+  __device__ __forceinline__ static int swz(int row) { return ((row & 3) << 3) | (row & 4); }
+  template <int W>
+  __device__ __forceinline__ static int at(int row, int col) {
+    static_assert(W % 32 == 0, "swizzled rows of a multiple of 32 floats");
+    return row * W + (col ^ swz(row));
+  }
+  // The same offsets written so that the part that moves with a fragment loop's step is a separate term (a
+  // constant once the loop is unrolled) and the rest is loop-invariant:
+  //   at_rows: row r8 + q with r8 % 8 == 0, q < 8 (the swizzle depends on q only);
+  //   at_cols: column c32 + c with c32 % 32 == 0, c < 32 (the swizzle stays within the 32 columns).
+  template <int W>
+  __device__ __forceinline__ static int at_rows(int r8, int q, int col) {
+    return r8 * W + (q * W + (col ^ swz(q)));
+  }
+  template <int W>
+  __device__ __forceinline__ static int at_cols(int row, int c32, int c) {
+    return c32 + (row * W + (c ^ swz(row)));
+  }
+  // x = hi + lo + O(2^-21 x) in tf32. mma.sync reads a tf32 operand from the upper 19 bits of the register and
+  // ignores the low 13, so x itself serves as hi (truncated), and lo is what the truncation drops (itself truncated
+  // by the mma): two instructions per split.
+  // Without Exact, hi is x rounded to tf32 (ties away from zero) and lo is not used.
+  __device__ __forceinline__ static void split(float x, uint32_t& hi, uint32_t& lo) {
+    if constexpr (Exact) {
+      hi = __float_as_uint(x);
+      lo = __float_as_uint(x - __uint_as_float(hi & 0xffffe000u));
+    } else {
+      hi = __float_as_uint(x) + 0x1000u;  // plus half a tf32 unit, then the mma's truncation: rounded to nearest
+      lo = 0;
+    }
+  }
+  template <int W>
+  __device__ __forceinline__ static void lda_rows(A& a, const E* s, int m0, int k0, int lane) {
+    const int mat = lane >> 3, r = lane & 7;
+    uint32_t x[4];
+    ldsm_x4(x, s + at_cols<W>(m0 + r + 8 * (mat & 1), k0 & ~31, (k0 & 31) + 4 * (mat >> 1)));
+#pragma unroll
+    for (int i = 0; i < 4; ++i) split(__uint_as_float(x[i]), a.hi[i], a.lo[i]);
+  }
+  template <int W>
+  __device__ __forceinline__ static void lda_cols(A& a, const E* s, int m0, int k0, int lane) {
+    const int g = lane >> 2, t = lane & 3;
+    split(s[at_rows<W>(k0, t, m0 + g)], a.hi[0], a.lo[0]);
+    split(s[at_rows<W>(k0, t, m0 + g + 8)], a.hi[1], a.lo[1]);
+    split(s[at_rows<W>(k0, t + 4, m0 + g)], a.hi[2], a.lo[2]);
+    split(s[at_rows<W>(k0, t + 4, m0 + g + 8)], a.hi[3], a.lo[3]);
+  }
+  // Column slot n of an n8 block holds key n / 2 + 4 (n % 2): accumulator columns 2t, 2t + 1 are keys t, t + 4,
+  // which are the k positions of the tf32 A fragment.
+  template <int W>
+  __device__ __forceinline__ static void ldb_rows2(B (&b)[2], const E* s, int n0, int k0, int lane) {
+    const int mat = lane >> 3, r = lane & 7;
+    uint32_t x[4];
+    ldsm_x4(x, s + at_cols<W>(n0 + 8 * (mat >> 1) + (r >> 1) + 4 * (r & 1), k0 & ~31, (k0 & 31) + 4 * (mat & 1)));
+    split(__uint_as_float(x[0]), b[0].hi[0], b[0].lo[0]);
+    split(__uint_as_float(x[1]), b[0].hi[1], b[0].lo[1]);
+    split(__uint_as_float(x[2]), b[1].hi[0], b[1].lo[0]);
+    split(__uint_as_float(x[3]), b[1].hi[1], b[1].lo[1]);
+  }
+  template <int W>
+  __device__ __forceinline__ static void ldb_cols2(B (&b)[2], const E* s, int n0, int k0, int lane) {
+    const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int x = 0; x < 2; ++x) {
+      split(s[at_rows<W>(k0, t, n0 + 8 * x + g)], b[x].hi[0], b[x].lo[0]);
+      split(s[at_rows<W>(k0, t + 4, n0 + 8 * x + g)], b[x].hi[1], b[x].lo[1]);
+    }
+  }
+  __device__ __forceinline__ static int key(int nt, int t, int e1) { return nt * 8 + t + 4 * e1; }
+
+  // Decay weights of the V rows this thread loads in k step kt: rows kt*8 + t and kt*8 + t + 4.
+  template <int LM>
+  struct Weights {
+    float w[LM / KS][2];
+    template <class F>
+    __device__ __forceinline__ void set(int t, F&& weight) {
+#pragma unroll
+      for (int kt = 0; kt < LM / KS; ++kt) {
+        w[kt][0] = weight(kt * KS + t);
+        w[kt][1] = weight(kt * KS + t + 4);
+      }
+    }
+  };
+  template <int W, int LM>
+  __device__ __forceinline__ static void ldb_cols2_weighted(B (&b)[2], const E* s, int n0, int kt, int lane,
+                                                            const Weights<LM>& w) {
+    const int g = lane >> 2, t = lane & 3, k0 = kt * KS;
+#pragma unroll
+    for (int x = 0; x < 2; ++x) {
+      split(s[at_rows<W>(k0, t, n0 + 8 * x + g)] * w.w[kt][0], b[x].hi[0], b[x].lo[0]);
+      split(s[at_rows<W>(k0, t + 4, n0 + 8 * x + g)] * w.w[kt][1], b[x].hi[1], b[x].lo[1]);
+    }
+  }
+  // The accumulators of block kt are (g, key t), (g, key t + 4), (g + 8, key t), (g + 8, key t + 4).
+  template <class F>
+  __device__ __forceinline__ static void scores_a(A& a, int kt, F&& f) {
+    split(f(kt, 0), a.hi[0], a.lo[0]);
+    split(f(kt, 2), a.hi[1], a.lo[1]);
+    split(f(kt, 1), a.hi[2], a.lo[2]);
+    split(f(kt, 3), a.hi[3], a.lo[3]);
+  }
+  // The copy of the state is stored transposed, [VT, DQK]: Q H then reads its B fragments with ldmatrix.
+  template <int DQK, int VT>
+  __device__ __forceinline__ static void store_state(E* s, int row, int col, float x, float y) {
+    s[at<DQK>(col, row)] = x;
+    s[at<DQK>(col + 1, row)] = y;
+  }
+  template <int DQK, int VT>
+  __device__ __forceinline__ static void ldb_state2(B (&b)[2], const E* s, int n0, int k0, int lane) {
+    const int mat = lane >> 3, r = lane & 7;
+    uint32_t x[4];
+    ldsm_x4(x, s + at_cols<DQK>(n0 + 8 * (mat >> 1) + r, k0 & ~31, (k0 & 31) + 4 * (mat & 1)));
+    split(__uint_as_float(x[0]), b[0].hi[0], b[0].lo[0]);
+    split(__uint_as_float(x[1]), b[0].hi[1], b[0].lo[1]);
+    split(__uint_as_float(x[2]), b[1].hi[0], b[1].lo[0]);
+    split(__uint_as_float(x[3]), b[1].hi[1], b[1].lo[1]);
+  }
+  template <int DQK, int VT>
+  static constexpr int state_elems = VT* DQK;
+  // The three products of N tiles, product by product: consecutive mma.sync never wait on each other.
+  template <int N>
+  __device__ __forceinline__ static void mma_n(float (&c)[N][4], const A& a, const B (&b)[N]) {
+    if constexpr (Exact) {
+#pragma unroll
+      for (int i = 0; i < N; ++i) mma1(c[i], a.lo, b[i].hi);
+#pragma unroll
+      for (int i = 0; i < N; ++i) mma1(c[i], a.hi, b[i].lo);
+    }
+#pragma unroll
+    for (int i = 0; i < N; ++i) mma1(c[i], a.hi, b[i].hi);
+  }
+  // Not volatile: the compiler may interleave these with the fragment loads of the next tiles.
+  __device__ __forceinline__ static void mma1(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+    asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  }
+};
+
+template <>
+struct EngineOps<float> : EngineOpsF32<true> {};
+
+// Float storage with one tf32 product per product (Cuda::allow_tf32).
+using EngineOpsTf32 = EngineOpsF32<false>;
+
+// Elements i and i + 1 of an array, as an array of two (fragment loads and mma.sync go by pairs of n8 blocks).
+template <class X, int N>
+__device__ __forceinline__ X (&pair(X (&x)[N], int i))[2] {
+  return *reinterpret_cast<X(*)[2]>(&x[i]);
+}
+
+template <class Ops, int DQK, int VT, bool Summary>
+struct EngineSmem {
+  using E = typename Ops::E;
+  static constexpr int LM = kEngineRows;
+  static constexpr int QK_ELEMS = LM * Ops::template pitch<DQK>, V_ELEMS = LM * Ops::template pitch<VT>;
+  static constexpr int STAGE = (Summary ? 1 : 2) * QK_ELEMS + V_ELEMS;
+  static constexpr int H_ELEMS = Summary ? 0 : Ops::template state_elems<DQK, VT>;
+  static constexpr int bytes = (2 * STAGE + 2 * H_ELEMS) * static_cast<int>(sizeof(E));
+  static constexpr bool fits = bytes <= 227 * 1024;
+};
+
+// grid (dv / VT, NS, B * H), block 256. The summary pass keeps only the state tile: two blocks per multiprocessor.
+// Ops: EngineOps<E> for storage type E, or EngineOpsTf32.
+template <class Ops, int DQK, int VT, bool Summary>
+__global__ void __launch_bounds__(kEngineThreads, Summary ? 2 : 1) chunk_engine_kernel(ScanParams p, HeadDecays dec) {
+  using E = typename Ops::E;
+  using SM = EngineSmem<Ops, DQK, VT, Summary>;
+  static_assert(SM::fits, "chunk engine: shared memory of one block");
+  constexpr int LM = SM::LM, STAGE = SM::STAGE, KS = Ops::KS;
+  constexpr int NT = kEngineThreads;
+  static_assert(VT == 64 || VT == 128, "value tile of 64 or 128 columns");
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  E* smem = reinterpret_cast<E*>(smem_raw);
+  E* Hs_base = smem + 2 * STAGE;
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, tq = lane & 3;
+  const int vt = blockIdx.x, s = blockIdx.y, bh = blockIdx.z;
+  const int b = bh / p.H, h = bh % p.H;
+  const int64_t T = p.T;
+  const float l2g = dec.log2g[h];
+  const int64_t seg_start = static_cast<int64_t>(s) * p.seg;
+  const int seg_len = static_cast<int>(min(static_cast<int64_t>(p.seg), T - seg_start));
+  const int nchunks = (seg_len + p.L - 1) / p.L;
+  const int H = p.H, dv = p.dv;
+  const E* __restrict__ qg = static_cast<const E*>(p.q);
+  const E* __restrict__ kg = static_cast<const E*>(p.k);
+  const E* __restrict__ vg = static_cast<const E*>(p.v);
+
+  auto phys = [&](int64_t pos) { return p.reverse ? T - 1 - pos : pos; };
+  auto stage_q = [&](int st) { return smem + st * STAGE; };
+  auto stage_k = [&](int st) { return Summary ? smem + st * STAGE : smem + st * STAGE + SM::QK_ELEMS; };
+  auto stage_v = [&](int st) { return stage_k(st) + SM::QK_ELEMS; };
+
+  // Each thread copies 16-byte pieces at a fixed column of rows r0, r0 + RSTEP, ...: the per-thread base
+  // pointers are set once, a chunk adds only its time offsets.
+  constexpr int EPV = Ops::EPV;
+  constexpr int QK_PIECES = DQK / EPV, V_PIECES = VT / EPV;
+  constexpr int QK_RSTEP = NT / QK_PIECES, V_RSTEP = NT / V_PIECES;
+  static_assert(NT % QK_PIECES == 0 && NT % V_PIECES == 0, "whole rows per pass of the loader");
+  const int qk_r0 = tid / QK_PIECES, qk_cc = (tid % QK_PIECES) * EPV;
+  const int v_r0 = tid / V_PIECES, v_cc = (tid % V_PIECES) * EPV;
+  const int64_t qk_step = static_cast<int64_t>(H) * DQK, v_step = static_cast<int64_t>(H) * dv;  // per time step
+  const int64_t qk_base = (static_cast<int64_t>(b) * T * H + h) * DQK + qk_cc;
+  const int64_t v_base = (static_cast<int64_t>(b) * T * H + h) * dv + vt * VT + v_cc;
+  auto load_chunk = [&](int c, int st) {
+    E* Qs = stage_q(st);
+    E* Ks = stage_k(st);
+    E* Vs = stage_v(st);
+    const int64_t c0 = seg_start + static_cast<int64_t>(c) * p.L;
+    const int len = min(p.L, seg_len - c * p.L);
+#pragma unroll
+    for (int r = qk_r0; r < LM; r += QK_RSTEP) {
+      const bool ok = r < len;
+      const int64_t off = qk_base + (ok ? phys(c0 + r) : 0) * qk_step;
+      if constexpr (!Summary) cp_async16(Qs + Ops::template at<DQK>(r, qk_cc), qg + off, ok ? 16 : 0);
+      cp_async16(Ks + Ops::template at<DQK>(r, qk_cc), kg + off, ok ? 16 : 0);
+    }
+#pragma unroll
+    for (int r = v_r0; r < LM; r += V_RSTEP) {
+      const bool ok = r < len;
+      const int64_t off = v_base + (ok ? phys(c0 + r) : 0) * v_step;
+      cp_async16(Vs + Ops::template at<VT>(r, v_cc), vg + off, ok ? 16 : 0);
+    }
+    cp_async_commit();
+  };
+
+  // State tile [DQK, VT] in registers: warps 4 (rows) x 2 (columns), each DQK/4 rows x VT/2 columns.
+  constexpr int HM = DQK / 64, HN = VT / 16;  // m16 and n8 tiles per warp
+  const int hw_m = (warp & 3) * (DQK / 4), hw_n = (warp >> 2) * (VT / 2);
+  float hacc[HM][HN][4];
+  float* __restrict__ st_g = p.states + (static_cast<int64_t>(bh) * p.NS + s) * DQK * dv + vt * VT;
+  // Entering state (row, col) of this block's tile; states_transposed: the buffer holds [dv, DQK] states.
+  auto state_at = [&](int row, int col) {
+    return p.states_transposed ? p.states[(static_cast<int64_t>(bh) * p.NS + s) * DQK * dv +
+                                          static_cast<int64_t>(vt * VT + col) * DQK + row]
+                               : st_g[static_cast<int64_t>(row) * dv + col];
+  };
+  for_each_acc(hacc, hw_m, hw_n, lane, [&](int row, int col, float& x) { x = Summary ? 0.f : state_at(row, col); });
+  // The copy of the state that Q H reads: Hs(c & 1) holds the state entering chunk c.
+  auto store_state = [&](E* Hs) {
+#pragma unroll
+    for (int mt = 0; mt < HM; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < HN; ++nt)
+#pragma unroll
+        for (int half = 0; half < 2; ++half)
+          Ops::template store_state<DQK, VT>(Hs, hw_m + mt * 16 + g + half * 8, hw_n + nt * 8 + 2 * tq,
+                                             hacc[mt][nt][2 * half], hacc[mt][nt][2 * half + 1]);
+  };
+  if constexpr (!Summary) store_state(Hs_base);
+
+  // Decay weights gamma^(len-1-j) of the state update for the V rows this thread loads; rows at or past len
+  // weigh 0.
+  typename Ops::template Weights<LM> w;
+  int w_len = -1;
+  auto set_weights = [&](int len) {
+    w.set(tq, [&](int j) { return j < len ? exp2f(static_cast<float>(len - 1 - j) * l2g) : 0.f; });
+    w_len = len;
+  };
+
+  // Output tile of this warp: chunk rows rg*16 .. +15, value columns ow_n .. ow_n + ON - 1.
+  constexpr int ON = VT / 2;
+  const int rg = warp < 4 ? warp : 7 - warp;
+  const int ow_m = rg * 16, ow_n = (warp >> 2) * ON;
+
+  load_chunk(0, 0);
+  for (int c = 0; c < nchunks; ++c) {
+    const int st = c & 1;
+    const E* Qs = stage_q(st);
+    const E* Ks = stage_k(st);
+    const E* Vs = stage_v(st);
+    const int len = min(p.L, seg_len - c * p.L);
+    cp_async_wait<0>();
+    __syncthreads();  // chunk c and Hs(c & 1) visible; everyone is past chunk c - 1
+    if (c + 1 < nchunks) load_chunk(c + 1, st ^ 1);
+    if (len != w_len) set_weights(len);
+
+    if constexpr (!Summary) {
+      const E* Hs = Hs_base + st * SM::H_ELEMS;
+      // S = Q K^T (columns up to the diagonal block) and O = Q H, one Q fragment per k step.
+      float sacc[LM / 8][4] = {};
+      float oacc[ON / 8][4] = {};
+#pragma unroll
+      for (int k0 = 0; k0 < DQK; k0 += KS) {
+        typename Ops::A a;
+        Ops::template lda_rows<DQK>(a, Qs, ow_m, k0, lane);
+#pragma unroll
+        for (int nt = 0; nt < LM / 8; nt += 2) {
+          if (nt < 2 * (rg + 1)) {
+            typename Ops::B bb[2];
+            Ops::template ldb_rows2<DQK>(bb, Ks, nt * 8, k0, lane);
+            Ops::mma_n(pair(sacc, nt), a, bb);
+          }
+        }
+        typename Ops::B hb[ON / 8];
+#pragma unroll
+        for (int nt = 0; nt < ON / 8; nt += 2)
+          Ops::template ldb_state2<DQK, VT>(pair(hb, nt), Hs, ow_n + nt * 8, k0, lane);
+        Ops::mma_n(oacc, a, hb);
+      }
+      // O rows decay by gamma^(i+1) from the entering state.
+      const float al0 = exp2f(static_cast<float>(ow_m + g + 1) * l2g);
+      const float al1 = exp2f(static_cast<float>(ow_m + g + 9) * l2g);
+#pragma unroll
+      for (int nt = 0; nt < ON / 8; ++nt) {
+        oacc[nt][0] *= al0;
+        oacc[nt][1] *= al0;
+        oacc[nt][2] *= al1;
+        oacc[nt][3] *= al1;
+      }
+      // O += (S . Gamma) V, the masked scores as A fragments straight from the accumulators.
+      auto masked = [&](int nt, int e) {
+        const int i = ow_m + g + (e >> 1) * 8, j = Ops::key(nt, tq, e & 1);
+        return i >= j ? sacc[nt][e] * exp2f(static_cast<float>(i - j) * l2g) : 0.f;
+      };
+#pragma unroll
+      for (int kt = 0; kt < LM / KS; ++kt) {
+        if (kt * KS < (rg + 1) * 16) {
+          typename Ops::A a;
+          Ops::scores_a(a, kt, masked);
+          typename Ops::B vb[ON / 8];
+#pragma unroll
+          for (int nt = 0; nt < ON / 8; nt += 2)
+            Ops::template ldb_cols2<VT>(pair(vb, nt), Vs, ow_n + nt * 8, kt * KS, lane);
+          Ops::mma_n(oacc, a, vb);
+        }
+      }
+      store_output_tile<E>(p, oacc, b, h, seg_start + static_cast<int64_t>(c) * p.L, len, ow_m, vt * VT + ow_n, lane);
+    }
+
+    // H <- gamma^len H + K^T diag(gamma^(len-1-j)) V (after its last chunk, the outputs pass needs the state only
+    // when it writes the final state)
+    if (Summary || c + 1 < nchunks || p.final_state) {
+      const float dl = exp2f(static_cast<float>(len) * l2g);
+#pragma unroll
+      for (int mt = 0; mt < HM; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < HN; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) hacc[mt][nt][e] *= dl;
+#pragma unroll
+      for (int kt = 0; kt < LM / KS; ++kt) {
+        typename Ops::B bb[HN];
+#pragma unroll
+        for (int nt = 0; nt < HN; nt += 2)
+          Ops::template ldb_cols2_weighted<VT>(pair(bb, nt), Vs, hw_n + nt * 8, kt, lane, w);
+#pragma unroll
+        for (int mt = 0; mt < HM; ++mt) {
+          typename Ops::A a;
+          Ops::template lda_cols<DQK>(a, Ks, hw_m + mt * 16, kt * KS, lane);
+          Ops::mma_n(hacc[mt], a, bb);
+        }
+      }
+    }
+    // The next chunk's copy of the state goes to the other buffer: its last readers finished chunk c - 1.
+    if constexpr (!Summary) {
+      if (c + 1 < nchunks) store_state(Hs_base + (st ^ 1) * SM::H_ELEMS);
+    }
+  }
+  if constexpr (Summary) {
+    for_each_acc(hacc, hw_m, hw_n, lane,
+                 [&](int row, int col, float& x) { st_g[static_cast<int64_t>(row) * dv + col] = x; });
+  } else if (p.final_state) {  // single segment: this walk ends the sequence
+    const float fm = final_multiplier(p.final_scale, p.s0 ? static_cast<double>(p.s0[bh]) : 0.0, dec.lng[h], T);
+    float* fs = p.final_state + static_cast<int64_t>(bh) * DQK * dv + vt * VT;
+    for_each_acc(hacc, hw_m, hw_n, lane,
+                 [&](int row, int col, float& x) { fs[static_cast<int64_t>(row) * dv + col] = x * fm; });
+  }
+}
+
+}  // namespace retnet::cuda_detail
