@@ -210,9 +210,9 @@ void launch_scan(const Cuda& ctx, ScanParams sp, int64_t B, int H, HeadDecays de
 // against chunks per block: it minimises (waves of outputs blocks) x (chunks per block + 2) + (waves of summary
 // blocks) x (0.35 x chunks per block + 1), the costs in units of one outputs chunk (measured on the H200: a
 // summary chunk costs about a third of an outputs chunk; a block's start, its first load and its state, about
-// two). Float at float accuracy (and the generic kernel) keeps the former rule, about 1024 blocks of 64 value
-// columns (RETNET_CUDA_SCAN_BLOCKS=n: n blocks, for bf16 too): shorter segments keep the float state sums short
-// enough for float accuracy (1e-5 at T = 16384). tf32: float with Cuda::allow_tf32, which takes the cost model.
+// two). The generic kernel (float with head size 256) keeps the former rule, about 1024 blocks of 64 value
+// columns (RETNET_CUDA_SCAN_BLOCKS=n: n blocks, for the engine too): its float state sums lose accuracy over long
+// segments (1e-5 at T = 16384 needs short ones). tf32: float with Cuda::allow_tf32.
 template <class E, int DQK>
 Geometry geometry(int dval, int64_t B, int64_t T, int H, int fixed_seg, bool tf32) {
   constexpr int L = chunk_rows<E, DQK>;
@@ -222,8 +222,7 @@ Geometry geometry(int dval, int64_t B, int64_t T, int H, int fixed_seg, bool tf3
   const int64_t cap = std::min(chunks, std::max<int64_t>(1, (target_blocks() + narrow_tiles - 1) / narrow_tiles));
   if (fixed_seg > 0) {
     g.seg = fixed_seg;
-  } else if (!(std::is_same_v<E, __nv_bfloat16> || tf32) || !engine_fits<E, DQK, kVTile>() || !engine_enabled() ||
-             std::getenv("RETNET_CUDA_SCAN_BLOCKS")) {
+  } else if (!engine_fits<E, DQK, kVTile>() || !engine_enabled() || std::getenv("RETNET_CUDA_SCAN_BLOCKS")) {
     g.seg = static_cast<int>((chunks + cap - 1) / cap * L);
   } else {
     const ScanKernel out = pick_scan<E, DQK, false>(dval, tf32), sum = pick_scan<E, DQK, true>(dval, tf32);

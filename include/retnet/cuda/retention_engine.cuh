@@ -72,6 +72,7 @@ struct EngineOps<__nv_bfloat16> {
   using A = P::A;
   using B = P::B;
   static constexpr int KS = 16, EPV = 8;
+  static constexpr bool kFreshDelta = false;  // the state update accumulates on the tensor cores
   template <int W>
   static constexpr int pitch = W + 8;
   template <int W>
@@ -160,6 +161,7 @@ struct EngineOpsF32 {
     uint32_t hi[2], lo[2];
   };
   static constexpr int KS = 8, EPV = 4;
+  static constexpr bool kFreshDelta = Exact;  // the state update adds each chunk's part in float (accuracy)
   template <int W>
   static constexpr int pitch = W;
   // Row r's columns are XOR-ed with 8 (r % 4) + 4 ((r / 4) % 2): eight rows at one column (ldmatrix) and four rows
@@ -326,10 +328,12 @@ struct EngineSmem {
   static constexpr bool fits = bytes <= 227 * 1024;
 };
 
-// grid (dv / VT, NS, B * H), block 256. The summary pass keeps only the state tile: two blocks per multiprocessor.
+// grid (dv / VT, NS, B * H), block 256. The summary pass keeps only the state tile: two blocks per multiprocessor
+// (one for exact float, whose fresh chunk accumulator would not fit in 128 registers).
 // Ops: EngineOps<E> for storage type E, or EngineOpsTf32.
 template <class Ops, int DQK, int VT, bool Summary>
-__global__ void __launch_bounds__(kEngineThreads, Summary ? 2 : 1) chunk_engine_kernel(ScanParams p, HeadDecays dec) {
+__global__ void __launch_bounds__(kEngineThreads, Summary && !Ops::kFreshDelta ? 2 : 1)
+    chunk_engine_kernel(ScanParams p, HeadDecays dec) {
   using E = typename Ops::E;
   using SM = EngineSmem<Ops, DQK, VT, Summary>;
   static_assert(SM::fits, "chunk engine: shared memory of one block");
@@ -500,23 +504,46 @@ __global__ void __launch_bounds__(kEngineThreads, Summary ? 2 : 1) chunk_engine_
     // when it writes the final state)
     if (Summary || c + 1 < nchunks || p.final_state) {
       const float dl = exp2f(static_cast<float>(len) * l2g);
-#pragma unroll
-      for (int mt = 0; mt < HM; ++mt)
-#pragma unroll
-        for (int nt = 0; nt < HN; ++nt)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) hacc[mt][nt][e] *= dl;
-#pragma unroll
-      for (int kt = 0; kt < LM / KS; ++kt) {
-        typename Ops::B bb[HN];
-#pragma unroll
-        for (int nt = 0; nt < HN; nt += 2)
-          Ops::template ldb_cols2_weighted<VT>(pair(bb, nt), Vs, hw_n + nt * 8, kt, lane, w);
+      if constexpr (Ops::kFreshDelta) {
+        // The chunk's contribution in a fresh accumulator, added in float: tensor-core accumulation into the
+        // (large) running state would lose low bits on every product, and the loss grows with the segment.
 #pragma unroll
         for (int mt = 0; mt < HM; ++mt) {
-          typename Ops::A a;
-          Ops::template lda_cols<DQK>(a, Ks, hw_m + mt * 16, kt * KS, lane);
-          Ops::mma_n(hacc[mt], a, bb);
+          float dacc[HN][4] = {};
+#pragma unroll
+          for (int kt = 0; kt < LM / KS; ++kt) {
+            typename Ops::B bb[HN];
+#pragma unroll
+            for (int nt = 0; nt < HN; nt += 2)
+              Ops::template ldb_cols2_weighted<VT>(pair(bb, nt), Vs, hw_n + nt * 8, kt, lane, w);
+            typename Ops::A a;
+            Ops::template lda_cols<DQK>(a, Ks, hw_m + mt * 16, kt * KS, lane);
+            Ops::mma_n(dacc, a, bb);
+          }
+#pragma unroll
+          for (int nt = 0; nt < HN; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) hacc[mt][nt][e] = fmaf(hacc[mt][nt][e], dl, dacc[nt][e]);
+        }
+      } else {
+#pragma unroll
+        for (int mt = 0; mt < HM; ++mt)
+#pragma unroll
+          for (int nt = 0; nt < HN; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) hacc[mt][nt][e] *= dl;
+#pragma unroll
+        for (int kt = 0; kt < LM / KS; ++kt) {
+          typename Ops::B bb[HN];
+#pragma unroll
+          for (int nt = 0; nt < HN; nt += 2)
+            Ops::template ldb_cols2_weighted<VT>(pair(bb, nt), Vs, hw_n + nt * 8, kt, lane, w);
+#pragma unroll
+          for (int mt = 0; mt < HM; ++mt) {
+            typename Ops::A a;
+            Ops::template lda_cols<DQK>(a, Ks, hw_m + mt * 16, kt * KS, lane);
+            Ops::mma_n(hacc[mt], a, bb);
+          }
         }
       }
     }
