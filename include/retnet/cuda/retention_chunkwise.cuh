@@ -19,8 +19,11 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <map>
+#include <mutex>
 #include <string_view>
 #include <type_traits>
+#include <utility>
 
 #include "retnet/core/checked.hpp"
 #include "retnet/core/config.hpp"
@@ -185,20 +188,29 @@ ScanKernel pick_scan(int dv, bool tf32) {
   return generic_scan_kernel<E, DQK, Summary, kVTile>();
 }
 
-// Blocks of kernel k that run at once on the current device.
+// Readies kernel k on the current device (its shared-memory limit) and returns how many of its blocks run at once
+// there. Both happen once per (kernel, device): every run asks, and the queries cost more host time than a small
+// run's launches.
 inline int64_t concurrent_blocks(const ScanKernel& k) {
-  RETNET_CUDA_CHECK(cudaFuncSetAttribute(k.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, k.bytes));
-  int per_sm = 0, dev = 0, sms = 0;
-  RETNET_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k.fn, k.threads, k.bytes));
+  int dev = 0;
   RETNET_CUDA_CHECK(cudaGetDevice(&dev));
+  static std::mutex mutex;
+  static std::map<std::pair<const void*, int>, int64_t> known;
+  const std::lock_guard<std::mutex> lock(mutex);
+  if (const auto it = known.find({k.fn, dev}); it != known.end()) return it->second;
+  RETNET_CUDA_CHECK(cudaFuncSetAttribute(k.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, k.bytes));
+  int per_sm = 0, sms = 0;
+  RETNET_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k.fn, k.threads, k.bytes));
   RETNET_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  return std::max<int64_t>(1, static_cast<int64_t>(per_sm) * sms);
+  const int64_t blocks = std::max<int64_t>(1, static_cast<int64_t>(per_sm) * sms);
+  known.emplace(std::make_pair(k.fn, dev), blocks);
+  return blocks;
 }
 
 template <class E, int DQK, bool Summary>
 void launch_scan(const Cuda& ctx, ScanParams sp, int64_t B, int H, HeadDecays dec) {
   const ScanKernel k = pick_scan<E, DQK, Summary>(sp.dv, ctx.allow_tf32);
-  RETNET_CUDA_CHECK(cudaFuncSetAttribute(k.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, k.bytes));
+  (void)concurrent_blocks(k);  // readies k on this device
   const dim3 grid(static_cast<unsigned>(sp.dv / k.vt), static_cast<unsigned>(sp.NS), static_cast<unsigned>(B * H));
   void* args[] = {&sp, &dec};
   RETNET_CUDA_CHECK(cudaLaunchKernel(k.fn, grid, dim3(static_cast<unsigned>(k.threads)), args,

@@ -401,13 +401,9 @@ __global__ void __launch_bounds__(kEngineThreads, Summary && !Ops::kFreshDelta ?
   const int hw_m = (warp & 3) * (DQK / 4), hw_n = (warp >> 2) * (VT / 2);
   float hacc[HM][HN][4];
   float* __restrict__ st_g = p.states + (static_cast<int64_t>(bh) * p.NS + s) * DQK * dv + vt * VT;
-  // Entering state (row, col) of this block's tile; states_transposed: the buffer holds [dv, DQK] states.
-  auto state_at = [&](int row, int col) {
-    return p.states_transposed ? p.states[(static_cast<int64_t>(bh) * p.NS + s) * DQK * dv +
-                                          static_cast<int64_t>(vt * VT + col) * DQK + row]
-                               : st_g[static_cast<int64_t>(row) * dv + col];
-  };
-  for_each_acc(hacc, hw_m, hw_n, lane, [&](int row, int col, float& x) { x = Summary ? 0.f : state_at(row, col); });
+  for_each_acc(hacc, hw_m, hw_n, lane, [&](int row, int col, float& x) {
+    x = Summary ? 0.f : entering_state<DQK>(p, bh, s, vt * VT, row, col);
+  });
   // The copy of the state that Q H reads: Hs(c & 1) holds the state entering chunk c.
   auto store_state = [&](E* Hs) {
 #pragma unroll

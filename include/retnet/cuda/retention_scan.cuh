@@ -77,6 +77,15 @@ struct ScanParams {
   FinalScale final_scale;
 };
 
+// Entering state (row, col) of the value tile at column v0, segment s, (batch, head) bh; with
+// p.states_transposed the buffer holds [dv, DQK] states (another run's).
+template <int DQK>
+__device__ __forceinline__ float entering_state(const ScanParams& p, int bh, int s, int v0, int row, int col) {
+  const int64_t base = (static_cast<int64_t>(bh) * p.NS + s) * DQK * p.dv;
+  return p.states_transposed ? p.states[base + static_cast<int64_t>(v0 + col) * DQK + row]
+                             : p.states[base + static_cast<int64_t>(row) * p.dv + v0 + col];
+}
+
 // f(row, col, value) for every element of a warp's m16n8 accumulator tiles acc[M][N] whose origin is (m0, n0).
 template <int M, int N, class F>
 __device__ __forceinline__ void for_each_acc(float (&acc)[M][N][4], int m0, int n0, int lane, F&& f) {
@@ -212,13 +221,9 @@ __global__ void __launch_bounds__((ScanSmem<P, DQK, LM, Summary, VT>::NT),
   const int hw_m = (warp & 3) * (DQK / 4), hw_n = (warp >> 2) * 32;
   float hacc[HM][4][4];
   float* __restrict__ st_g = p.states + (static_cast<int64_t>(bh) * p.NS + s) * DQK * dv + vt * VT;
-  // Entering state (row, col) of this block's tile; states_transposed: the buffer holds [dv, DQK] states.
-  auto state_at = [&](int row, int col) {
-    return p.states_transposed ? p.states[(static_cast<int64_t>(bh) * p.NS + s) * DQK * dv +
-                                          static_cast<int64_t>(vt * VT + col) * DQK + row]
-                               : st_g[static_cast<int64_t>(row) * dv + col];
-  };
-  for_each_acc(hacc, hw_m, hw_n, lane, [&](int row, int col, float& x) { x = Summary ? 0.f : state_at(row, col); });
+  for_each_acc(hacc, hw_m, hw_n, lane, [&](int row, int col, float& x) {
+    x = Summary ? 0.f : entering_state<DQK>(p, bh, s, vt * VT, row, col);
+  });
   if constexpr (!Summary) {
     for_each_acc(hacc, hw_m, hw_n, lane, [&](int row, int col, float& x) { Hs[row * LDV + col] = P::from_float(x); });
   }
