@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build, GPU tests, benchmarks, fla, sanitizers. Stages by name:
-#   bench/cuda/gpu_run.sh build test fallback bench bench-scan bench-narrow fla memcheck racecheck
-# (bench-scan times bf16 on the generic scan kernel, RETNET_CUDA_ENGINE=scan; bench-ab with the environment
-# settings in $AB, e.g. AB=RETNET_CUDA_BF16_WARPS=16; bench-narrow the narrow scan
-# blocks, RETNET_CUDA_WIDE=0: A/B runs in the same call)
+#   bench/cuda/gpu_run.sh build test test-scan bench bench-scan bench-ab fla memcheck racecheck
+# (test-scan and bench-scan run on the generic scan kernel, RETNET_CUDA_ENGINE=scan; bench-ab with the environment
+# settings in $AB, e.g. AB=RETNET_CUDA_SCAN_BLOCKS=512: A/B runs in the same call)
 # Expects .gpu-debs (and .peers/fla-src for fla) carried along; logs go to $OUT.
 set -o pipefail
 OUT=${OUT:-/tmp/out}
@@ -21,13 +20,10 @@ for stage in "$@"; do
         { grep -E "error" -A3 "$OUT/build.log" | head -60; exit 1; }
       grep -E "registers|spill" "$OUT/build.log" | sort | uniq -c | sort -rn | head -12 ;;
     test) $B/tests/cuda/test_cuda ${TEST_FILTER:-} 2>&1 | tee "$OUT/test.log" | tail -60 ;;
-    # fallback: only when the default (wide blocks) failed, the same tests on the narrow blocks
-    fallback) grep -q "All tests passed" "$OUT/test.log" ||
-      RETNET_CUDA_WIDE=0 $B/tests/cuda/test_cuda ${TEST_FILTER:-} 2>&1 | tee "$OUT/test_narrow.log" | tail -30 ;;
+    test-scan) RETNET_CUDA_ENGINE=scan $B/tests/cuda/test_cuda "${TEST_FILTER:-~[tf32]}" 2>&1 | tee "$OUT/test_scan.log" | tail -30 ;;
     bench) $B/bench/cuda/bench_cuda_retention --benchmark_counters_tabular=true ${BENCH_FILTER:+--benchmark_filter=$BENCH_FILTER} 2>&1 | tee "$OUT/bench.log" | grep -v "^-" ;;
     bench-scan) RETNET_CUDA_ENGINE=scan $B/bench/cuda/bench_cuda_retention --benchmark_counters_tabular=true --benchmark_filter="${SCAN_FILTER:-bm_bf16/fwd(bwd)?/}" 2>&1 | tee "$OUT/bench_scan.log" | grep -v "^-" ;;
     bench-ab) env $AB $B/bench/cuda/bench_cuda_retention --benchmark_counters_tabular=true --benchmark_filter="${AB_FILTER:-bm_bf16/fwd(bwd)?/}" 2>&1 | tee "$OUT/bench_ab.log" | grep -v "^-" ;;
-    bench-narrow) RETNET_CUDA_WIDE=0 $B/bench/cuda/bench_cuda_retention --benchmark_counters_tabular=true --benchmark_filter="${NARROW_FILTER:-bm_bf16/fwd(bwd)?/}" 2>&1 | tee "$OUT/bench_narrow.log" | grep -v "^-" ;;
     fla) PYTHONPATH=$PWD/.peers/fla-src PYTHONUNBUFFERED=1 python3 bench/fla_bench.py "$OUT/fla.json" 2>&1 | tee "$OUT/fla.log" | tail -30 ;;
     memcheck) compute-sanitizer --tool memcheck --error-exitcode 3 $B/tests/cuda/test_cuda "[step],[errors]" 2>&1 | tail -5;
       SANITIZE=1 compute-sanitizer --tool memcheck --error-exitcode 3 $B/tests/cuda/test_cuda "[sanitize]" 2>&1 | tee "$OUT/memcheck.log" | tail -8 ;;

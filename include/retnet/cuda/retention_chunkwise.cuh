@@ -102,28 +102,6 @@ struct Geometry {
   bool single = false;  // one segment on the chunk engine: no summary pass; the outputs pass writes the final state
 };
 
-// Wide scan blocks (128 value columns, 16 warps, S = Q K^T computed once for them) where the value size is a
-// multiple of 128 and the output kernel double-buffers in one block per multiprocessor (bf16 with head size 64
-// or 128, float with 64). RETNET_CUDA_WIDE=0 selects the narrow blocks everywhere (A/B switch).
-inline bool wide_enabled() {
-  static const bool v = [] {
-    const char* e = std::getenv("RETNET_CUDA_WIDE");
-    return !(e && e[0] == '0');
-  }();
-  return v;
-}
-
-template <class E, int DQK>
-constexpr bool wide_fits() {
-  using P = typename MmaFor<E>::type;
-  constexpr int LM = chunk_rows<E, DQK>;
-  if constexpr (LM != 64) {
-    return false;
-  } else {
-    return ScanSmem<P, DQK, LM, false, kWideVTile>::STAGES == 2;
-  }
-}
-
 // RETNET_CUDA_ENGINE=scan runs everything on the generic scan_kernel instead of chunk_engine_kernel (A/B switch).
 inline bool engine_enabled() {
   static const bool v = [] {
@@ -134,19 +112,19 @@ inline bool engine_enabled() {
 }
 
 // The scan kernel a run uses: the chunk engine with the widest value tile (128 or 64 columns) whose buffers fit,
-// or the generic scan_kernel where none fits (float with head size 256) or on request, wide or narrow.
+// or the generic scan_kernel where none fits (float with head size 256) or on request.
 struct ScanKernel {
   const void* fn;
   int threads, bytes, vt;
   bool writes_final;  // the outputs pass can end a single-segment run with the final state (chunk engine)
 };
 
-template <class E, int DQK, bool Summary, int VT>
+template <class E, int DQK, bool Summary>
 ScanKernel generic_scan_kernel() {
   using P = typename MmaFor<E>::type;
   constexpr int LM = chunk_rows<E, DQK>;
-  using SM = ScanSmem<P, DQK, LM, Summary, VT>;
-  return {reinterpret_cast<const void*>(scan_kernel<P, DQK, LM, Summary, VT>), SM::NT, SM::bytes, VT, false};
+  return {reinterpret_cast<const void*>(scan_kernel<P, DQK, LM, Summary>), kThreads,
+          ScanSmem<P, DQK, LM, Summary>::bytes, kVTile, false};
 }
 
 template <class Ops, int DQK, bool Summary, int VT>
@@ -182,10 +160,7 @@ ScanKernel pick_scan(int dv, bool tf32) {
       return engine_scan_kernel<EngineOps<E>, DQK, Summary, kVTile>();
     }
   }
-  if constexpr (wide_fits<E, DQK>()) {
-    if (wide_enabled() && dv % kWideVTile == 0) return generic_scan_kernel<E, DQK, Summary, kWideVTile>();
-  }
-  return generic_scan_kernel<E, DQK, Summary, kVTile>();
+  return generic_scan_kernel<E, DQK, Summary>();
 }
 
 // Readies kernel k on the current device (its shared-memory limit) and returns how many of its blocks run at once

@@ -25,11 +25,8 @@
 namespace retnet::cuda_detail {
 
 inline constexpr int kMaxHeads = 256;
-inline constexpr int kThreads = 256;  // 8 warps per scan block of kVTile value columns
-inline constexpr int kVTile = 64;     // value columns per block (narrow blocks)
-// Wide blocks: 2 * kVTile value columns and 2 * kThreads threads. Every warp keeps the tile sizes of a narrow
-// block, but S = Q K^T (and the loads of Q and K) are shared by twice as many value columns.
-inline constexpr int kWideVTile = 2 * kVTile;
+inline constexpr int kThreads = 256;  // 8 warps per scan_kernel block of kVTile value columns
+inline constexpr int kVTile = 64;     // value columns per scan_kernel block
 
 struct HeadDecays {
   float log2g[kMaxHeads];  // log2(gamma_h)
@@ -127,11 +124,10 @@ __device__ __forceinline__ void store_output_tile(const ScanParams& p, const flo
   }
 }
 
-template <class P, int DQK, int LM, bool Summary, int VT = kVTile>
+template <class P, int DQK, int LM, bool Summary>
 struct ScanSmem {
   using E = typename P::T;
-  static constexpr bool kWide = VT != kVTile;
-  static constexpr int NT = kWide ? 2 * kThreads : kThreads;  // threads per block
+  static constexpr int VT = kVTile;
   static constexpr int PAD = 16 / sizeof(E);
   static constexpr int LDQ = DQK + PAD, LDV = VT + PAD, LDA = LM + PAD;
   static constexpr int QK_ELEMS = LM * LDQ, V_ELEMS = LM * LDV;
@@ -143,29 +139,24 @@ struct ScanSmem {
   static constexpr int stage_bytes = STAGE * static_cast<int>(sizeof(E));
   // Two blocks per multiprocessor beat double buffering inside one block: double-buffer only where two
   // double-buffered blocks still fit, else single-buffer where that gives two blocks, else whatever fits.
-  // Wide blocks (16 warps, up to 128 registers per thread) run one per multiprocessor: double-buffer where it
-  // fits.
   static constexpr int kSmemPerSm = 227 * 1024;
-  static constexpr int STAGES = kWide ? (2 * stage_bytes + fixed_bytes <= kSmemPerSm ? 2 : 1)
-                                : 2 * (2 * stage_bytes + fixed_bytes + 1024) <= kSmemPerSm ? 2
-                                : 2 * (stage_bytes + fixed_bytes + 1024) <= kSmemPerSm     ? 1
-                                : 2 * stage_bytes + fixed_bytes <= kSmemPerSm              ? 2
-                                                                                           : 1;
-  static constexpr int min_blocks = !kWide && 2 * (STAGES * stage_bytes + fixed_bytes + 1024) <= kSmemPerSm ? 2 : 1;
+  static constexpr int STAGES = 2 * (2 * stage_bytes + fixed_bytes + 1024) <= kSmemPerSm ? 2
+                                : 2 * (stage_bytes + fixed_bytes + 1024) <= kSmemPerSm   ? 1
+                                : 2 * stage_bytes + fixed_bytes <= kSmemPerSm            ? 2
+                                                                                         : 1;
+  static constexpr int min_blocks = 2 * (STAGES * stage_bytes + fixed_bytes + 1024) <= kSmemPerSm ? 2 : 1;
   static constexpr int bytes = (STAGES * STAGE + H_ELEMS + A_ELEMS + VB_ELEMS) * static_cast<int>(sizeof(E));
 };
 
-// grid (dv / VT, NS, B * H), block SM::NT (256 for VT = 64, 512 for VT = 128).
-template <class P, int DQK, int LM, bool Summary, int VT = kVTile>
-__global__ void __launch_bounds__((ScanSmem<P, DQK, LM, Summary, VT>::NT),
-                                  (ScanSmem<P, DQK, LM, Summary, VT>::min_blocks))
+// grid (dv / kVTile, NS, B * H), block kThreads.
+template <class P, int DQK, int LM, bool Summary>
+__global__ void __launch_bounds__(kThreads, (ScanSmem<P, DQK, LM, Summary>::min_blocks))
     scan_kernel(ScanParams p, HeadDecays dec) {
   using E = typename P::T;
-  using SM = ScanSmem<P, DQK, LM, Summary, VT>;
+  using SM = ScanSmem<P, DQK, LM, Summary>;
   constexpr int LDQ = SM::LDQ, LDV = SM::LDV, LDA = SM::LDA, STAGE = SM::STAGE, NST = SM::STAGES;
-  constexpr int KS = P::KS;
-  constexpr int NT = SM::NT, NW = NT / 32;  // threads, warps
-  static_assert(VT == kVTile || VT == kWideVTile, "value tile of 64 or 128 columns");
+  constexpr int KS = P::KS, VT = kVTile;
+  constexpr int NT = kThreads, NW = NT / 32;  // threads, warps
   static_assert(NW / 4 * 32 == VT, "state tile: 4 row groups x 32-column groups of warps cover the value tile");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   E* smem = reinterpret_cast<E*>(smem_raw);
