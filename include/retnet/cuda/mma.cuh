@@ -4,6 +4,7 @@
 //   MmaBf16 : bf16 operands in shared memory, mma.sync m16n8k16 with float accumulators (ldmatrix loads).
 //   MmaTf32x3 : float operands in shared memory, mma.sync m16n8k8 in tf32 with the 3-term split
 //               (a_hi b_hi + a_hi b_lo + a_lo b_hi), which keeps float accuracy (about 1e-6 relative).
+//   MmaTf32 : the same with one tf32 product (Cuda::allow_tf32, about 1e-3 relative).
 //
 // Fragment loaders take a shared-memory tile, its leading dimension (elements) and the fragment origin:
 //   lda<false>: A stored row-major [m][k];   lda<true>: A stored transposed [k][m]
@@ -141,6 +142,44 @@ struct MmaTf32x3 {
     mma1(c, a.hi, b.lo);
     mma1(c, a.hi, b.hi);
   }
+  __device__ __forceinline__ static T from_float(float x) { return x; }
+  __device__ __forceinline__ static float to_float(T x) { return x; }
+};
+
+// Float operands as one tf32 product (Cuda::allow_tf32): rounded to tf32 by adding half a tf32 unit (the mma
+// ignores the low 13 bits).
+struct MmaTf32 {
+  using T = float;
+  static constexpr int KS = 8;
+  struct A {
+    uint32_t r[4];
+  };
+  struct B {
+    uint32_t r[2];
+  };
+  __device__ __forceinline__ static uint32_t round(float x) { return __float_as_uint(x) + 0x1000u; }
+  template <bool Trans>
+  __device__ __forceinline__ static void lda(A& a, const T* s, int ld, int m0, int k0, int lane) {
+    const int g = lane >> 2, t = lane & 3;
+    auto at = [&](int m, int k) { return Trans ? s[(k0 + k) * ld + m0 + m] : s[(m0 + m) * ld + k0 + k]; };
+    a.r[0] = round(at(g, t));
+    a.r[1] = round(at(g + 8, t));
+    a.r[2] = round(at(g, t + 4));
+    a.r[3] = round(at(g + 8, t + 4));
+  }
+  template <bool Trans>
+  __device__ __forceinline__ static void ldb1(B& b, const T* s, int ld, int n0, int k0, int lane) {
+    const int g = lane >> 2, t = lane & 3;
+    auto at = [&](int k, int n) { return Trans ? s[(k0 + k) * ld + n0 + n] : s[(n0 + n) * ld + k0 + k]; };
+    b.r[0] = round(at(t, g));
+    b.r[1] = round(at(t + 4, g));
+  }
+  template <bool Trans>
+  __device__ __forceinline__ static void ldb2(B (&b)[2], const T* s, int ld, int n0, int k0, int lane) {
+    ldb1<Trans>(b[0], s, ld, n0, k0, lane);
+    ldb1<Trans>(b[1], s, ld, n0 + 8, k0, lane);
+  }
+  __device__ __forceinline__ static void mma(float (&c)[4], const A& a, const B& b) { MmaTf32x3::mma1(c, a.r, b.r); }
   __device__ __forceinline__ static T from_float(float x) { return x; }
   __device__ __forceinline__ static float to_float(T x) { return x; }
 };

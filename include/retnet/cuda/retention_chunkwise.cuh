@@ -119,9 +119,8 @@ struct ScanKernel {
   bool writes_final;  // the outputs pass can end a single-segment run with the final state (chunk engine)
 };
 
-template <class E, int DQK, bool Summary>
+template <class E, int DQK, bool Summary, class P = typename MmaFor<E>::type>
 ScanKernel generic_scan_kernel() {
-  using P = typename MmaFor<E>::type;
   constexpr int LM = chunk_rows<E, DQK>;
   return {reinterpret_cast<const void*>(scan_kernel<P, DQK, LM, Summary>), kThreads,
           ScanSmem<P, DQK, LM, Summary>::bytes, kVTile, false};
@@ -141,7 +140,7 @@ constexpr bool engine_fits() {
          EngineSmem<Ops, DQK, VT, true>::fits;
 }
 
-// tf32: float storage with one tf32 product per product (Cuda::allow_tf32; the chunk engine only).
+// tf32: float storage with one tf32 product per product (Cuda::allow_tf32).
 template <class E, int DQK, bool Summary>
 ScanKernel pick_scan(int dv, bool tf32) {
   if (engine_enabled()) {
@@ -159,6 +158,9 @@ ScanKernel pick_scan(int dv, bool tf32) {
       }
       return engine_scan_kernel<EngineOps<E>, DQK, Summary, kVTile>();
     }
+  }
+  if constexpr (std::is_same_v<E, float>) {
+    if (tf32) return generic_scan_kernel<E, DQK, Summary, MmaTf32>();
   }
   return generic_scan_kernel<E, DQK, Summary>();
 }
