@@ -62,9 +62,12 @@ struct EngineOps;
 //   lda_rows : A[m][k] = s(m0 + m, k0 + k)          (Q)
 //   lda_cols : A[m][k] = s(k0 + k, m0 + m)          (K^T of the state update)
 //   ldb_rows2: B[k][n] = s(n0 + key(n), k0 + k)     (K of S = Q K^T; two n8 blocks)
-//   ldb_cols2: B[k][n] = s(k0 + k, n0 + n)          (H, V; two n8 blocks), optionally times per-row weights
+//   ldb_cols2: B[k][n] = s(k0 + k, n0 + n)          (V; two n8 blocks), optionally times per-row weights
+//   store_state, ldb_state2: the copy of the state [DQK, VT] that Q H reads (B[k][n] = H(k0 + k, n0 + n)), in
+//              the layout that suits the type
 //   key(nt, t, e1): the chunk key of accumulator column 2t + e1 of the n8 block nt of S
 //   scores_a : the A fragment of k step kt of S V from S's accumulators, f(nt, e) giving the masked values
+//   mma_n    : acc[i] += A B[i] for N n8 blocks
 template <>
 struct EngineOps<__nv_bfloat16> {
   using E = __nv_bfloat16;
