@@ -100,6 +100,7 @@ inline int64_t target_blocks() {
 struct Geometry {
   int L, seg, NS;
   bool single = false;  // one segment on the chunk engine: no summary pass; the outputs pass writes the final state
+  bool narrow = false;  // 64 value columns per block where 128 would fit
 };
 
 // RETNET_CUDA_ENGINE=scan runs everything on the generic scan_kernel instead of chunk_engine_kernel (A/B switch).
@@ -140,12 +141,13 @@ constexpr bool engine_fits() {
          EngineSmem<Ops, DQK, VT, true>::fits;
 }
 
-// tf32: float storage with one tf32 product per product (Cuda::allow_tf32).
+// tf32: float storage with one tf32 product per product (Cuda::allow_tf32); narrow: 64 value columns per block
+// even where 128 fit (more blocks for short runs, see geometry()).
 template <class E, int DQK, bool Summary>
-ScanKernel pick_scan(int dv, bool tf32) {
+ScanKernel pick_scan(int dv, bool tf32, bool narrow) {
   if (engine_enabled()) {
     if constexpr (engine_fits<E, DQK, 128>()) {
-      if (dv % 128 == 0) {
+      if (dv % 128 == 0 && !narrow) {
         if constexpr (std::is_same_v<E, float>) {
           if (tf32) return engine_scan_kernel<EngineOpsTf32, DQK, Summary, 128>();
         }
@@ -185,8 +187,8 @@ inline int64_t concurrent_blocks(const ScanKernel& k) {
 }
 
 template <class E, int DQK, bool Summary>
-void launch_scan(const Cuda& ctx, ScanParams sp, int64_t B, int H, HeadDecays dec) {
-  const ScanKernel k = pick_scan<E, DQK, Summary>(sp.dv, ctx.allow_tf32);
+void launch_scan(const Cuda& ctx, ScanParams sp, int64_t B, int H, HeadDecays dec, bool narrow) {
+  const ScanKernel k = pick_scan<E, DQK, Summary>(sp.dv, ctx.allow_tf32, narrow);
   (void)concurrent_blocks(k);  // readies k on this device
   const dim3 grid(static_cast<unsigned>(sp.dv / k.vt), static_cast<unsigned>(sp.NS), static_cast<unsigned>(B * H));
   void* args[] = {&sp, &dec};
@@ -202,6 +204,21 @@ void launch_scan(const Cuda& ctx, ScanParams sp, int64_t B, int H, HeadDecays de
 // two). The generic kernel (float with head size 256) keeps the former rule, about 1024 blocks of 64 value
 // columns (RETNET_CUDA_SCAN_BLOCKS=n: n blocks, for the engine too): its float state sums lose accuracy over long
 // segments (1e-5 at T = 16384 needs short ones). tf32: float with Cuda::allow_tf32.
+// Where both fit, the split is chosen for 128 and for 64 value columns per block, a narrow block's chunk counted
+// as kNarrowChunkCost of a wide one's: short runs with few (batch, head) pairs fill the machine with narrow blocks
+// in one segment rather than wide blocks in several. Measured on the H200 with each width forced (bf16, B = 4,
+// H = 16, D = 128, fwd+bwd): narrow wins at T = 1024 and 2048, loses at 4096 and 16384; the model agrees with
+// all of these for 0.645 < kNarrowChunkCost < 0.70. RETNET_CUDA_VT=64 or 128 forces the width where both exist.
+inline constexpr double kNarrowChunkCost = 0.67;
+
+inline int forced_value_tile() {
+  static const int v = [] {
+    const char* e = std::getenv("RETNET_CUDA_VT");
+    return e ? std::atoi(e) : 0;
+  }();
+  return v;
+}
+
 template <class E, int DQK>
 Geometry geometry(int dval, int64_t B, int64_t T, int H, int fixed_seg, bool tf32) {
   constexpr int L = chunk_rows<E, DQK>;
@@ -214,29 +231,38 @@ Geometry geometry(int dval, int64_t B, int64_t T, int H, int fixed_seg, bool tf3
   } else if (!engine_fits<E, DQK, kVTile>() || !engine_enabled() || std::getenv("RETNET_CUDA_SCAN_BLOCKS")) {
     g.seg = static_cast<int>((chunks + cap - 1) / cap * L);
   } else {
-    const ScanKernel out = pick_scan<E, DQK, false>(dval, tf32), sum = pick_scan<E, DQK, true>(dval, tf32);
-    const int64_t tiles = B * H * (dval / out.vt);
-    const int64_t out_slots = concurrent_blocks(out), sum_slots = concurrent_blocks(sum);
-    double best = 0;
+    double best = -1;
     int64_t best_per = chunks;
-    for (int64_t ns = 1; ns <= cap; ++ns) {
-      const int64_t per = (chunks + ns - 1) / ns;  // chunks per segment
-      const int64_t used = (chunks + per - 1) / per;
-      if (used != ns) continue;  // the same split as a smaller ns
-      const double waves_out = static_cast<double>((tiles * ns + out_slots - 1) / out_slots);
-      const double waves_sum = static_cast<double>((tiles * ns + sum_slots - 1) / sum_slots);
-      // one segment needs no summary pass (the outputs pass ends with the final state)
-      const double summary = ns == 1 ? 0.0 : waves_sum * (0.35 * static_cast<double>(per) + 1.0);
-      const double cost = waves_out * (static_cast<double>(per) + 2.0) + summary;
-      if (ns == 1 || cost < best) {
-        best = cost;
-        best_per = per;
+    const bool has_wide =
+        pick_scan<E, DQK, false>(dval, tf32, false).vt != pick_scan<E, DQK, false>(dval, tf32, true).vt;
+    for (const bool narrow : {false, true}) {
+      const ScanKernel out = pick_scan<E, DQK, false>(dval, tf32, narrow);
+      const ScanKernel sum = pick_scan<E, DQK, true>(dval, tf32, narrow);
+      if (narrow && !has_wide) continue;  // the same kernel
+      if (has_wide && forced_value_tile() != 0 && forced_value_tile() != out.vt) continue;
+      const double unit = narrow ? kNarrowChunkCost : 1.0;
+      const int64_t tiles = B * H * (dval / out.vt);
+      const int64_t out_slots = concurrent_blocks(out), sum_slots = concurrent_blocks(sum);
+      for (int64_t ns = 1; ns <= cap; ++ns) {
+        const int64_t per = (chunks + ns - 1) / ns;  // chunks per segment
+        const int64_t used = (chunks + per - 1) / per;
+        if (used != ns) continue;  // the same split as a smaller ns
+        const double waves_out = static_cast<double>((tiles * ns + out_slots - 1) / out_slots);
+        const double waves_sum = static_cast<double>((tiles * ns + sum_slots - 1) / sum_slots);
+        // one segment needs no summary pass (the outputs pass ends with the final state)
+        const double summary = ns == 1 ? 0.0 : waves_sum * (0.35 * static_cast<double>(per) + 1.0);
+        const double cost = unit * (waves_out * (static_cast<double>(per) + 2.0) + summary);
+        if (best < 0 || cost < best) {
+          best = cost;
+          best_per = per;
+          g.narrow = narrow;
+        }
       }
     }
     g.seg = static_cast<int>(best_per * L);
   }
   g.NS = static_cast<int>((T + g.seg - 1) / g.seg);
-  g.single = g.NS == 1 && pick_scan<E, DQK, false>(dval, tf32).writes_final;
+  g.single = g.NS == 1 && pick_scan<E, DQK, false>(dval, tf32, g.narrow).writes_final;
   return g;
 }
 
@@ -266,7 +292,7 @@ Geometry run_states_t(const Cuda& ctx, const Run& r, int64_t B, int64_t T, int H
   sp.seg = geo.seg;
   sp.NS = geo.NS;
   sp.reverse = r.reverse ? 1 : 0;
-  if (!geo.single) launch_scan<E, DQK, true>(ctx, sp, B, H, dec);
+  if (!geo.single) launch_scan<E, DQK, true>(ctx, sp, B, H, dec, geo.narrow);
   PrefixParams pp{};
   pp.states = states;
   pp.init = r.init;
@@ -310,7 +336,7 @@ void run_output_t(const Cuda& ctx, const Run& r, int64_t B, int64_t T, int H, co
     sp.s0 = r.s0;
     sp.final_scale = r.final_scale;
   }
-  launch_scan<E, DQK, false>(ctx, sp, B, H, dec);
+  launch_scan<E, DQK, false>(ctx, sp, B, H, dec, geo.narrow);
 }
 
 // The one place where run-time head sizes become template constants.
