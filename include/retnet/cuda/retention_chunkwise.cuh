@@ -133,6 +133,15 @@ ScanKernel engine_scan_kernel() {
           EngineSmem<Ops, DQK, VT, Summary>::bytes, VT, true};
 }
 
+// The engine for storage E: one tf32 product per product for float with tf32, else E's own arithmetic.
+template <class E, int DQK, bool Summary, int VT>
+ScanKernel engine_scan_kernel(bool tf32) {
+  if constexpr (std::is_same_v<E, float>) {
+    if (tf32) return engine_scan_kernel<EngineOpsTf32, DQK, Summary, VT>();
+  }
+  return engine_scan_kernel<EngineOps<E>, DQK, Summary, VT>();
+}
+
 // Whether the chunk engine runs (E, DQK) with value tile VT (both passes' buffers fit, chunk rows agree).
 template <class E, int DQK, int VT>
 constexpr bool engine_fits() {
@@ -147,19 +156,9 @@ template <class E, int DQK, bool Summary>
 ScanKernel pick_scan(int dv, bool tf32, bool narrow) {
   if (engine_enabled()) {
     if constexpr (engine_fits<E, DQK, 128>()) {
-      if (dv % 128 == 0 && !narrow) {
-        if constexpr (std::is_same_v<E, float>) {
-          if (tf32) return engine_scan_kernel<EngineOpsTf32, DQK, Summary, 128>();
-        }
-        return engine_scan_kernel<EngineOps<E>, DQK, Summary, 128>();
-      }
+      if (dv % 128 == 0 && !narrow) return engine_scan_kernel<E, DQK, Summary, 128>(tf32);
     }
-    if constexpr (engine_fits<E, DQK, kVTile>()) {
-      if constexpr (std::is_same_v<E, float>) {
-        if (tf32) return engine_scan_kernel<EngineOpsTf32, DQK, Summary, kVTile>();
-      }
-      return engine_scan_kernel<EngineOps<E>, DQK, Summary, kVTile>();
-    }
+    if constexpr (engine_fits<E, DQK, kVTile>()) return engine_scan_kernel<E, DQK, Summary, kVTile>(tf32);
   }
   if constexpr (std::is_same_v<E, float>) {
     if (tf32) return generic_scan_kernel<E, DQK, Summary, MmaTf32>();

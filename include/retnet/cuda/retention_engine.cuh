@@ -196,7 +196,7 @@ struct EngineOpsF32 {
       hi = __float_as_uint(x);
       lo = __float_as_uint(x - __uint_as_float(hi & 0xffffe000u));
     } else {
-      hi = __float_as_uint(x) + 0x1000u;  // plus half a tf32 unit, then the mma's truncation: rounded to nearest
+      hi = MmaTf32::round(x);
       lo = 0;
     }
   }
@@ -293,18 +293,12 @@ struct EngineOpsF32 {
   __device__ __forceinline__ static void mma_n(float (&c)[N][4], const A& a, const B (&b)[N]) {
     if constexpr (Exact) {
 #pragma unroll
-      for (int i = 0; i < N; ++i) mma1(c[i], a.lo, b[i].hi);
+      for (int i = 0; i < N; ++i) MmaTf32x3::mma1(c[i], a.lo, b[i].hi);
 #pragma unroll
-      for (int i = 0; i < N; ++i) mma1(c[i], a.hi, b[i].lo);
+      for (int i = 0; i < N; ++i) MmaTf32x3::mma1(c[i], a.hi, b[i].lo);
     }
 #pragma unroll
-    for (int i = 0; i < N; ++i) mma1(c[i], a.hi, b[i].hi);
-  }
-  // Not volatile: the compiler may interleave these with the fragment loads of the next tiles.
-  __device__ __forceinline__ static void mma1(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
-    asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    for (int i = 0; i < N; ++i) MmaTf32x3::mma1(c[i], a.hi, b[i].hi);
   }
 };
 
