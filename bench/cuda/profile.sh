@@ -14,7 +14,7 @@ for r in barrier long_scoreboard short_scoreboard math_pipe_throttle mio_throttl
   dispatch_stall lg_throttle no_instruction branch_resolving membar sleeping drain tex_throttle imc_miss; do
   M=$M,${S}_${r}_per_issue_active.ratio
 done
-ncu --kernel-name regex:"$K" --launch-skip 3 --launch-count 3 --metrics "$M" \
+ncu --kernel-name regex:"$K" --launch-skip 3 --launch-count ${NCU_COUNT:-3} --metrics "$M" \
   $BIN --benchmark_filter="$F" --benchmark_min_time=0.01 2>&1 | grep -v "^==PROF==" |
   grep -E "engine|scan|prefix|duration|issue_active|warps_active|hmma|inst_executed|stalled" |
   sed -E 's/smsp__average_warps_issue_stalled_//; s/_per_issue_active.ratio//'

@@ -9,6 +9,8 @@
 //   dk = reversed retention of (q=v, k=g, v=q) from dU_T^T          (state dU_n^T: the dv run's states, read
 //                                                                    transposed; no passes of its own)
 //   dv = reversed retention of (q=k, k=q, v=g) from dU_T            (state dU_n; its end is d kv0)
+// Where the value size is 64 or 128 and the buffers fit, dk and dv come from one fused walk over dU
+// (chunk_engine_dkdv_kernel): four input tiles and one state update per chunk instead of six and two.
 // Storage float or bf16 (__nv_bfloat16); state, scale and accumulation always float. Both run on
 // chunk_engine_kernel (retention_engine.cuh: bf16 mma.sync m16n8k16; float three tf32 products per product, float
 // accuracy); float with head size 256 on the generic scan_kernel. geometry() picks the segment split; a
@@ -82,6 +84,11 @@ struct Run {
   float* colsum = nullptr;
   int seg = 0;                     // fixed segment length (torchscale chunkwise), 0 = choose
   bool states_transposed = false;  // run_output: the states are another run's, [dval, dqk] per segment
+  // The fused backward (chunk_engine_dkdv_kernel): this is the dv run, and its outputs pass also writes dk (o2)
+  // from the fourth input v (x).
+  bool fused_dkdv = false;
+  const void* x = nullptr;
+  void* o2 = nullptr;
 };
 
 // Blocks the segment split aims at (about 4 waves of 2 blocks on 132 SMs); RETNET_CUDA_SCAN_BLOCKS overrides
@@ -115,9 +122,9 @@ inline bool engine_enabled() {
 // The scan kernel a run uses: the chunk engine with the widest value tile (128 or 64 columns) whose buffers fit,
 // or the generic scan_kernel where none fits (float with head size 256) or on request.
 struct ScanKernel {
-  const void* fn;
-  int threads, bytes, vt;
-  bool writes_final;  // the outputs pass can end a single-segment run with the final state (chunk engine)
+  const void* fn = nullptr;
+  int threads = 0, bytes = 0, vt = 0;
+  bool writes_final = false;  // the outputs pass can end a single-segment run with the final state (chunk engine)
 };
 
 template <class E, int DQK, bool Summary, class P = typename MmaFor<E>::type>
@@ -166,6 +173,41 @@ ScanKernel pick_scan(int dv, bool tf32, bool narrow) {
   return generic_scan_kernel<E, DQK, Summary>();
 }
 
+// RETNET_CUDA_FUSED=0 runs the backward's dk and dv as two engine runs instead of one fused walk (A/B switch).
+inline bool fused_enabled() {
+  static const bool v = [] {
+    const char* e = std::getenv("RETNET_CUDA_FUSED");
+    return !(e && std::string_view(e) == "0");
+  }();
+  return v;
+}
+
+template <class Ops, int DQK, int DV>
+ScanKernel dkdv_kernel_of() {
+  return {reinterpret_cast<const void*>(chunk_engine_dkdv_kernel<Ops, DQK, DV>), kEngineThreads,
+          DkdvSmem<Ops, DQK, DV>::bytes, DV, true};
+}
+
+// The fused backward kernel for storage E, key size DQK and value size dv; fn is null where it does not apply
+// (value size 256, buffers that do not fit, such as float with head size 128, or switched off).
+template <class E, int DQK>
+ScanKernel pick_dkdv(int dv, bool tf32) {
+  ScanKernel k{};
+  if (!engine_enabled() || !fused_enabled() || chunk_rows<E, DQK> != kEngineRows) return k;
+  auto pick = [&](auto dv_c) {
+    constexpr int DV = decltype(dv_c)::value;
+    if constexpr (DkdvSmem<EngineOps<E>, DQK, DV>::fits) {
+      k = dkdv_kernel_of<EngineOps<E>, DQK, DV>();
+      if constexpr (std::is_same_v<E, float>) {
+        if (tf32) k = dkdv_kernel_of<EngineOpsTf32, DQK, DV>();
+      }
+    }
+  };
+  if (dv == 64) pick(std::integral_constant<int, 64>{});
+  if (dv == 128) pick(std::integral_constant<int, 128>{});
+  return k;
+}
+
 // Readies kernel k on the current device (its shared-memory limit) and returns how many of its blocks run at once
 // there. Both happen once per (kernel, device): every run asks, and the queries cost more host time than a small
 // run's launches.
@@ -209,6 +251,8 @@ void launch_scan(const Cuda& ctx, ScanParams sp, int64_t B, int H, HeadDecays de
 // H = 16, D = 128, fwd+bwd): narrow wins at T = 1024 and 2048, loses at 4096 and 16384; the model agrees with
 // all of these for 0.645 < kNarrowChunkCost < 0.70. RETNET_CUDA_VT=64 or 128 forces the width where both exist.
 inline constexpr double kNarrowChunkCost = 0.67;
+// A chunk of the fused backward (two outputs, one state update) in units of an outputs chunk.
+inline constexpr double kFusedChunkCost = 1.7;
 
 inline int forced_value_tile() {
   static const int v = [] {
@@ -218,8 +262,10 @@ inline int forced_value_tile() {
   return v;
 }
 
+// fused: the split of a fused backward run (its outputs pass is chunk_engine_dkdv_kernel, one block per
+// (batch, head), chunks counted as kFusedChunkCost).
 template <class E, int DQK>
-Geometry geometry(int dval, int64_t B, int64_t T, int H, int fixed_seg, bool tf32) {
+Geometry geometry(int dval, int64_t B, int64_t T, int H, int fixed_seg, bool tf32, bool fused) {
   constexpr int L = chunk_rows<E, DQK>;
   Geometry g{L, 0, 0};
   const int64_t chunks = (T + L - 1) / L;
@@ -235,11 +281,11 @@ Geometry geometry(int dval, int64_t B, int64_t T, int H, int fixed_seg, bool tf3
     const bool has_wide =
         pick_scan<E, DQK, false>(dval, tf32, false).vt != pick_scan<E, DQK, false>(dval, tf32, true).vt;
     for (const bool narrow : {false, true}) {
-      const ScanKernel out = pick_scan<E, DQK, false>(dval, tf32, narrow);
+      const ScanKernel out = fused ? pick_dkdv<E, DQK>(dval, tf32) : pick_scan<E, DQK, false>(dval, tf32, narrow);
       const ScanKernel sum = pick_scan<E, DQK, true>(dval, tf32, narrow);
-      if (narrow && !has_wide) continue;  // the same kernel
-      if (has_wide && forced_value_tile() != 0 && forced_value_tile() != out.vt) continue;
-      const double unit = narrow ? kNarrowChunkCost : 1.0;
+      if (narrow && (!has_wide || fused)) continue;  // the same kernel, or no narrow fused kernel
+      if (!fused && has_wide && forced_value_tile() != 0 && forced_value_tile() != out.vt) continue;
+      const double unit = narrow ? kNarrowChunkCost : 1.0, out_unit = fused ? kFusedChunkCost : 1.0;
       const int64_t tiles = B * H * (dval / out.vt);
       const int64_t out_slots = concurrent_blocks(out), sum_slots = concurrent_blocks(sum);
       for (int64_t ns = 1; ns <= cap; ++ns) {
@@ -250,7 +296,7 @@ Geometry geometry(int dval, int64_t B, int64_t T, int H, int fixed_seg, bool tf3
         const double waves_sum = static_cast<double>((tiles * ns + sum_slots - 1) / sum_slots);
         // one segment needs no summary pass (the outputs pass ends with the final state)
         const double summary = ns == 1 ? 0.0 : waves_sum * (0.35 * static_cast<double>(per) + 1.0);
-        const double cost = unit * (waves_out * (static_cast<double>(per) + 2.0) + summary);
+        const double cost = unit * (waves_out * (out_unit * static_cast<double>(per) + 2.0) + summary);
         if (best < 0 || cost < best) {
           best = cost;
           best_per = per;
@@ -276,7 +322,7 @@ void launch_prefix(const Cuda& ctx, const PrefixParams& pp, int64_t B, int H, co
 template <class E, int DQK>
 Geometry run_states_t(const Cuda& ctx, const Run& r, int64_t B, int64_t T, int H, const HeadDecays& dec,
                       float* states) {
-  const Geometry geo = geometry<E, DQK>(r.dval, B, T, H, r.seg, ctx.allow_tf32);
+  const Geometry geo = geometry<E, DQK>(r.dval, B, T, H, r.seg, ctx.allow_tf32, r.fused_dkdv);
   ScanParams sp{};
   sp.q = r.q;
   sp.k = r.k;
@@ -335,7 +381,18 @@ void run_output_t(const Cuda& ctx, const Run& r, int64_t B, int64_t T, int H, co
     sp.s0 = r.s0;
     sp.final_scale = r.final_scale;
   }
-  launch_scan<E, DQK, false>(ctx, sp, B, H, dec, geo.narrow);
+  if (!r.fused_dkdv) return launch_scan<E, DQK, false>(ctx, sp, B, H, dec, geo.narrow);
+  sp.x = r.x;
+  sp.o2 = r.o2;
+  const ScanKernel k = pick_dkdv<E, DQK>(r.dval, ctx.allow_tf32);
+  require(k.fn != nullptr, "retention backward (CUDA): no fused kernel for these head sizes");
+  (void)concurrent_blocks(k);  // readies k on this device
+  const dim3 grid(1, static_cast<unsigned>(sp.NS), static_cast<unsigned>(B * H));
+  HeadDecays decays = dec;
+  void* args[] = {&sp, &decays};
+  RETNET_CUDA_CHECK(cudaLaunchKernel(k.fn, grid, dim3(static_cast<unsigned>(k.threads)), args,
+                                     static_cast<size_t>(k.bytes), ctx.stream));
+  RETNET_CUDA_CHECK_LAUNCH("retention backward (fused dk, dv)");
 }
 
 // The one place where run-time head sizes become template constants.
@@ -535,6 +592,21 @@ void backward_impl(const char* op, const Cuda& ctx, Form form, const RetentionCo
     RETNET_CUDA_CHECK_LAUNCH("retention backward: g = mu d_o");
     g = gs;
   }
+  auto run_dq = [&] {  // dq: forward (q=g, k=v, v=k) from U0^T
+    Run r;
+    r.q = g;
+    r.k = in.v.data();
+    r.v = in.k.data();
+    r.o = gin.dq.data();
+    r.dqk = dv;
+    r.dval = dk;
+    r.init = in.state_kv.data();
+    r.init_transposed = true;
+    r.init_scale = ts ? InitScale::sqrt_s0 : InitScale::one;
+    r.s0 = s0;
+    const Geometry geo = run_states<E>(ctx, r, B, T, H, dec, states);
+    run_output<E>(ctx, r, B, T, H, dec, states, geo);
+  };
   // The reversed runs start from d(final U) / gamma, so that their first row adds q^T g on top of d(final U).
   const InitScale dfin = ts ? InitScale::rsqrt_final_over_gamma : InitScale::inv_gamma;
   {  // dv: reversed (q=k, k=q, v=g) from dU_T; its final state is dU_0
@@ -551,8 +623,16 @@ void backward_impl(const char* op, const Cuda& ctx, Form form, const RetentionCo
     r.s0 = s0;
     r.final_state = gin.d_state_kv.data();
     r.final_scale = ts ? FinalScale::gamma_sqrt_s0 : FinalScale::gamma;
+    bool fused = false;
+    dispatch_head_size(dk, [&](auto D) { fused = pick_dkdv<E, decltype(D)::value>(dv, ctx.allow_tf32).fn; });
+    if (fused) {  // dk from the same walk (chunk_engine_dkdv_kernel)
+      r.fused_dkdv = true;
+      r.x = in.v.data();
+      r.o2 = gin.dk.data();
+    }
     const Geometry geo = run_states<E>(ctx, r, B, T, H, dec, states);
     run_output<E>(ctx, r, B, T, H, dec, states, geo);
+    if (fused) return run_dq();
     // dk: reversed (q=v, k=g, v=q) from dU_T^T. Its states are dU_n^T, the transposes of the dv run's: the
     // outputs pass reads those (same segments) instead of running its own summaries and prefix.
     Run rk;
@@ -566,21 +646,7 @@ void backward_impl(const char* op, const Cuda& ctx, Form form, const RetentionCo
     rk.states_transposed = true;
     run_output<E>(ctx, rk, B, T, H, dec, states, geo);
   }
-  {  // dq: forward (q=g, k=v, v=k) from U0^T
-    Run r;
-    r.q = g;
-    r.k = in.v.data();
-    r.v = in.k.data();
-    r.o = gin.dq.data();
-    r.dqk = dv;
-    r.dval = dk;
-    r.init = in.state_kv.data();
-    r.init_transposed = true;
-    r.init_scale = ts ? InitScale::sqrt_s0 : InitScale::one;
-    r.s0 = s0;
-    const Geometry geo = run_states<E>(ctx, r, B, T, H, dec, states);
-    run_output<E>(ctx, r, B, T, H, dec, states, geo);
-  }
+  run_dq();
 }
 
 }  // namespace cuda_detail

@@ -143,6 +143,11 @@ struct EngineOps<__nv_bfloat16> {
   __device__ __forceinline__ static void ldb_state2(B (&b)[2], const E* s, int n0, int k0, int lane) {
     ldb_cols2<VT>(b, s, n0, k0, lane);
   }
+  // The same copy read transposed, B[k][n] = H(n0 + n, k0 + k) (the dk half of the fused backward).
+  template <int DQK, int VT>
+  __device__ __forceinline__ static void ldb_state2_t(B (&b)[2], const E* s, int n0, int k0, int lane) {
+    P::ldb2<false>(b, s, pitch<VT>, n0, k0, lane);
+  }
   template <int DQK, int VT>
   static constexpr int state_elems = DQK* pitch<VT>;
   template <int N>
@@ -286,6 +291,11 @@ struct EngineOpsF32 {
     split(__uint_as_float(x[2]), b[1].hi[0], b[1].lo[0]);
     split(__uint_as_float(x[3]), b[1].hi[1], b[1].lo[1]);
   }
+  // The same copy read transposed, B[k][n] = H(n0 + n, k0 + k): the stored copy's rows as they are.
+  template <int DQK, int VT>
+  __device__ __forceinline__ static void ldb_state2_t(B (&b)[2], const E* s, int n0, int k0, int lane) {
+    ldb_cols2<DQK>(b, s, n0, k0, lane);
+  }
   template <int DQK, int VT>
   static constexpr int state_elems = VT* DQK;
   // The three products of N tiles, product by product: consecutive mma.sync never wait on each other.
@@ -325,6 +335,198 @@ struct EngineSmem {
   static constexpr bool fits = bytes <= 227 * 1024;
 };
 
+// The fused backward's buffers: four input tiles per stage (two of width DQK, two of width DV).
+template <class Ops, int DQK, int DV>
+struct DkdvSmem {
+  using E = typename Ops::E;
+  static constexpr int LM = kEngineRows;
+  static constexpr int QK_ELEMS = LM * Ops::template pitch<DQK>, V_ELEMS = LM * Ops::template pitch<DV>;
+  static constexpr int STAGE = 2 * QK_ELEMS + 2 * V_ELEMS;
+  static constexpr int H_ELEMS = Ops::template state_elems<DQK, DV>;
+  static constexpr int bytes = (2 * STAGE + 2 * H_ELEMS) * static_cast<int>(sizeof(E));
+  static constexpr bool fits = bytes <= 227 * 1024;
+};
+
+// A warp's parts of a chunk: output rows rg*16 .. rg*16 + 15 (row groups w and 3 - w share a scheduler) and one
+// half of the output columns (warp / 4).
+struct EngineWarp {
+  int lane, g, tq, warp, rg;
+  __device__ explicit EngineWarp(int tid)
+      : lane(tid & 31), g(lane >> 2), tq(lane & 3), warp(tid >> 5), rg(warp < 4 ? warp : 7 - warp) {}
+};
+
+// Copies chunks of the (b, h) rows of N tensors [B, T, H, width], columns col0 .. col0 + W - 1, into [LM, W]
+// shared tiles in 16-byte cp.async pieces. Each thread's pieces sit at one column of rows r0, r0 + RSTEP, ...:
+// the per-thread sources are set once, a chunk adds only its time offsets (shared by the N tensors).
+template <class Ops, int W, int N = 1>
+struct TileLoader {
+  using E = typename Ops::E;
+  static constexpr int PIECES = W / Ops::EPV, RSTEP = kEngineThreads / PIECES;
+  static_assert(kEngineThreads % PIECES == 0, "whole rows per pass of the loader");
+  const E* __restrict__ src[N];
+  int64_t step;
+  int r0, cc;
+  __device__ TileLoader(const void* const (&x)[N], int b, int h, int64_t T, int H, int width, int col0, int tid)
+      : step(static_cast<int64_t>(H) * width), r0(tid / PIECES), cc((tid % PIECES) * Ops::EPV) {
+    const int64_t base = (static_cast<int64_t>(b) * T * H + h) * width + col0 + cc;
+#pragma unroll
+    for (int i = 0; i < N; ++i) src[i] = static_cast<const E*>(x[i]) + base;
+  }
+  // Rows r < len of the chunk from times phys(c0 + r); the rows past len are zero-filled.
+  template <class Phys>
+  __device__ __forceinline__ void load(E* const (&dst)[N], int64_t c0, int len, Phys&& phys) const {
+#pragma unroll
+    for (int r = r0; r < kEngineRows; r += RSTEP) {
+      const bool ok = r < len;
+      const int64_t off = (ok ? phys(c0 + r) : 0) * step;
+#pragma unroll
+      for (int i = 0; i < N; ++i) cp_async16(dst[i] + Ops::template at<W>(r, cc), src[i] + off, ok ? 16 : 0);
+    }
+  }
+};
+
+// The state tile [DQK, VT] in registers: warps 4 (rows) x 2 (columns), each DQK/4 rows x VT/2 columns.
+template <class Ops, int DQK, int VT>
+struct EngineState {
+  using E = typename Ops::E;
+  static constexpr int HM = DQK / 64, HN = VT / 16, LM = kEngineRows, KS = Ops::KS;  // m16 and n8 tiles per warp
+  float acc[HM][HN][4];
+  int m0, n0;
+  __device__ explicit EngineState(int warp) : m0((warp & 3) * (DQK / 4)), n0((warp >> 2) * (VT / 2)) {}
+
+  // f(row, col, value) for every element this thread holds.
+  template <class F>
+  __device__ __forceinline__ void for_each(int lane, F&& f) {
+    for_each_acc(acc, m0, n0, lane, f);
+  }
+  // The copy of the state that Q H reads.
+  __device__ __forceinline__ void store_copy(E* Hs, int lane) const {
+    const int g = lane >> 2, tq = lane & 3;
+#pragma unroll
+    for (int mt = 0; mt < HM; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < HN; ++nt)
+#pragma unroll
+        for (int half = 0; half < 2; ++half)
+          Ops::template store_state<DQK, VT>(Hs, m0 + mt * 16 + g + half * 8, n0 + nt * 8 + 2 * tq,
+                                             acc[mt][nt][2 * half], acc[mt][nt][2 * half + 1]);
+  }
+  // H <- dl H + K^T diag(w) V, K [LM, DQK] and V [LM, VT] tiles.
+  __device__ __forceinline__ void update(const E* Ks, const E* Vs, const typename Ops::template Weights<LM>& w,
+                                         float dl, int lane) {
+    if constexpr (Ops::kFreshDelta) {
+      // The chunk's contribution in a fresh accumulator, added in float: tensor-core accumulation into the
+      // (large) running state would lose low bits on every product, and the loss grows with the segment.
+#pragma unroll
+      for (int mt = 0; mt < HM; ++mt) {
+        float dacc[HN][4] = {};
+#pragma unroll
+        for (int kt = 0; kt < LM / KS; ++kt) {
+          typename Ops::B bb[HN];
+#pragma unroll
+          for (int nt = 0; nt < HN; nt += 2)
+            Ops::template ldb_cols2_weighted<VT>(pair(bb, nt), Vs, n0 + nt * 8, kt, lane, w);
+          typename Ops::A a;
+          Ops::template lda_cols<DQK>(a, Ks, m0 + mt * 16, kt * KS, lane);
+          Ops::mma_n(dacc, a, bb);
+        }
+#pragma unroll
+        for (int nt = 0; nt < HN; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) acc[mt][nt][e] = fmaf(acc[mt][nt][e], dl, dacc[nt][e]);
+      }
+    } else {
+#pragma unroll
+      for (int mt = 0; mt < HM; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < HN; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) acc[mt][nt][e] *= dl;
+#pragma unroll
+      for (int kt = 0; kt < LM / KS; ++kt) {
+        typename Ops::B bb[HN];
+#pragma unroll
+        for (int nt = 0; nt < HN; nt += 2)
+          Ops::template ldb_cols2_weighted<VT>(pair(bb, nt), Vs, n0 + nt * 8, kt, lane, w);
+#pragma unroll
+        for (int mt = 0; mt < HM; ++mt) {
+          typename Ops::A a;
+          Ops::template lda_cols<DQK>(a, Ks, m0 + mt * 16, kt * KS, lane);
+          Ops::mma_n(acc[mt], a, bb);
+        }
+      }
+    }
+  }
+};
+
+// One chunk's outputs for the warp's 16 rows and VW / 2 columns: o = diag(gamma^(i+1)) Q H + (Q K^T . Gamma) V,
+// Q and K [LM, QW] tiles, V [LM, VW]. Hs is the state copy [DQK, VT], read as H (QW = DQK, VW = VT) or, with
+// Transposed, as H^T (QW = VT, VW = DQK).
+template <class Ops, int DQK, int VT, bool Transposed, int VW = Transposed ? DQK : VT>
+__device__ __forceinline__ void chunk_outputs(float (&oacc)[VW / 16][4], const EngineWarp& w, const typename Ops::E* Qs,
+                                              const typename Ops::E* Ks, const typename Ops::E* Vs,
+                                              const typename Ops::E* Hs, float l2g) {
+  constexpr int QW = Transposed ? VT : DQK, ON = VW / 2, LM = kEngineRows, KS = Ops::KS;
+  const int lane = w.lane, g = w.g, tq = w.tq, rg = w.rg;
+  const int ow_m = rg * 16, ow_n = (w.warp >> 2) * ON;
+  // S = Q K^T (columns up to the diagonal block) and O = Q H, one Q fragment per k step.
+  float sacc[LM / 8][4] = {};
+#pragma unroll
+  for (int nt = 0; nt < ON / 8; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) oacc[nt][e] = 0.f;
+#pragma unroll
+  for (int k0 = 0; k0 < QW; k0 += KS) {
+    typename Ops::A a;
+    Ops::template lda_rows<QW>(a, Qs, ow_m, k0, lane);
+#pragma unroll
+    for (int nt = 0; nt < LM / 8; nt += 2) {
+      if (nt < 2 * (rg + 1)) {
+        typename Ops::B bb[2];
+        Ops::template ldb_rows2<QW>(bb, Ks, nt * 8, k0, lane);
+        Ops::mma_n(pair(sacc, nt), a, bb);
+      }
+    }
+    typename Ops::B hb[ON / 8];
+#pragma unroll
+    for (int nt = 0; nt < ON / 8; nt += 2) {
+      if constexpr (Transposed) {
+        Ops::template ldb_state2_t<DQK, VT>(pair(hb, nt), Hs, ow_n + nt * 8, k0, lane);
+      } else {
+        Ops::template ldb_state2<DQK, VT>(pair(hb, nt), Hs, ow_n + nt * 8, k0, lane);
+      }
+    }
+    Ops::mma_n(oacc, a, hb);
+  }
+  // O rows decay by gamma^(i+1) from the entering state.
+  const float al0 = exp2f(static_cast<float>(ow_m + g + 1) * l2g);
+  const float al1 = exp2f(static_cast<float>(ow_m + g + 9) * l2g);
+#pragma unroll
+  for (int nt = 0; nt < ON / 8; ++nt) {
+    oacc[nt][0] *= al0;
+    oacc[nt][1] *= al0;
+    oacc[nt][2] *= al1;
+    oacc[nt][3] *= al1;
+  }
+  // O += (S . Gamma) V, the masked scores as A fragments straight from the accumulators.
+  auto masked = [&](int nt, int e) {
+    const int i = ow_m + g + (e >> 1) * 8, j = Ops::key(nt, tq, e & 1);
+    return i >= j ? sacc[nt][e] * exp2f(static_cast<float>(i - j) * l2g) : 0.f;
+  };
+#pragma unroll
+  for (int kt = 0; kt < LM / KS; ++kt) {
+    if (kt * KS < (rg + 1) * 16) {
+      typename Ops::A a;
+      Ops::scores_a(a, kt, masked);
+      typename Ops::B vb[ON / 8];
+#pragma unroll
+      for (int nt = 0; nt < ON / 8; nt += 2)
+        Ops::template ldb_cols2<VW>(pair(vb, nt), Vs, ow_n + nt * 8, kt * KS, lane);
+      Ops::mma_n(oacc, a, vb);
+    }
+  }
+}
+
 // grid (dv / VT, NS, B * H), block 256. The summary pass keeps only the state tile: two blocks per multiprocessor
 // (one for exact float, whose fresh chunk accumulator would not fit in 128 registers).
 // Ops: EngineOps<E> for storage type E, or EngineOpsTf32.
@@ -334,15 +536,14 @@ __global__ void __launch_bounds__(kEngineThreads, Summary && !Ops::kFreshDelta ?
   using E = typename Ops::E;
   using SM = EngineSmem<Ops, DQK, VT, Summary>;
   static_assert(SM::fits, "chunk engine: shared memory of one block");
-  constexpr int LM = SM::LM, STAGE = SM::STAGE, KS = Ops::KS;
-  constexpr int NT = kEngineThreads;
+  constexpr int LM = SM::LM, STAGE = SM::STAGE;
   static_assert(VT == 64 || VT == 128, "value tile of 64 or 128 columns");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   E* smem = reinterpret_cast<E*>(smem_raw);
   E* Hs_base = smem + 2 * STAGE;
 
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int g = lane >> 2, tq = lane & 3;
+  const int tid = threadIdx.x;
+  const EngineWarp w(tid);
   const int vt = blockIdx.x, s = blockIdx.y, bh = blockIdx.z;
   const int b = bh / p.H, h = bh % p.H;
   const int64_t T = p.T;
@@ -350,90 +551,53 @@ __global__ void __launch_bounds__(kEngineThreads, Summary && !Ops::kFreshDelta ?
   const int64_t seg_start = static_cast<int64_t>(s) * p.seg;
   const int seg_len = static_cast<int>(min(static_cast<int64_t>(p.seg), T - seg_start));
   const int nchunks = (seg_len + p.L - 1) / p.L;
-  const int H = p.H, dv = p.dv;
-  const E* __restrict__ qg = static_cast<const E*>(p.q);
-  const E* __restrict__ kg = static_cast<const E*>(p.k);
-  const E* __restrict__ vg = static_cast<const E*>(p.v);
+  const int dv = p.dv;
 
   auto phys = [&](int64_t pos) { return p.reverse ? T - 1 - pos : pos; };
   auto stage_q = [&](int st) { return smem + st * STAGE; };
   auto stage_k = [&](int st) { return Summary ? smem + st * STAGE : smem + st * STAGE + SM::QK_ELEMS; };
   auto stage_v = [&](int st) { return stage_k(st) + SM::QK_ELEMS; };
-
-  // Each thread copies 16-byte pieces at a fixed column of rows r0, r0 + RSTEP, ...: the per-thread base
-  // pointers are set once, a chunk adds only its time offsets.
-  constexpr int EPV = Ops::EPV;
-  constexpr int QK_PIECES = DQK / EPV, V_PIECES = VT / EPV;
-  constexpr int QK_RSTEP = NT / QK_PIECES, V_RSTEP = NT / V_PIECES;
-  static_assert(NT % QK_PIECES == 0 && NT % V_PIECES == 0, "whole rows per pass of the loader");
-  const int qk_r0 = tid / QK_PIECES, qk_cc = (tid % QK_PIECES) * EPV;
-  const int v_r0 = tid / V_PIECES, v_cc = (tid % V_PIECES) * EPV;
-  const int64_t qk_step = static_cast<int64_t>(H) * DQK, v_step = static_cast<int64_t>(H) * dv;  // per time step
-  const int64_t qk_base = (static_cast<int64_t>(b) * T * H + h) * DQK + qk_cc;
-  const int64_t v_base = (static_cast<int64_t>(b) * T * H + h) * dv + vt * VT + v_cc;
+  // Q and K share their loader (the summary pass loads K only).
+  using QKLoader = TileLoader<Ops, DQK, Summary ? 1 : 2>;
+  const QKLoader load_qk = [&] {
+    if constexpr (Summary) {
+      return QKLoader({p.k}, b, h, T, p.H, DQK, 0, tid);
+    } else {
+      return QKLoader({p.q, p.k}, b, h, T, p.H, DQK, 0, tid);
+    }
+  }();
+  const TileLoader<Ops, VT> load_v({p.v}, b, h, T, p.H, dv, vt * VT, tid);
   auto load_chunk = [&](int c, int st) {
-    E* Qs = stage_q(st);
-    E* Ks = stage_k(st);
-    E* Vs = stage_v(st);
     const int64_t c0 = seg_start + static_cast<int64_t>(c) * p.L;
     const int len = min(p.L, seg_len - c * p.L);
-#pragma unroll
-    for (int r = qk_r0; r < LM; r += QK_RSTEP) {
-      const bool ok = r < len;
-      const int64_t off = qk_base + (ok ? phys(c0 + r) : 0) * qk_step;
-      if constexpr (!Summary) cp_async16(Qs + Ops::template at<DQK>(r, qk_cc), qg + off, ok ? 16 : 0);
-      cp_async16(Ks + Ops::template at<DQK>(r, qk_cc), kg + off, ok ? 16 : 0);
+    if constexpr (Summary) {
+      load_qk.load({stage_k(st)}, c0, len, phys);
+    } else {
+      load_qk.load({stage_q(st), stage_k(st)}, c0, len, phys);
     }
-#pragma unroll
-    for (int r = v_r0; r < LM; r += V_RSTEP) {
-      const bool ok = r < len;
-      const int64_t off = v_base + (ok ? phys(c0 + r) : 0) * v_step;
-      cp_async16(Vs + Ops::template at<VT>(r, v_cc), vg + off, ok ? 16 : 0);
-    }
+    load_v.load({stage_v(st)}, c0, len, phys);
     cp_async_commit();
   };
 
-  // State tile [DQK, VT] in registers: warps 4 (rows) x 2 (columns), each DQK/4 rows x VT/2 columns.
-  constexpr int HM = DQK / 64, HN = VT / 16;  // m16 and n8 tiles per warp
-  const int hw_m = (warp & 3) * (DQK / 4), hw_n = (warp >> 2) * (VT / 2);
-  float hacc[HM][HN][4];
-  float* __restrict__ st_g = p.states + (static_cast<int64_t>(bh) * p.NS + s) * DQK * dv + vt * VT;
-  for_each_acc(hacc, hw_m, hw_n, lane, [&](int row, int col, float& x) {
+  EngineState<Ops, DQK, VT> state(w.warp);
+  state.for_each(w.lane, [&](int row, int col, float& x) {
     x = Summary ? 0.f : entering_state<DQK>(p, bh, s, vt * VT, row, col);
   });
-  // The copy of the state that Q H reads: Hs(c & 1) holds the state entering chunk c.
-  auto store_state = [&](E* Hs) {
-#pragma unroll
-    for (int mt = 0; mt < HM; ++mt)
-#pragma unroll
-      for (int nt = 0; nt < HN; ++nt)
-#pragma unroll
-        for (int half = 0; half < 2; ++half)
-          Ops::template store_state<DQK, VT>(Hs, hw_m + mt * 16 + g + half * 8, hw_n + nt * 8 + 2 * tq,
-                                             hacc[mt][nt][2 * half], hacc[mt][nt][2 * half + 1]);
-  };
-  if constexpr (!Summary) store_state(Hs_base);
+  // Hs(c & 1) holds the copy of the state entering chunk c.
+  if constexpr (!Summary) state.store_copy(Hs_base, w.lane);
 
   // Decay weights gamma^(len-1-j) of the state update for the V rows this thread loads; rows at or past len
   // weigh 0.
-  typename Ops::template Weights<LM> w;
+  typename Ops::template Weights<LM> wts;
   int w_len = -1;
   auto set_weights = [&](int len) {
-    w.set(tq, [&](int j) { return j < len ? exp2f(static_cast<float>(len - 1 - j) * l2g) : 0.f; });
+    wts.set(w.tq, [&](int j) { return j < len ? exp2f(static_cast<float>(len - 1 - j) * l2g) : 0.f; });
     w_len = len;
   };
-
-  // Output tile of this warp: chunk rows rg*16 .. +15, value columns ow_n .. ow_n + ON - 1.
-  constexpr int ON = VT / 2;
-  const int rg = warp < 4 ? warp : 7 - warp;
-  const int ow_m = rg * 16, ow_n = (warp >> 2) * ON;
 
   load_chunk(0, 0);
   for (int c = 0; c < nchunks; ++c) {
     const int st = c & 1;
-    const E* Qs = stage_q(st);
-    const E* Ks = stage_k(st);
-    const E* Vs = stage_v(st);
     const int len = min(p.L, seg_len - c * p.L);
     cp_async_wait<0>();
     __syncthreads();  // chunk c and Hs(c & 1) visible; everyone is past chunk c - 1
@@ -441,118 +605,114 @@ __global__ void __launch_bounds__(kEngineThreads, Summary && !Ops::kFreshDelta ?
     if (len != w_len) set_weights(len);
 
     if constexpr (!Summary) {
-      const E* Hs = Hs_base + st * SM::H_ELEMS;
-      // S = Q K^T (columns up to the diagonal block) and O = Q H, one Q fragment per k step.
-      float sacc[LM / 8][4] = {};
-      float oacc[ON / 8][4] = {};
-#pragma unroll
-      for (int k0 = 0; k0 < DQK; k0 += KS) {
-        typename Ops::A a;
-        Ops::template lda_rows<DQK>(a, Qs, ow_m, k0, lane);
-#pragma unroll
-        for (int nt = 0; nt < LM / 8; nt += 2) {
-          if (nt < 2 * (rg + 1)) {
-            typename Ops::B bb[2];
-            Ops::template ldb_rows2<DQK>(bb, Ks, nt * 8, k0, lane);
-            Ops::mma_n(pair(sacc, nt), a, bb);
-          }
-        }
-        typename Ops::B hb[ON / 8];
-#pragma unroll
-        for (int nt = 0; nt < ON / 8; nt += 2)
-          Ops::template ldb_state2<DQK, VT>(pair(hb, nt), Hs, ow_n + nt * 8, k0, lane);
-        Ops::mma_n(oacc, a, hb);
-      }
-      // O rows decay by gamma^(i+1) from the entering state.
-      const float al0 = exp2f(static_cast<float>(ow_m + g + 1) * l2g);
-      const float al1 = exp2f(static_cast<float>(ow_m + g + 9) * l2g);
-#pragma unroll
-      for (int nt = 0; nt < ON / 8; ++nt) {
-        oacc[nt][0] *= al0;
-        oacc[nt][1] *= al0;
-        oacc[nt][2] *= al1;
-        oacc[nt][3] *= al1;
-      }
-      // O += (S . Gamma) V, the masked scores as A fragments straight from the accumulators.
-      auto masked = [&](int nt, int e) {
-        const int i = ow_m + g + (e >> 1) * 8, j = Ops::key(nt, tq, e & 1);
-        return i >= j ? sacc[nt][e] * exp2f(static_cast<float>(i - j) * l2g) : 0.f;
-      };
-#pragma unroll
-      for (int kt = 0; kt < LM / KS; ++kt) {
-        if (kt * KS < (rg + 1) * 16) {
-          typename Ops::A a;
-          Ops::scores_a(a, kt, masked);
-          typename Ops::B vb[ON / 8];
-#pragma unroll
-          for (int nt = 0; nt < ON / 8; nt += 2)
-            Ops::template ldb_cols2<VT>(pair(vb, nt), Vs, ow_n + nt * 8, kt * KS, lane);
-          Ops::mma_n(oacc, a, vb);
-        }
-      }
-      store_output_tile<E>(p, oacc, b, h, seg_start + static_cast<int64_t>(c) * p.L, len, ow_m, vt * VT + ow_n, lane);
+      float oacc[VT / 16][4];
+      chunk_outputs<Ops, DQK, VT, false>(oacc, w, stage_q(st), stage_k(st), stage_v(st), Hs_base + st * SM::H_ELEMS,
+                                         l2g);
+      store_output_tile<E>(p.o, dv, p, oacc, b, h, seg_start + static_cast<int64_t>(c) * p.L, len, w.rg * 16,
+                           vt * VT + (w.warp >> 2) * (VT / 2), w.lane);
     }
 
     // H <- gamma^len H + K^T diag(gamma^(len-1-j)) V (after its last chunk, the outputs pass needs the state only
     // when it writes the final state)
-    if (Summary || c + 1 < nchunks || p.final_state) {
-      const float dl = exp2f(static_cast<float>(len) * l2g);
-      if constexpr (Ops::kFreshDelta) {
-        // The chunk's contribution in a fresh accumulator, added in float: tensor-core accumulation into the
-        // (large) running state would lose low bits on every product, and the loss grows with the segment.
-#pragma unroll
-        for (int mt = 0; mt < HM; ++mt) {
-          float dacc[HN][4] = {};
-#pragma unroll
-          for (int kt = 0; kt < LM / KS; ++kt) {
-            typename Ops::B bb[HN];
-#pragma unroll
-            for (int nt = 0; nt < HN; nt += 2)
-              Ops::template ldb_cols2_weighted<VT>(pair(bb, nt), Vs, hw_n + nt * 8, kt, lane, w);
-            typename Ops::A a;
-            Ops::template lda_cols<DQK>(a, Ks, hw_m + mt * 16, kt * KS, lane);
-            Ops::mma_n(dacc, a, bb);
-          }
-#pragma unroll
-          for (int nt = 0; nt < HN; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) hacc[mt][nt][e] = fmaf(hacc[mt][nt][e], dl, dacc[nt][e]);
-        }
-      } else {
-#pragma unroll
-        for (int mt = 0; mt < HM; ++mt)
-#pragma unroll
-          for (int nt = 0; nt < HN; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) hacc[mt][nt][e] *= dl;
-#pragma unroll
-        for (int kt = 0; kt < LM / KS; ++kt) {
-          typename Ops::B bb[HN];
-#pragma unroll
-          for (int nt = 0; nt < HN; nt += 2)
-            Ops::template ldb_cols2_weighted<VT>(pair(bb, nt), Vs, hw_n + nt * 8, kt, lane, w);
-#pragma unroll
-          for (int mt = 0; mt < HM; ++mt) {
-            typename Ops::A a;
-            Ops::template lda_cols<DQK>(a, Ks, hw_m + mt * 16, kt * KS, lane);
-            Ops::mma_n(hacc[mt], a, bb);
-          }
-        }
-      }
-    }
+    if (Summary || c + 1 < nchunks || p.final_state)
+      state.update(stage_k(st), stage_v(st), wts, exp2f(static_cast<float>(len) * l2g), w.lane);
     // The next chunk's copy of the state goes to the other buffer: its last readers finished chunk c - 1.
     if constexpr (!Summary) {
-      if (c + 1 < nchunks) store_state(Hs_base + (st ^ 1) * SM::H_ELEMS);
+      if (c + 1 < nchunks) state.store_copy(Hs_base + (st ^ 1) * SM::H_ELEMS, w.lane);
     }
   }
   if constexpr (Summary) {
-    for_each_acc(hacc, hw_m, hw_n, lane,
-                 [&](int row, int col, float& x) { st_g[static_cast<int64_t>(row) * dv + col] = x; });
+    float* __restrict__ st_g = p.states + (static_cast<int64_t>(bh) * p.NS + s) * DQK * dv + vt * VT;
+    state.for_each(w.lane, [&](int row, int col, float& x) { st_g[static_cast<int64_t>(row) * dv + col] = x; });
   } else if (p.final_state) {  // single segment: this walk ends the sequence
     const float fm = final_multiplier(p.final_scale, p.s0 ? static_cast<double>(p.s0[bh]) : 0.0, dec.lng[h], T);
     float* fs = p.final_state + static_cast<int64_t>(bh) * DQK * dv + vt * VT;
-    for_each_acc(hacc, hw_m, hw_n, lane,
-                 [&](int row, int col, float& x) { fs[static_cast<int64_t>(row) * dv + col] = x * fm; });
+    state.for_each(w.lane, [&](int row, int col, float& x) { fs[static_cast<int64_t>(row) * dv + col] = x * fm; });
+  }
+}
+
+// The backward's dk and dv in one reversed walk over the state dU [DQK, DV] (g = mu d_o):
+//   dv = reversed retention of (q=k, k=q, v=g), state dU;
+//   dk = reversed retention of (q=v, k=g, v=q), state dU^T, read from the same copy transposed.
+// p.q = k, p.k = q, p.v = g, p.x = v; p.o = dv [.., DV], p.o2 = dk [.., DQK]; the states are the dv run's. One
+// block covers all DV columns (dk sums over them), so each chunk loads four tiles and updates the state once,
+// where two runs load six and update twice. grid (1, NS, B * H), block 256.
+template <class Ops, int DQK, int DV>
+__global__ void __launch_bounds__(kEngineThreads, 1) chunk_engine_dkdv_kernel(ScanParams p, HeadDecays dec) {
+  using E = typename Ops::E;
+  using SM = DkdvSmem<Ops, DQK, DV>;
+  static_assert(SM::fits, "fused backward: shared memory of one block");
+  constexpr int LM = SM::LM, STAGE = SM::STAGE;
+  static_assert(DV == 64 || DV == 128, "value tile of 64 or 128 columns");
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  E* smem = reinterpret_cast<E*>(smem_raw);
+  E* Hs_base = smem + 2 * STAGE;
+
+  const int tid = threadIdx.x;
+  const EngineWarp w(tid);
+  const int s = blockIdx.y, bh = blockIdx.z;
+  const int b = bh / p.H, h = bh % p.H;
+  const int64_t T = p.T;
+  const float l2g = dec.log2g[h];
+  const int64_t seg_start = static_cast<int64_t>(s) * p.seg;
+  const int seg_len = static_cast<int>(min(static_cast<int64_t>(p.seg), T - seg_start));
+  const int nchunks = (seg_len + p.L - 1) / p.L;
+
+  auto phys = [&](int64_t pos) { return p.reverse ? T - 1 - pos : pos; };
+  // Stage layout: k, q (width DQK), g, v (width DV).
+  auto stage_k = [&](int st) { return smem + st * STAGE; };
+  auto stage_q = [&](int st) { return stage_k(st) + SM::QK_ELEMS; };
+  auto stage_g = [&](int st) { return stage_q(st) + SM::QK_ELEMS; };
+  auto stage_v = [&](int st) { return stage_g(st) + SM::V_ELEMS; };
+  const TileLoader<Ops, DQK, 2> load_kq({p.q, p.k}, b, h, T, p.H, DQK, 0, tid);
+  const TileLoader<Ops, DV, 2> load_gv({p.v, p.x}, b, h, T, p.H, DV, 0, tid);
+  auto load_chunk = [&](int c, int st) {
+    const int64_t c0 = seg_start + static_cast<int64_t>(c) * p.L;
+    const int len = min(p.L, seg_len - c * p.L);
+    load_kq.load({stage_k(st), stage_q(st)}, c0, len, phys);
+    load_gv.load({stage_g(st), stage_v(st)}, c0, len, phys);
+    cp_async_commit();
+  };
+
+  EngineState<Ops, DQK, DV> state(w.warp);
+  state.for_each(w.lane, [&](int row, int col, float& x) { x = entering_state<DQK>(p, bh, s, 0, row, col); });
+  state.store_copy(Hs_base, w.lane);
+
+  typename Ops::template Weights<LM> wts;
+  int w_len = -1;
+  auto set_weights = [&](int len) {
+    wts.set(w.tq, [&](int j) { return j < len ? exp2f(static_cast<float>(len - 1 - j) * l2g) : 0.f; });
+    w_len = len;
+  };
+
+  load_chunk(0, 0);
+  for (int c = 0; c < nchunks; ++c) {
+    const int st = c & 1;
+    const int len = min(p.L, seg_len - c * p.L);
+    cp_async_wait<0>();
+    __syncthreads();  // chunk c and Hs(c & 1) visible; everyone is past chunk c - 1
+    if (c + 1 < nchunks) load_chunk(c + 1, st ^ 1);
+    if (len != w_len) set_weights(len);
+    const E* Hs = Hs_base + st * SM::H_ELEMS;
+    const int64_t c0 = seg_start + static_cast<int64_t>(c) * p.L;
+    {
+      float oacc[DV / 16][4];
+      chunk_outputs<Ops, DQK, DV, false>(oacc, w, stage_k(st), stage_q(st), stage_g(st), Hs, l2g);
+      store_output_tile<E>(p.o, DV, p, oacc, b, h, c0, len, w.rg * 16, (w.warp >> 2) * (DV / 2), w.lane);
+    }
+    {
+      float oacc[DQK / 16][4];
+      chunk_outputs<Ops, DQK, DV, true>(oacc, w, stage_v(st), stage_g(st), stage_q(st), Hs, l2g);
+      store_output_tile<E>(p.o2, DQK, p, oacc, b, h, c0, len, w.rg * 16, (w.warp >> 2) * (DQK / 2), w.lane);
+    }
+    if (c + 1 < nchunks || p.final_state)
+      state.update(stage_q(st), stage_g(st), wts, exp2f(static_cast<float>(len) * l2g), w.lane);
+    if (c + 1 < nchunks) state.store_copy(Hs_base + (st ^ 1) * SM::H_ELEMS, w.lane);
+  }
+  if (p.final_state) {  // single segment: this walk ends the sequence
+    const float fm = final_multiplier(p.final_scale, p.s0 ? static_cast<double>(p.s0[bh]) : 0.0, dec.lng[h], T);
+    float* fs = p.final_state + static_cast<int64_t>(bh) * DQK * DV;
+    state.for_each(w.lane, [&](int row, int col, float& x) { fs[static_cast<int64_t>(row) * DV + col] = x * fm; });
   }
 }
 

@@ -59,7 +59,9 @@ struct ScanParams {
   const void* q;    // [B, T, H, dqk]
   const void* k;    // [B, T, H, dqk]
   const void* v;    // [B, T, H, dv]
+  const void* x;    // the fused backward's fourth input v [B, T, H, dv] (q, k, v hold k, q, g there)
   void* o;          // [B, T, H, dv] (not used by the summary pass)
+  void* o2;         // the fused backward's second output dk [B, T, H, dqk]
   const float* mu;  // [B, T, H] row multipliers of o, or null
   float* states;    // [B*H, NS, dqk, dv]: Delta_s after pass 1, H_s after pass 2
   int64_t T;
@@ -95,13 +97,13 @@ __device__ __forceinline__ void for_each_acc(float (&acc)[M][N][4], int m0, int 
       for (int e = 0; e < 4; ++e) f(m0 + mt * 16 + g + (e >> 1) * 8, n0 + nt * 8 + 2 * tq + (e & 1), acc[mt][nt][e]);
 }
 
-// Writes a warp's 16-row output tile acc (columns col0 + 8 nt + 2 tq + {0, 1} of o's rows) for chunk rows
-// row0 + g and row0 + g + 8 of the chunk at sequence position c0, each row times its multiplier mu; rows at or
-// past len are padding.
+// Writes a warp's 16-row output tile acc (columns col0 + 8 nt + 2 tq + {0, 1} of the rows of o, [B, T, H, width])
+// for chunk rows row0 + g and row0 + g + 8 of the chunk at sequence position c0, each row times its multiplier
+// mu; rows at or past len are padding.
 template <class E, int N>
-__device__ __forceinline__ void store_output_tile(const ScanParams& p, const float (&acc)[N][4], int b, int h,
-                                                  int64_t c0, int len, int row0, int col0, int lane) {
-  E* __restrict__ og = static_cast<E*>(p.o);
+__device__ __forceinline__ void store_output_tile(void* o, int width, const ScanParams& p, const float (&acc)[N][4],
+                                                  int b, int h, int64_t c0, int len, int row0, int col0, int lane) {
+  E* __restrict__ og = static_cast<E*>(o);
   const int g = lane >> 2, tq = lane & 3;
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
@@ -110,7 +112,7 @@ __device__ __forceinline__ void store_output_tile(const ScanParams& p, const flo
       const int64_t t = p.reverse ? p.T - 1 - (c0 + i) : c0 + i;
       const int64_t row = (static_cast<int64_t>(b) * p.T + t) * p.H + h;
       const float m = p.mu ? p.mu[row] : 1.f;
-      E* orow = og + row * p.dv + col0;
+      E* orow = og + row * width + col0;
 #pragma unroll
       for (int nt = 0; nt < N; ++nt) {
         const float x = acc[nt][2 * half] * m, y = acc[nt][2 * half + 1] * m;
@@ -313,7 +315,8 @@ __global__ void __launch_bounds__(kThreads, (ScanSmem<P, DQK, LM, Summary>::min_
           P::mma(oacc[nt + 1], a, bb[1]);
         }
       }
-      store_output_tile<E>(p, oacc, b, h, seg_start + static_cast<int64_t>(c) * p.L, len, ow_m, vt * VT + ow_n, lane);
+      store_output_tile<E>(p.o, p.dv, p, oacc, b, h, seg_start + static_cast<int64_t>(c) * p.L, len, ow_m,
+                           vt * VT + ow_n, lane);
     }
 
     // H <- gamma^len H + K^T Vb
