@@ -9,6 +9,8 @@
 //  * the stage buffers and the copy of the state that Q H reads are double-buffered: one barrier per chunk.
 // Row groups pair up on the warp schedulers (warps w and w + 4 share one): group w and 3 - w, so that every
 // scheduler carries the same causal work.
+// Two kernels: chunk_engine_kernel (a run's summary or outputs pass) and chunk_engine_dkdv_kernel (the backward's
+// dk and dv from one walk over their shared state). Both are built from TileLoader, EngineState and chunk_outputs.
 //
 // The storage type picks the arithmetic (EngineOps below):
 //   bf16 : mma.sync m16n8k16, ldmatrix from padded rows.
