@@ -405,6 +405,24 @@ struct TileLoader {
   }
 };
 
+// The state update's decay weights gamma^(len-1-j) for the V rows this thread loads (rows at or past len weigh 0),
+// recomputed only when the chunk length changes.
+template <class Ops>
+struct UpdateWeights {
+  typename Ops::template Weights<kEngineRows> w;
+  int len = -1;
+  __device__ __forceinline__ void prepare(int n, int tq, float l2g) {
+    if (n == len) return;
+    w.set(tq, [&](int j) { return j < n ? exp2f(static_cast<float>(n - 1 - j) * l2g) : 0.f; });
+    len = n;
+  }
+};
+
+// The factor of the final state a single-segment walk writes for (batch, head) bh.
+__device__ __forceinline__ float final_state_factor(const ScanParams& p, const HeadDecays& dec, int bh, int h) {
+  return final_multiplier(p.final_scale, p.s0 ? static_cast<double>(p.s0[bh]) : 0.0, dec.lng[h], p.T);
+}
+
 // The state tile [DQK, VT] in registers: warps 4 (rows) x 2 (columns), each DQK/4 rows x VT/2 columns.
 template <class Ops, int DQK, int VT>
 struct EngineState {
@@ -419,6 +437,10 @@ struct EngineState {
   __device__ __forceinline__ void for_each(int lane, F&& f) {
     for_each_acc(acc, m0, n0, lane, f);
   }
+  // dst[row * ld + col] = m * H(row, col).
+  __device__ __forceinline__ void write(float* __restrict__ dst, int64_t ld, float m, int lane) {
+    for_each(lane, [&](int row, int col, float& x) { dst[static_cast<int64_t>(row) * ld + col] = x * m; });
+  }
   // The copy of the state that Q H reads.
   __device__ __forceinline__ void store_copy(E* Hs, int lane) const {
     const int g = lane >> 2, tq = lane & 3;
@@ -432,8 +454,8 @@ struct EngineState {
                                              acc[mt][nt][2 * half], acc[mt][nt][2 * half + 1]);
   }
   // H <- dl H + K^T diag(w) V, K [LM, DQK] and V [LM, VT] tiles.
-  __device__ __forceinline__ void update(const E* Ks, const E* Vs, const typename Ops::template Weights<LM>& w,
-                                         float dl, int lane) {
+  __device__ __forceinline__ void update(const E* Ks, const E* Vs, const UpdateWeights<Ops>& uw, float dl, int lane) {
+    const auto& w = uw.w;
     if constexpr (Ops::kFreshDelta) {
       // The chunk's contribution in a fresh accumulator, added in float: tensor-core accumulation into the
       // (large) running state would lose low bits on every product, and the loss grows with the segment.
@@ -556,7 +578,7 @@ __global__ void __launch_bounds__(kEngineThreads, Summary && !Ops::kFreshDelta ?
   using E = typename Ops::E;
   using SM = EngineSmem<Ops, DQK, VT, Summary>;
   static_assert(SM::fits, "chunk engine: shared memory of one block");
-  constexpr int LM = SM::LM, STAGE = SM::STAGE;
+  constexpr int STAGE = SM::STAGE;
   static_assert(VT == 64 || VT == 128, "value tile of 64 or 128 columns");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   E* smem = reinterpret_cast<E*>(smem_raw);
@@ -604,14 +626,7 @@ __global__ void __launch_bounds__(kEngineThreads, Summary && !Ops::kFreshDelta ?
   // Hs(c & 1) holds the copy of the state entering chunk c.
   if constexpr (!Summary) state.store_copy(Hs_base, w.lane);
 
-  // Decay weights gamma^(len-1-j) of the state update for the V rows this thread loads; rows at or past len
-  // weigh 0.
-  typename Ops::template Weights<LM> wts;
-  int w_len = -1;
-  auto set_weights = [&](int len) {
-    wts.set(w.tq, [&](int j) { return j < len ? exp2f(static_cast<float>(len - 1 - j) * l2g) : 0.f; });
-    w_len = len;
-  };
+  UpdateWeights<Ops> wts;
 
   load_chunk(0, 0);
   for (int c = 0; c < nchunks; ++c) {
@@ -620,7 +635,7 @@ __global__ void __launch_bounds__(kEngineThreads, Summary && !Ops::kFreshDelta ?
     cp_async_wait<0>();
     __syncthreads();  // chunk c and Hs(c & 1) visible; everyone is past chunk c - 1
     if (c + 1 < nchunks) load_chunk(c + 1, st ^ 1);
-    if (len != w_len) set_weights(len);
+    wts.prepare(len, w.tq, l2g);
 
     if constexpr (!Summary) {
       float oacc[VT / 16][4];
@@ -640,12 +655,10 @@ __global__ void __launch_bounds__(kEngineThreads, Summary && !Ops::kFreshDelta ?
     }
   }
   if constexpr (Summary) {
-    float* __restrict__ st_g = p.states + (static_cast<int64_t>(bh) * p.NS + s) * DQK * dv + vt * VT;
-    state.for_each(w.lane, [&](int row, int col, float& x) { st_g[static_cast<int64_t>(row) * dv + col] = x; });
+    state.write(p.states + (static_cast<int64_t>(bh) * p.NS + s) * DQK * dv + vt * VT, dv, 1.f, w.lane);
   } else if (p.final_state) {  // single segment: this walk ends the sequence
-    const float fm = final_multiplier(p.final_scale, p.s0 ? static_cast<double>(p.s0[bh]) : 0.0, dec.lng[h], T);
-    float* fs = p.final_state + static_cast<int64_t>(bh) * DQK * dv + vt * VT;
-    state.for_each(w.lane, [&](int row, int col, float& x) { fs[static_cast<int64_t>(row) * dv + col] = x * fm; });
+    state.write(p.final_state + static_cast<int64_t>(bh) * DQK * dv + vt * VT, dv, final_state_factor(p, dec, bh, h),
+                w.lane);
   }
 }
 
@@ -660,7 +673,7 @@ __global__ void __launch_bounds__(kEngineThreads, 1) chunk_engine_dkdv_kernel(Sc
   using E = typename Ops::E;
   using SM = DkdvSmem<Ops, DQK, DV>;
   static_assert(SM::fits, "fused backward: shared memory of one block");
-  constexpr int LM = SM::LM, STAGE = SM::STAGE;
+  constexpr int STAGE = SM::STAGE;
   static_assert(DV == 64 || DV == 128, "value tile of 64 or 128 columns");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   E* smem = reinterpret_cast<E*>(smem_raw);
@@ -699,12 +712,7 @@ __global__ void __launch_bounds__(kEngineThreads, 1) chunk_engine_dkdv_kernel(Sc
   state.for_each(w.lane, [&](int row, int col, float& x) { x = entering_state<DQK>(p, bh, s, 0, row, col); });
   state.store_copy(Hs_base, w.lane);
 
-  typename Ops::template Weights<LM> wts;
-  int w_len = -1;
-  auto set_weights = [&](int len) {
-    wts.set(w.tq, [&](int j) { return j < len ? exp2f(static_cast<float>(len - 1 - j) * l2g) : 0.f; });
-    w_len = len;
-  };
+  UpdateWeights<Ops> wts;
 
   load_chunk(0, 0);
   for (int c = 0; c < nchunks; ++c) {
@@ -713,7 +721,7 @@ __global__ void __launch_bounds__(kEngineThreads, 1) chunk_engine_dkdv_kernel(Sc
     cp_async_wait<0>();
     __syncthreads();  // chunk c and Hs(c & 1) visible; everyone is past chunk c - 1
     if (c + 1 < nchunks) load_chunk(c + 1, st ^ 1);
-    if (len != w_len) set_weights(len);
+    wts.prepare(len, w.tq, l2g);
     const E* Hs = Hs_base + st * SM::H_ELEMS;
     const int64_t c0 = seg_start + static_cast<int64_t>(c) * p.L;
     {
@@ -730,11 +738,8 @@ __global__ void __launch_bounds__(kEngineThreads, 1) chunk_engine_dkdv_kernel(Sc
       state.update(stage_q(st), stage_g(st), wts, exp2f(static_cast<float>(len) * l2g), w.lane);
     if (c + 1 < nchunks) state.store_copy(Hs_base + (st ^ 1) * SM::H_ELEMS, w.lane);
   }
-  if (p.final_state) {  // single segment: this walk ends the sequence
-    const float fm = final_multiplier(p.final_scale, p.s0 ? static_cast<double>(p.s0[bh]) : 0.0, dec.lng[h], T);
-    float* fs = p.final_state + static_cast<int64_t>(bh) * DQK * DV;
-    state.for_each(w.lane, [&](int row, int col, float& x) { fs[static_cast<int64_t>(row) * DV + col] = x * fm; });
-  }
+  if (p.final_state)  // single segment: this walk ends the sequence
+    state.write(p.final_state + static_cast<int64_t>(bh) * DQK * DV, DV, final_state_factor(p, dec, bh, h), w.lane);
 }
 
 }  // namespace retnet::cuda_detail
