@@ -21,7 +21,7 @@ struct Cuda {
   cublasHandle_t cublas = nullptr;
   // Float storage: false keeps float accuracy (retention's matrix products as three tf32 products each, about
   // 1e-6 relative); true runs them as one tf32 product (about 1e-3 relative, as PyTorch's allow_tf32 and fla's
-  // float kernels), about 1.6 times faster on the H200. bf16 is not affected.
+  // float kernels), about 1.75 times faster on the H200 (fwd+bwd, (8, 4096, 16, 128)). bf16 is not affected.
   bool allow_tf32 = false;
 };
 

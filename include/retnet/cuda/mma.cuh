@@ -91,6 +91,29 @@ struct MmaBf16 {
   __device__ __forceinline__ static float to_float(T x) { return __bfloat162float(x); }
 };
 
+// The float elements of the m16n8k8 tf32 fragments (g = lane / 4, t = lane % 4), read from a shared tile with
+// leading dimension ld, A stored [m][k] (or [k][m] with Trans), B stored [n][k] (or [k][n] with Trans):
+//   A element i = at(g + 8 (i % 2), t + 4 (i / 2)),   B element i = at(k = t + 4 i, n = g).
+// f(i, x) turns element i into the fragment's tf32 representation.
+struct Tf32Fragments {
+  template <bool Trans, class F>
+  __device__ __forceinline__ static void a(const float* s, int ld, int m0, int k0, int lane, F&& f) {
+    const int g = lane >> 2, t = lane & 3;
+    auto at = [&](int m, int k) { return Trans ? s[(k0 + k) * ld + m0 + m] : s[(m0 + m) * ld + k0 + k]; };
+    f(0, at(g, t));
+    f(1, at(g + 8, t));
+    f(2, at(g, t + 4));
+    f(3, at(g + 8, t + 4));
+  }
+  template <bool Trans, class F>
+  __device__ __forceinline__ static void b(const float* s, int ld, int n0, int k0, int lane, F&& f) {
+    const int g = lane >> 2, t = lane & 3;
+    auto at = [&](int k, int n) { return Trans ? s[(k0 + k) * ld + n0 + n] : s[(n0 + n) * ld + k0 + k]; };
+    f(0, at(t, g));
+    f(1, at(t + 4, g));
+  }
+};
+
 struct MmaTf32x3 {
   using T = float;
   static constexpr int KS = 8;
@@ -111,19 +134,11 @@ struct MmaTf32x3 {
   }
   template <bool Trans>
   __device__ __forceinline__ static void lda(A& a, const T* s, int ld, int m0, int k0, int lane) {
-    const int g = lane >> 2, t = lane & 3;
-    auto at = [&](int m, int k) { return Trans ? s[(k0 + k) * ld + m0 + m] : s[(m0 + m) * ld + k0 + k]; };
-    split(at(g, t), a.hi[0], a.lo[0]);
-    split(at(g + 8, t), a.hi[1], a.lo[1]);
-    split(at(g, t + 4), a.hi[2], a.lo[2]);
-    split(at(g + 8, t + 4), a.hi[3], a.lo[3]);
+    Tf32Fragments::a<Trans>(s, ld, m0, k0, lane, [&](int i, float x) { split(x, a.hi[i], a.lo[i]); });
   }
   template <bool Trans>
   __device__ __forceinline__ static void ldb1(B& b, const T* s, int ld, int n0, int k0, int lane) {
-    const int g = lane >> 2, t = lane & 3;
-    auto at = [&](int k, int n) { return Trans ? s[(k0 + k) * ld + n0 + n] : s[(n0 + n) * ld + k0 + k]; };
-    split(at(t, g), b.hi[0], b.lo[0]);
-    split(at(t + 4, g), b.hi[1], b.lo[1]);
+    Tf32Fragments::b<Trans>(s, ld, n0, k0, lane, [&](int i, float x) { split(x, b.hi[i], b.lo[i]); });
   }
   template <bool Trans>
   __device__ __forceinline__ static void ldb2(B (&b)[2], const T* s, int ld, int n0, int k0, int lane) {
@@ -160,19 +175,11 @@ struct MmaTf32 {
   __device__ __forceinline__ static uint32_t round(float x) { return __float_as_uint(x) + 0x1000u; }
   template <bool Trans>
   __device__ __forceinline__ static void lda(A& a, const T* s, int ld, int m0, int k0, int lane) {
-    const int g = lane >> 2, t = lane & 3;
-    auto at = [&](int m, int k) { return Trans ? s[(k0 + k) * ld + m0 + m] : s[(m0 + m) * ld + k0 + k]; };
-    a.r[0] = round(at(g, t));
-    a.r[1] = round(at(g + 8, t));
-    a.r[2] = round(at(g, t + 4));
-    a.r[3] = round(at(g + 8, t + 4));
+    Tf32Fragments::a<Trans>(s, ld, m0, k0, lane, [&](int i, float x) { a.r[i] = round(x); });
   }
   template <bool Trans>
   __device__ __forceinline__ static void ldb1(B& b, const T* s, int ld, int n0, int k0, int lane) {
-    const int g = lane >> 2, t = lane & 3;
-    auto at = [&](int k, int n) { return Trans ? s[(k0 + k) * ld + n0 + n] : s[(n0 + n) * ld + k0 + k]; };
-    b.r[0] = round(at(t, g));
-    b.r[1] = round(at(t + 4, g));
+    Tf32Fragments::b<Trans>(s, ld, n0, k0, lane, [&](int i, float x) { b.r[i] = round(x); });
   }
   template <bool Trans>
   __device__ __forceinline__ static void ldb2(B (&b)[2], const T* s, int ld, int n0, int k0, int lane) {

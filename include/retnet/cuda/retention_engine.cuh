@@ -540,16 +540,7 @@ __device__ __forceinline__ void chunk_outputs(float (&oacc)[VW / 16][4], const E
     }
     Ops::mma_n(oacc, a, hb);
   }
-  // O rows decay by gamma^(i+1) from the entering state.
-  const float al0 = exp2f(static_cast<float>(ow_m + g + 1) * l2g);
-  const float al1 = exp2f(static_cast<float>(ow_m + g + 9) * l2g);
-#pragma unroll
-  for (int nt = 0; nt < ON / 8; ++nt) {
-    oacc[nt][0] *= al0;
-    oacc[nt][1] *= al0;
-    oacc[nt][2] *= al1;
-    oacc[nt][3] *= al1;
-  }
+  decay_output_rows(oacc, ow_m, g, l2g);
   // O += (S . Gamma) V, the masked scores as A fragments straight from the accumulators.
   auto masked = [&](int nt, int e) {
     const int i = ow_m + g + (e >> 1) * 8, j = Ops::key(nt, tq, e & 1);

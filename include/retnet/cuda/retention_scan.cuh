@@ -97,6 +97,21 @@ __device__ __forceinline__ void for_each_acc(float (&acc)[M][N][4], int m0, int 
       for (int e = 0; e < 4; ++e) f(m0 + mt * 16 + g + (e >> 1) * 8, n0 + nt * 8 + 2 * tq + (e & 1), acc[mt][nt][e]);
 }
 
+// Rows i = row0 + g and row0 + g + 8 of a warp's 16-row output tile acc times gamma^(i+1): Q H's decay from the
+// state entering the chunk.
+template <int N>
+__device__ __forceinline__ void decay_output_rows(float (&acc)[N][4], int row0, int g, float l2g) {
+  const float al0 = exp2f(static_cast<float>(row0 + g + 1) * l2g);
+  const float al1 = exp2f(static_cast<float>(row0 + g + 9) * l2g);
+#pragma unroll
+  for (int nt = 0; nt < N; ++nt) {
+    acc[nt][0] *= al0;
+    acc[nt][1] *= al0;
+    acc[nt][2] *= al1;
+    acc[nt][3] *= al1;
+  }
+}
+
 // Writes a warp's 16-row output tile acc (columns col0 + 8 nt + 2 tq + {0, 1} of the rows of o, [B, T, H, width])
 // for chunk rows row0 + g and row0 + g + 8 of the chunk at sequence position c0, each row times its multiplier
 // mu; rows at or past len are padding.
@@ -294,15 +309,7 @@ __global__ void __launch_bounds__(kThreads, (ScanSmem<P, DQK, LM, Summary>::min_
           P::mma(oacc[nt + 1], a, bb[1]);
         }
       }
-      const float al0 = exp2f(static_cast<float>(ow_m + g + 1) * l2g);
-      const float al1 = exp2f(static_cast<float>(ow_m + g + 9) * l2g);
-#pragma unroll
-      for (int nt = 0; nt < ON / 8; ++nt) {
-        oacc[nt][0] *= al0;
-        oacc[nt][1] *= al0;
-        oacc[nt][2] *= al1;
-        oacc[nt][3] *= al1;
-      }
+      decay_output_rows(oacc, ow_m, g, l2g);
 #pragma unroll
       for (int k0 = 0; k0 < LM; k0 += KS) {
         typename P::A a;
