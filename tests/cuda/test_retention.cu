@@ -262,6 +262,29 @@ TEST_CASE("cuda retention on the benchmark shapes (batch 1)", "[cuda][retention]
   check_case<__nv_bfloat16>(shapes[0], Form::chunkwise, Normalization::torchscale, seed++);
 }
 
+TEST_CASE("cuda retention with summary blocks finer than the segments and a ragged last segment",
+          "[cuda][retention][split]") {
+  if (!have_gpu()) return;
+  const Case c{1, 4000, 16, 128, 128, 64, true};
+  if (retnet::cuda_detail::split_summary_enabled()) {  // the split this shape is meant to exercise
+    for (const bool fused : {false, true}) {
+      const auto geo = retnet::cuda_detail::geometry<__nv_bfloat16, 128>(128, c.B, c.T, c.H, 0, false, fused);
+      INFO((fused ? "fused backward" : "forward")
+           << ": " << geo.NS << " segments of " << geo.seg << " rows, " << geo.sub << " summary blocks each");
+      CHECK(geo.NS > 1);
+      CHECK(geo.sub > 1);
+      CHECK(geo.outputs_final);
+      CHECK(geo.summaries == (geo.NS - 1) * geo.sub);
+      CHECK(c.T % geo.seg != 0);
+    }
+  }
+  uint64_t seed = 5000;
+  for (Normalization norm : {Normalization::raw, Normalization::torchscale}) {
+    check_case<__nv_bfloat16>(c, Form::chunkwise, norm, seed++);
+    check_case<float>(c, Form::chunkwise, norm, seed++);
+  }
+}
+
 template <class E>
 void check_steps(int64_t B, int64_t H, int64_t dk, int64_t dv, Normalization norm, uint64_t seed) {
   const double tol = std::is_same_v<E, float> ? 1e-5 : 1e-2;

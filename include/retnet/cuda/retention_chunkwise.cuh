@@ -13,8 +13,9 @@
 // (chunk_engine_dkdv_kernel): four input tiles and one state update per chunk instead of six and two.
 // Storage float or bf16 (__nv_bfloat16); state, scale and accumulation always float. Both run on
 // chunk_engine_kernel (retention_engine.cuh: bf16 mma.sync m16n8k16; float three tf32 products per product, float
-// accuracy); float with head size 256 on the generic scan_kernel. geometry() picks the segment split; a
-// single-segment engine run has no summary pass and its outputs pass writes the final state.
+// accuracy); float with head size 256 on the generic scan_kernel. geometry() picks the segment split and how
+// many summary blocks sum each segment; on the chunk engine the last segment's outputs blocks write the final
+// state, so that segment needs no summary (a single-segment run no summary pass at all).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -106,8 +107,12 @@ inline int64_t target_blocks() {
 
 struct Geometry {
   int L, seg, NS;
-  bool single = false;  // one segment on the chunk engine: no summary pass; the outputs pass writes the final state
-  bool narrow = false;  // 64 value columns per block where 128 would fit
+  int sub = 1;                 // summary segments per segment: the summary pass cuts segments into sub parts
+  int summaries = 0;           // summary segments per (batch, head); 0: no summary pass
+  bool outputs_final = false;  // the last segment's outputs blocks write the final state (it needs no summary)
+  bool narrow = false;         // 64 value columns per block where 128 would fit
+  int slots() const { return NS * sub; }
+  int summary_seg() const { return seg / sub; }
 };
 
 // RETNET_CUDA_ENGINE=scan runs everything on the generic scan_kernel instead of chunk_engine_kernel (A/B switch).
@@ -124,7 +129,7 @@ inline bool engine_enabled() {
 struct ScanKernel {
   const void* fn = nullptr;
   int threads = 0, bytes = 0, vt = 0;
-  bool writes_final = false;  // the outputs pass can end a single-segment run with the final state (chunk engine)
+  bool writes_final = false;  // the last segment's outputs blocks can write the final state (chunk engine)
 };
 
 template <class E, int DQK, bool Summary, class P = typename MmaFor<E>::type>
@@ -171,6 +176,16 @@ ScanKernel pick_scan(int dv, bool tf32, bool narrow) {
     if (tf32) return generic_scan_kernel<E, DQK, Summary, MmaTf32>();
   }
   return generic_scan_kernel<E, DQK, Summary>();
+}
+
+// RETNET_CUDA_SPLIT_SUMMARY=0 gives every segment, the last included, one summary block per value tile (the
+// split before summaries were cut finer than segments; A/B switch).
+inline bool split_summary_enabled() {
+  static const bool v = [] {
+    const char* e = std::getenv("RETNET_CUDA_SPLIT_SUMMARY");
+    return !(e && std::string_view(e) == "0");
+  }();
+  return v;
 }
 
 // RETNET_CUDA_FUSED=0 runs the backward's dk and dv as two engine runs instead of one fused walk (A/B switch).
@@ -239,12 +254,14 @@ void launch_scan(const Cuda& ctx, ScanParams sp, int64_t B, int H, HeadDecays de
 }
 
 // The segment split. Every block walks its segment's chunks in sequence, so the split trades waves of blocks
-// against chunks per block: it minimises (waves of outputs blocks) x (chunks per block + 2) + (waves of summary
-// blocks) x (0.35 x chunks per block + 1), the costs in units of one outputs chunk (measured on the H200: a
-// summary chunk costs about a third of an outputs chunk; a block's start, its first load and its state, about
-// two). The generic kernel (float with head size 256) keeps the former rule, about 1024 blocks of 64 value
-// columns (RETNET_CUDA_SCAN_BLOCKS=n: n blocks, for the engine too): its float state sums lose accuracy over long
-// segments (1e-5 at T = 16384 needs short ones). tf32: float with Cuda::allow_tf32.
+// against chunks per block. The summary pass needs no segments of its own length: its blocks each sum sub
+// consecutive parts of a segment, and the last segment needs none where its outputs blocks write the final state.
+// The split minimises (waves of outputs blocks) x (chunks per block + 2) + (waves of summary blocks) x
+// (0.35 x chunks per summary block + 1), the costs in units of one outputs chunk (measured on the H200: a summary
+// chunk costs about a third of an outputs chunk; a block's start, its first load and its state, about two). The
+// generic kernel (float with head size 256) keeps the former rule, about 1024 blocks of 64 value columns
+// (RETNET_CUDA_SCAN_BLOCKS=n: n blocks, for the engine too): its float state sums lose accuracy over long segments
+// (1e-5 at T = 16384 needs short ones). tf32: float with Cuda::allow_tf32.
 // Where both fit, the split is chosen for 128 and for 64 value columns per block, a narrow block's chunk counted
 // as kNarrowChunkCost of a wide one's: short runs with few (batch, head) pairs fill the machine with narrow blocks
 // in one segment rather than wide blocks in several. Measured on the H200 with each width forced (bf16, B = 4,
@@ -270,14 +287,15 @@ Geometry geometry(int dval, int64_t B, int64_t T, int H, int fixed_seg, bool tf3
   Geometry g{L, 0, 0};
   const int64_t chunks = (T + L - 1) / L;
   const int64_t narrow_tiles = B * H * (dval / kVTile);
+  // every split keeps NS * sub <= cap, which bounds the states buffer (max_segments)
   const int64_t cap = std::min(chunks, std::max<int64_t>(1, (target_blocks() + narrow_tiles - 1) / narrow_tiles));
+  const bool split = split_summary_enabled();
   if (fixed_seg > 0) {
     g.seg = fixed_seg;
   } else if (!engine_fits<E, DQK, kVTile>() || !engine_enabled() || std::getenv("RETNET_CUDA_SCAN_BLOCKS")) {
     g.seg = static_cast<int>((chunks + cap - 1) / cap * L);
   } else {
     double best = -1;
-    int64_t best_per = chunks;
     const bool has_wide =
         pick_scan<E, DQK, false>(dval, tf32, false).vt != pick_scan<E, DQK, false>(dval, tf32, true).vt;
     for (const bool narrow : {false, true}) {
@@ -286,28 +304,36 @@ Geometry geometry(int dval, int64_t B, int64_t T, int H, int fixed_seg, bool tf3
       if (narrow && (!has_wide || fused)) continue;  // the same kernel, or no narrow fused kernel
       if (!fused && has_wide && forced_value_tile() != 0 && forced_value_tile() != out.vt) continue;
       const double unit = narrow ? kNarrowChunkCost : 1.0, out_unit = fused ? kFusedChunkCost : 1.0;
-      const int64_t tiles = B * H * (dval / out.vt);
+      const int64_t out_tiles = B * H * (dval / out.vt), sum_tiles = B * H * (dval / sum.vt);
       const int64_t out_slots = concurrent_blocks(out), sum_slots = concurrent_blocks(sum);
       for (int64_t ns = 1; ns <= cap; ++ns) {
         const int64_t per = (chunks + ns - 1) / ns;  // chunks per segment
         const int64_t used = (chunks + per - 1) / per;
         if (used != ns) continue;  // the same split as a smaller ns
-        const double waves_out = static_cast<double>((tiles * ns + out_slots - 1) / out_slots);
-        const double waves_sum = static_cast<double>((tiles * ns + sum_slots - 1) / sum_slots);
-        // one segment needs no summary pass (the outputs pass ends with the final state)
-        const double summary = ns == 1 ? 0.0 : waves_sum * (0.35 * static_cast<double>(per) + 1.0);
-        const double cost = unit * (waves_out * (out_unit * static_cast<double>(per) + 2.0) + summary);
-        if (best < 0 || cost < best) {
-          best = cost;
-          best_per = per;
-          g.narrow = narrow;
+        const double waves_out = static_cast<double>((out_tiles * ns + out_slots - 1) / out_slots);
+        const double outputs = waves_out * (out_unit * static_cast<double>(per) + 2.0);
+        // segments with a summary; each is cut into sub parts (sub divides per; sub = 1 without the split)
+        const int64_t summed = (split || ns == 1) && out.writes_final ? ns - 1 : ns;
+        for (int64_t sub = 1; sub <= (split ? cap / ns : 1); ++sub) {
+          if (per % sub != 0) continue;
+          const double waves_sum = static_cast<double>((sum_tiles * summed * sub + sum_slots - 1) / sum_slots);
+          const double summary = summed == 0 ? 0.0 : waves_sum * (0.35 * static_cast<double>(per / sub) + 1.0);
+          const double cost = unit * (outputs + summary);
+          if (best < 0 || cost < best) {
+            best = cost;
+            g.seg = static_cast<int>(per * L);
+            g.sub = static_cast<int>(sub);
+            g.narrow = narrow;
+          }
+          if (summed == 0) break;
         }
       }
     }
-    g.seg = static_cast<int>(best_per * L);
   }
   g.NS = static_cast<int>((T + g.seg - 1) / g.seg);
-  g.single = g.NS == 1 && pick_scan<E, DQK, false>(dval, tf32, g.narrow).writes_final;
+  const ScanKernel out = fused ? pick_dkdv<E, DQK>(dval, tf32) : pick_scan<E, DQK, false>(dval, tf32, g.narrow);
+  g.outputs_final = (split || g.NS == 1) && out.writes_final;
+  g.summaries = g.outputs_final ? (g.NS - 1) * g.sub : g.NS * g.sub;
   return g;
 }
 
@@ -333,24 +359,28 @@ Geometry run_states_t(const Cuda& ctx, const Run& r, int64_t B, int64_t T, int H
   sp.T = T;
   sp.H = H;
   sp.dv = r.dval;
-  sp.L = std::min(geo.L, geo.seg);
-  sp.seg = geo.seg;
-  sp.NS = geo.NS;
+  sp.L = std::min(geo.L, geo.summary_seg());
+  sp.seg = geo.summary_seg();
+  sp.NS = geo.summaries;
+  sp.slots = geo.slots();
+  sp.sub = 1;
   sp.reverse = r.reverse ? 1 : 0;
-  if (!geo.single) launch_scan<E, DQK, true>(ctx, sp, B, H, dec, geo.narrow);
+  if (geo.summaries > 0) launch_scan<E, DQK, true>(ctx, sp, B, H, dec, geo.narrow);
   PrefixParams pp{};
   pp.states = states;
   pp.init = r.init;
   pp.s0 = r.s0;
-  pp.final_state = geo.single ? nullptr : r.final_state;  // single: the outputs pass writes it
-  pp.no_summaries = geo.single ? 1 : 0;
+  pp.final_state = geo.outputs_final ? nullptr : r.final_state;  // else the outputs pass writes it
   pp.colsum = r.colsum;
   pp.T = T;
   pp.H = H;
   pp.dqk = DQK;
   pp.dv = r.dval;
-  pp.seg = geo.seg;
+  pp.seg = geo.summary_seg();
+  pp.summaries = geo.summaries;
   pp.NS = geo.NS;
+  pp.sub = geo.sub;
+  pp.slots = geo.slots();
   pp.init_transposed = r.init_transposed ? 1 : 0;
   pp.init_scale = r.init_scale;
   pp.final_scale = r.final_scale;
@@ -374,9 +404,11 @@ void run_output_t(const Cuda& ctx, const Run& r, int64_t B, int64_t T, int H, co
   sp.L = std::min(chunk_rows<E, DQK>, geo.seg);  // this run's own chunk (the states may be another run's)
   sp.seg = geo.seg;
   sp.NS = geo.NS;
+  sp.slots = geo.slots();
+  sp.sub = geo.sub;
   sp.reverse = r.reverse ? 1 : 0;
   sp.states_transposed = r.states_transposed ? 1 : 0;
-  if (geo.single) {
+  if (geo.outputs_final) {
     sp.final_state = r.final_state;
     sp.s0 = r.s0;
     sp.final_scale = r.final_scale;

@@ -418,7 +418,13 @@ struct UpdateWeights {
   }
 };
 
-// The factor of the final state a single-segment walk writes for (batch, head) bh.
+// Where an outputs block of segment s writes the final state: the last segment's blocks end the run, if the run
+// asks for it (null otherwise).
+__device__ __forceinline__ float* final_state_of(const ScanParams& p, int s) {
+  return s == p.NS - 1 ? p.final_state : nullptr;
+}
+
+// The factor of the final state the last segment's walk writes for (batch, head) bh.
 __device__ __forceinline__ float final_state_factor(const ScanParams& p, const HeadDecays& dec, int bh, int h) {
   return final_multiplier(p.final_scale, p.s0 ? static_cast<double>(p.s0[bh]) : 0.0, dec.lng[h], p.T);
 }
@@ -610,6 +616,7 @@ __global__ void __launch_bounds__(kEngineThreads, Summary && !Ops::kFreshDelta ?
     cp_async_commit();
   };
 
+  float* const final_state = Summary ? nullptr : final_state_of(p, s);
   EngineState<Ops, DQK, VT> state(w.warp);
   state.for_each(w.lane, [&](int row, int col, float& x) {
     x = Summary ? 0.f : entering_state<DQK>(p, bh, s, vt * VT, row, col);
@@ -638,7 +645,7 @@ __global__ void __launch_bounds__(kEngineThreads, Summary && !Ops::kFreshDelta ?
 
     // H <- gamma^len H + K^T diag(gamma^(len-1-j)) V (after its last chunk, the outputs pass needs the state only
     // when it writes the final state)
-    if (Summary || c + 1 < nchunks || p.final_state)
+    if (Summary || c + 1 < nchunks || final_state)
       state.update(stage_k(st), stage_v(st), wts, exp2f(static_cast<float>(len) * l2g), w.lane);
     // The next chunk's copy of the state goes to the other buffer: its last readers finished chunk c - 1.
     if constexpr (!Summary) {
@@ -646,9 +653,9 @@ __global__ void __launch_bounds__(kEngineThreads, Summary && !Ops::kFreshDelta ?
     }
   }
   if constexpr (Summary) {
-    state.write(p.states + (static_cast<int64_t>(bh) * p.NS + s) * DQK * dv + vt * VT, dv, 1.f, w.lane);
-  } else if (p.final_state) {  // single segment: this walk ends the sequence
-    state.write(p.final_state + static_cast<int64_t>(bh) * DQK * dv + vt * VT, dv, final_state_factor(p, dec, bh, h),
+    state.write(p.states + state_offset<DQK>(p, bh, s) + vt * VT, dv, 1.f, w.lane);
+  } else if (final_state) {  // the last segment: this walk ends the sequence
+    state.write(final_state + static_cast<int64_t>(bh) * DQK * dv + vt * VT, dv, final_state_factor(p, dec, bh, h),
                 w.lane);
   }
 }
@@ -699,6 +706,7 @@ __global__ void __launch_bounds__(kEngineThreads, 1) chunk_engine_dkdv_kernel(Sc
     cp_async_commit();
   };
 
+  float* const final_state = final_state_of(p, s);
   EngineState<Ops, DQK, DV> state(w.warp);
   state.for_each(w.lane, [&](int row, int col, float& x) { x = entering_state<DQK>(p, bh, s, 0, row, col); });
   state.store_copy(Hs_base, w.lane);
@@ -725,12 +733,12 @@ __global__ void __launch_bounds__(kEngineThreads, 1) chunk_engine_dkdv_kernel(Sc
       chunk_outputs<Ops, DQK, DV, true>(oacc, w, stage_v(st), stage_g(st), stage_q(st), Hs, l2g);
       store_output_tile<E>(p.o2, DQK, p, oacc, b, h, c0, len, w.rg * 16, (w.warp >> 2) * (DQK / 2), w.lane);
     }
-    if (c + 1 < nchunks || p.final_state)
+    if (c + 1 < nchunks || final_state)
       state.update(stage_q(st), stage_g(st), wts, exp2f(static_cast<float>(len) * l2g), w.lane);
     if (c + 1 < nchunks) state.store_copy(Hs_base + (st ^ 1) * SM::H_ELEMS, w.lane);
   }
-  if (p.final_state)  // single segment: this walk ends the sequence
-    state.write(p.final_state + static_cast<int64_t>(bh) * DQK * DV, DV, final_state_factor(p, dec, bh, h), w.lane);
+  if (final_state)  // the last segment: this walk ends the sequence
+    state.write(final_state + static_cast<int64_t>(bh) * DQK * DV, DV, final_state_factor(p, dec, bh, h), w.lane);
 }
 
 }  // namespace retnet::cuda_detail

@@ -4,10 +4,12 @@
 //   r_n = q_n U_n,   U_n = gamma U_{n-1} + k_n^T v_n,   U_{-1} = U0 (scaled), optionally o_n = mu_n r_n
 //
 // The sequence of every (batch, head) is cut into segments of `seg` rows, each into chunks of L <= LM rows.
-//   1. scan_kernel<Summary=true>: per (segment, value tile), the segment's own state contribution
-//      Delta_s = sum_m gamma^(end - m) k_m^T v_m (tensor cores, chunk by chunk).
-//   2. prefix_kernel: per (batch, head), elementwise across segments: H_0 = U0, H_{s+1} = gamma^len H_s + Delta_s,
-//      written over Delta_s; the final state; and, for torchscale's chunkwise normaliser, the column sums of |H_s|.
+//   1. scan_kernel<Summary=true>: per (summary segment, value tile), the summary segment's own state contribution
+//      Delta_f = sum_m gamma^(end - m) k_m^T v_m (tensor cores, chunk by chunk). A segment may be summed by `sub`
+//      blocks of seg / sub rows each, and the last needs none where the outputs pass writes the final state.
+//   2. prefix_kernel: per (batch, head), elementwise across summaries: H_{f+1} = gamma^len H_f + Delta_f, with
+//      H_0 = U0; the states entering segments are written over the summaries (slot s * sub for segment s); the
+//      final state; and, for torchscale's chunkwise normaliser, the column sums of |H_s|.
 //   3. scan_kernel<Summary=false>: per (segment, value tile), walks its chunks with the state tile in registers:
 //      O = diag(gamma^(i+1)) Q H + (Q K^T . Gamma) V, then H <- gamma^L H + K^T diag(gamma^(L-1-j)) V.
 // A `reverse` flag walks time backwards, which turns the same kernels into the backward pass (see
@@ -63,24 +65,31 @@ struct ScanParams {
   void* o;          // [B, T, H, dv] (not used by the summary pass)
   void* o2;         // the fused backward's second output dk [B, T, H, dqk]
   const float* mu;  // [B, T, H] row multipliers of o, or null
-  float* states;    // [B*H, NS, dqk, dv]: Delta_s after pass 1, H_s after pass 2
+  float* states;    // [B*H, slots, dqk, dv]: Delta_f after pass 1, H_s at slot s * sub after pass 2
   int64_t T;
   int H, dv;
-  int L, seg, NS;
+  int L, seg, NS;  // this pass's segments: NS of seg rows (the summary pass's may be shorter than the outputs pass's)
+  int slots, sub;  // state slots per (batch, head); slots per segment of this pass (the summary pass: 1)
   int reverse;
-  int states_transposed;  // outputs pass: states holds [B*H, NS, dv, dqk] (another run's states, transposed)
-  // Single-segment runs of the bf16 engine (NS = 1): the outputs pass writes the final state [B, H, dqk, dv]
-  // itself (times final_multiplier), and the summary pass does not run. Null otherwise.
+  int states_transposed;  // outputs pass: states holds [B*H, slots, dv, dqk] (another run's states, transposed)
+  // Chunk-engine outputs passes: the blocks of the last segment write the final state [B, H, dqk, dv] (times
+  // final_multiplier), so that segment needs no summary. Null otherwise (the prefix pass writes it).
   float* final_state;
   const float* s0;  // [B, H] entering scales, or null (0)
   FinalScale final_scale;
 };
 
+// Offset of the state slot of this pass's segment s of (batch, head) bh in p.states.
+template <int DQK>
+__device__ __forceinline__ int64_t state_offset(const ScanParams& p, int bh, int s) {
+  return (static_cast<int64_t>(bh) * p.slots + static_cast<int64_t>(s) * p.sub) * DQK * p.dv;
+}
+
 // Entering state (row, col) of the value tile at column v0, segment s, (batch, head) bh; with
 // p.states_transposed the buffer holds [dv, DQK] states (another run's).
 template <int DQK>
 __device__ __forceinline__ float entering_state(const ScanParams& p, int bh, int s, int v0, int row, int col) {
-  const int64_t base = (static_cast<int64_t>(bh) * p.NS + s) * DQK * p.dv;
+  const int64_t base = state_offset<DQK>(p, bh, s);
   return p.states_transposed ? p.states[base + static_cast<int64_t>(v0 + col) * DQK + row]
                              : p.states[base + static_cast<int64_t>(row) * p.dv + v0 + col];
 }
@@ -228,7 +237,7 @@ __global__ void __launch_bounds__(kThreads, (ScanSmem<P, DQK, LM, Summary>::min_
   constexpr int HM = DQK / 64;  // m16 tiles per warp
   const int hw_m = (warp & 3) * (DQK / 4), hw_n = (warp >> 2) * 32;
   float hacc[HM][4][4];
-  float* __restrict__ st_g = p.states + (static_cast<int64_t>(bh) * p.NS + s) * DQK * dv + vt * VT;
+  float* __restrict__ st_g = p.states + state_offset<DQK>(p, bh, s) + vt * VT;
   for_each_acc(hacc, hw_m, hw_n, lane, [&](int row, int col, float& x) {
     x = Summary ? 0.f : entering_state<DQK>(p, bh, s, vt * VT, row, col);
   });
@@ -365,17 +374,20 @@ __global__ void __launch_bounds__(kThreads, (ScanSmem<P, DQK, LM, Summary>::min_
 }
 
 struct PrefixParams {
-  float* states;       // [B*H, NS, dqk, dv]
+  float* states;       // [B*H, slots, dqk, dv]: the summaries Delta_f in, the entering states H_s out (slot s * sub)
   const float* init;   // [B, H, dqk, dv], or [B, H, dv, dqk] when init_transposed; may be null
   const float* s0;     // [B, H] or null (0)
-  float* final_state;  // [B, H, dqk, dv] or null
+  float* final_state;  // [B, H, dqk, dv] or null (then the summaries need not cover the sequence)
   float* colsum;       // [B*H, NS, dv] of |H_s| column sums, or null
   int64_t T;
-  int H, dqk, dv, seg, NS;
+  int H, dqk, dv;
+  int seg;        // rows per summary segment
+  int summaries;  // summary segments per (batch, head) (0: no summary pass ran)
+  int NS, sub;    // the outputs pass's segments, each sub summary segments long
+  int slots;      // state slots per (batch, head)
   int init_transposed;
   InitScale init_scale;
   FinalScale final_scale;
-  int no_summaries;  // no summary pass ran (single segment): the summaries count as zero and are not read
 };
 
 // grid (B*H, dv/32), block 256 = 32 value columns x 8 row slices.
@@ -404,43 +416,47 @@ __global__ void __launch_bounds__(256) prefix_kernel(PrefixParams p, HeadDecays 
     carry[r] = x * im;
   }
   const float l2g = dec.log2g[h];
-  // The summaries of segment s + 1 are loaded before segment s is written: the loads of a thread do not wait
-  // for its stores (the compiler cannot tell that they never alias).
-  auto seg_ptr = [&](int s) { return p.states + (static_cast<int64_t>(bh) * p.NS + s) * DQK * dv + v; };
+  // Summary f + 1 is loaded before slot f is written: the loads of a thread do not wait for its stores (the
+  // compiler cannot tell that they never alias).
+  auto slot_ptr = [&](int f) { return p.states + (static_cast<int64_t>(bh) * p.slots + f) * DQK * dv + v; };
   float next[R];
 #pragma unroll
-  for (int r = 0; r < R; ++r) next[r] = p.no_summaries ? 0.f : seg_ptr(0)[static_cast<int64_t>(ks + 8 * r) * dv];
-  for (int s = 0; s < p.NS; ++s) {
-    const int len = static_cast<int>(min(static_cast<int64_t>(p.seg), p.T - static_cast<int64_t>(s) * p.seg));
-    const float dl = exp2f(static_cast<float>(len) * l2g);
-    float* st = seg_ptr(s);
+  for (int r = 0; r < R; ++r) next[r] = p.summaries > 0 ? slot_ptr(0)[static_cast<int64_t>(ks + 8 * r) * dv] : 0.f;
+  for (int f = 0;; ++f) {
     float d[R];
 #pragma unroll
     for (int r = 0; r < R; ++r) d[r] = next[r];
-    if (s + 1 < p.NS) {
-      const float* nx = seg_ptr(s + 1);
+    if (f + 1 < p.summaries) {
+      const float* nx = slot_ptr(f + 1);
 #pragma unroll
       for (int r = 0; r < R; ++r) next[r] = nx[static_cast<int64_t>(ks + 8 * r) * dv];
     }
-    float cs = 0.f;
+    const int s = f / p.sub;
+    if (f % p.sub == 0 && s < p.NS) {  // carry is H_s, the state entering segment s
+      float* st = slot_ptr(f);
+      float cs = 0.f;
 #pragma unroll
-    for (int r = 0; r < R; ++r) {
-      const int kk = ks + 8 * r;
-      st[static_cast<int64_t>(kk) * dv] = carry[r];
-      cs += fabsf(carry[r]);
-      carry[r] = carry[r] * dl + d[r];
-    }
-    if (p.colsum) {
-      red[ks][threadIdx.x & 31] = cs;
-      __syncthreads();
-      if (ks == 0) {
-        float t = 0.f;
-#pragma unroll
-        for (int i = 0; i < 8; ++i) t += red[i][threadIdx.x & 31];
-        p.colsum[(static_cast<int64_t>(bh) * p.NS + s) * dv + v] = t;
+      for (int r = 0; r < R; ++r) {
+        st[static_cast<int64_t>(ks + 8 * r) * dv] = carry[r];
+        cs += fabsf(carry[r]);
       }
-      __syncthreads();
+      if (p.colsum) {
+        red[ks][threadIdx.x & 31] = cs;
+        __syncthreads();
+        if (ks == 0) {
+          float t = 0.f;
+#pragma unroll
+          for (int i = 0; i < 8; ++i) t += red[i][threadIdx.x & 31];
+          p.colsum[(static_cast<int64_t>(bh) * p.NS + s) * dv + v] = t;
+        }
+        __syncthreads();
+      }
     }
+    if (f == p.summaries) break;
+    const int len = static_cast<int>(min(static_cast<int64_t>(p.seg), p.T - static_cast<int64_t>(f) * p.seg));
+    const float dl = exp2f(static_cast<float>(len) * l2g);
+#pragma unroll
+    for (int r = 0; r < R; ++r) carry[r] = carry[r] * dl + d[r];
   }
   if (p.final_state) {
     const float fm = final_multiplier(p.final_scale, s0, lng, p.T);
