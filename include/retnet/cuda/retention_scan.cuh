@@ -416,47 +416,55 @@ __global__ void __launch_bounds__(256) prefix_kernel(PrefixParams p, HeadDecays 
     carry[r] = x * im;
   }
   const float l2g = dec.log2g[h];
-  // Summary f + 1 is loaded before slot f is written: the loads of a thread do not wait for its stores (the
-  // compiler cannot tell that they never alias).
+  // The summaries are independent loads and only the carry is a chain, so they are loaded G at a time before the
+  // slots among them are written (a thread's loads do not wait for its stores, and the compiler cannot tell that
+  // they never alias).
+  constexpr int G = DQK <= 128 ? 4 : 2;
   auto slot_ptr = [&](int f) { return p.states + (static_cast<int64_t>(bh) * p.slots + f) * DQK * dv + v; };
-  float next[R];
+  for (int f0 = 0;; f0 += G) {
+    float d[G][R];
 #pragma unroll
-  for (int r = 0; r < R; ++r) next[r] = p.summaries > 0 ? slot_ptr(0)[static_cast<int64_t>(ks + 8 * r) * dv] : 0.f;
-  for (int f = 0;; ++f) {
-    float d[R];
+    for (int i = 0; i < G; ++i) {
+      if (f0 + i < p.summaries) {
+        const float* src = slot_ptr(f0 + i);
 #pragma unroll
-    for (int r = 0; r < R; ++r) d[r] = next[r];
-    if (f + 1 < p.summaries) {
-      const float* nx = slot_ptr(f + 1);
-#pragma unroll
-      for (int r = 0; r < R; ++r) next[r] = nx[static_cast<int64_t>(ks + 8 * r) * dv];
-    }
-    const int s = f / p.sub;
-    if (f % p.sub == 0 && s < p.NS) {  // carry is H_s, the state entering segment s
-      float* st = slot_ptr(f);
-      float cs = 0.f;
-#pragma unroll
-      for (int r = 0; r < R; ++r) {
-        st[static_cast<int64_t>(ks + 8 * r) * dv] = carry[r];
-        cs += fabsf(carry[r]);
+        for (int r = 0; r < R; ++r) d[i][r] = src[static_cast<int64_t>(ks + 8 * r) * dv];
       }
-      if (p.colsum) {
-        red[ks][threadIdx.x & 31] = cs;
-        __syncthreads();
-        if (ks == 0) {
-          float t = 0.f;
+    }
+    bool done = false;
 #pragma unroll
-          for (int i = 0; i < 8; ++i) t += red[i][threadIdx.x & 31];
-          p.colsum[(static_cast<int64_t>(bh) * p.NS + s) * dv + v] = t;
+    for (int i = 0; i < G && !done; ++i) {
+      const int f = f0 + i, s = f / p.sub;
+      if (f % p.sub == 0 && s < p.NS) {  // carry is H_s, the state entering segment s
+        float* st = slot_ptr(f);
+        float cs = 0.f;
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          st[static_cast<int64_t>(ks + 8 * r) * dv] = carry[r];
+          cs += fabsf(carry[r]);
         }
-        __syncthreads();
+        if (p.colsum) {
+          red[ks][threadIdx.x & 31] = cs;
+          __syncthreads();
+          if (ks == 0) {
+            float t = 0.f;
+#pragma unroll
+            for (int j = 0; j < 8; ++j) t += red[j][threadIdx.x & 31];
+            p.colsum[(static_cast<int64_t>(bh) * p.NS + s) * dv + v] = t;
+          }
+          __syncthreads();
+        }
+      }
+      if (f == p.summaries) {
+        done = true;
+      } else {
+        const int len = static_cast<int>(min(static_cast<int64_t>(p.seg), p.T - static_cast<int64_t>(f) * p.seg));
+        const float dl = exp2f(static_cast<float>(len) * l2g);
+#pragma unroll
+        for (int r = 0; r < R; ++r) carry[r] = carry[r] * dl + d[i][r];
       }
     }
-    if (f == p.summaries) break;
-    const int len = static_cast<int>(min(static_cast<int64_t>(p.seg), p.T - static_cast<int64_t>(f) * p.seg));
-    const float dl = exp2f(static_cast<float>(len) * l2g);
-#pragma unroll
-    for (int r = 0; r < R; ++r) carry[r] = carry[r] * dl + d[r];
+    if (done) break;
   }
   if (p.final_state) {
     const float fm = final_multiplier(p.final_scale, s0, lng, p.T);
