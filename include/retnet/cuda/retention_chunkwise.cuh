@@ -223,29 +223,34 @@ ScanKernel pick_dkdv(int dv, bool tf32) {
   return k;
 }
 
+struct Residency {
+  int64_t blocks;  // blocks of the kernel that run at once on the device
+  int64_t sms;     // multiprocessors
+};
+
 // Readies kernel k on the current device (its shared-memory limit) and returns how many of its blocks run at once
 // there. Both happen once per (kernel, device): every run asks, and the queries cost more host time than a small
 // run's launches.
-inline int64_t concurrent_blocks(const ScanKernel& k) {
+inline Residency residency(const ScanKernel& k) {
   int dev = 0;
   RETNET_CUDA_CHECK(cudaGetDevice(&dev));
   static std::mutex mutex;
-  static std::map<std::pair<const void*, int>, int64_t> known;
+  static std::map<std::pair<const void*, int>, Residency> known;
   const std::lock_guard<std::mutex> lock(mutex);
   if (const auto it = known.find({k.fn, dev}); it != known.end()) return it->second;
   RETNET_CUDA_CHECK(cudaFuncSetAttribute(k.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, k.bytes));
   int per_sm = 0, sms = 0;
   RETNET_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k.fn, k.threads, k.bytes));
   RETNET_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  const int64_t blocks = std::max<int64_t>(1, static_cast<int64_t>(per_sm) * sms);
-  known.emplace(std::make_pair(k.fn, dev), blocks);
-  return blocks;
+  const Residency r{std::max<int64_t>(1, static_cast<int64_t>(per_sm) * sms), std::max(1, sms)};
+  known.emplace(std::make_pair(k.fn, dev), r);
+  return r;
 }
 
 template <class E, int DQK, bool Summary>
 void launch_scan(const Cuda& ctx, ScanParams sp, int64_t B, int H, HeadDecays dec, bool narrow) {
   const ScanKernel k = pick_scan<E, DQK, Summary>(sp.dv, ctx.allow_tf32, narrow);
-  (void)concurrent_blocks(k);  // readies k on this device
+  (void)residency(k);  // readies k on this device
   const dim3 grid(static_cast<unsigned>(sp.dv / k.vt), static_cast<unsigned>(sp.NS), static_cast<unsigned>(B * H));
   void* args[] = {&sp, &dec};
   RETNET_CUDA_CHECK(cudaLaunchKernel(k.fn, grid, dim3(static_cast<unsigned>(k.threads)), args,
@@ -256,20 +261,23 @@ void launch_scan(const Cuda& ctx, ScanParams sp, int64_t B, int H, HeadDecays de
 // The segment split. Every block walks its segment's chunks in sequence, so the split trades waves of blocks
 // against chunks per block. The summary pass needs no segments of its own length: its blocks each sum sub
 // consecutive parts of a segment, and the last segment needs none where its outputs blocks write the final state.
-// The split minimises (waves of outputs blocks) x (chunks per block + 2) + (waves of summary blocks) x
-// (0.35 x chunks per summary block + 1), the costs in units of one outputs chunk (measured on the H200: a summary
-// chunk costs about a third of an outputs chunk; a block's start, its first load and its state, about two). The
-// generic kernel (float with head size 256) keeps the former rule, about 1024 blocks of 64 value columns
-// (RETNET_CUDA_SCAN_BLOCKS=n: n blocks, for the engine too): its float state sums lose accuracy over long segments
-// (1e-5 at T = 16384 needs short ones). tf32: float with Cuda::allow_tf32.
-// Where both fit, the split is chosen for 128 and for 64 value columns per block, a narrow block's chunk counted
-// as kNarrowChunkCost of a wide one's: short runs with few (batch, head) pairs fill the machine with narrow blocks
-// in one segment rather than wide blocks in several. Measured on the H200 with each width forced (bf16, B = 4,
-// H = 16, D = 128, fwd+bwd): narrow wins at T = 1024 and 2048, loses at 4096 and 16384; the model agrees with
-// all of these for 0.645 < kNarrowChunkCost < 0.70. RETNET_CUDA_VT=64 or 128 forces the width where both exist.
+// The split minimises (waves of outputs blocks) x (chunks per block + 2) + kSummaryStart + kSummaryChunk x
+// (summary chunks per multiprocessor), the costs in units of one outputs chunk. Measured on the H200 (Nsight
+// Compute, bench/cuda/kernel_times.sh): a block's start, its first load and its state cost about two outputs
+// chunks; the summary pass about three plus 0.29 per chunk that its busiest multiprocessor sums. Its two blocks
+// per multiprocessor share the multiprocessor: 192 and 256 blocks of 32 chunks on 132 took 110 and 117 us, so
+// the count that matters is chunks per multiprocessor, not waves of blocks. The generic kernel (float with head size
+// 256) keeps the former rule, about 1024 blocks of 64 value columns (RETNET_CUDA_SCAN_BLOCKS=n: n blocks, for the
+// engine too): its float state sums lose accuracy over long segments (1e-5 at T = 16384 needs short ones). tf32: float
+// with Cuda::allow_tf32. Where both fit, the split is chosen for 128 and for 64 value columns per block, a narrow
+// block's chunk counted as kNarrowChunkCost of a wide one's: short runs with few (batch, head) pairs fill the machine
+// with narrow blocks in one segment rather than wide blocks in several. Measured on the H200 with each width forced
+// (bf16, B = 4, H = 16, D = 128, fwd+bwd): narrow wins at T = 1024 and 2048, loses at 4096 and 16384; the model agrees
+// with all of these for 0.645 < kNarrowChunkCost < 0.70. RETNET_CUDA_VT=64 or 128 forces the width where both exist.
 inline constexpr double kNarrowChunkCost = 0.67;
 // A chunk of the fused backward (two outputs, one state update) in units of an outputs chunk.
 inline constexpr double kFusedChunkCost = 1.7;
+inline constexpr double kSummaryStart = 3.0, kSummaryChunk = 0.29;
 
 inline int forced_value_tile() {
   static const int v = [] {
@@ -305,7 +313,7 @@ Geometry geometry(int dval, int64_t B, int64_t T, int H, int fixed_seg, bool tf3
       if (!fused && has_wide && forced_value_tile() != 0 && forced_value_tile() != out.vt) continue;
       const double unit = narrow ? kNarrowChunkCost : 1.0, out_unit = fused ? kFusedChunkCost : 1.0;
       const int64_t out_tiles = B * H * (dval / out.vt), sum_tiles = B * H * (dval / sum.vt);
-      const int64_t out_slots = concurrent_blocks(out), sum_slots = concurrent_blocks(sum);
+      const int64_t out_slots = residency(out).blocks, sum_slots = residency(sum).blocks, sms = residency(sum).sms;
       for (int64_t ns = 1; ns <= cap; ++ns) {
         const int64_t per = (chunks + ns - 1) / ns;  // chunks per segment
         const int64_t used = (chunks + per - 1) / per;
@@ -316,8 +324,13 @@ Geometry geometry(int dval, int64_t B, int64_t T, int H, int fixed_seg, bool tf3
         const int64_t summed = (split || ns == 1) && out.writes_final ? ns - 1 : ns;
         for (int64_t sub = 1; sub <= (split ? cap / ns : 1); ++sub) {
           if (per % sub != 0) continue;
-          const double waves_sum = static_cast<double>((sum_tiles * summed * sub + sum_slots - 1) / sum_slots);
-          const double summary = summed == 0 ? 0.0 : waves_sum * (0.35 * static_cast<double>(per / sub) + 1.0);
+          const int64_t blocks = sum_tiles * summed * sub;
+          double summary = 0;
+          if (summed > 0 && split) {
+            summary = kSummaryStart + kSummaryChunk * static_cast<double>((blocks + sms - 1) / sms * (per / sub));
+          } else if (summed > 0) {  // the former model (RETNET_CUDA_SPLIT_SUMMARY=0): waves of resident blocks
+            summary = static_cast<double>((blocks + sum_slots - 1) / sum_slots) * (0.35 * static_cast<double>(per) + 1);
+          }
           const double cost = unit * (outputs + summary);
           if (best < 0 || cost < best) {
             best = cost;
@@ -418,7 +431,7 @@ void run_output_t(const Cuda& ctx, const Run& r, int64_t B, int64_t T, int H, co
   sp.o2 = r.o2;
   const ScanKernel k = pick_dkdv<E, DQK>(r.dval, ctx.allow_tf32);
   require(k.fn != nullptr, "retention backward (CUDA): no fused kernel for these head sizes");
-  (void)concurrent_blocks(k);  // readies k on this device
+  (void)residency(k);  // readies k on this device
   const dim3 grid(1, static_cast<unsigned>(sp.NS), static_cast<unsigned>(B * H));
   HeadDecays decays = dec;
   void* args[] = {&sp, &decays};
