@@ -111,6 +111,7 @@ struct Geometry {
   int summaries = 0;           // summary segments per (batch, head); 0: no summary pass
   bool outputs_final = false;  // the last segment's outputs blocks write the final state (it needs no summary)
   bool narrow = false;         // 64 value columns per block where 128 would fit
+  bool init_direct = false;    // no prefix pass: the outputs pass starts from the initial state (one segment)
   int slots() const { return NS * sub; }
   int summary_seg() const { return seg / sub; }
 };
@@ -361,7 +362,9 @@ void launch_prefix(const Cuda& ctx, const PrefixParams& pp, int64_t B, int H, co
 template <class E, int DQK>
 Geometry run_states_t(const Cuda& ctx, const Run& r, int64_t B, int64_t T, int H, const HeadDecays& dec,
                       float* states) {
-  const Geometry geo = geometry<E, DQK>(r.dval, B, T, H, r.seg, ctx.allow_tf32, r.fused_dkdv);
+  Geometry geo = geometry<E, DQK>(r.dval, B, T, H, r.seg, ctx.allow_tf32, r.fused_dkdv);
+  // One segment without summaries needs the prefix pass only for the normaliser's column sums.
+  geo.init_direct = geo.summaries == 0 && geo.outputs_final && r.colsum == nullptr;
   ScanParams sp{};
   sp.q = r.q;
   sp.k = r.k;
@@ -397,7 +400,7 @@ Geometry run_states_t(const Cuda& ctx, const Run& r, int64_t B, int64_t T, int H
   pp.init_transposed = r.init_transposed ? 1 : 0;
   pp.init_scale = r.init_scale;
   pp.final_scale = r.final_scale;
-  launch_prefix<DQK>(ctx, pp, B, H, dec);
+  if (!geo.init_direct) launch_prefix<DQK>(ctx, pp, B, H, dec);
   return geo;
 }
 
@@ -421,10 +424,16 @@ void run_output_t(const Cuda& ctx, const Run& r, int64_t B, int64_t T, int H, co
   sp.sub = geo.sub;
   sp.reverse = r.reverse ? 1 : 0;
   sp.states_transposed = r.states_transposed ? 1 : 0;
+  sp.s0 = r.s0;
   if (geo.outputs_final) {
     sp.final_state = r.final_state;
-    sp.s0 = r.s0;
     sp.final_scale = r.final_scale;
+  }
+  if (geo.init_direct) {
+    sp.init_direct = 1;
+    sp.init = r.init;
+    sp.init_transposed = r.init_transposed ? 1 : 0;
+    sp.init_scale = r.init_scale;
   }
   if (!r.fused_dkdv) return launch_scan<E, DQK, false>(ctx, sp, B, H, dec, geo.narrow);
   sp.x = r.x;
@@ -689,6 +698,11 @@ void backward_impl(const char* op, const Cuda& ctx, Form form, const RetentionCo
     rk.dval = dk;
     rk.reverse = true;
     rk.states_transposed = true;
+    // where the dv run had no prefix pass, the dk run also starts from dU_T itself, read transposed
+    rk.init = r.init;
+    rk.init_transposed = !r.init_transposed;
+    rk.init_scale = r.init_scale;
+    rk.s0 = r.s0;
     run_output<E>(ctx, rk, B, T, H, dec, states, geo);
   }
   run_dq();

@@ -616,17 +616,17 @@ __global__ void __launch_bounds__(kEngineThreads, Summary && !Ops::kFreshDelta ?
     cp_async_commit();
   };
 
+  // The first chunk's copies are in flight while the entering state loads.
+  load_chunk(0, 0);
   float* const final_state = Summary ? nullptr : final_state_of(p, s);
+  const EnteringState<DQK> entering(p, dec, bh, s);
   EngineState<Ops, DQK, VT> state(w.warp);
-  state.for_each(w.lane, [&](int row, int col, float& x) {
-    x = Summary ? 0.f : entering_state<DQK>(p, bh, s, vt * VT, row, col);
-  });
+  state.for_each(w.lane, [&](int row, int col, float& x) { x = Summary ? 0.f : entering(vt * VT, row, col); });
   // Hs(c & 1) holds the copy of the state entering chunk c.
   if constexpr (!Summary) state.store_copy(Hs_base, w.lane);
 
   UpdateWeights<Ops> wts;
 
-  load_chunk(0, 0);
   for (int c = 0; c < nchunks; ++c) {
     const int st = c & 1;
     const int len = min(p.L, seg_len - c * p.L);
@@ -706,14 +706,15 @@ __global__ void __launch_bounds__(kEngineThreads, 1) chunk_engine_dkdv_kernel(Sc
     cp_async_commit();
   };
 
+  load_chunk(0, 0);  // in flight while the entering state loads
   float* const final_state = final_state_of(p, s);
   EngineState<Ops, DQK, DV> state(w.warp);
-  state.for_each(w.lane, [&](int row, int col, float& x) { x = entering_state<DQK>(p, bh, s, 0, row, col); });
+  const EnteringState<DQK> entering(p, dec, bh, s);
+  state.for_each(w.lane, [&](int row, int col, float& x) { x = entering(0, row, col); });
   state.store_copy(Hs_base, w.lane);
 
   UpdateWeights<Ops> wts;
 
-  load_chunk(0, 0);
   for (int c = 0; c < nchunks; ++c) {
     const int st = c & 1;
     const int len = min(p.L, seg_len - c * p.L);

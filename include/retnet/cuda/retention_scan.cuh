@@ -57,6 +57,20 @@ __device__ __forceinline__ float final_multiplier(FinalScale fs, double s0, doub
   }
 }
 
+// The factor of the initial state entering a run of length T.
+__device__ __forceinline__ float init_multiplier(InitScale is, double s0, double lng, int64_t T) {
+  switch (is) {
+    case InitScale::sqrt_s0:
+      return static_cast<float>(sqrt(s0));
+    case InitScale::inv_gamma:
+      return static_cast<float>(exp(-lng));
+    case InitScale::rsqrt_final_over_gamma:
+      return static_cast<float>(1.0 / (sqrt(final_scale_of(s0, lng, T)) * exp(lng)));
+    default:
+      return 1.f;
+  }
+}
+
 struct ScanParams {
   const void* q;    // [B, T, H, dqk]
   const void* k;    // [B, T, H, dqk]
@@ -77,6 +91,12 @@ struct ScanParams {
   float* final_state;
   const float* s0;  // [B, H] entering scales, or null (0)
   FinalScale final_scale;
+  // Single-segment outputs passes that need no prefix pass: the walk starts from the initial state itself, init
+  // ([B, H, dqk, dv], or [B, H, dv, dqk] when init_transposed) times init_multiplier, or zero where init is null.
+  int init_direct;
+  const float* init;
+  int init_transposed;
+  InitScale init_scale;
 };
 
 // Offset of the state slot of this pass's segment s of (batch, head) bh in p.states.
@@ -85,14 +105,31 @@ __device__ __forceinline__ int64_t state_offset(const ScanParams& p, int bh, int
   return (static_cast<int64_t>(bh) * p.slots + static_cast<int64_t>(s) * p.sub) * DQK * p.dv;
 }
 
-// Entering state (row, col) of the value tile at column v0, segment s, (batch, head) bh; with
-// p.states_transposed the buffer holds [dv, DQK] states (another run's).
+// The state entering segment s of (batch, head) bh: (row, col) of the value tile at column v0. From the states
+// buffer ([dv, DQK] per slot with p.states_transposed: another run's states), or with p.init_direct from the
+// initial state.
 template <int DQK>
-__device__ __forceinline__ float entering_state(const ScanParams& p, int bh, int s, int v0, int row, int col) {
-  const int64_t base = state_offset<DQK>(p, bh, s);
-  return p.states_transposed ? p.states[base + static_cast<int64_t>(v0 + col) * DQK + row]
-                             : p.states[base + static_cast<int64_t>(row) * p.dv + v0 + col];
-}
+struct EnteringState {
+  const ScanParams& p;
+  int bh, s;
+  float im = 1.f;
+  __device__ EnteringState(const ScanParams& params, const HeadDecays& dec, int bh_, int s_)
+      : p(params), bh(bh_), s(s_) {
+    if (p.init_direct)
+      im = init_multiplier(p.init_scale, p.s0 ? static_cast<double>(p.s0[bh]) : 0.0, dec.lng[bh % p.H], p.T);
+  }
+  __device__ __forceinline__ float operator()(int v0, int row, int col) const {
+    if (p.init_direct) {
+      if (!p.init) return 0.f;
+      const int64_t at = p.init_transposed ? (static_cast<int64_t>(bh) * p.dv + v0 + col) * DQK + row
+                                           : (static_cast<int64_t>(bh) * DQK + row) * p.dv + v0 + col;
+      return p.init[at] * im;
+    }
+    const int64_t base = state_offset<DQK>(p, bh, s);
+    return p.states_transposed ? p.states[base + static_cast<int64_t>(v0 + col) * DQK + row]
+                               : p.states[base + static_cast<int64_t>(row) * p.dv + v0 + col];
+  }
+};
 
 // f(row, col, value) for every element of a warp's m16n8 accumulator tiles acc[M][N] whose origin is (m0, n0).
 template <int M, int N, class F>
@@ -238,9 +275,9 @@ __global__ void __launch_bounds__(kThreads, (ScanSmem<P, DQK, LM, Summary>::min_
   const int hw_m = (warp & 3) * (DQK / 4), hw_n = (warp >> 2) * 32;
   float hacc[HM][4][4];
   float* __restrict__ st_g = p.states + state_offset<DQK>(p, bh, s) + vt * VT;
-  for_each_acc(hacc, hw_m, hw_n, lane, [&](int row, int col, float& x) {
-    x = Summary ? 0.f : entering_state<DQK>(p, bh, s, vt * VT, row, col);
-  });
+  const EnteringState<DQK> entering(p, dec, bh, s);
+  for_each_acc(hacc, hw_m, hw_n, lane,
+               [&](int row, int col, float& x) { x = Summary ? 0.f : entering(vt * VT, row, col); });
   if constexpr (!Summary) {
     for_each_acc(hacc, hw_m, hw_n, lane, [&](int row, int col, float& x) { Hs[row * LDV + col] = P::from_float(x); });
   }
@@ -400,11 +437,7 @@ __global__ void __launch_bounds__(256) prefix_kernel(PrefixParams p, HeadDecays 
   const int dv = p.dv;
   const double s0 = p.s0 ? static_cast<double>(p.s0[bh]) : 0.0;
   const double lng = dec.lng[h];
-  float im = 1.f;
-  if (p.init_scale == InitScale::sqrt_s0) im = static_cast<float>(sqrt(s0));
-  if (p.init_scale == InitScale::inv_gamma) im = static_cast<float>(exp(-lng));
-  if (p.init_scale == InitScale::rsqrt_final_over_gamma)
-    im = static_cast<float>(1.0 / (sqrt(final_scale_of(s0, lng, p.T)) * exp(lng)));
+  const float im = init_multiplier(p.init_scale, s0, lng, p.T);
   float carry[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) {
