@@ -363,8 +363,10 @@ template <class E, int DQK>
 Geometry run_states_t(const Cuda& ctx, const Run& r, int64_t B, int64_t T, int H, const HeadDecays& dec,
                       float* states) {
   Geometry geo = geometry<E, DQK>(r.dval, B, T, H, r.seg, ctx.allow_tf32, r.fused_dkdv);
-  // One segment without summaries needs the prefix pass only for the normaliser's column sums.
-  geo.init_direct = geo.summaries == 0 && geo.outputs_final && r.colsum == nullptr;
+  // One segment without summaries needs the prefix pass only for the normaliser's column sums, or for an initial
+  // scale that depends on s0 (see ScanParams::init_direct).
+  geo.init_direct = geo.summaries == 0 && geo.outputs_final && r.colsum == nullptr &&
+                    (r.init == nullptr || r.init_scale == InitScale::one || r.init_scale == InitScale::inv_gamma);
   ScanParams sp{};
   sp.q = r.q;
   sp.k = r.k;

@@ -616,8 +616,6 @@ __global__ void __launch_bounds__(kEngineThreads, Summary && !Ops::kFreshDelta ?
     cp_async_commit();
   };
 
-  // The first chunk's copies are in flight while the entering state loads.
-  load_chunk(0, 0);
   float* const final_state = Summary ? nullptr : final_state_of(p, s);
   const EnteringState<DQK> entering(p, dec, bh, s);
   EngineState<Ops, DQK, VT> state(w.warp);
@@ -627,6 +625,7 @@ __global__ void __launch_bounds__(kEngineThreads, Summary && !Ops::kFreshDelta ?
 
   UpdateWeights<Ops> wts;
 
+  load_chunk(0, 0);
   for (int c = 0; c < nchunks; ++c) {
     const int st = c & 1;
     const int len = min(p.L, seg_len - c * p.L);
@@ -706,7 +705,6 @@ __global__ void __launch_bounds__(kEngineThreads, 1) chunk_engine_dkdv_kernel(Sc
     cp_async_commit();
   };
 
-  load_chunk(0, 0);  // in flight while the entering state loads
   float* const final_state = final_state_of(p, s);
   EngineState<Ops, DQK, DV> state(w.warp);
   const EnteringState<DQK> entering(p, dec, bh, s);
@@ -715,6 +713,7 @@ __global__ void __launch_bounds__(kEngineThreads, 1) chunk_engine_dkdv_kernel(Sc
 
   UpdateWeights<Ops> wts;
 
+  load_chunk(0, 0);
   for (int c = 0; c < nchunks; ++c) {
     const int st = c & 1;
     const int len = min(p.L, seg_len - c * p.L);

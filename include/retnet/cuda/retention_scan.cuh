@@ -93,6 +93,8 @@ struct ScanParams {
   FinalScale final_scale;
   // Single-segment outputs passes that need no prefix pass: the walk starts from the initial state itself, init
   // ([B, H, dqk, dv], or [B, H, dv, dqk] when init_transposed) times init_multiplier, or zero where init is null.
+  // Only for the scales that do not depend on s0 (one, inv_gamma): the others stay with the prefix pass, whose
+  // double arithmetic would otherwise sit in these kernels (it changed their register allocation).
   int init_direct;
   const float* init;
   int init_transposed;
@@ -105,9 +107,17 @@ __device__ __forceinline__ int64_t state_offset(const ScanParams& p, int bh, int
   return (static_cast<int64_t>(bh) * p.slots + static_cast<int64_t>(s) * p.sub) * DQK * p.dv;
 }
 
-// The state entering segment s of (batch, head) bh: (row, col) of the value tile at column v0. From the states
-// buffer ([dv, DQK] per slot with p.states_transposed: another run's states), or with p.init_direct from the
-// initial state.
+// Entering state (row, col) of the value tile at column v0, segment s, (batch, head) bh, from the states buffer;
+// with p.states_transposed it holds [dv, DQK] states (another run's).
+template <int DQK>
+__device__ __forceinline__ float entering_state(const ScanParams& p, int bh, int s, int v0, int row, int col) {
+  const int64_t base = state_offset<DQK>(p, bh, s);
+  return p.states_transposed ? p.states[base + static_cast<int64_t>(v0 + col) * DQK + row]
+                             : p.states[base + static_cast<int64_t>(row) * p.dv + v0 + col];
+}
+
+// The same for the chunk engine, whose single-segment walks may start from the initial state itself
+// (p.init_direct).
 template <int DQK>
 struct EnteringState {
   const ScanParams& p;
@@ -115,8 +125,7 @@ struct EnteringState {
   float im = 1.f;
   __device__ EnteringState(const ScanParams& params, const HeadDecays& dec, int bh_, int s_)
       : p(params), bh(bh_), s(s_) {
-    if (p.init_direct)
-      im = init_multiplier(p.init_scale, p.s0 ? static_cast<double>(p.s0[bh]) : 0.0, dec.lng[bh % p.H], p.T);
+    if (p.init_direct && p.init_scale == InitScale::inv_gamma) im = exp2f(-dec.log2g[bh % p.H]);
   }
   __device__ __forceinline__ float operator()(int v0, int row, int col) const {
     if (p.init_direct) {
@@ -125,9 +134,7 @@ struct EnteringState {
                                            : (static_cast<int64_t>(bh) * DQK + row) * p.dv + v0 + col;
       return p.init[at] * im;
     }
-    const int64_t base = state_offset<DQK>(p, bh, s);
-    return p.states_transposed ? p.states[base + static_cast<int64_t>(v0 + col) * DQK + row]
-                               : p.states[base + static_cast<int64_t>(row) * p.dv + v0 + col];
+    return entering_state<DQK>(p, bh, s, v0, row, col);
   }
 };
 
@@ -275,9 +282,9 @@ __global__ void __launch_bounds__(kThreads, (ScanSmem<P, DQK, LM, Summary>::min_
   const int hw_m = (warp & 3) * (DQK / 4), hw_n = (warp >> 2) * 32;
   float hacc[HM][4][4];
   float* __restrict__ st_g = p.states + state_offset<DQK>(p, bh, s) + vt * VT;
-  const EnteringState<DQK> entering(p, dec, bh, s);
-  for_each_acc(hacc, hw_m, hw_n, lane,
-               [&](int row, int col, float& x) { x = Summary ? 0.f : entering(vt * VT, row, col); });
+  for_each_acc(hacc, hw_m, hw_n, lane, [&](int row, int col, float& x) {
+    x = Summary ? 0.f : entering_state<DQK>(p, bh, s, vt * VT, row, col);
+  });
   if constexpr (!Summary) {
     for_each_acc(hacc, hw_m, hw_n, lane, [&](int row, int col, float& x) { Hs[row * LDV + col] = P::from_float(x); });
   }
