@@ -7,8 +7,12 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <map>
+#include <mutex>
 #include <string>
+#include <utility>
 
 #include "retnet/core/backend.hpp"
 #include "retnet/core/error.hpp"
@@ -105,6 +109,27 @@ inline void keep_pool_memory() {
     return true;
   }();
   (void)done;
+}
+
+// At least n zero floats on the current device, in a buffer that stays allocated (and zero) for the process: a
+// read-only zero operand that costs no launch per op. A larger request allocates a larger buffer; the smaller ones
+// are kept, since work already queued may read them.
+inline const float* zero_floats(size_t n) {
+  static std::mutex mutex;
+  static std::map<int, std::pair<float*, size_t>> buffers;
+  int dev = 0;
+  RETNET_CUDA_CHECK(cudaGetDevice(&dev));
+  const std::lock_guard<std::mutex> lock(mutex);
+  auto& [ptr, size] = buffers[dev];
+  if (size < n) {
+    const size_t grown = std::max(n, 2 * size);
+    float* p = nullptr;
+    RETNET_CUDA_CHECK(cudaMalloc(&p, grown * sizeof(float)));
+    RETNET_CUDA_CHECK(cudaMemset(p, 0, grown * sizeof(float)));
+    ptr = p;
+    size = grown;
+  }
+  return ptr;
 }
 
 }  // namespace cuda_detail

@@ -617,9 +617,10 @@ __global__ void __launch_bounds__(kEngineThreads, Summary && !Ops::kFreshDelta ?
   };
 
   float* const final_state = Summary ? nullptr : final_state_of(p, s);
-  const EnteringState<DQK> entering(p, dec, bh, s);
   EngineState<Ops, DQK, VT> state(w.warp);
-  state.for_each(w.lane, [&](int row, int col, float& x) { x = Summary ? 0.f : entering(vt * VT, row, col); });
+  state.for_each(w.lane, [&](int row, int col, float& x) {
+    x = Summary ? 0.f : entering_state<DQK>(p, bh, s, vt * VT, row, col);
+  });
   // Hs(c & 1) holds the copy of the state entering chunk c.
   if constexpr (!Summary) state.store_copy(Hs_base, w.lane);
 
@@ -707,8 +708,7 @@ __global__ void __launch_bounds__(kEngineThreads, 1) chunk_engine_dkdv_kernel(Sc
 
   float* const final_state = final_state_of(p, s);
   EngineState<Ops, DQK, DV> state(w.warp);
-  const EnteringState<DQK> entering(p, dec, bh, s);
-  state.for_each(w.lane, [&](int row, int col, float& x) { x = entering(0, row, col); });
+  state.for_each(w.lane, [&](int row, int col, float& x) { x = entering_state<DQK>(p, bh, s, 0, row, col); });
   state.store_copy(Hs_base, w.lane);
 
   UpdateWeights<Ops> wts;

@@ -57,20 +57,6 @@ __device__ __forceinline__ float final_multiplier(FinalScale fs, double s0, doub
   }
 }
 
-// The factor of the initial state entering a run of length T.
-__device__ __forceinline__ float init_multiplier(InitScale is, double s0, double lng, int64_t T) {
-  switch (is) {
-    case InitScale::sqrt_s0:
-      return static_cast<float>(sqrt(s0));
-    case InitScale::inv_gamma:
-      return static_cast<float>(exp(-lng));
-    case InitScale::rsqrt_final_over_gamma:
-      return static_cast<float>(1.0 / (sqrt(final_scale_of(s0, lng, T)) * exp(lng)));
-    default:
-      return 1.f;
-  }
-}
-
 struct ScanParams {
   const void* q;    // [B, T, H, dqk]
   const void* k;    // [B, T, H, dqk]
@@ -79,7 +65,8 @@ struct ScanParams {
   void* o;          // [B, T, H, dv] (not used by the summary pass)
   void* o2;         // the fused backward's second output dk [B, T, H, dqk]
   const float* mu;  // [B, T, H] row multipliers of o, or null
-  float* states;    // [B*H, slots, dqk, dv]: Delta_f after pass 1, H_s at slot s * sub after pass 2
+  float* states;    // [B*H, slots, dqk, dv]: Delta_f after pass 1, H_s at slot s * sub after pass 2 (or, for
+                    // a single-segment run, the initial state or zeros: Geometry::init_direct)
   int64_t T;
   int H, dv;
   int L, seg, NS;  // this pass's segments: NS of seg rows (the summary pass's may be shorter than the outputs pass's)
@@ -91,14 +78,6 @@ struct ScanParams {
   float* final_state;
   const float* s0;  // [B, H] entering scales, or null (0)
   FinalScale final_scale;
-  // Single-segment outputs passes that need no prefix pass: the walk starts from the initial state itself, init
-  // ([B, H, dqk, dv], or [B, H, dv, dqk] when init_transposed) times init_multiplier, or zero where init is null.
-  // Only for the scales that do not depend on s0 (one, inv_gamma): the others stay with the prefix pass, whose
-  // double arithmetic would otherwise sit in these kernels (it changed their register allocation).
-  int init_direct;
-  const float* init;
-  int init_transposed;
-  InitScale init_scale;
 };
 
 // Offset of the state slot of this pass's segment s of (batch, head) bh in p.states.
@@ -107,36 +86,14 @@ __device__ __forceinline__ int64_t state_offset(const ScanParams& p, int bh, int
   return (static_cast<int64_t>(bh) * p.slots + static_cast<int64_t>(s) * p.sub) * DQK * p.dv;
 }
 
-// Entering state (row, col) of the value tile at column v0, segment s, (batch, head) bh, from the states buffer;
-// with p.states_transposed it holds [dv, DQK] states (another run's).
+// Entering state (row, col) of the value tile at column v0, segment s, (batch, head) bh; with
+// p.states_transposed the buffer holds [dv, DQK] states (another run's, or a transposed initial state).
 template <int DQK>
 __device__ __forceinline__ float entering_state(const ScanParams& p, int bh, int s, int v0, int row, int col) {
   const int64_t base = state_offset<DQK>(p, bh, s);
   return p.states_transposed ? p.states[base + static_cast<int64_t>(v0 + col) * DQK + row]
                              : p.states[base + static_cast<int64_t>(row) * p.dv + v0 + col];
 }
-
-// The same for the chunk engine, whose single-segment walks may start from the initial state itself
-// (p.init_direct).
-template <int DQK>
-struct EnteringState {
-  const ScanParams& p;
-  int bh, s;
-  float im = 1.f;
-  __device__ EnteringState(const ScanParams& params, const HeadDecays& dec, int bh_, int s_)
-      : p(params), bh(bh_), s(s_) {
-    if (p.init_direct && p.init_scale == InitScale::inv_gamma) im = exp2f(-dec.log2g[bh % p.H]);
-  }
-  __device__ __forceinline__ float operator()(int v0, int row, int col) const {
-    if (p.init_direct) {
-      if (!p.init) return 0.f;
-      const int64_t at = p.init_transposed ? (static_cast<int64_t>(bh) * p.dv + v0 + col) * DQK + row
-                                           : (static_cast<int64_t>(bh) * DQK + row) * p.dv + v0 + col;
-      return p.init[at] * im;
-    }
-    return entering_state<DQK>(p, bh, s, v0, row, col);
-  }
-};
 
 // f(row, col, value) for every element of a warp's m16n8 accumulator tiles acc[M][N] whose origin is (m0, n0).
 template <int M, int N, class F>
@@ -444,7 +401,11 @@ __global__ void __launch_bounds__(256) prefix_kernel(PrefixParams p, HeadDecays 
   const int dv = p.dv;
   const double s0 = p.s0 ? static_cast<double>(p.s0[bh]) : 0.0;
   const double lng = dec.lng[h];
-  const float im = init_multiplier(p.init_scale, s0, lng, p.T);
+  float im = 1.f;
+  if (p.init_scale == InitScale::sqrt_s0) im = static_cast<float>(sqrt(s0));
+  if (p.init_scale == InitScale::inv_gamma) im = static_cast<float>(exp(-lng));
+  if (p.init_scale == InitScale::rsqrt_final_over_gamma)
+    im = static_cast<float>(1.0 / (sqrt(final_scale_of(s0, lng, p.T)) * exp(lng)));
   float carry[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) {
