@@ -15,7 +15,8 @@
 // chunk_engine_kernel (retention_engine.cuh: bf16 mma.sync m16n8k16; float three tf32 products per product, float
 // accuracy); float with head size 256 on the generic scan_kernel. geometry() picks the segment split and how
 // many summary blocks sum each segment; on the chunk engine the last segment's outputs blocks write the final
-// state, so that segment needs no summary (a single-segment run no summary pass at all).
+// state, so that segment needs no summary (a single-segment run has no summary pass, nor a prefix pass where its
+// initial state enters unscaled).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -505,8 +506,8 @@ void check_common(const char* op, const RetentionConfig& cfg, const RetentionDim
 
 inline int64_t nseg(int64_t T, int64_t seg) { return (T + seg - 1) / seg; }
 
-// Segment count upper bound for workspace sizing: geometry() never makes more than max(1024/tiles, 1)
-// segments of >= 32 rows, or T/C for a fixed chunk.
+// State slots upper bound for workspace sizing: geometry() never makes more than max(1024/tiles, 1) slots
+// (segments x summary blocks per segment) of >= 32 rows, or T/C for a fixed chunk.
 inline int64_t max_segments(int64_t B, int64_t T, int H, int dval, int fixed_seg) {
   if (fixed_seg > 0) return nseg(T, fixed_seg);
   const int64_t tiles = B * H * (dval / kVTile);
