@@ -79,12 +79,10 @@ __device__ __forceinline__ void fence_proxy_async() {
 #endif
 }
 
-// Three stages: the pass moves K and V once and computes little on them, so it is bound by memory, and two
-// blocks per multiprocessor with two chunks in flight each keep more bytes moving than one.
 template <int DQK>
 struct WgmmaSummarySmem {
-  static constexpr int VT = 128, K_ELEMS = kEngineRows * DQK, STAGE = K_ELEMS + kEngineRows * VT, STAGES = 3;
-  static constexpr int bytes = STAGES * STAGE * 2 + 1024;  // bf16 stages, and room to align them to 1024 bytes
+  static constexpr int VT = 128, K_ELEMS = kEngineRows * DQK, STAGE = K_ELEMS + kEngineRows * VT;
+  static constexpr int bytes = 2 * STAGE * 2 + 1024;  // two stages of bf16, and room to align them to 1024 bytes
 };
 
 // The summary pass (bf16, key size 128, value tile 128): grid (dv / 128, NS, B * H), block 256 = two warpgroups,
@@ -116,16 +114,11 @@ __global__ void __launch_bounds__(kEngineThreads, 2) summary_wgmma_kernel(ScanPa
   using KLoader = TileLoader<WgmmaTiles, DQK>;
   const KLoader load_k({p.k}, b, h, T, p.H, DQK, 0, tid);
   const TileLoader<WgmmaTiles, VT> load_v({p.v}, b, h, T, p.H, p.dv, vt * VT, tid);
-  // Every call commits one group, empty past the last chunk, so that "all but the newest S - 2 groups" is always
-  // the chunk about to be used.
-  constexpr int S = SM::STAGES;
-  auto load_chunk = [&](int c) {
-    if (c < nchunks) {
-      const int64_t c0 = seg_start + static_cast<int64_t>(c) * p.L;
-      const int len = min(p.L, seg_len - c * p.L);
-      load_k.load({stage_k(c % S)}, c0, len, phys, dir);
-      load_v.load({stage_v(c % S)}, c0, len, phys, dir);
-    }
+  auto load_chunk = [&](int c, int st) {
+    const int64_t c0 = seg_start + static_cast<int64_t>(c) * p.L;
+    const int len = min(p.L, seg_len - c * p.L);
+    load_k.load({stage_k(st)}, c0, len, phys, dir);
+    load_v.load({stage_v(st)}, c0, len, phys, dir);
     cp_async_commit();
   };
 
@@ -133,12 +126,11 @@ __global__ void __launch_bounds__(kEngineThreads, 2) summary_wgmma_kernel(ScanPa
 #pragma unroll
   for (int i = 0; i < 64; ++i) d[i] = 0.f;
 
-#pragma unroll
-  for (int c = 0; c < S - 1; ++c) load_chunk(c);
+  load_chunk(0, 0);
   for (int c = 0; c < nchunks; ++c) {
-    const int st = c % S;
+    const int st = c & 1;
     const int len = min(p.L, seg_len - c * p.L);
-    cp_async_wait<S - 2>();
+    cp_async_wait<0>();
     // The K rows this thread copied, times their weights (rows past len were zero-filled).
 #pragma unroll
     for (int r = load_k.r0; r < LM; r += KLoader::RSTEP) {
@@ -153,8 +145,8 @@ __global__ void __launch_bounds__(kEngineThreads, 2) summary_wgmma_kernel(ScanPa
       *piece = x;
     }
     fence_proxy_async();
-    __syncthreads();  // chunk c ready for the tensor cores; everyone is past chunk c - 1, whose stage refills
-    load_chunk(c + S - 1);
+    __syncthreads();  // chunk c ready for the tensor cores; everyone is past chunk c - 1
+    if (c + 1 < nchunks) load_chunk(c + 1, st ^ 1);
 
     const float dl = exp2f(static_cast<float>(len) * l2g);
 #pragma unroll
