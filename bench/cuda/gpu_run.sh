@@ -2,8 +2,7 @@
 # One call on the GPU machine: build, GPU tests, benchmarks, fla, sanitizers. Stages by name:
 #   bench/cuda/gpu_run.sh build test test-scan bench bench-scan bench-ab fla memcheck racecheck
 # (test-scan and bench-scan run on the generic scan kernel, RETNET_CUDA_ENGINE=scan; bench-ab with the environment
-# settings in $AB, e.g. AB=RETNET_CUDA_SCAN_BLOCKS=512: A/B runs in the same call). ARCH=90a builds for sm_90a,
-# with the wgmma kernels.
+# settings in $AB, e.g. AB=RETNET_CUDA_SCAN_BLOCKS=512: A/B runs in the same call)
 # Expects .gpu-debs (and .peers/fla-src for fla) carried along; logs go to $OUT.
 set -o pipefail
 OUT=${OUT:-/tmp/out}
@@ -16,7 +15,7 @@ for stage in "$@"; do
     build)
       nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
       cmake -S . -B $B -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH=/tmp/deps/usr \
-        -DCMAKE_CUDA_ARCHITECTURES=${ARCH:-90} -DRETNET_BUILD_EXAMPLES=OFF -DCMAKE_CUDA_FLAGS="-Xptxas=-v" > "$OUT/build.log" 2>&1 &&
+        -DCMAKE_CUDA_ARCHITECTURES=90 -DRETNET_BUILD_EXAMPLES=OFF -DCMAKE_CUDA_FLAGS="-Xptxas=-v" > "$OUT/build.log" 2>&1 &&
         cmake --build $B -j16 --target test_cuda bench_cuda_retention >> "$OUT/build.log" 2>&1 ||
         { grep -E "error" -A3 "$OUT/build.log" | head -60; exit 1; }
       grep -E "registers|spill" "$OUT/build.log" | sort | uniq -c | sort -rn | head -12 ;;

@@ -37,7 +37,6 @@
 #include "retnet/cuda/context.cuh"
 #include "retnet/cuda/retention_engine.cuh"
 #include "retnet/cuda/retention_scan.cuh"
-#include "retnet/cuda/retention_wgmma.cuh"
 
 namespace retnet {
 namespace cuda_detail {
@@ -169,26 +168,10 @@ constexpr bool engine_fits() {
          EngineSmem<Ops, DQK, VT, true>::fits;
 }
 
-// RETNET_CUDA_WGMMA=0 runs the summary pass on the mma.sync engine where a build has the wgmma one (A/B switch).
-inline bool wgmma_enabled() {
-  static const bool v = [] {
-    const char* e = std::getenv("RETNET_CUDA_WGMMA");
-    return !(e && std::string_view(e) == "0");
-  }();
-  return v;
-}
-
 // tf32: float storage with one tf32 product per product (Cuda::allow_tf32); narrow: 64 value columns per block
 // even where 128 fit (more blocks for short runs, see geometry()).
 template <class E, int DQK, bool Summary>
 ScanKernel pick_scan(int dv, bool tf32, bool narrow) {
-#if defined(RETNET_WGMMA)
-  if constexpr (Summary && std::is_same_v<E, __nv_bfloat16> && DQK == 128) {
-    if (engine_enabled() && wgmma_enabled() && dv % 128 == 0 && !narrow)
-      return {reinterpret_cast<const void*>(summary_wgmma_kernel<DQK>), kEngineThreads, WgmmaSummarySmem<DQK>::bytes,
-              WgmmaSummarySmem<DQK>::VT, false};
-  }
-#endif
   if (engine_enabled()) {
     if constexpr (engine_fits<E, DQK, 128>()) {
       if (dv % 128 == 0 && !narrow) return engine_scan_kernel<E, DQK, Summary, 128>(tf32);
