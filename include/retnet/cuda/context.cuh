@@ -113,8 +113,9 @@ inline void keep_pool_memory() {
 
 // At least n zero floats on the current device, in a buffer that stays allocated (and zero) for the process: a
 // read-only zero operand that costs no launch per op. A larger request allocates a larger buffer; the smaller ones
-// are kept, since work already queued may read them.
-inline const float* zero_floats(size_t n) {
+// are kept, since work already queued may read them. Null where that would mean allocating while `stream` is being
+// captured into a graph (neither cudaMalloc nor cudaMemset may run then): the caller takes another way.
+inline const float* zero_floats(size_t n, cudaStream_t stream) {
   static std::mutex mutex;
   static std::map<int, std::pair<float*, size_t>> buffers;
   int dev = 0;
@@ -122,6 +123,9 @@ inline const float* zero_floats(size_t n) {
   const std::lock_guard<std::mutex> lock(mutex);
   auto& [ptr, size] = buffers[dev];
   if (size < n) {
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    RETNET_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+    if (capture != cudaStreamCaptureStatusNone) return nullptr;
     const size_t grown = std::max(n, 2 * size);
     float* p = nullptr;
     RETNET_CUDA_CHECK(cudaMalloc(&p, grown * sizeof(float)));

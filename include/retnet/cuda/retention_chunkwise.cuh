@@ -117,6 +117,7 @@ struct Geometry {
   // the initial state enters unscaled, so that the kernels stay as they are: scaling it in the engine kernels
   // moved their register allocation and cost up to 3 % on the H200.
   bool init_direct = false;
+  const float* direct_state = nullptr;  // what the outputs pass reads then
   int slots() const { return NS * sub; }
   int summary_seg() const { return seg / sub; }
 };
@@ -370,8 +371,11 @@ Geometry run_states_t(const Cuda& ctx, const Run& r, int64_t B, int64_t T, int H
   Geometry geo = geometry<E, DQK>(r.dval, B, T, H, r.seg, ctx.allow_tf32, r.fused_dkdv);
   // One segment without summaries needs the prefix pass only for the normaliser's column sums or a scaled initial
   // state.
-  geo.init_direct = geo.summaries == 0 && geo.outputs_final && r.colsum == nullptr &&
-                    (r.init == nullptr || r.init_scale == InitScale::one);
+  if (geo.summaries == 0 && geo.outputs_final && r.colsum == nullptr &&
+      (r.init == nullptr || r.init_scale == InitScale::one)) {
+    geo.direct_state = r.init ? r.init : zero_floats(static_cast<size_t>(B * H) * DQK * r.dval, ctx.stream);
+    geo.init_direct = geo.direct_state != nullptr;
+  }
   ScanParams sp{};
   sp.q = r.q;
   sp.k = r.k;
@@ -437,7 +441,7 @@ void run_output_t(const Cuda& ctx, const Run& r, int64_t B, int64_t T, int H, co
     sp.final_scale = r.final_scale;
   }
   if (geo.init_direct) {  // the outputs pass only reads the states
-    sp.states = const_cast<float*>(r.init ? r.init : zero_floats(static_cast<size_t>(B * H) * DQK * r.dval));
+    sp.states = const_cast<float*>(geo.direct_state);
     sp.states_transposed = r.init_transposed ? 1 : 0;
     sp.slots = sp.sub = 1;
   }
@@ -704,8 +708,8 @@ void backward_impl(const char* op, const Cuda& ctx, Form form, const RetentionCo
     rk.dval = dk;
     rk.reverse = true;
     rk.states_transposed = true;
-    // Where the dv run had no prefix pass its initial state was zero (dfin is never one); rk, without init, then
-    // starts from zeros too.
+    // Where the dv run had no prefix pass its initial state was zero (dfin is never one): geo.direct_state, the
+    // zeros rk starts from too.
     run_output<E>(ctx, rk, B, T, H, dec, states, geo);
   }
   run_dq();
