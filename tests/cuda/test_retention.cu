@@ -289,75 +289,102 @@ TEST_CASE("cuda retention with summary blocks finer than the segments and a ragg
   }
 }
 
+// Device buffers and views of one raw bf16 retention problem (no initial state), for forward and backward.
+struct GraphProblem {
+  using E = __nv_bfloat16;
+  RefProblem p;
+  DeviceBuffer<E> q, k, v, d_o, o, dq, dk, dv;
+  DeviceBuffer<float> kv1, dkv0;
+  retnet::RetentionInputs<E, retnet::Device, float> in;
+  retnet::RetentionOutputs<E, retnet::Device, float> out;
+  retnet::RetentionOutputGrads<E, retnet::Device, float> go;
+  retnet::RetentionInputGrads<E, retnet::Device, float> gi;
+  GraphProblem(int64_t B, int64_t T, int64_t H, int64_t D, uint64_t seed)
+      : p(make(B, T, H, D, seed)),
+        q(upload<E>(p.q)),
+        k(upload<E>(p.k)),
+        v(upload<E>(p.v)),
+        d_o(upload<E>(p.d_o)),
+        o(p.v.size()),
+        dq(p.q.size()),
+        dk(p.k.size()),
+        dv(p.v.size()),
+        kv1(static_cast<size_t>(B * H * D * D)),
+        dkv0(static_cast<size_t>(B * H * D * D)) {
+    const retnet::Shape sx{B, T, H, D}, ss{B, H, D, D};
+    in.q = {q.ptr, sx};
+    in.k = {k.ptr, sx};
+    in.v = {v.ptr, sx};
+    out.o = {o.ptr, sx};
+    out.state_kv = {kv1.ptr, ss};
+    go.d_o = {d_o.ptr, sx};
+    gi.dq = {dq.ptr, sx};
+    gi.dk = {dk.ptr, sx};
+    gi.dv = {dv.ptr, sx};
+    gi.d_state_kv = {dkv0.ptr, ss};
+  }
+  static RefProblem make(int64_t B, int64_t T, int64_t H, int64_t D, uint64_t seed) {
+    std::mt19937_64 rng(seed);
+    RefProblem r;
+    r.B = B;
+    r.T = T;
+    r.H = H;
+    r.dk = D;
+    r.dv = D;
+    const size_t n = static_cast<size_t>(B * T * H * D);
+    r.q = draw<E>(rng, n);
+    r.k = draw<E>(rng, n, 1.0 / std::sqrt(static_cast<double>(D)));
+    r.v = draw<E>(rng, n);
+    r.d_o = draw<E>(rng, n);
+    return r;
+  }
+  void run(const retnet::Cuda& ctx, const retnet::RetentionConfig& cfg) {
+    retnet::retention_forward(ctx, Form::chunkwise, cfg, in, out);
+    retnet::retention_backward(ctx, Form::chunkwise, cfg, in, go, gi);
+  }
+};
+
 TEST_CASE("cuda retention forward and backward replay from a captured CUDA graph", "[cuda][retention][graph]") {
   if (!have_gpu()) return;
-  // One chunk per sequence: single-segment runs without an initial state, which start from the shared zero
-  // buffer. B * H = 1024 asks for a larger buffer than the other tests, so it would have to grow during the
-  // capture, where allocating is not allowed: the ops must take the prefix pass instead.
-  using E = __nv_bfloat16;
-  const int64_t B = 32, T = 64, H = 32, D = 128;
   retnet::RetentionOptions opt;
-  opt.heads = H;
-  opt.key_dim = D;
-  opt.value_dim = D;
+  opt.heads = 32;
+  opt.key_dim = 128;
+  opt.value_dim = 128;
   opt.chunk_size = 64;
   opt.normalization = Normalization::raw;
   const retnet::RetentionConfig cfg(opt);
-  std::mt19937_64 rng(6000);
-  RefProblem p;
-  p.B = B;
-  p.T = T;
-  p.H = H;
-  p.dk = D;
-  p.dv = D;
-  const size_t n = static_cast<size_t>(B * T * H * D), ns = static_cast<size_t>(B * H * D * D);
-  p.q = draw<E>(rng, n);
-  p.k = draw<E>(rng, n, 1.0 / std::sqrt(static_cast<double>(D)));
-  p.v = draw<E>(rng, n);
-  p.d_o = draw<E>(rng, n);
-  auto q = upload<E>(p.q), k = upload<E>(p.k), v = upload<E>(p.v), d_o = upload<E>(p.d_o);
-  DeviceBuffer<E> o(n), dq(n), dk(n), dv(n);
-  DeviceBuffer<float> kv1(ns), dkv0(ns);
-  const retnet::Shape sx{B, T, H, D}, ss{B, H, D, D};
-  retnet::RetentionInputs<E, retnet::Device, float> in;
-  in.q = {q.ptr, sx};
-  in.k = {k.ptr, sx};
-  in.v = {v.ptr, sx};
-  retnet::RetentionOutputs<E, retnet::Device, float> out;
-  out.o = {o.ptr, sx};
-  out.state_kv = {kv1.ptr, ss};
-  retnet::RetentionOutputGrads<E, retnet::Device, float> go;
-  go.d_o = {d_o.ptr, sx};
-  retnet::RetentionInputGrads<E, retnet::Device, float> gi;
-  gi.dq = {dq.ptr, sx};
-  gi.dk = {dk.ptr, sx};
-  gi.dv = {dv.ptr, sx};
-  gi.d_state_kv = {dkv0.ptr, ss};
-
   retnet::Cuda ctx{};
   RETNET_CUDA_CHECK(cudaStreamCreateWithFlags(&ctx.stream, cudaStreamNonBlocking));
+  // The ops' first call on a device sets up its kernels and memory pool, which capture does not allow: warm up
+  // outside it, on a smaller batch.
+  GraphProblem warm(1, 64, 32, 128, 6000);
+  warm.run(ctx, cfg);
+  RETNET_CUDA_CHECK(cudaStreamSynchronize(ctx.stream));
+  // One chunk per sequence: single-segment runs without an initial state, which start from the shared zero
+  // buffer. B * H = 1024 asks for a larger one than the warm-up and the other tests, so it would have to grow
+  // during the capture, where allocating is not allowed: the ops must take the prefix pass instead.
+  GraphProblem g(32, 64, 32, 128, 6001);
   cudaGraph_t graph = nullptr;
   RETNET_CUDA_CHECK(cudaStreamBeginCapture(ctx.stream, cudaStreamCaptureModeGlobal));
-  retnet::retention_forward(ctx, Form::chunkwise, cfg, in, out);
-  retnet::retention_backward(ctx, Form::chunkwise, cfg, in, go, gi);
+  g.run(ctx, cfg);
   RETNET_CUDA_CHECK(cudaStreamEndCapture(ctx.stream, &graph));
   cudaGraphExec_t exec = nullptr;
   RETNET_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
-  const auto ref = retnet_test::ref_forward(Form::chunkwise, cfg, p);
-  const auto rb = retnet_test::ref_backward(Form::chunkwise, cfg, p);
+  const auto ref = retnet_test::ref_forward(Form::chunkwise, cfg, g.p);
+  const auto rb = retnet_test::ref_backward(Form::chunkwise, cfg, g.p);
   for (int replay = 0; replay < 2; ++replay) {
-    for (auto* b : {&o, &dq, &dk, &dv}) b->poison();
-    kv1.poison();
-    dkv0.poison();
+    for (auto* b : {&g.o, &g.dq, &g.dk, &g.dv}) b->poison();
+    g.kv1.poison();
+    g.dkv0.poison();
     RETNET_CUDA_CHECK(cudaGraphLaunch(exec, ctx.stream));
     RETNET_CUDA_CHECK(cudaStreamSynchronize(ctx.stream));
     INFO("replay " << replay);
-    CHECK(rel_err(download(o), ref.o) <= 1e-2);
-    CHECK(rel_err(download(kv1), ref.kv1) <= 1e-2);
-    CHECK(rel_err(download(dq), rb.dq) <= 1e-2);
-    CHECK(rel_err(download(dk), rb.dk) <= 1e-2);
-    CHECK(rel_err(download(dv), rb.dv) <= 1e-2);
-    CHECK(rel_err(download(dkv0), rb.dkv0) <= 1e-2);
+    CHECK(rel_err(download(g.o), ref.o) <= 1e-2);
+    CHECK(rel_err(download(g.kv1), ref.kv1) <= 1e-2);
+    CHECK(rel_err(download(g.dq), rb.dq) <= 1e-2);
+    CHECK(rel_err(download(g.dk), rb.dk) <= 1e-2);
+    CHECK(rel_err(download(g.dv), rb.dv) <= 1e-2);
+    CHECK(rel_err(download(g.dkv0), rb.dkv0) <= 1e-2);
   }
   RETNET_CUDA_CHECK(cudaGraphExecDestroy(exec));
   RETNET_CUDA_CHECK(cudaGraphDestroy(graph));
