@@ -566,6 +566,13 @@ __device__ __forceinline__ void chunk_outputs(float (&oacc)[VW / 16][4], const E
   }
 }
 
+}  // namespace retnet::cuda_detail
+
+// The outputs walk on wgmma (sm_90a builds), built from the parts above.
+#include "retnet/cuda/retention_wgmma.cuh"
+
+namespace retnet::cuda_detail {
+
 // grid (dv / VT, NS, B * H), block 256. The summary pass keeps only the state tile: two blocks per multiprocessor
 // (one for exact float, whose fresh chunk accumulator would not fit in 128 registers).
 // Ops: EngineOps<E> for storage type E, or EngineOpsTf32.
@@ -578,6 +585,13 @@ __global__ void __launch_bounds__(kEngineThreads, Summary && !Ops::kFreshDelta ?
   constexpr int STAGE = SM::STAGE;
   static_assert(VT == 64 || VT == 128, "value tile of 64 or 128 columns");
   extern __shared__ __align__(16) unsigned char smem_raw[];
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  if constexpr (kWgmmaWalk<Ops, DQK, VT, Summary>) {
+    static_assert(WgmmaSmem<DQK, VT>::bytes <= SM::bytes, "the launch's shared memory holds the wgmma walk's");
+    wgmma_outputs_walk<DQK, VT>(p, dec, smem_raw);
+    return;
+  }
+#endif
   E* smem = reinterpret_cast<E*>(smem_raw);
   E* Hs_base = smem + 2 * STAGE;
 
