@@ -120,8 +120,10 @@ struct Case {
 // and visibly less exact than float (else the option would not be in effect).
 constexpr double kTf32Tol = 5e-3;
 
+// decays: a custom decay per head (empty: the default schedule).
 template <class E>
-void check_case(const Case& c, Form form, Normalization norm, uint64_t seed, bool backward = true, bool tf32 = false) {
+void check_case(const Case& c, Form form, Normalization norm, uint64_t seed, bool backward = true, bool tf32 = false,
+                const std::vector<double>& decays = {}) {
   const double tol = tf32 ? kTf32Tol : std::is_same_v<E, float> ? 1e-5 : 1e-2;
   retnet::RetentionOptions opt;
   opt.heads = c.H;
@@ -130,6 +132,10 @@ void check_case(const Case& c, Form form, Normalization norm, uint64_t seed, boo
   opt.chunk_size = c.chunk;
   opt.normalization = norm;
   if (c.H > 32) opt.decay_schedule = retnet::DecaySchedule::paper;  // torchscale's gamma_h rounds to 1 past h = 47
+  if (!decays.empty()) {
+    opt.decay_schedule = retnet::DecaySchedule::custom;
+    opt.decays = decays;
+  }
   const retnet::RetentionConfig cfg(opt);
   std::mt19937_64 rng(seed);
   RefProblem p;
@@ -260,6 +266,20 @@ TEST_CASE("cuda retention on the benchmark shapes (batch 1)", "[cuda][retention]
     check_case<float>(c, Form::chunkwise, Normalization::raw, seed++);
   }
   check_case<__nv_bfloat16>(shapes[0], Form::chunkwise, Normalization::torchscale, seed++);
+}
+
+// Strong decays: the bf16 wgmma walk (sm_90a builds) scales chunk rows by gamma^(+-32) and hands heads with
+// gamma < 2^-3 to the mma.sync walk; both kinds of head run in one launch here.
+TEST_CASE("cuda retention with custom decays from 0.999 down to 0.02", "[cuda][retention][decays]") {
+  if (!have_gpu()) return;
+  const std::vector<double> decays = {0.999, 0.97, 0.8, 0.3, 0.1, 0.02};
+  const Case shapes[] = {{2, 300, 6, 128, 128, 64, true}, {1, 1000, 6, 128, 256, 64, false}};
+  uint64_t seed = 6000;
+  for (const Case& c : shapes)
+    for (Normalization norm : {Normalization::raw, Normalization::torchscale}) {
+      check_case<__nv_bfloat16>(c, Form::chunkwise, norm, seed++, true, false, decays);
+      check_case<float>(c, Form::chunkwise, norm, seed++, true, false, decays);
+    }
 }
 
 TEST_CASE("cuda retention with summary blocks finer than the segments and a ragged last segment",

@@ -149,7 +149,7 @@ ScanKernel generic_scan_kernel() {
 template <class Ops, int DQK, bool Summary, int VT>
 ScanKernel engine_scan_kernel() {
   return {reinterpret_cast<const void*>(chunk_engine_kernel<Ops, DQK, VT, Summary>), kEngineThreads,
-          EngineSmem<Ops, DQK, VT, Summary>::bytes, VT, true};
+          engine_launch_bytes<Ops, DQK, VT, Summary>(), VT, true};
 }
 
 // The engine for storage E: one tf32 product per product for float with tf32, else E's own arithmetic.

@@ -576,6 +576,15 @@ namespace retnet::cuda_detail {
 // grid (dv / VT, NS, B * H), block 256. The summary pass keeps only the state tile: two blocks per multiprocessor
 // (one for exact float, whose fresh chunk accumulator would not fit in 128 registers).
 // Ops: EngineOps<E> for storage type E, or EngineOpsTf32.
+// Dynamic shared memory of a chunk_engine_kernel launch: the mma.sync walk's, or the wgmma walk's where larger.
+template <class Ops, int DQK, int VT, bool Summary>
+constexpr int engine_launch_bytes() {
+  constexpr int own = EngineSmem<Ops, DQK, VT, Summary>::bytes;
+  if constexpr (kWgmmaWalk<Ops, DQK, VT, Summary>)
+    return own > WgmmaSmem<DQK, VT>::bytes ? own : WgmmaSmem<DQK, VT>::bytes;
+  return own;
+}
+
 template <class Ops, int DQK, int VT, bool Summary>
 __global__ void __launch_bounds__(kEngineThreads, Summary && !Ops::kFreshDelta ? 2 : 1)
     chunk_engine_kernel(ScanParams p, HeadDecays dec) {
@@ -587,9 +596,10 @@ __global__ void __launch_bounds__(kEngineThreads, Summary && !Ops::kFreshDelta ?
   extern __shared__ __align__(16) unsigned char smem_raw[];
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   if constexpr (kWgmmaWalk<Ops, DQK, VT, Summary>) {
-    static_assert(WgmmaSmem<DQK, VT>::bytes <= SM::bytes, "the launch's shared memory holds the wgmma walk's");
-    wgmma_outputs_walk<DQK, VT>(p, dec, smem_raw);
-    return;
+    if (dec.log2g[blockIdx.z % p.H] >= kWgmmaMinLog2Gamma) {
+      wgmma_outputs_walk<DQK, VT>(p, dec, smem_raw);
+      return;
+    }
   }
 #endif
   E* smem = reinterpret_cast<E*>(smem_raw);

@@ -6,11 +6,13 @@
 // themselves (the mma.sync walk was latency- and issue-bound at 34 % tensor-pipe use).
 //
 // Two warpgroups. Warpgroup wg computes output columns 64 wg .. 64 wg + 63 of the value tile for all 64 chunk rows
-// and holds state rows 64 wg .. 64 wg + 63 (all 128 columns) in registers. Per chunk, in three commit groups:
-//   1. S = Q K^T and O = Q H (H: the bf16 copy of the state entering the chunk), both from shared memory;
-//   2. H <- gamma^len H + (K diag(w))^T V, K^T from registers (ldmatrix.trans, scaled by the decay weights w);
-//   3. O += (S . Gamma) V, the masked and decayed scores from registers (S's accumulators are the A fragments).
-// Group 2 runs while the warps mask the scores; the state copy for the next chunk is written once group 2 is done.
+// and holds state rows 64 wg .. 64 wg + 63 (all 128 columns) in registers. The decays enter through the operands
+// (see wgmma_outputs_walk), so the scores need only the causal mask. Per chunk, in three commit groups:
+//   1. S = Q K^T and O = Q H (H: the bf16 copy of the state entering the chunk), both from shared memory, while
+//      the warps load the update's K^T fragments;
+//   2. O += (S . Gamma) V, the masked scores from registers (S's accumulators are the A fragments);
+//   3. H <- gamma^len H + (K diag(w))^T V, K^T from registers, which runs on while the outputs are stored.
+// Three stages of cp.async copies keep two chunks in flight.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -33,8 +35,8 @@ template <int R>
 struct SwizzledTile {
   using E = __nv_bfloat16;
   static constexpr int EPV = 8;
-  static constexpr bool kStraightLoads = false;
-  static constexpr int kAtom = R * 64;  // elements
+  static constexpr bool kStraightLoads = true;  // one offset product per chunk (TileLoader)
+  static constexpr int kAtom = R * 64;          // elements
   template <int W>
   __device__ __forceinline__ static int at(int r, int c) {
     return (c >> 6) * kAtom + r * 64 + ((((c & 63) >> 3) ^ (r & 7)) << 3) + (c & 7);
@@ -44,15 +46,25 @@ struct SwizzledTile {
 template <int DQK, int VT>
 struct WgmmaSmem {
   static constexpr int LM = kEngineRows, QK_ELEMS = LM * DQK, V_ELEMS = LM * VT, STAGE = 2 * QK_ELEMS + V_ELEMS;
-  static constexpr int H_ELEMS = DQK * VT;
-  // two stages and two state copies, bf16, and room to align them to 1024 bytes
-  static constexpr int bytes = (2 * STAGE + 2 * H_ELEMS) * 2 + 1024;
+  static constexpr int STAGES = 3, H_ELEMS = DQK * VT;
+  // three stages and two state copies, bf16, and room to align them to 1024 bytes
+  static constexpr int bytes = (STAGES * STAGE + 2 * H_ELEMS) * 2 + 1024;
+  static_assert(bytes <= 227 * 1024, "shared memory of one block");
 };
 
-// Whether chunk_engine_kernel<Ops, DQK, VT, Summary> takes the wgmma walk (where built for sm_90a).
+// Whether chunk_engine_kernel<Ops, DQK, VT, Summary> has the wgmma walk (where built for sm_90a).
 template <class Ops, int DQK, int VT, bool Summary>
 inline constexpr bool kWgmmaWalk = !Summary && std::is_same_v<Ops, EngineOps<__nv_bfloat16>> && DQK == 128 && VT == 128;
 
+// The walk scales chunk rows by gamma^(i - 32) and gamma^(32 - j) (below). Heads whose decay is below 2^-3 would
+// push these factors out of float's normal range (2^-126); they take the mma.sync walk.
+inline constexpr float kWgmmaMinLog2Gamma = -3.0f;
+
+// The decays enter through the operands, so that the scores need only the causal mask:
+//   Q~_i = gamma^(i - R) q_i and K~_j = gamma^(R - j) k_j (R = 32, scaled in shared memory as they land), so
+//   Q~_i . K~_j = gamma^(i - j) q_i . k_j;
+//   the state copy holds gamma^(R + 1) H, so Q~_i (gamma^(R + 1) H) = gamma^(i + 1) q_i H;
+//   the update weight gamma^(len - 1 - j) = gamma^(len - 1 - R) gamma^(R - j): K~ times one factor per chunk.
 template <int DQK, int VT>
 __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const HeadDecays& dec,
                                                    unsigned char* smem_raw) {
@@ -60,10 +72,10 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
   using Tile = SwizzledTile<kEngineRows>;  // the chunk's Q, K, V
   using HTile = SwizzledTile<DQK>;         // the state copy [DQK, VT]
   using SM = WgmmaSmem<DQK, VT>;
-  constexpr int LM = kEngineRows, KS = 16;
+  constexpr int LM = kEngineRows, KS = 16, S = SM::STAGES, R = LM / 2;
   static_assert(DQK == 128 && VT == 128, "two warpgroups of 64 output columns and 64 state rows");
   E* smem = reinterpret_cast<E*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
-  E* Hs_base = smem + 2 * SM::STAGE;
+  E* Hs_base = smem + S * SM::STAGE;
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2, wq = warp & 3;
   const int g = lane >> 2, tq = lane & 3;
@@ -75,22 +87,37 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
   const int seg_len = static_cast<int>(min(static_cast<int64_t>(p.seg), T - seg_start));
   const int nchunks = (seg_len + p.L - 1) / p.L;
   const int dv = p.dv;
+  auto gpow = [&](int n) { return exp2f(static_cast<float>(n) * l2g); };
 
   auto phys = [&](int64_t pos) { return p.reverse ? T - 1 - pos : pos; };
   const int dir = p.reverse ? -1 : 1;
   auto stage_q = [&](int st) { return smem + st * SM::STAGE; };
   auto stage_k = [&](int st) { return stage_q(st) + SM::QK_ELEMS; };
   auto stage_v = [&](int st) { return stage_k(st) + SM::QK_ELEMS; };
-  const TileLoader<Tile, DQK> load_q({p.q}, b, h, T, p.H, DQK, 0, tid), load_k({p.k}, b, h, T, p.H, DQK, 0, tid);
+  using QKLoader = TileLoader<Tile, DQK, 2>;
+  const QKLoader load_qk({p.q, p.k}, b, h, T, p.H, DQK, 0, tid);
   const TileLoader<Tile, VT> load_v({p.v}, b, h, T, p.H, dv, vt * VT, tid);
-  auto load_chunk = [&](int c, int st) {
-    const int64_t c0 = seg_start + static_cast<int64_t>(c) * p.L;
-    const int len = min(p.L, seg_len - c * p.L);
-    load_q.load({stage_q(st)}, c0, len, phys, dir);
-    load_k.load({stage_k(st)}, c0, len, phys, dir);
-    load_v.load({stage_v(st)}, c0, len, phys, dir);
+  // Every call commits one group (empty past the last chunk): "all but the newest S - 2 groups" is chunk c.
+  auto load_chunk = [&](int c) {
+    if (c < nchunks) {
+      const int st = c % S;
+      const int64_t c0 = seg_start + static_cast<int64_t>(c) * p.L;
+      const int len = min(p.L, seg_len - c * p.L);
+      load_qk.load({stage_q(st), stage_k(st)}, c0, len, phys, dir);
+      load_v.load({stage_v(st)}, c0, len, phys, dir);
+    }
     cp_async_commit();
   };
+  // The factors of the Q and K rows this thread copies (rows r0 + i RSTEP), as bf16 pairs.
+  constexpr int kRowsPerThread = LM / QKLoader::RSTEP;
+  uint32_t q_scale[kRowsPerThread], k_scale[kRowsPerThread];
+#pragma unroll
+  for (int i = 0; i < kRowsPerThread; ++i) {
+    const int r = load_qk.r0 + i * QKLoader::RSTEP;
+    const float fq = gpow(r - R), fk = gpow(R - r);
+    q_scale[i] = pack_bf16x2(fq, fq);
+    k_scale[i] = pack_bf16x2(fk, fk);
+  }
 
   // This thread's state elements hacc[j][e]: row hrow + 8 (e / 2), column 8 j + 2 tq + e % 2 (the warpgroup's
   // accumulator layout).
@@ -101,33 +128,49 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
 #pragma unroll
     for (int e = 0; e < 4; ++e)
       hacc[j][e] = entering_state<DQK>(p, bh, s, vt * VT, hrow + 8 * (e >> 1), 8 * j + 2 * tq + (e & 1));
+  const float copy_factor = gpow(R + 1);
   auto store_copy = [&](E* Hs) {
 #pragma unroll
     for (int j = 0; j < VT / 8; ++j)
 #pragma unroll
       for (int half = 0; half < 2; ++half)
         *reinterpret_cast<uint32_t*>(Hs + HTile::template at<VT>(hrow + 8 * half, 8 * j + 2 * tq)) =
-            pack_bf16x2(hacc[j][2 * half], hacc[j][2 * half + 1]);
+            pack_bf16x2(hacc[j][2 * half] * copy_factor, hacc[j][2 * half + 1] * copy_factor);
   };
   store_copy(Hs_base);
 
   float* const final_state = final_state_of(p, s);
-  UpdateWeights<EngineOps<E>> wts;
-  load_chunk(0, 0);
-  for (int c = 0; c < nchunks; ++c) {
-    const int st = c & 1;
+#pragma unroll
+  for (int c = 0; c < S - 1; ++c) load_chunk(c);
+  for (int c = 0, st = 0; c < nchunks; ++c, st = st + 1 == S ? 0 : st + 1) {
     const int len = min(p.L, seg_len - c * p.L);
-    cp_async_wait<0>();
-    fence_proxy_async();  // this thread's copies and state-copy writes, before the tensor cores read them
-    __syncthreads();      // chunk c and Hs(c & 1) complete; everyone is past chunk c - 1
-    if (c + 1 < nchunks) load_chunk(c + 1, st ^ 1);
-    const E* Qs = stage_q(st);
-    const E* Ks = stage_k(st);
+    E* Qs = stage_q(st);
+    E* Ks = stage_k(st);
     const E* Vs = stage_v(st);
-    const E* Hs = Hs_base + st * SM::H_ELEMS;
+    const E* Hs = Hs_base + (c & 1) * SM::H_ELEMS;
+    cp_async_wait<S - 2>();
+    // The Q and K pieces this thread copied, times their rows' factors.
+#pragma unroll
+    for (int i = 0; i < kRowsPerThread; ++i) {
+      const int at = Tile::at<DQK>(load_qk.r0 + i * QKLoader::RSTEP, load_qk.cc);
+      uint4* pq = reinterpret_cast<uint4*>(Qs + at);
+      uint4* pk = reinterpret_cast<uint4*>(Ks + at);
+      uint4 x = *pq, y = *pk;
+      x.x = mul_bf16x2(x.x, q_scale[i]), x.y = mul_bf16x2(x.y, q_scale[i]);
+      x.z = mul_bf16x2(x.z, q_scale[i]), x.w = mul_bf16x2(x.w, q_scale[i]);
+      y.x = mul_bf16x2(y.x, k_scale[i]), y.y = mul_bf16x2(y.y, k_scale[i]);
+      y.z = mul_bf16x2(y.z, k_scale[i]), y.w = mul_bf16x2(y.w, k_scale[i]);
+      *pq = x;
+      *pk = y;
+    }
+    fence_proxy_async();  // this thread's copies, scalings and state-copy writes, before the tensor cores read them
+    __syncthreads();      // chunk c and Hs(c & 1) complete; everyone is past chunk c - 1, whose stage refills
+    load_chunk(c + S - 1);
+
     float sacc[LM / 8][4], oacc[VT / 16][4];
     wgmma_fence();
-    // 1. S = Q K^T (all 64 keys; the mask comes later) and O = Q H[:, 64 wg ..]: k steps of 16 key dimensions.
+    // 1. S = Q~ K~^T (all 64 keys; the mask comes later) and O = Q~ (gamma^(R+1) H)[:, 64 wg ..]: k steps of 16 key
+    //    dimensions.
 #pragma unroll
     for (int ks = 0; ks < DQK / KS; ++ks) {
       const int atom = ks / 4, k32 = (ks % 4) * KS;  // 64-column atom, 32-byte step inside it
@@ -137,33 +180,30 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
     }
     wgmma_commit();
 
-    // Meanwhile, the update's A fragments: rows hrow.. of K^T (K's columns 64 wg + 16 wq ..) for each k step of
-    // 16 chunk rows, times the rows' weights gamma^(len-1-j); and the state's decay over the chunk. (The update
-    // also runs after a segment's last chunk, whose state nobody reads: a wgmma under a branch would make ptxas
-    // serialize all of them.)
-    wts.prepare(len, tq, l2g);
+    // Meanwhile, the update's A fragments: rows hrow.. of K~^T (K's columns 64 wg + 16 wq ..) for each k step of
+    // 16 chunk rows, times gamma^(len - 1 - R); and the state's decay over the chunk. (The update also runs after a
+    // segment's last chunk, whose state nobody reads: a wgmma under a branch makes ptxas serialize all of them.)
     uint32_t ka[LM / KS][4];
     {
+      const float fu = gpow(len - 1 - R);
+      const uint32_t w = pack_bf16x2(fu, fu);
       const int mat = lane >> 3, r = lane & 7;
 #pragma unroll
       for (int kt = 0; kt < LM / KS; ++kt) {
         ldsm_x4_trans(ka[kt], Ks + Tile::at<DQK>(kt * KS + r + 8 * (mat >> 1), wg * 64 + wq * 16 + 8 * (mat & 1)));
-        ka[kt][0] = mul_bf16x2(ka[kt][0], wts.w.w[kt][0]);
-        ka[kt][1] = mul_bf16x2(ka[kt][1], wts.w.w[kt][0]);
-        ka[kt][2] = mul_bf16x2(ka[kt][2], wts.w.w[kt][1]);
-        ka[kt][3] = mul_bf16x2(ka[kt][3], wts.w.w[kt][1]);
+#pragma unroll
+        for (int x = 0; x < 4; ++x) ka[kt][x] = mul_bf16x2(ka[kt][x], w);
       }
     }
-    const float dl = exp2f(static_cast<float>(len) * l2g);
+    const float dl = gpow(len);
 #pragma unroll
     for (int j = 0; j < VT / 8; ++j)
 #pragma unroll
       for (int e = 0; e < 4; ++e) hacc[j][e] *= dl;
     wgmma_wait<0>();
 
-    // O = diag(gamma^(i+1)) O, and the scores masked (i >= j) and decayed, as A fragments.
+    // The scores under the causal mask (i >= j), as A fragments.
     const int row0 = wq * 16;
-    decay_output_rows(oacc, row0, g, l2g);
     uint32_t sa[LM / KS][4];
 #pragma unroll
     for (int kt = 0; kt < LM / KS; ++kt)
@@ -172,32 +212,29 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
         const int nt = 2 * kt + half;
         float m[4];
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int i = row0 + g + 8 * (e >> 1), j = nt * 8 + 2 * tq + (e & 1);
-          m[e] = i >= j ? sacc[nt][e] * exp2f(static_cast<float>(i - j) * l2g) : 0.f;
-        }
+        for (int e = 0; e < 4; ++e) m[e] = row0 + g + 8 * (e >> 1) >= nt * 8 + 2 * tq + (e & 1) ? sacc[nt][e] : 0.f;
         sa[kt][2 * half] = pack_bf16x2(m[0], m[1]);
         sa[kt][2 * half + 1] = pack_bf16x2(m[2], m[3]);
       }
     wgmma_fence();
-    // 3. O += (S . Gamma) V[:, 64 wg ..].
+    // 2. O += (S . Gamma) V[:, 64 wg ..].
 #pragma unroll
     for (int kt = 0; kt < LM / KS; ++kt)
       wgmma_m64n64k16_rs<1>(oacc, sa[kt], wgmma_desc(Vs + wg * Tile::kAtom + kt * KS * 64, 2 * Tile::kAtom));
     wgmma_commit();
-    // 2. H <- gamma^len H + (K diag(w))^T V over all 128 state columns (V's two atoms).
+    // 3. H <- gamma^len H + (K diag(w))^T V over all 128 state columns (V's two atoms).
 #pragma unroll
     for (int kt = 0; kt < LM / KS; ++kt)
       wgmma_m64n128k16_rs<1>(hacc, ka[kt], wgmma_desc(Vs + kt * KS * 64, 2 * Tile::kAtom));
     wgmma_commit();
 
-    wgmma_wait<1>();  // group 3 done; the update may still run
+    wgmma_wait<1>();  // group 2 done; the update may still run
     store_output_tile<E>(p.o, dv, p, oacc, b, h, seg_start + static_cast<int64_t>(c) * p.L, len, row0,
                          vt * VT + wg * 64, lane);
     wgmma_wait<0>();
     // The next chunk's state copy goes to the other buffer: its readers, chunk c - 1's group 1, finished before
     // this chunk's barrier.
-    if (c + 1 < nchunks) store_copy(Hs_base + (st ^ 1) * SM::H_ELEMS);
+    if (c + 1 < nchunks) store_copy(Hs_base + ((c + 1) & 1) * SM::H_ELEMS);
   }
   if (final_state) {  // the last segment: this walk ends the sequence
     const float m = final_state_factor(p, dec, bh, h);
