@@ -31,6 +31,12 @@ __device__ __forceinline__ void ldsm_x4_trans(uint32_t (&x)[4], const void* p) {
                : "r"(smem_addr(p)));
 }
 
+// Barrier Id (1..15; 0 is __syncthreads) over Threads threads.
+template <int Id, int Threads>
+__device__ __forceinline__ void named_barrier_sync() {
+  asm volatile("bar.sync %0, %1;\n" ::"n"(Id), "n"(Threads) : "memory");
+}
+
 template <int R>
 struct SwizzledTile {
   using E = __nv_bfloat16;
@@ -46,9 +52,9 @@ struct SwizzledTile {
 template <int DQK, int VT>
 struct WgmmaSmem {
   static constexpr int LM = kEngineRows, QK_ELEMS = LM * DQK, V_ELEMS = LM * VT, STAGE = 2 * QK_ELEMS + V_ELEMS;
-  static constexpr int STAGES = 3, H_ELEMS = DQK * VT;
-  // three stages and two state copies, bf16, and room to align them to 1024 bytes
-  static constexpr int bytes = (STAGES * STAGE + 2 * H_ELEMS) * 2 + 1024;
+  static constexpr int STAGES = 3, H_ELEMS = DQK * VT, O_PITCH = 72, O_ELEMS = LM * O_PITCH;
+  // three stages, two state copies and the two warpgroups' output tiles, bf16, and room to align them to 1024 bytes
+  static constexpr int bytes = (STAGES * STAGE + 2 * H_ELEMS + 2 * O_ELEMS) * 2 + 1024;
   static_assert(bytes <= 227 * 1024, "shared memory of one block");
 };
 
@@ -108,16 +114,7 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
     }
     cp_async_commit();
   };
-  // The factors of the Q and K rows this thread copies (rows r0 + i RSTEP), as bf16 pairs.
   constexpr int kRowsPerThread = LM / QKLoader::RSTEP;
-  uint32_t q_scale[kRowsPerThread], k_scale[kRowsPerThread];
-#pragma unroll
-  for (int i = 0; i < kRowsPerThread; ++i) {
-    const int r = load_qk.r0 + i * QKLoader::RSTEP;
-    const float fq = gpow(r - R), fk = gpow(R - r);
-    q_scale[i] = pack_bf16x2(fq, fq);
-    k_scale[i] = pack_bf16x2(fk, fk);
-  }
 
   // This thread's state elements hacc[j][e]: row hrow + 8 (e / 2), column 8 j + 2 tq + e % 2 (the warpgroup's
   // accumulator layout).
@@ -139,44 +136,85 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
   };
   store_copy(Hs_base);
 
-  float* const final_state = final_state_of(p, s);
-#pragma unroll
-  for (int c = 0; c < S - 1; ++c) load_chunk(c);
-  for (int c = 0, st = 0; c < nchunks; ++c, st = st + 1 == S ? 0 : st + 1) {
-    const int len = min(p.L, seg_len - c * p.L);
-    E* Qs = stage_q(st);
-    E* Ks = stage_k(st);
-    const E* Vs = stage_v(st);
-    const E* Hs = Hs_base + (c & 1) * SM::H_ELEMS;
-    cp_async_wait<S - 2>();
-    // The Q and K pieces this thread copied, times their rows' factors.
+  // The Q and K pieces this thread copied into stage st, times their rows' factors (once they have landed).
+  auto prescale = [&](int st) {
 #pragma unroll
     for (int i = 0; i < kRowsPerThread; ++i) {
-      const int at = Tile::at<DQK>(load_qk.r0 + i * QKLoader::RSTEP, load_qk.cc);
-      uint4* pq = reinterpret_cast<uint4*>(Qs + at);
-      uint4* pk = reinterpret_cast<uint4*>(Ks + at);
+      const int r = load_qk.r0 + i * QKLoader::RSTEP, at = Tile::at<DQK>(r, load_qk.cc);
+      const float fq = gpow(r - R), fk = gpow(R - r);
+      const uint32_t q_scale = pack_bf16x2(fq, fq), k_scale = pack_bf16x2(fk, fk);
+      uint4* pq = reinterpret_cast<uint4*>(stage_q(st) + at);
+      uint4* pk = reinterpret_cast<uint4*>(stage_k(st) + at);
       uint4 x = *pq, y = *pk;
-      x.x = mul_bf16x2(x.x, q_scale[i]), x.y = mul_bf16x2(x.y, q_scale[i]);
-      x.z = mul_bf16x2(x.z, q_scale[i]), x.w = mul_bf16x2(x.w, q_scale[i]);
-      y.x = mul_bf16x2(y.x, k_scale[i]), y.y = mul_bf16x2(y.y, k_scale[i]);
-      y.z = mul_bf16x2(y.z, k_scale[i]), y.w = mul_bf16x2(y.w, k_scale[i]);
+      x.x = mul_bf16x2(x.x, q_scale), x.y = mul_bf16x2(x.y, q_scale);
+      x.z = mul_bf16x2(x.z, q_scale), x.w = mul_bf16x2(x.w, q_scale);
+      y.x = mul_bf16x2(y.x, k_scale), y.y = mul_bf16x2(y.y, k_scale);
+      y.z = mul_bf16x2(y.z, k_scale), y.w = mul_bf16x2(y.w, k_scale);
       *pq = x;
       *pk = y;
     }
+  };
+  // The warpgroup's output tile [64 rows, 64 columns] goes out through shared memory (rows padded to 72 elements, so
+  // that both the fragment writes and the row reads are free of bank conflicts), in 16-byte row pieces.
+  auto store_outputs = [&](const float(&oacc)[VT / 16][4], int64_t c0, int len, int row0) {
+    E* const Os = Hs_base + 2 * SM::H_ELEMS + wg * SM::O_ELEMS;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int i = row0 + g + 8 * half;
+      const float m = p.mu && i < len ? p.mu[(static_cast<int64_t>(b) * T + phys(c0 + i)) * p.H + h] : 1.f;
+#pragma unroll
+      for (int nt = 0; nt < VT / 16; ++nt)
+        *reinterpret_cast<uint32_t*>(Os + i * SM::O_PITCH + nt * 8 + 2 * tq) =
+            pack_bf16x2(oacc[nt][2 * half] * m, oacc[nt][2 * half + 1] * m);
+    }
+    if (wg == 0) {  // the warpgroup's tile is complete
+      named_barrier_sync<1, 128>();
+    } else {
+      named_barrier_sync<2, 128>();
+    }
+    const int piece = tid & 7;
+    const int64_t ld = static_cast<int64_t>(p.H) * dv;
+    E* const og = static_cast<E*>(p.o) + (static_cast<int64_t>(b) * T * p.H + h) * dv + vt * VT + wg * 64 + piece * 8;
+#pragma unroll
+    for (int it = 0; it < LM / 16; ++it) {
+      const int r = it * 16 + ((tid & 127) >> 3);
+      if (r < len)
+        *reinterpret_cast<uint4*>(og + phys(c0 + r) * ld) =
+            *reinterpret_cast<const uint4*>(Os + r * SM::O_PITCH + piece * 8);
+    }
+  };
+
+  float* const final_state = final_state_of(p, s);
+#pragma unroll
+  for (int c = 0; c < S - 1; ++c) load_chunk(c);
+  cp_async_wait<S - 2>();
+  prescale(0);
+  for (int c = 0, st = 0; c < nchunks; ++c, st = st + 1 == S ? 0 : st + 1) {
+    const int len = min(p.L, seg_len - c * p.L);
+    const int64_t c0 = seg_start + static_cast<int64_t>(c) * p.L;
+    const E* Qs = stage_q(st);
+    const E* Ks = stage_k(st);
+    const E* Vs = stage_v(st);
+    const E* Hs = Hs_base + (c & 1) * SM::H_ELEMS;
     fence_proxy_async();  // this thread's copies, scalings and state-copy writes, before the tensor cores read them
-    __syncthreads();      // chunk c and Hs(c & 1) complete; everyone is past chunk c - 1, whose stage refills
+    __syncthreads();      // chunk c (scaled) and Hs(c & 1) complete; everyone is past chunk c - 1, whose stage refills
     load_chunk(c + S - 1);
 
     float sacc[LM / 8][4], oacc[VT / 16][4];
     wgmma_fence();
-    // 1. S = Q~ K~^T (all 64 keys; the mask comes later) and O = Q~ (gamma^(R+1) H)[:, 64 wg ..]: k steps of 16 key
-    //    dimensions.
+    // 1. S = Q~ K~^T (all 64 keys; the mask comes later), then O = Q~ (gamma^(R+1) H)[:, 64 wg ..]: k steps of 16
+    //    key dimensions, two commit groups.
 #pragma unroll
     for (int ks = 0; ks < DQK / KS; ++ks) {
-      const int atom = ks / 4, k32 = (ks % 4) * KS;  // 64-column atom, 32-byte step inside it
-      const uint64_t dq = wgmma_desc(Qs + atom * Tile::kAtom + k32, 0);
-      wgmma_m64n64k16_ss<0, 0>(sacc, dq, wgmma_desc(Ks + atom * Tile::kAtom + k32, 0), ks > 0);
-      wgmma_m64n64k16_ss<0, 1>(oacc, dq, wgmma_desc(Hs + wg * HTile::kAtom + ks * KS * 64, 2 * HTile::kAtom), ks > 0);
+      const int at = (ks / 4) * Tile::kAtom + (ks % 4) * KS;  // 64-column atom, 32-byte step inside it
+      wgmma_m64n64k16_ss<0, 0>(sacc, wgmma_desc(Qs + at, 0), wgmma_desc(Ks + at, 0), ks > 0);
+    }
+    wgmma_commit();
+#pragma unroll
+    for (int ks = 0; ks < DQK / KS; ++ks) {
+      const int at = (ks / 4) * Tile::kAtom + (ks % 4) * KS;
+      wgmma_m64n64k16_ss<0, 1>(oacc, wgmma_desc(Qs + at, 0),
+                               wgmma_desc(Hs + wg * HTile::kAtom + ks * KS * 64, 2 * HTile::kAtom), ks > 0);
     }
     wgmma_commit();
 
@@ -200,9 +238,9 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
     for (int j = 0; j < VT / 8; ++j)
 #pragma unroll
       for (int e = 0; e < 4; ++e) hacc[j][e] *= dl;
-    wgmma_wait<0>();
 
-    // The scores under the causal mask (i >= j), as A fragments.
+    // The scores under the causal mask (i >= j), as A fragments, while O = Q~ H runs.
+    wgmma_wait<1>();
     const int row0 = wq * 16;
     uint32_t sa[LM / KS][4];
 #pragma unroll
@@ -216,6 +254,7 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
         sa[kt][2 * half] = pack_bf16x2(m[0], m[1]);
         sa[kt][2 * half + 1] = pack_bf16x2(m[2], m[3]);
       }
+    wgmma_wait<0>();
     wgmma_fence();
     // 2. O += (S . Gamma) V[:, 64 wg ..].
 #pragma unroll
@@ -228,9 +267,13 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
       wgmma_m64n128k16_rs<1>(hacc, ka[kt], wgmma_desc(Vs + kt * KS * 64, 2 * Tile::kAtom));
     wgmma_commit();
 
+    // Meanwhile, the next chunk's Q and K rows get their factors.
     wgmma_wait<1>();  // group 2 done; the update may still run
-    store_output_tile<E>(p.o, dv, p, oacc, b, h, seg_start + static_cast<int64_t>(c) * p.L, len, row0,
-                         vt * VT + wg * 64, lane);
+    store_outputs(oacc, c0, len, row0);
+    if (c + 1 < nchunks) {
+      cp_async_wait<S - 2>();
+      prescale(st + 1 == S ? 0 : st + 1);
+    }
     wgmma_wait<0>();
     // The next chunk's state copy goes to the other buffer: its readers, chunk c - 1's group 1, finished before
     // this chunk's barrier.
