@@ -207,7 +207,7 @@ inline bool fused_enabled() {
 template <class Ops, int DQK, int DV>
 ScanKernel dkdv_kernel_of() {
   return {reinterpret_cast<const void*>(chunk_engine_dkdv_kernel<Ops, DQK, DV>), kEngineThreads,
-          DkdvSmem<Ops, DQK, DV>::bytes, DV, true};
+          dkdv_launch_bytes<Ops, DQK, DV>(), DV, true};
 }
 
 // The fused backward kernel for storage E, key size DQK and value size dv; fn is null where it does not apply

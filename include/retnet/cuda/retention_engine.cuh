@@ -684,6 +684,15 @@ __global__ void __launch_bounds__(kEngineThreads, Summary && !Ops::kFreshDelta ?
   }
 }
 
+// Dynamic shared memory of a chunk_engine_dkdv_kernel launch (as engine_launch_bytes).
+template <class Ops, int DQK, int DV>
+constexpr int dkdv_launch_bytes() {
+  constexpr int own = DkdvSmem<Ops, DQK, DV>::bytes;
+  if constexpr (kWgmmaDkdv<Ops, DQK, DV>)
+    return own > WgmmaDkdvSmem<DQK, DV>::bytes ? own : WgmmaDkdvSmem<DQK, DV>::bytes;
+  return own;
+}
+
 // The backward's dk and dv in one reversed walk over the state dU [DQK, DV] (g = mu d_o):
 //   dv = reversed retention of (q=k, k=q, v=g), state dU;
 //   dk = reversed retention of (q=v, k=g, v=q), state dU^T, read from the same copy transposed.
@@ -698,6 +707,14 @@ __global__ void __launch_bounds__(kEngineThreads, 1) chunk_engine_dkdv_kernel(Sc
   constexpr int STAGE = SM::STAGE;
   static_assert(DV == 64 || DV == 128, "value tile of 64 or 128 columns");
   extern __shared__ __align__(16) unsigned char smem_raw[];
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  if constexpr (kWgmmaDkdv<Ops, DQK, DV>) {
+    if (dec.log2g[blockIdx.z % p.H] >= kWgmmaMinLog2Gamma) {
+      wgmma_dkdv_walk<DQK, DV>(p, dec, smem_raw);
+      return;
+    }
+  }
+#endif
   E* smem = reinterpret_cast<E*>(smem_raw);
   E* Hs_base = smem + 2 * STAGE;
 

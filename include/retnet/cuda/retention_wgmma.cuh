@@ -23,8 +23,6 @@
 
 namespace retnet::cuda_detail {
 
-// A bf16 tile of R rows in the 128-byte-swizzle layout (wgmma.cuh): atoms of 64 columns, R rows of 128 bytes each,
-// back to back. A TileLoader policy.
 __device__ __forceinline__ void ldsm_x4_trans(uint32_t (&x)[4], const void* p) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(x[0]), "=r"(x[1]), "=r"(x[2]), "=r"(x[3])
@@ -37,6 +35,8 @@ __device__ __forceinline__ void named_barrier_sync() {
   asm volatile("bar.sync %0, %1;\n" ::"n"(Id), "n"(Threads) : "memory");
 }
 
+// A bf16 tile of R rows in the 128-byte-swizzle layout (wgmma.cuh): atoms of 64 columns, R rows of 128 bytes each,
+// back to back. A TileLoader policy.
 template <int R>
 struct SwizzledTile {
   using E = __nv_bfloat16;
@@ -58,13 +58,133 @@ struct WgmmaSmem {
   static_assert(bytes <= 227 * 1024, "shared memory of one block");
 };
 
+template <int DQK, int DV>
+struct WgmmaDkdvSmem {
+  static constexpr int LM = kEngineRows, QK_ELEMS = LM * DQK, V_ELEMS = LM * DV, STAGE = 2 * QK_ELEMS + 2 * V_ELEMS;
+  static constexpr int STAGES = 2, H_ELEMS = DQK * DV, O_PITCH = 72, O_ELEMS = LM * O_PITCH;
+  // two stages of four tiles, two state copies and the two warpgroups' output tiles
+  static constexpr int bytes = (STAGES * STAGE + 2 * H_ELEMS + 2 * O_ELEMS) * 2 + 1024;
+  static_assert(bytes <= 227 * 1024, "shared memory of one block");
+};
+
+// Whether chunk_engine_dkdv_kernel<Ops, DQK, DV> has the wgmma walk (where built for sm_90a).
+template <class Ops, int DQK, int DV>
+inline constexpr bool kWgmmaDkdv = std::is_same_v<Ops, EngineOps<__nv_bfloat16>>&& DQK == 128 && DV == 128;
+
 // Whether chunk_engine_kernel<Ops, DQK, VT, Summary> has the wgmma walk (where built for sm_90a).
 template <class Ops, int DQK, int VT, bool Summary>
 inline constexpr bool kWgmmaWalk = !Summary && std::is_same_v<Ops, EngineOps<__nv_bfloat16>> && DQK == 128 && VT == 128;
 
-// The walk scales chunk rows by gamma^(i - 32) and gamma^(32 - j) (below). Heads whose decay is below 2^-3 would
-// push these factors out of float's normal range (2^-126); they take the mma.sync walk.
+// The walks scale chunk rows by gamma^(i - 32) and gamma^(32 - j) (below). Heads whose decay is below 2^-3 would
+// push these factors out of float's normal range (2^-126); they take the mma.sync walks.
 inline constexpr float kWgmmaMinLog2Gamma = -3.0f;
+
+// The parts of both walks. Two warpgroups; warpgroup wg computes output columns 64 wg .. 64 wg + 63 for all 64
+// chunk rows and holds state rows 64 wg .. 64 wg + 63 (all 128 columns) in registers: hacc[j][e] at row
+// hrow + 8 (e / 2), column 8 j + 2 tq + e % 2 (the warpgroup's accumulator layout).
+struct WgmmaThread {
+  int tid, lane, wg, wq, g, tq, hrow;
+  __device__ explicit WgmmaThread(int t)
+      : tid(t), lane(t & 31), wg(t >> 7), wq((t >> 5) & 3), g(lane >> 2), tq(lane & 3), hrow(wg * 64 + wq * 16 + g) {}
+};
+
+// The 16-byte piece at x times a bf16 pair.
+__device__ __forceinline__ void scale_piece(__nv_bfloat16* x, uint32_t f) {
+  uint4* p = reinterpret_cast<uint4*>(x);
+  uint4 y = *p;
+  y.x = mul_bf16x2(y.x, f), y.y = mul_bf16x2(y.y, f), y.z = mul_bf16x2(y.z, f), y.w = mul_bf16x2(y.w, f);
+  *p = y;
+}
+
+// hacc times f, as the bf16 state copy (the 128-byte-swizzle tile [DQK, 128]) that the next chunk's products read.
+template <int DQK>
+__device__ __forceinline__ void store_state_copy(__nv_bfloat16* Hs, const float (&hacc)[16][4], float f,
+                                                 const WgmmaThread& t) {
+#pragma unroll
+  for (int j = 0; j < 16; ++j)
+#pragma unroll
+    for (int half = 0; half < 2; ++half)
+      *reinterpret_cast<uint32_t*>(Hs + SwizzledTile<DQK>::template at<128>(t.hrow + 8 * half, 8 * j + 2 * t.tq)) =
+          pack_bf16x2(hacc[j][2 * half] * f, hacc[j][2 * half + 1] * f);
+}
+
+// The A fragments of X^T (X a chunk tile, 128-byte swizzle): rows m0 .. m0 + 15 of X^T (columns of X) for the four
+// k steps of 16 chunk rows, times the bf16 pair w.
+__device__ __forceinline__ void transposed_a_fragments(uint32_t (&a)[4][4], const __nv_bfloat16* X, int m0, uint32_t w,
+                                                       int lane) {
+  const int mat = lane >> 3, r = lane & 7;
+#pragma unroll
+  for (int kt = 0; kt < 4; ++kt) {
+    ldsm_x4_trans(a[kt], X + SwizzledTile<kEngineRows>::at<128>(kt * 16 + r + 8 * (mat >> 1), m0 + 8 * (mat & 1)));
+#pragma unroll
+    for (int x = 0; x < 4; ++x) a[kt][x] = mul_bf16x2(a[kt][x], w);
+  }
+}
+
+// The warp's scores (rows row0 .. row0 + 15 of the chunk, all 64 keys) under the causal mask i >= j, as the A
+// fragments of the four k steps of (S . mask) V.
+__device__ __forceinline__ void masked_score_fragments(uint32_t (&sa)[4][4], const float (&sacc)[8][4], int row0,
+                                                       const WgmmaThread& t) {
+#pragma unroll
+  for (int kt = 0; kt < 4; ++kt)
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int nt = 2 * kt + half;
+      float m[4];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) m[e] = row0 + t.g + 8 * (e >> 1) >= nt * 8 + 2 * t.tq + (e & 1) ? sacc[nt][e] : 0.f;
+      sa[kt][2 * half] = pack_bf16x2(m[0], m[1]);
+      sa[kt][2 * half + 1] = pack_bf16x2(m[2], m[3]);
+    }
+}
+
+// Writes the warpgroup's output tile oacc (chunk rows 0 .. len - 1 at sequence positions c0 + i, columns
+// col0 .. col0 + 63 of o [B, T, H, width], each row times p.mu where given) through the warpgroup's staging tile Os
+// [64, 72] (padded rows: the fragment writes and the row reads are free of bank conflicts), in 16-byte row pieces.
+// BarrierFirst: Os may still be being read by the warpgroup's previous call.
+template <bool BarrierFirst>
+__device__ __forceinline__ void store_outputs_staged(__nv_bfloat16* Os, void* o, int width, int col0,
+                                                     const float (&oacc)[8][4], const ScanParams& p, int b, int h,
+                                                     int64_t c0, int len, const WgmmaThread& t) {
+  using E = __nv_bfloat16;
+  constexpr int PITCH = 72;
+  auto bar = [&] {
+    if (t.wg == 0) {
+      named_barrier_sync<1, 128>();
+    } else {
+      named_barrier_sync<2, 128>();
+    }
+  };
+  auto phys = [&](int64_t pos) { return p.reverse ? p.T - 1 - pos : pos; };
+  if constexpr (BarrierFirst) bar();
+  const int row0 = t.wq * 16;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int i = row0 + t.g + 8 * half;
+    const float m = p.mu && i < len ? p.mu[(static_cast<int64_t>(b) * p.T + phys(c0 + i)) * p.H + h] : 1.f;
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+      *reinterpret_cast<uint32_t*>(Os + i * PITCH + nt * 8 + 2 * t.tq) =
+          pack_bf16x2(oacc[nt][2 * half] * m, oacc[nt][2 * half + 1] * m);
+  }
+  bar();  // the tile is complete
+  const int piece = t.tid & 7;
+  const int64_t ld = static_cast<int64_t>(p.H) * width;
+  E* const og = static_cast<E*>(o) + (static_cast<int64_t>(b) * p.T * p.H + h) * width + col0 + piece * 8;
+#pragma unroll
+  for (int it = 0; it < kEngineRows / 16; ++it) {
+    const int r = it * 16 + ((t.tid & 127) >> 3);
+    if (r < len)
+      *reinterpret_cast<uint4*>(og + phys(c0 + r) * ld) = *reinterpret_cast<const uint4*>(Os + r * PITCH + piece * 8);
+  }
+}
+
+// One k16 step's operand offset in a 128-byte-swizzled tile read K-major along 128 columns: the 64-column atom and
+// the 32-byte step inside it.
+template <int Rows>
+__device__ __forceinline__ int kmajor_step(int ks) {
+  return (ks / 4) * SwizzledTile<Rows>::kAtom + (ks % 4) * 16;
+}
 
 // The decays enter through the operands, so that the scores need only the causal mask:
 //   Q~_i = gamma^(i - R) q_i and K~_j = gamma^(R - j) k_j (R = 32, scaled in shared memory as they land), so
@@ -82,9 +202,10 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
   static_assert(DQK == 128 && VT == 128, "two warpgroups of 64 output columns and 64 state rows");
   E* smem = reinterpret_cast<E*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
   E* Hs_base = smem + S * SM::STAGE;
+  E* const Os = Hs_base + 2 * SM::H_ELEMS;
 
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2, wq = warp & 3;
-  const int g = lane >> 2, tq = lane & 3;
+  const WgmmaThread t(threadIdx.x);
+  const int wg = t.wg, tid = t.tid;
   const int vt = blockIdx.x, s = blockIdx.y, bh = blockIdx.z;
   const int b = bh / p.H, h = bh % p.H;
   const int64_t T = p.T;
@@ -114,75 +235,25 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
     }
     cp_async_commit();
   };
-  constexpr int kRowsPerThread = LM / QKLoader::RSTEP;
+  // The Q and K pieces this thread copied into stage st, times their rows' factors (once they have landed).
+  auto prescale = [&](int st) {
+#pragma unroll
+    for (int i = 0; i < LM / QKLoader::RSTEP; ++i) {
+      const int r = load_qk.r0 + i * QKLoader::RSTEP, at = Tile::at<DQK>(r, load_qk.cc);
+      const float fq = gpow(r - R), fk = gpow(R - r);
+      scale_piece(stage_q(st) + at, pack_bf16x2(fq, fq));
+      scale_piece(stage_k(st) + at, pack_bf16x2(fk, fk));
+    }
+  };
 
-  // This thread's state elements hacc[j][e]: row hrow + 8 (e / 2), column 8 j + 2 tq + e % 2 (the warpgroup's
-  // accumulator layout).
-  const int hrow = wg * 64 + wq * 16 + g;
   float hacc[VT / 8][4];
 #pragma unroll
   for (int j = 0; j < VT / 8; ++j)
 #pragma unroll
     for (int e = 0; e < 4; ++e)
-      hacc[j][e] = entering_state<DQK>(p, bh, s, vt * VT, hrow + 8 * (e >> 1), 8 * j + 2 * tq + (e & 1));
+      hacc[j][e] = entering_state<DQK>(p, bh, s, vt * VT, t.hrow + 8 * (e >> 1), 8 * j + 2 * t.tq + (e & 1));
   const float copy_factor = gpow(R + 1);
-  auto store_copy = [&](E* Hs) {
-#pragma unroll
-    for (int j = 0; j < VT / 8; ++j)
-#pragma unroll
-      for (int half = 0; half < 2; ++half)
-        *reinterpret_cast<uint32_t*>(Hs + HTile::template at<VT>(hrow + 8 * half, 8 * j + 2 * tq)) =
-            pack_bf16x2(hacc[j][2 * half] * copy_factor, hacc[j][2 * half + 1] * copy_factor);
-  };
-  store_copy(Hs_base);
-
-  // The Q and K pieces this thread copied into stage st, times their rows' factors (once they have landed).
-  auto prescale = [&](int st) {
-#pragma unroll
-    for (int i = 0; i < kRowsPerThread; ++i) {
-      const int r = load_qk.r0 + i * QKLoader::RSTEP, at = Tile::at<DQK>(r, load_qk.cc);
-      const float fq = gpow(r - R), fk = gpow(R - r);
-      const uint32_t q_scale = pack_bf16x2(fq, fq), k_scale = pack_bf16x2(fk, fk);
-      uint4* pq = reinterpret_cast<uint4*>(stage_q(st) + at);
-      uint4* pk = reinterpret_cast<uint4*>(stage_k(st) + at);
-      uint4 x = *pq, y = *pk;
-      x.x = mul_bf16x2(x.x, q_scale), x.y = mul_bf16x2(x.y, q_scale);
-      x.z = mul_bf16x2(x.z, q_scale), x.w = mul_bf16x2(x.w, q_scale);
-      y.x = mul_bf16x2(y.x, k_scale), y.y = mul_bf16x2(y.y, k_scale);
-      y.z = mul_bf16x2(y.z, k_scale), y.w = mul_bf16x2(y.w, k_scale);
-      *pq = x;
-      *pk = y;
-    }
-  };
-  // The warpgroup's output tile [64 rows, 64 columns] goes out through shared memory (rows padded to 72 elements, so
-  // that both the fragment writes and the row reads are free of bank conflicts), in 16-byte row pieces.
-  auto store_outputs = [&](const float(&oacc)[VT / 16][4], int64_t c0, int len, int row0) {
-    E* const Os = Hs_base + 2 * SM::H_ELEMS + wg * SM::O_ELEMS;
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int i = row0 + g + 8 * half;
-      const float m = p.mu && i < len ? p.mu[(static_cast<int64_t>(b) * T + phys(c0 + i)) * p.H + h] : 1.f;
-#pragma unroll
-      for (int nt = 0; nt < VT / 16; ++nt)
-        *reinterpret_cast<uint32_t*>(Os + i * SM::O_PITCH + nt * 8 + 2 * tq) =
-            pack_bf16x2(oacc[nt][2 * half] * m, oacc[nt][2 * half + 1] * m);
-    }
-    if (wg == 0) {  // the warpgroup's tile is complete
-      named_barrier_sync<1, 128>();
-    } else {
-      named_barrier_sync<2, 128>();
-    }
-    const int piece = tid & 7;
-    const int64_t ld = static_cast<int64_t>(p.H) * dv;
-    E* const og = static_cast<E*>(p.o) + (static_cast<int64_t>(b) * T * p.H + h) * dv + vt * VT + wg * 64 + piece * 8;
-#pragma unroll
-    for (int it = 0; it < LM / 16; ++it) {
-      const int r = it * 16 + ((tid & 127) >> 3);
-      if (r < len)
-        *reinterpret_cast<uint4*>(og + phys(c0 + r) * ld) =
-            *reinterpret_cast<const uint4*>(Os + r * SM::O_PITCH + piece * 8);
-    }
-  };
+  store_state_copy<DQK>(Hs_base, hacc, copy_factor, t);
 
   float* const final_state = final_state_of(p, s);
 #pragma unroll
@@ -205,55 +276,32 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
     // 1. S = Q~ K~^T (all 64 keys; the mask comes later), then O = Q~ (gamma^(R+1) H)[:, 64 wg ..]: k steps of 16
     //    key dimensions, two commit groups.
 #pragma unroll
-    for (int ks = 0; ks < DQK / KS; ++ks) {
-      const int at = (ks / 4) * Tile::kAtom + (ks % 4) * KS;  // 64-column atom, 32-byte step inside it
-      wgmma_m64n64k16_ss<0, 0>(sacc, wgmma_desc(Qs + at, 0), wgmma_desc(Ks + at, 0), ks > 0);
-    }
+    for (int ks = 0; ks < DQK / KS; ++ks)
+      wgmma_m64n64k16_ss<0, 0>(sacc, wgmma_desc(Qs + kmajor_step<LM>(ks), 0), wgmma_desc(Ks + kmajor_step<LM>(ks), 0),
+                               ks > 0);
     wgmma_commit();
 #pragma unroll
-    for (int ks = 0; ks < DQK / KS; ++ks) {
-      const int at = (ks / 4) * Tile::kAtom + (ks % 4) * KS;
-      wgmma_m64n64k16_ss<0, 1>(oacc, wgmma_desc(Qs + at, 0),
+    for (int ks = 0; ks < DQK / KS; ++ks)
+      wgmma_m64n64k16_ss<0, 1>(oacc, wgmma_desc(Qs + kmajor_step<LM>(ks), 0),
                                wgmma_desc(Hs + wg * HTile::kAtom + ks * KS * 64, 2 * HTile::kAtom), ks > 0);
-    }
     wgmma_commit();
 
-    // Meanwhile, the update's A fragments: rows hrow.. of K~^T (K's columns 64 wg + 16 wq ..) for each k step of
-    // 16 chunk rows, times gamma^(len - 1 - R); and the state's decay over the chunk. (The update also runs after a
-    // segment's last chunk, whose state nobody reads: a wgmma under a branch makes ptxas serialize all of them.)
+    // Meanwhile, the update's A fragments: K~^T rows hrow.. times gamma^(len - 1 - R); and the state's decay over
+    // the chunk. (The update also runs after a segment's last chunk, whose state nobody reads: a wgmma under a
+    // branch makes ptxas serialize all of them.)
     uint32_t ka[LM / KS][4];
-    {
-      const float fu = gpow(len - 1 - R);
-      const uint32_t w = pack_bf16x2(fu, fu);
-      const int mat = lane >> 3, r = lane & 7;
-#pragma unroll
-      for (int kt = 0; kt < LM / KS; ++kt) {
-        ldsm_x4_trans(ka[kt], Ks + Tile::at<DQK>(kt * KS + r + 8 * (mat >> 1), wg * 64 + wq * 16 + 8 * (mat & 1)));
-#pragma unroll
-        for (int x = 0; x < 4; ++x) ka[kt][x] = mul_bf16x2(ka[kt][x], w);
-      }
-    }
+    const float fu = gpow(len - 1 - R);
+    transposed_a_fragments(ka, Ks, wg * 64 + t.wq * 16, pack_bf16x2(fu, fu), t.lane);
     const float dl = gpow(len);
 #pragma unroll
     for (int j = 0; j < VT / 8; ++j)
 #pragma unroll
       for (int e = 0; e < 4; ++e) hacc[j][e] *= dl;
 
-    // The scores under the causal mask (i >= j), as A fragments, while O = Q~ H runs.
+    // The scores under the causal mask, as A fragments, while O = Q~ H runs.
     wgmma_wait<1>();
-    const int row0 = wq * 16;
     uint32_t sa[LM / KS][4];
-#pragma unroll
-    for (int kt = 0; kt < LM / KS; ++kt)
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int nt = 2 * kt + half;
-        float m[4];
-#pragma unroll
-        for (int e = 0; e < 4; ++e) m[e] = row0 + g + 8 * (e >> 1) >= nt * 8 + 2 * tq + (e & 1) ? sacc[nt][e] : 0.f;
-        sa[kt][2 * half] = pack_bf16x2(m[0], m[1]);
-        sa[kt][2 * half + 1] = pack_bf16x2(m[2], m[3]);
-      }
+    masked_score_fragments(sa, sacc, t.wq * 16, t);
     wgmma_wait<0>();
     wgmma_fence();
     // 2. O += (S . Gamma) V[:, 64 wg ..].
@@ -267,9 +315,9 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
       wgmma_m64n128k16_rs<1>(hacc, ka[kt], wgmma_desc(Vs + kt * KS * 64, 2 * Tile::kAtom));
     wgmma_commit();
 
-    // Meanwhile, the next chunk's Q and K rows get their factors.
     wgmma_wait<1>();  // group 2 done; the update may still run
-    store_outputs(oacc, c0, len, row0);
+    store_outputs_staged<false>(Os + wg * SM::O_ELEMS, p.o, dv, vt * VT + wg * 64, oacc, p, b, h, c0, len, t);
+    // Meanwhile, the next chunk's Q and K rows get their factors.
     if (c + 1 < nchunks) {
       cp_async_wait<S - 2>();
       prescale(st + 1 == S ? 0 : st + 1);
@@ -277,7 +325,7 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
     wgmma_wait<0>();
     // The next chunk's state copy goes to the other buffer: its readers, chunk c - 1's group 1, finished before
     // this chunk's barrier.
-    if (c + 1 < nchunks) store_copy(Hs_base + ((c + 1) & 1) * SM::H_ELEMS);
+    if (c + 1 < nchunks) store_state_copy<DQK>(Hs_base + ((c + 1) & 1) * SM::H_ELEMS, hacc, copy_factor, t);
   }
   if (final_state) {  // the last segment: this walk ends the sequence
     const float m = final_state_factor(p, dec, bh, h);
@@ -286,7 +334,172 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
     for (int j = 0; j < VT / 8; ++j)
 #pragma unroll
       for (int e = 0; e < 4; ++e)
-        dst[static_cast<int64_t>(hrow + 8 * (e >> 1)) * dv + 8 * j + 2 * tq + (e & 1)] = hacc[j][e] * m;
+        dst[static_cast<int64_t>(t.hrow + 8 * (e >> 1)) * dv + 8 * j + 2 * t.tq + (e & 1)] = hacc[j][e] * m;
+  }
+}
+
+// The fused backward's walk (chunk_engine_dkdv_kernel's contract: p.q = k, p.k = q, p.v = g, p.x = v; p.o = dv,
+// p.o2 = dk; the state dU [DQK, DV] in registers, its copy read as dU for dv and as dU^T for dk). The decays enter
+// through the operands as in the outputs walk: K~ = gamma^(i - R) k, V~ = gamma^(i - R) v, Q~ = gamma^(R - j) q
+// (scaled in shared memory as they land; g stays as it is), and the copy holds c dU with c = gamma^(R + 1):
+//   dv_i = gamma^(i+1) k_i dU + sum_{j <= i} gamma^(i-j) (k_i . q_j) g_j   = K~_i (c dU) + sum_j mask(K~_i . Q~_j) g_j
+//   dk_i = gamma^(i+1) v_i dU^T + sum_{j <= i} gamma^(i-j) (v_i . g_j) q_j = V~_i (c dU)^T + sum_j mask(V~_i . g_j)
+//   Q~_j dU <- gamma^len dU + gamma^(len - 1 - R) Q~^T g.
+// Per chunk: dv's scores and state part, its masked scores, dk's scores while dv's outputs are stored, dk's state
+// part, its masked scores, then dk's last product and the update in one go.
+template <int DQK, int DV>
+__device__ __forceinline__ void wgmma_dkdv_walk(const ScanParams& p, const HeadDecays& dec, unsigned char* smem_raw) {
+  using E = __nv_bfloat16;
+  using Tile = SwizzledTile<kEngineRows>;
+  using HTile = SwizzledTile<DQK>;  // the copy of dU [DQK, DV]
+  using SM = WgmmaDkdvSmem<DQK, DV>;
+  constexpr int LM = kEngineRows, KS = 16, R = LM / 2;
+  static_assert(DQK == 128 && DV == 128, "two warpgroups of 64 output columns and 64 state rows");
+  E* smem = reinterpret_cast<E*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
+  E* Hs_base = smem + SM::STAGES * SM::STAGE;
+
+  const WgmmaThread t(threadIdx.x);
+  const int wg = t.wg;
+  E* const Os = Hs_base + 2 * SM::H_ELEMS + wg * SM::O_ELEMS;
+  const int s = blockIdx.y, bh = blockIdx.z;
+  const int b = bh / p.H, h = bh % p.H;
+  const int64_t T = p.T;
+  const float l2g = dec.log2g[h];
+  const int64_t seg_start = static_cast<int64_t>(s) * p.seg;
+  const int seg_len = static_cast<int>(min(static_cast<int64_t>(p.seg), T - seg_start));
+  const int nchunks = (seg_len + p.L - 1) / p.L;
+  auto gpow = [&](int n) { return exp2f(static_cast<float>(n) * l2g); };
+
+  auto phys = [&](int64_t pos) { return p.reverse ? T - 1 - pos : pos; };
+  const int dir = p.reverse ? -1 : 1;
+  // Stage layout: k, q (width DQK), g, v (width DV).
+  auto stage_k = [&](int st) { return smem + st * SM::STAGE; };
+  auto stage_q = [&](int st) { return stage_k(st) + SM::QK_ELEMS; };
+  auto stage_g = [&](int st) { return stage_q(st) + SM::QK_ELEMS; };
+  auto stage_v = [&](int st) { return stage_g(st) + SM::V_ELEMS; };
+  using Loader = TileLoader<Tile, DQK, 4>;  // DQK == DV: one loader for the four tiles
+  const Loader load({p.q, p.k, p.v, p.x}, b, h, T, p.H, DQK, 0, t.tid);
+  auto load_chunk = [&](int c) {
+    const int st = c & 1;
+    const int64_t c0 = seg_start + static_cast<int64_t>(c) * p.L;
+    load.load({stage_k(st), stage_q(st), stage_g(st), stage_v(st)}, c0, min(p.L, seg_len - c * p.L), phys, dir);
+    cp_async_commit();
+  };
+  auto prescale = [&](int st) {
+#pragma unroll
+    for (int i = 0; i < LM / Loader::RSTEP; ++i) {
+      const int r = load.r0 + i * Loader::RSTEP, at = Tile::at<DQK>(r, load.cc);
+      const float fi = gpow(r - R), fj = gpow(R - r);
+      const uint32_t wi = pack_bf16x2(fi, fi);
+      scale_piece(stage_k(st) + at, wi);
+      scale_piece(stage_v(st) + at, wi);
+      scale_piece(stage_q(st) + at, pack_bf16x2(fj, fj));
+    }
+  };
+
+  float hacc[DV / 8][4];
+#pragma unroll
+  for (int j = 0; j < DV / 8; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      hacc[j][e] = entering_state<DQK>(p, bh, s, 0, t.hrow + 8 * (e >> 1), 8 * j + 2 * t.tq + (e & 1));
+  const float copy_factor = gpow(R + 1);
+  store_state_copy<DQK>(Hs_base, hacc, copy_factor, t);
+
+  float* const final_state = final_state_of(p, s);
+  load_chunk(0);
+  cp_async_wait<0>();
+  prescale(0);
+  for (int c = 0; c < nchunks; ++c) {
+    const int st = c & 1;
+    const int len = min(p.L, seg_len - c * p.L);
+    const int64_t c0 = seg_start + static_cast<int64_t>(c) * p.L;
+    const E* Ks = stage_k(st);
+    const E* Qs = stage_q(st);
+    const E* Gs = stage_g(st);
+    const E* Vs = stage_v(st);
+    const E* Hs = Hs_base + st * SM::H_ELEMS;
+    fence_proxy_async();  // this thread's copies, scalings and state-copy writes, before the tensor cores read them
+    __syncthreads();      // chunk c (scaled) and Hs(c & 1) complete; everyone is past chunk c - 1, whose stage refills
+    if (c + 1 < nchunks) load_chunk(c + 1);
+
+    float sacc[LM / 8][4], oacc[8][4];
+    uint32_t sa[LM / KS][4];
+    // dv: S = K~ Q~^T, then O = K~ (c dU)[:, 64 wg ..].
+    wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < DQK / KS; ++ks)
+      wgmma_m64n64k16_ss<0, 0>(sacc, wgmma_desc(Ks + kmajor_step<LM>(ks), 0), wgmma_desc(Qs + kmajor_step<LM>(ks), 0),
+                               ks > 0);
+    wgmma_commit();
+#pragma unroll
+    for (int ks = 0; ks < DQK / KS; ++ks)
+      wgmma_m64n64k16_ss<0, 1>(oacc, wgmma_desc(Ks + kmajor_step<LM>(ks), 0),
+                               wgmma_desc(Hs + wg * HTile::kAtom + ks * KS * 64, 2 * HTile::kAtom), ks > 0);
+    wgmma_commit();
+    // Meanwhile, the update's A fragments (Q~^T rows hrow.. times gamma^(len - 1 - R)) and dU's decay.
+    uint32_t ka[LM / KS][4];
+    const float fu = gpow(len - 1 - R);
+    transposed_a_fragments(ka, Qs, wg * 64 + t.wq * 16, pack_bf16x2(fu, fu), t.lane);
+    const float dl = gpow(len);
+#pragma unroll
+    for (int j = 0; j < DV / 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) hacc[j][e] *= dl;
+    wgmma_wait<1>();
+    masked_score_fragments(sa, sacc, t.wq * 16, t);
+    wgmma_wait<0>();
+    // dv: O += mask(S) g[:, 64 wg ..]; then dk's scores S = V~ g^T.
+    wgmma_fence();
+#pragma unroll
+    for (int kt = 0; kt < LM / KS; ++kt)
+      wgmma_m64n64k16_rs<1>(oacc, sa[kt], wgmma_desc(Gs + wg * Tile::kAtom + kt * KS * 64, 2 * Tile::kAtom));
+    wgmma_commit();
+#pragma unroll
+    for (int ks = 0; ks < DV / KS; ++ks)
+      wgmma_m64n64k16_ss<0, 0>(sacc, wgmma_desc(Vs + kmajor_step<LM>(ks), 0), wgmma_desc(Gs + kmajor_step<LM>(ks), 0),
+                               ks > 0);
+    wgmma_commit();
+    wgmma_wait<1>();
+    store_outputs_staged<false>(Os, p.o, DV, wg * 64, oacc, p, b, h, c0, len, t);
+    // dk: O = V~ (c dU)^T[:, 64 wg ..], B[k][n] = copy(n, k): the copy's rows 64 wg .. read K-major.
+    wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < DV / KS; ++ks)
+      wgmma_m64n64k16_ss<0, 0>(oacc, wgmma_desc(Vs + kmajor_step<LM>(ks), 0),
+                               wgmma_desc(Hs + wg * 64 * 64 + kmajor_step<DQK>(ks), 0), ks > 0);
+    wgmma_commit();
+    wgmma_wait<1>();
+    masked_score_fragments(sa, sacc, t.wq * 16, t);
+    wgmma_wait<0>();
+    // dk: O += mask(S) Q~[:, 64 wg ..]; dU <- gamma^len dU + (Q~ gamma^(len - 1 - R))^T g over all DV columns.
+    wgmma_fence();
+#pragma unroll
+    for (int kt = 0; kt < LM / KS; ++kt)
+      wgmma_m64n64k16_rs<1>(oacc, sa[kt], wgmma_desc(Qs + wg * Tile::kAtom + kt * KS * 64, 2 * Tile::kAtom));
+    wgmma_commit();
+#pragma unroll
+    for (int kt = 0; kt < LM / KS; ++kt)
+      wgmma_m64n128k16_rs<1>(hacc, ka[kt], wgmma_desc(Gs + kt * KS * 64, 2 * Tile::kAtom));
+    wgmma_commit();
+    // Meanwhile, the next chunk's rows get their factors.
+    if (c + 1 < nchunks) {
+      cp_async_wait<0>();
+      prescale(st ^ 1);
+    }
+    wgmma_wait<1>();
+    store_outputs_staged<true>(Os, p.o2, DQK, wg * 64, oacc, p, b, h, c0, len, t);
+    wgmma_wait<0>();
+    if (c + 1 < nchunks) store_state_copy<DQK>(Hs_base + (st ^ 1) * SM::H_ELEMS, hacc, copy_factor, t);
+  }
+  if (final_state) {  // the last segment: this walk ends the sequence
+    const float m = final_state_factor(p, dec, bh, h);
+    float* dst = final_state + static_cast<int64_t>(bh) * DQK * DV;
+#pragma unroll
+    for (int j = 0; j < DV / 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        dst[static_cast<int64_t>(t.hrow + 8 * (e >> 1)) * DV + 8 * j + 2 * t.tq + (e & 1)] = hacc[j][e] * m;
   }
 }
 
