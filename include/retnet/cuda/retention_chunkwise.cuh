@@ -254,6 +254,38 @@ inline Residency residency(const ScanKernel& k) {
   return r;
 }
 
+template <int = 0>
+__global__ void wgmma_probe_kernel(int* built) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  *built = 1;
+#else
+  *built = 0;
+#endif
+}
+
+// Whether this program's kernels run their wgmma walks on the current device: built for sm_90a, running on a
+// compute capability 9.0 device. The host compilation cannot tell (nvcc's __CUDA_ARCH_LIST__ says 900 for both 90 and
+// 90a), so a one-thread kernel asks, once per device, with residency()'s other first-call work (outside capture).
+inline bool wgmma_walks_built() {
+  int dev = 0;
+  RETNET_CUDA_CHECK(cudaGetDevice(&dev));
+  static std::mutex mutex;
+  static std::map<int, bool> known;
+  const std::lock_guard<std::mutex> lock(mutex);
+  if (const auto it = known.find(dev); it != known.end()) return it->second;
+  int* flag = nullptr;
+  int built = 0;
+  RETNET_CUDA_CHECK(cudaMalloc(&flag, sizeof(int)));
+  wgmma_probe_kernel<<<1, 1>>>(flag);
+  const cudaError_t launched = cudaGetLastError();
+  const cudaError_t copied = cudaMemcpy(&built, flag, sizeof(int), cudaMemcpyDeviceToHost);
+  RETNET_CUDA_CHECK(cudaFree(flag));
+  RETNET_CUDA_CHECK(launched);
+  RETNET_CUDA_CHECK(copied);
+  known.emplace(dev, built == 1);
+  return built == 1;
+}
+
 template <class E, int DQK, bool Summary>
 void launch_scan(const Cuda& ctx, ScanParams sp, int64_t B, int H, HeadDecays dec, bool narrow) {
   const ScanKernel k = pick_scan<E, DQK, Summary>(sp.dv, ctx.allow_tf32, narrow);
@@ -282,6 +314,11 @@ void launch_scan(const Cuda& ctx, ScanParams sp, int64_t B, int H, HeadDecays de
 // (bf16, B = 4, H = 16, D = 128, fwd+bwd): narrow wins at T = 1024 and 2048, loses at 4096 and 16384; the model agrees
 // with all of these for 0.645 < kNarrowChunkCost < 0.70. RETNET_CUDA_VT=64 or 128 forces the width where both exist.
 inline constexpr double kNarrowChunkCost = 0.67;
+// Where the wide bf16 walk with key size 128 runs on wgmma (wgmma_walks_built), a narrow chunk costs
+// kNarrowChunkCost / kWgmmaWideChunkCost wide ones. Measured on the H200 (B = 4, H = 16, D = 128, each width forced):
+// at T = 2048 the wide wgmma forward took 0.092 ms against 0.109 (narrow), fwd+bwd 0.283 against 0.318; at T = 1024
+// both 0.183 ms fwd+bwd.
+inline constexpr double kWgmmaWideChunkCost = 0.565;
 // A chunk of the fused backward (two outputs, one state update) in units of an outputs chunk.
 inline constexpr double kFusedChunkCost = 1.7;
 inline constexpr double kSummaryStart = 3.0, kSummaryChunk = 0.29;
@@ -313,12 +350,14 @@ Geometry geometry(int dval, int64_t B, int64_t T, int H, int fixed_seg, bool tf3
     double best = -1;
     const bool has_wide =
         pick_scan<E, DQK, false>(dval, tf32, false).vt != pick_scan<E, DQK, false>(dval, tf32, true).vt;
+    const bool wgmma_wide = has_wide && std::is_same_v<E, __nv_bfloat16> && DQK == 128 && wgmma_walks_built();
     for (const bool narrow : {false, true}) {
       const ScanKernel out = fused ? pick_dkdv<E, DQK>(dval, tf32) : pick_scan<E, DQK, false>(dval, tf32, narrow);
       const ScanKernel sum = pick_scan<E, DQK, true>(dval, tf32, narrow);
       if (narrow && (!has_wide || fused)) continue;  // the same kernel, or no narrow fused kernel
       if (!fused && has_wide && forced_value_tile() != 0 && forced_value_tile() != out.vt) continue;
-      const double unit = narrow ? kNarrowChunkCost : 1.0, out_unit = fused ? kFusedChunkCost : 1.0;
+      const double unit = narrow ? kNarrowChunkCost / (wgmma_wide ? kWgmmaWideChunkCost : 1.0) : 1.0;
+      const double out_unit = fused ? kFusedChunkCost : 1.0;
       const int64_t out_tiles = B * H * (dval / out.vt), sum_tiles = B * H * (dval / sum.vt);
       const int64_t out_slots = residency(out).blocks, sum_slots = residency(sum).blocks, sms = residency(sum).sms;
       for (int64_t ns = 1; ns <= cap; ++ns) {
