@@ -4,7 +4,8 @@
 // retnet::Cuda carries the stream every op runs on and a cuBLAS handle (used by the dense layers). Ops are
 // asynchronous on that stream; errors from launches are checked at once (cudaGetLastError), errors from the
 // kernels themselves surface at the caller's next synchronisation. Ops can be captured into CUDA graphs once each
-// has run outside capture on the device (its first call sets kernel attributes and the memory pool).
+// has run outside capture on the device (its first call sets kernel attributes and the memory pool, and asks once
+// whether the wgmma kernels were built).
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 

@@ -12,8 +12,9 @@
 // Where the value size is 64 or 128 and the buffers fit, dk and dv come from one fused walk over dU
 // (chunk_engine_dkdv_kernel): four input tiles and one state update per chunk instead of six and two.
 // Storage float or bf16 (__nv_bfloat16); state, scale and accumulation always float. Both run on
-// chunk_engine_kernel (retention_engine.cuh: bf16 mma.sync m16n8k16; float three tf32 products per product, float
-// accuracy); float with head size 256 on the generic scan_kernel. geometry() picks the segment split and how
+// chunk_engine_kernel (retention_engine.cuh: bf16 mma.sync m16n8k16, or wgmma with head size 128 in sm_90a builds
+// (retention_wgmma.cuh); float three tf32 products per product, float accuracy); float with head size 256 on the
+// generic scan_kernel. geometry() picks the segment split and how
 // many summary blocks sum each segment; on the chunk engine the last segment's outputs blocks write the final
 // state, so that segment needs no summary (a single-segment run has no summary pass, nor a prefix pass where its
 // initial state enters unscaled).
