@@ -88,6 +88,25 @@ struct WgmmaThread {
       : tid(t), lane(t & 31), wg(t >> 7), wq((t >> 5) & 3), g(lane >> 2), tq(lane & 3), hrow(wg * 64 + wq * 16 + g) {}
 };
 
+// The block's (batch, head) pair and segment: blockIdx (value tile, segment, batch * head).
+struct WgmmaSegment {
+  int s, bh, b, h;
+  int64_t T, start;  // sequence length; first position of the segment
+  int len, nchunks;  // the segment's rows and chunks
+  float l2g;         // log2 of the head's decay
+  __device__ WgmmaSegment(const ScanParams& p, const HeadDecays& dec)
+      : s(blockIdx.y),
+        bh(blockIdx.z),
+        b(bh / p.H),
+        h(bh % p.H),
+        T(p.T),
+        start(static_cast<int64_t>(s) * p.seg),
+        len(static_cast<int>(min(static_cast<int64_t>(p.seg), T - start))),
+        nchunks((len + p.L - 1) / p.L),
+        l2g(dec.log2g[h]) {}
+  __device__ float gpow(int n) const { return exp2f(static_cast<float>(n) * l2g); }  // gamma^n
+};
+
 // The 16-byte piece at x times a bf16 pair.
 __device__ __forceinline__ void scale_piece(__nv_bfloat16* x, uint32_t f) {
   uint4* p = reinterpret_cast<uint4*>(x);
@@ -186,11 +205,81 @@ __device__ __forceinline__ int kmajor_step(int ks) {
   return (ks / 4) * SwizzledTile<Rows>::kAtom + (ks % 4) * 16;
 }
 
+// The first part of a chunk in both walks, for a warpgroup: S = A B^T and O = A Hc[:, 64 wg ..] (A, B chunk tiles
+// [64, 128] read K-major; Hc the state copy [DQK, 128] read N-major) in two commit groups; meanwhile the update's
+// A fragments (U^T rows hrow.., U a chunk tile, times fu) and the state's decay dl; then S under the causal mask as
+// A fragments sa. Returns with O complete. (The update also runs after a segment's last chunk, whose state nobody
+// reads: a wgmma under a branch makes ptxas serialize all of them.)
+template <int DQK>
+__device__ __forceinline__ void scores_and_state_part(float (&oacc)[8][4], uint32_t (&sa)[4][4], uint32_t (&ka)[4][4],
+                                                      float (&hacc)[16][4], const __nv_bfloat16* A,
+                                                      const __nv_bfloat16* B, const __nv_bfloat16* Hc,
+                                                      const __nv_bfloat16* U, float fu, float dl,
+                                                      const WgmmaThread& t) {
+  using HTile = SwizzledTile<DQK>;
+  constexpr int LM = kEngineRows, KS = 16;
+  float sacc[LM / 8][4];
+  wgmma_fence();
+#pragma unroll
+  for (int ks = 0; ks < DQK / KS; ++ks)
+    wgmma_m64n64k16_ss<0, 0>(sacc, wgmma_desc(A + kmajor_step<LM>(ks), 0), wgmma_desc(B + kmajor_step<LM>(ks), 0),
+                             ks > 0);
+  wgmma_commit();
+#pragma unroll
+  for (int ks = 0; ks < DQK / KS; ++ks)
+    wgmma_m64n64k16_ss<0, 1>(oacc, wgmma_desc(A + kmajor_step<LM>(ks), 0),
+                             wgmma_desc(Hc + t.wg * HTile::kAtom + ks * KS * 64, 2 * HTile::kAtom), ks > 0);
+  wgmma_commit();
+  transposed_a_fragments(ka, U, t.wg * 64 + t.wq * 16, pack_bf16x2(fu, fu), t.lane);
+#pragma unroll
+  for (int j = 0; j < 16; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) hacc[j][e] *= dl;
+  wgmma_wait<1>();
+  masked_score_fragments(sa, sacc, t.wq * 16, t);
+  wgmma_wait<0>();
+}
+
 // The decays enter through the operands, so that the scores need only the causal mask:
 //   Q~_i = gamma^(i - R) q_i and K~_j = gamma^(R - j) k_j (R = 32, scaled in shared memory as they land), so
 //   Q~_i . K~_j = gamma^(i - j) q_i . k_j;
 //   the state copy holds gamma^(R + 1) H, so Q~_i (gamma^(R + 1) H) = gamma^(i + 1) q_i H;
 //   the update weight gamma^(len - 1 - j) = gamma^(len - 1 - R) gamma^(R - j): K~ times one factor per chunk.
+// O += (S . mask) X[:, 64 wg ..] for a warpgroup (sa: the masked scores' A fragments; X a chunk tile read N-major),
+// one commit group.
+__device__ __forceinline__ void masked_values(float (&oacc)[8][4], const uint32_t (&sa)[4][4], const __nv_bfloat16* X,
+                                              const WgmmaThread& t) {
+  using Tile = SwizzledTile<kEngineRows>;
+  wgmma_fence();
+#pragma unroll
+  for (int kt = 0; kt < 4; ++kt)
+    wgmma_m64n64k16_rs<1>(oacc, sa[kt], wgmma_desc(X + t.wg * Tile::kAtom + kt * 16 * 64, 2 * Tile::kAtom));
+  wgmma_commit();
+}
+
+// The last products of a chunk in both walks: O += (S . mask) X[:, 64 wg ..], then H += U^T W over all 128 state
+// columns (ka: the A fragments of the weighted U^T; W a chunk tile read N-major, both atoms): two commit groups.
+__device__ __forceinline__ void values_and_update(float (&oacc)[8][4], const uint32_t (&sa)[4][4],
+                                                  const __nv_bfloat16* X, float (&hacc)[16][4],
+                                                  const uint32_t (&ka)[4][4], const __nv_bfloat16* W,
+                                                  const WgmmaThread& t) {
+  using Tile = SwizzledTile<kEngineRows>;
+  masked_values(oacc, sa, X, t);
+#pragma unroll
+  for (int kt = 0; kt < 4; ++kt) wgmma_m64n128k16_rs<1>(hacc, ka[kt], wgmma_desc(W + kt * 16 * 64, 2 * Tile::kAtom));
+  wgmma_commit();
+}
+
+// dst[row * ld + col] = m * H(row, col) for this thread's state elements (the final state).
+__device__ __forceinline__ void write_state(float* dst, int64_t ld, const float (&hacc)[16][4], float m,
+                                            const WgmmaThread& t) {
+#pragma unroll
+  for (int j = 0; j < 16; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      dst[static_cast<int64_t>(t.hrow + 8 * (e >> 1)) * ld + 8 * j + 2 * t.tq + (e & 1)] = hacc[j][e] * m;
+}
+
 template <int DQK, int VT>
 __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const HeadDecays& dec,
                                                    unsigned char* smem_raw) {
@@ -206,15 +295,9 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
 
   const WgmmaThread t(threadIdx.x);
   const int wg = t.wg, tid = t.tid;
-  const int vt = blockIdx.x, s = blockIdx.y, bh = blockIdx.z;
-  const int b = bh / p.H, h = bh % p.H;
-  const int64_t T = p.T;
-  const float l2g = dec.log2g[h];
-  const int64_t seg_start = static_cast<int64_t>(s) * p.seg;
-  const int seg_len = static_cast<int>(min(static_cast<int64_t>(p.seg), T - seg_start));
-  const int nchunks = (seg_len + p.L - 1) / p.L;
-  const int dv = p.dv;
-  auto gpow = [&](int n) { return exp2f(static_cast<float>(n) * l2g); };
+  const WgmmaSegment seg(p, dec);
+  const int vt = blockIdx.x, b = seg.b, h = seg.h, nchunks = seg.nchunks, dv = p.dv;
+  const int64_t T = seg.T;
 
   auto phys = [&](int64_t pos) { return p.reverse ? T - 1 - pos : pos; };
   const int dir = p.reverse ? -1 : 1;
@@ -228,8 +311,8 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
   auto load_chunk = [&](int c) {
     if (c < nchunks) {
       const int st = c % S;
-      const int64_t c0 = seg_start + static_cast<int64_t>(c) * p.L;
-      const int len = min(p.L, seg_len - c * p.L);
+      const int64_t c0 = seg.start + static_cast<int64_t>(c) * p.L;
+      const int len = min(p.L, seg.len - c * p.L);
       load_qk.load({stage_q(st), stage_k(st)}, c0, len, phys, dir);
       load_v.load({stage_v(st)}, c0, len, phys, dir);
     }
@@ -240,7 +323,7 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
 #pragma unroll
     for (int i = 0; i < LM / QKLoader::RSTEP; ++i) {
       const int r = load_qk.r0 + i * QKLoader::RSTEP, at = Tile::at<DQK>(r, load_qk.cc);
-      const float fq = gpow(r - R), fk = gpow(R - r);
+      const float fq = seg.gpow(r - R), fk = seg.gpow(R - r);
       scale_piece(stage_q(st) + at, pack_bf16x2(fq, fq));
       scale_piece(stage_k(st) + at, pack_bf16x2(fk, fk));
     }
@@ -251,18 +334,18 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
   for (int j = 0; j < VT / 8; ++j)
 #pragma unroll
     for (int e = 0; e < 4; ++e)
-      hacc[j][e] = entering_state<DQK>(p, bh, s, vt * VT, t.hrow + 8 * (e >> 1), 8 * j + 2 * t.tq + (e & 1));
-  const float copy_factor = gpow(R + 1);
+      hacc[j][e] = entering_state<DQK>(p, seg.bh, seg.s, vt * VT, t.hrow + 8 * (e >> 1), 8 * j + 2 * t.tq + (e & 1));
+  const float copy_factor = seg.gpow(R + 1);
   store_state_copy<DQK>(Hs_base, hacc, copy_factor, t);
 
-  float* const final_state = final_state_of(p, s);
+  float* const final_state = final_state_of(p, seg.s);
 #pragma unroll
   for (int c = 0; c < S - 1; ++c) load_chunk(c);
   cp_async_wait<S - 2>();
   prescale(0);
   for (int c = 0, st = 0; c < nchunks; ++c, st = st + 1 == S ? 0 : st + 1) {
-    const int len = min(p.L, seg_len - c * p.L);
-    const int64_t c0 = seg_start + static_cast<int64_t>(c) * p.L;
+    const int len = min(p.L, seg.len - c * p.L);
+    const int64_t c0 = seg.start + static_cast<int64_t>(c) * p.L;
     const E* Qs = stage_q(st);
     const E* Ks = stage_k(st);
     const E* Vs = stage_v(st);
@@ -271,49 +354,13 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
     __syncthreads();      // chunk c (scaled) and Hs(c & 1) complete; everyone is past chunk c - 1, whose stage refills
     load_chunk(c + S - 1);
 
-    float sacc[LM / 8][4], oacc[VT / 16][4];
-    wgmma_fence();
-    // 1. S = Q~ K~^T (all 64 keys; the mask comes later), then O = Q~ (gamma^(R+1) H)[:, 64 wg ..]: k steps of 16
-    //    key dimensions, two commit groups.
-#pragma unroll
-    for (int ks = 0; ks < DQK / KS; ++ks)
-      wgmma_m64n64k16_ss<0, 0>(sacc, wgmma_desc(Qs + kmajor_step<LM>(ks), 0), wgmma_desc(Ks + kmajor_step<LM>(ks), 0),
-                               ks > 0);
-    wgmma_commit();
-#pragma unroll
-    for (int ks = 0; ks < DQK / KS; ++ks)
-      wgmma_m64n64k16_ss<0, 1>(oacc, wgmma_desc(Qs + kmajor_step<LM>(ks), 0),
-                               wgmma_desc(Hs + wg * HTile::kAtom + ks * KS * 64, 2 * HTile::kAtom), ks > 0);
-    wgmma_commit();
-
-    // Meanwhile, the update's A fragments: K~^T rows hrow.. times gamma^(len - 1 - R); and the state's decay over
-    // the chunk. (The update also runs after a segment's last chunk, whose state nobody reads: a wgmma under a
-    // branch makes ptxas serialize all of them.)
-    uint32_t ka[LM / KS][4];
-    const float fu = gpow(len - 1 - R);
-    transposed_a_fragments(ka, Ks, wg * 64 + t.wq * 16, pack_bf16x2(fu, fu), t.lane);
-    const float dl = gpow(len);
-#pragma unroll
-    for (int j = 0; j < VT / 8; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) hacc[j][e] *= dl;
-
-    // The scores under the causal mask, as A fragments, while O = Q~ H runs.
-    wgmma_wait<1>();
-    uint32_t sa[LM / KS][4];
-    masked_score_fragments(sa, sacc, t.wq * 16, t);
-    wgmma_wait<0>();
-    wgmma_fence();
-    // 2. O += (S . Gamma) V[:, 64 wg ..].
-#pragma unroll
-    for (int kt = 0; kt < LM / KS; ++kt)
-      wgmma_m64n64k16_rs<1>(oacc, sa[kt], wgmma_desc(Vs + wg * Tile::kAtom + kt * KS * 64, 2 * Tile::kAtom));
-    wgmma_commit();
-    // 3. H <- gamma^len H + (K diag(w))^T V over all 128 state columns (V's two atoms).
-#pragma unroll
-    for (int kt = 0; kt < LM / KS; ++kt)
-      wgmma_m64n128k16_rs<1>(hacc, ka[kt], wgmma_desc(Vs + kt * KS * 64, 2 * Tile::kAtom));
-    wgmma_commit();
+    // 1. S = Q~ K~^T (all 64 keys; the mask comes later), then O = Q~ (gamma^(R+1) H)[:, 64 wg ..]; the update's
+    //    fragments K~^T times gamma^(len - 1 - R).
+    float oacc[VT / 16][4];
+    uint32_t sa[LM / KS][4], ka[LM / KS][4];
+    scores_and_state_part<DQK>(oacc, sa, ka, hacc, Qs, Ks, Hs, Ks, seg.gpow(len - 1 - R), seg.gpow(len), t);
+    // 2. O += (S . Gamma) V[:, 64 wg ..]; 3. H <- gamma^len H + (K diag(w))^T V over all 128 state columns.
+    values_and_update(oacc, sa, Vs, hacc, ka, Vs, t);
 
     wgmma_wait<1>();  // group 2 done; the update may still run
     store_outputs_staged<false>(Os + wg * SM::O_ELEMS, p.o, dv, vt * VT + wg * 64, oacc, p, b, h, c0, len, t);
@@ -328,13 +375,8 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
     if (c + 1 < nchunks) store_state_copy<DQK>(Hs_base + ((c + 1) & 1) * SM::H_ELEMS, hacc, copy_factor, t);
   }
   if (final_state) {  // the last segment: this walk ends the sequence
-    const float m = final_state_factor(p, dec, bh, h);
-    float* dst = final_state + static_cast<int64_t>(bh) * DQK * dv + vt * VT;
-#pragma unroll
-    for (int j = 0; j < VT / 8; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e)
-        dst[static_cast<int64_t>(t.hrow + 8 * (e >> 1)) * dv + 8 * j + 2 * t.tq + (e & 1)] = hacc[j][e] * m;
+    const float m = final_state_factor(p, dec, seg.bh, h);
+    write_state(final_state + static_cast<int64_t>(seg.bh) * DQK * dv + vt * VT, dv, hacc, m, t);
   }
 }
 
@@ -361,14 +403,9 @@ __device__ __forceinline__ void wgmma_dkdv_walk(const ScanParams& p, const HeadD
   const WgmmaThread t(threadIdx.x);
   const int wg = t.wg;
   E* const Os = Hs_base + 2 * SM::H_ELEMS + wg * SM::O_ELEMS;
-  const int s = blockIdx.y, bh = blockIdx.z;
-  const int b = bh / p.H, h = bh % p.H;
-  const int64_t T = p.T;
-  const float l2g = dec.log2g[h];
-  const int64_t seg_start = static_cast<int64_t>(s) * p.seg;
-  const int seg_len = static_cast<int>(min(static_cast<int64_t>(p.seg), T - seg_start));
-  const int nchunks = (seg_len + p.L - 1) / p.L;
-  auto gpow = [&](int n) { return exp2f(static_cast<float>(n) * l2g); };
+  const WgmmaSegment seg(p, dec);
+  const int b = seg.b, h = seg.h, nchunks = seg.nchunks;
+  const int64_t T = seg.T;
 
   auto phys = [&](int64_t pos) { return p.reverse ? T - 1 - pos : pos; };
   const int dir = p.reverse ? -1 : 1;
@@ -381,15 +418,15 @@ __device__ __forceinline__ void wgmma_dkdv_walk(const ScanParams& p, const HeadD
   const Loader load({p.q, p.k, p.v, p.x}, b, h, T, p.H, DQK, 0, t.tid);
   auto load_chunk = [&](int c) {
     const int st = c & 1;
-    const int64_t c0 = seg_start + static_cast<int64_t>(c) * p.L;
-    load.load({stage_k(st), stage_q(st), stage_g(st), stage_v(st)}, c0, min(p.L, seg_len - c * p.L), phys, dir);
+    const int64_t c0 = seg.start + static_cast<int64_t>(c) * p.L;
+    load.load({stage_k(st), stage_q(st), stage_g(st), stage_v(st)}, c0, min(p.L, seg.len - c * p.L), phys, dir);
     cp_async_commit();
   };
   auto prescale = [&](int st) {
 #pragma unroll
     for (int i = 0; i < LM / Loader::RSTEP; ++i) {
       const int r = load.r0 + i * Loader::RSTEP, at = Tile::at<DQK>(r, load.cc);
-      const float fi = gpow(r - R), fj = gpow(R - r);
+      const float fi = seg.gpow(r - R), fj = seg.gpow(R - r);
       const uint32_t wi = pack_bf16x2(fi, fi);
       scale_piece(stage_k(st) + at, wi);
       scale_piece(stage_v(st) + at, wi);
@@ -402,18 +439,18 @@ __device__ __forceinline__ void wgmma_dkdv_walk(const ScanParams& p, const HeadD
   for (int j = 0; j < DV / 8; ++j)
 #pragma unroll
     for (int e = 0; e < 4; ++e)
-      hacc[j][e] = entering_state<DQK>(p, bh, s, 0, t.hrow + 8 * (e >> 1), 8 * j + 2 * t.tq + (e & 1));
-  const float copy_factor = gpow(R + 1);
+      hacc[j][e] = entering_state<DQK>(p, seg.bh, seg.s, 0, t.hrow + 8 * (e >> 1), 8 * j + 2 * t.tq + (e & 1));
+  const float copy_factor = seg.gpow(R + 1);
   store_state_copy<DQK>(Hs_base, hacc, copy_factor, t);
 
-  float* const final_state = final_state_of(p, s);
+  float* const final_state = final_state_of(p, seg.s);
   load_chunk(0);
   cp_async_wait<0>();
   prescale(0);
   for (int c = 0; c < nchunks; ++c) {
     const int st = c & 1;
-    const int len = min(p.L, seg_len - c * p.L);
-    const int64_t c0 = seg_start + static_cast<int64_t>(c) * p.L;
+    const int len = min(p.L, seg.len - c * p.L);
+    const int64_t c0 = seg.start + static_cast<int64_t>(c) * p.L;
     const E* Ks = stage_k(st);
     const E* Qs = stage_q(st);
     const E* Gs = stage_g(st);
@@ -423,38 +460,12 @@ __device__ __forceinline__ void wgmma_dkdv_walk(const ScanParams& p, const HeadD
     __syncthreads();      // chunk c (scaled) and Hs(c & 1) complete; everyone is past chunk c - 1, whose stage refills
     if (c + 1 < nchunks) load_chunk(c + 1);
 
+    // dv: S = K~ Q~^T, then O = K~ (c dU)[:, 64 wg ..]; the update's fragments Q~^T times gamma^(len - 1 - R).
     float sacc[LM / 8][4], oacc[8][4];
-    uint32_t sa[LM / KS][4];
-    // dv: S = K~ Q~^T, then O = K~ (c dU)[:, 64 wg ..].
-    wgmma_fence();
-#pragma unroll
-    for (int ks = 0; ks < DQK / KS; ++ks)
-      wgmma_m64n64k16_ss<0, 0>(sacc, wgmma_desc(Ks + kmajor_step<LM>(ks), 0), wgmma_desc(Qs + kmajor_step<LM>(ks), 0),
-                               ks > 0);
-    wgmma_commit();
-#pragma unroll
-    for (int ks = 0; ks < DQK / KS; ++ks)
-      wgmma_m64n64k16_ss<0, 1>(oacc, wgmma_desc(Ks + kmajor_step<LM>(ks), 0),
-                               wgmma_desc(Hs + wg * HTile::kAtom + ks * KS * 64, 2 * HTile::kAtom), ks > 0);
-    wgmma_commit();
-    // Meanwhile, the update's A fragments (Q~^T rows hrow.. times gamma^(len - 1 - R)) and dU's decay.
-    uint32_t ka[LM / KS][4];
-    const float fu = gpow(len - 1 - R);
-    transposed_a_fragments(ka, Qs, wg * 64 + t.wq * 16, pack_bf16x2(fu, fu), t.lane);
-    const float dl = gpow(len);
-#pragma unroll
-    for (int j = 0; j < DV / 8; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) hacc[j][e] *= dl;
-    wgmma_wait<1>();
-    masked_score_fragments(sa, sacc, t.wq * 16, t);
-    wgmma_wait<0>();
+    uint32_t sa[LM / KS][4], ka[LM / KS][4];
+    scores_and_state_part<DQK>(oacc, sa, ka, hacc, Ks, Qs, Hs, Qs, seg.gpow(len - 1 - R), seg.gpow(len), t);
     // dv: O += mask(S) g[:, 64 wg ..]; then dk's scores S = V~ g^T.
-    wgmma_fence();
-#pragma unroll
-    for (int kt = 0; kt < LM / KS; ++kt)
-      wgmma_m64n64k16_rs<1>(oacc, sa[kt], wgmma_desc(Gs + wg * Tile::kAtom + kt * KS * 64, 2 * Tile::kAtom));
-    wgmma_commit();
+    masked_values(oacc, sa, Gs, t);
 #pragma unroll
     for (int ks = 0; ks < DV / KS; ++ks)
       wgmma_m64n64k16_ss<0, 0>(sacc, wgmma_desc(Vs + kmajor_step<LM>(ks), 0), wgmma_desc(Gs + kmajor_step<LM>(ks), 0),
@@ -473,15 +484,7 @@ __device__ __forceinline__ void wgmma_dkdv_walk(const ScanParams& p, const HeadD
     masked_score_fragments(sa, sacc, t.wq * 16, t);
     wgmma_wait<0>();
     // dk: O += mask(S) Q~[:, 64 wg ..]; dU <- gamma^len dU + (Q~ gamma^(len - 1 - R))^T g over all DV columns.
-    wgmma_fence();
-#pragma unroll
-    for (int kt = 0; kt < LM / KS; ++kt)
-      wgmma_m64n64k16_rs<1>(oacc, sa[kt], wgmma_desc(Qs + wg * Tile::kAtom + kt * KS * 64, 2 * Tile::kAtom));
-    wgmma_commit();
-#pragma unroll
-    for (int kt = 0; kt < LM / KS; ++kt)
-      wgmma_m64n128k16_rs<1>(hacc, ka[kt], wgmma_desc(Gs + kt * KS * 64, 2 * Tile::kAtom));
-    wgmma_commit();
+    values_and_update(oacc, sa, Qs, hacc, ka, Gs, t);
     // Meanwhile, the next chunk's rows get their factors.
     if (c + 1 < nchunks) {
       cp_async_wait<0>();
@@ -493,13 +496,8 @@ __device__ __forceinline__ void wgmma_dkdv_walk(const ScanParams& p, const HeadD
     if (c + 1 < nchunks) store_state_copy<DQK>(Hs_base + (st ^ 1) * SM::H_ELEMS, hacc, copy_factor, t);
   }
   if (final_state) {  // the last segment: this walk ends the sequence
-    const float m = final_state_factor(p, dec, bh, h);
-    float* dst = final_state + static_cast<int64_t>(bh) * DQK * DV;
-#pragma unroll
-    for (int j = 0; j < DV / 8; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e)
-        dst[static_cast<int64_t>(t.hrow + 8 * (e >> 1)) * DV + 8 * j + 2 * t.tq + (e & 1)] = hacc[j][e] * m;
+    const float m = final_state_factor(p, dec, seg.bh, h);
+    write_state(final_state + static_cast<int64_t>(seg.bh) * DQK * DV, DV, hacc, m, t);
   }
 }
 
