@@ -1,18 +1,22 @@
 #pragma once
-// Part of retention_engine.cuh (included from there, after the engine's parts and before its kernels): the
-// outputs walk of chunk_engine_kernel on Hopper's warpgroup MMA, for bf16 with key size 128 and value tile 128,
-// where the code is compiled for sm_90a. Same contract as the mma.sync walk; the tensor cores read Q, K, V and the
-// state copy straight from shared memory, so the warps issue a few wgmma per chunk instead of loading every fragment
-// themselves (the mma.sync walk was latency- and issue-bound at 34 % tensor-pipe use).
+// Part of retention_engine.cuh (included from there, after the engine's parts and before its kernels): the walks
+// of chunk_engine_kernel (outputs pass) and chunk_engine_dkdv_kernel (fused backward) on Hopper's warpgroup MMA, for
+// bf16 with head size 128 (value tile 128), where the code is compiled for sm_90a. Same contracts as the mma.sync
+// walks; the tensor cores read the chunk tiles and the state copy straight from shared memory, so the warps issue a
+// few wgmma per chunk instead of loading every fragment themselves (the mma.sync walks were latency- and
+// issue-bound at 34 % tensor-pipe use).
 //
-// Two warpgroups. Warpgroup wg computes output columns 64 wg .. 64 wg + 63 of the value tile for all 64 chunk rows
-// and holds state rows 64 wg .. 64 wg + 63 (all 128 columns) in registers. The decays enter through the operands
-// (see wgmma_outputs_walk), so the scores need only the causal mask. Per chunk, in three commit groups:
-//   1. S = Q K^T and O = Q H (H: the bf16 copy of the state entering the chunk), both from shared memory, while
-//      the warps load the update's K^T fragments;
-//   2. O += (S . Gamma) V, the masked scores from registers (S's accumulators are the A fragments);
-//   3. H <- gamma^len H + (K diag(w))^T V, K^T from registers, which runs on while the outputs are stored.
-// Three stages of cp.async copies keep two chunks in flight.
+// Two warpgroups. Warpgroup wg computes output columns 64 wg .. 64 wg + 63 for all 64 chunk rows and holds state
+// rows 64 wg .. 64 wg + 63 (all 128 columns) in registers. The decays enter through the operands (rows scaled in
+// shared memory as they land, see wgmma_outputs_walk), so the scores need only the causal mask. A chunk of the
+// outputs walk, in four commit groups:
+//   1. S = Q K^T, then O = Q H (H: the bf16 copy of the state entering the chunk), both from shared memory, while
+//      the warps load the update's K^T fragments and mask S into A fragments;
+//   2. O += (S . mask) V, the masked scores from registers;
+//   3. H <- gamma^len H + (K diag(w))^T V, K^T from registers, which runs on while the outputs are stored and the
+//      next chunk's rows are scaled.
+// Three stages of cp.async copies keep two chunks in flight (two in the fused backward, whose stages hold four
+// tiles).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -240,11 +244,6 @@ __device__ __forceinline__ void scores_and_state_part(float (&oacc)[8][4], uint3
   wgmma_wait<0>();
 }
 
-// The decays enter through the operands, so that the scores need only the causal mask:
-//   Q~_i = gamma^(i - R) q_i and K~_j = gamma^(R - j) k_j (R = 32, scaled in shared memory as they land), so
-//   Q~_i . K~_j = gamma^(i - j) q_i . k_j;
-//   the state copy holds gamma^(R + 1) H, so Q~_i (gamma^(R + 1) H) = gamma^(i + 1) q_i H;
-//   the update weight gamma^(len - 1 - j) = gamma^(len - 1 - R) gamma^(R - j): K~ times one factor per chunk.
 // O += (S . mask) X[:, 64 wg ..] for a warpgroup (sa: the masked scores' A fragments; X a chunk tile read N-major),
 // one commit group.
 __device__ __forceinline__ void masked_values(float (&oacc)[8][4], const uint32_t (&sa)[4][4], const __nv_bfloat16* X,
@@ -280,6 +279,11 @@ __device__ __forceinline__ void write_state(float* dst, int64_t ld, const float 
       dst[static_cast<int64_t>(t.hrow + 8 * (e >> 1)) * ld + 8 * j + 2 * t.tq + (e & 1)] = hacc[j][e] * m;
 }
 
+// The decays enter through the operands, so that the scores need only the causal mask:
+//   Q~_i = gamma^(i - R) q_i and K~_j = gamma^(R - j) k_j (R = 32, scaled in shared memory as they land), so
+//   Q~_i . K~_j = gamma^(i - j) q_i . k_j;
+//   the state copy holds gamma^(R + 1) H, so Q~_i (gamma^(R + 1) H) = gamma^(i + 1) q_i H;
+//   the update weight gamma^(len - 1 - j) = gamma^(len - 1 - R) gamma^(R - j): K~ times one factor per chunk.
 template <int DQK, int VT>
 __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const HeadDecays& dec,
                                                    unsigned char* smem_raw) {
