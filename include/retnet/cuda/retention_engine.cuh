@@ -575,9 +575,6 @@ __device__ __forceinline__ void chunk_outputs(float (&oacc)[VW / 16][4], const E
 
 namespace retnet::cuda_detail {
 
-// grid (dv / VT, NS, B * H), block 256. The summary pass keeps only the state tile: two blocks per multiprocessor
-// (one for exact float, whose fresh chunk accumulator would not fit in 128 registers).
-// Ops: EngineOps<E> for storage type E, or EngineOpsTf32.
 // Dynamic shared memory of a chunk_engine_kernel launch: the mma.sync walk's, or the wgmma walk's where larger.
 template <class Ops, int DQK, int VT, bool Summary>
 constexpr int engine_launch_bytes() {
@@ -587,6 +584,9 @@ constexpr int engine_launch_bytes() {
   return own;
 }
 
+// grid (dv / VT, NS, B * H), block 256. The summary pass keeps only the state tile: two blocks per multiprocessor
+// (one for exact float, whose fresh chunk accumulator would not fit in 128 registers).
+// Ops: EngineOps<E> for storage type E, or EngineOpsTf32.
 template <class Ops, int DQK, int VT, bool Summary>
 __global__ void __launch_bounds__(kEngineThreads, Summary && !Ops::kFreshDelta ? 2 : 1)
     chunk_engine_kernel(ScanParams p, HeadDecays dec) {
@@ -598,7 +598,7 @@ __global__ void __launch_bounds__(kEngineThreads, Summary && !Ops::kFreshDelta ?
   extern __shared__ __align__(16) unsigned char smem_raw[];
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   if constexpr (kWgmmaWalk<Ops, DQK, VT, Summary>) {
-    if (dec.log2g[blockIdx.z % p.H] >= kWgmmaMinLog2Gamma) {
+    if (wgmma_walk_applies(p, dec)) {
       wgmma_outputs_walk<DQK, VT>(p, dec, smem_raw);
       return;
     }
@@ -711,7 +711,7 @@ __global__ void __launch_bounds__(kEngineThreads, 1) chunk_engine_dkdv_kernel(Sc
   extern __shared__ __align__(16) unsigned char smem_raw[];
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   if constexpr (kWgmmaDkdv<Ops, DQK, DV>) {
-    if (dec.log2g[blockIdx.z % p.H] >= kWgmmaMinLog2Gamma) {
+    if (wgmma_walk_applies(p, dec)) {
       wgmma_dkdv_walk<DQK, DV>(p, dec, smem_raw);
       return;
     }

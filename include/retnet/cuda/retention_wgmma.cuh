@@ -53,23 +53,24 @@ struct SwizzledTile {
   }
 };
 
-template <int DQK, int VT>
-struct WgmmaSmem {
-  static constexpr int LM = kEngineRows, QK_ELEMS = LM * DQK, V_ELEMS = LM * VT, STAGE = 2 * QK_ELEMS + V_ELEMS;
-  static constexpr int STAGES = 3, H_ELEMS = DQK * VT, O_PITCH = 72, O_ELEMS = LM * O_PITCH;
-  // three stages, two state copies and the two warpgroups' output tiles, bf16, and room to align them to 1024 bytes
-  static constexpr int bytes = (STAGES * STAGE + 2 * H_ELEMS + 2 * O_ELEMS) * 2 + 1024;
-  static_assert(bytes <= 227 * 1024, "shared memory of one block");
-};
+// The warpgroup's staging tile of output rows (store_outputs_staged): 64 columns padded to 72 elements.
+inline constexpr int kStagedOutputPitch = 72;
 
-template <int DQK, int DV>
-struct WgmmaDkdvSmem {
-  static constexpr int LM = kEngineRows, QK_ELEMS = LM * DQK, V_ELEMS = LM * DV, STAGE = 2 * QK_ELEMS + 2 * V_ELEMS;
-  static constexpr int STAGES = 2, H_ELEMS = DQK * DV, O_PITCH = 72, O_ELEMS = LM * O_PITCH;
-  // two stages of four tiles, two state copies and the two warpgroups' output tiles
+// A walk's shared memory: Stages stages of two tiles of width DQK and VTiles of width DV, two state copies
+// [DQK, DV] and the two warpgroups' output staging tiles, bf16, and room to align them to 1024 bytes.
+template <int DQK, int DV, int VTiles, int Stages>
+struct WgmmaWalkSmem {
+  static constexpr int LM = kEngineRows, QK_ELEMS = LM * DQK, V_ELEMS = LM * DV,
+                       STAGE = 2 * QK_ELEMS + VTiles * V_ELEMS;
+  static constexpr int STAGES = Stages, H_ELEMS = DQK * DV, O_ELEMS = LM * kStagedOutputPitch;
   static constexpr int bytes = (STAGES * STAGE + 2 * H_ELEMS + 2 * O_ELEMS) * 2 + 1024;
   static_assert(bytes <= 227 * 1024, "shared memory of one block");
 };
+// The outputs walk: Q, K and V in three stages. The fused backward: k, q, g and v in two.
+template <int DQK, int VT>
+using WgmmaSmem = WgmmaWalkSmem<DQK, VT, 1, 3>;
+template <int DQK, int DV>
+using WgmmaDkdvSmem = WgmmaWalkSmem<DQK, DV, 2, 2>;
 
 // Whether chunk_engine_dkdv_kernel<Ops, DQK, DV> has the wgmma walk (where built for sm_90a).
 template <class Ops, int DQK, int DV>
@@ -82,6 +83,11 @@ inline constexpr bool kWgmmaWalk = !Summary && std::is_same_v<Ops, EngineOps<__n
 // The walks scale chunk rows by gamma^(i - 32) and gamma^(32 - j) (below). Heads whose decay is below 2^-3 would
 // push these factors out of float's normal range (2^-126); they take the mma.sync walks.
 inline constexpr float kWgmmaMinLog2Gamma = -3.0f;
+
+// Whether this block's head takes the wgmma walks (its decay is not too small for them).
+__device__ __forceinline__ bool wgmma_walk_applies(const ScanParams& p, const HeadDecays& dec) {
+  return dec.log2g[blockIdx.z % p.H] >= kWgmmaMinLog2Gamma;
+}
 
 // The parts of both walks. Two warpgroups; warpgroup wg computes output columns 64 wg .. 64 wg + 63 for all 64
 // chunk rows and holds state rows 64 wg .. 64 wg + 63 (all 128 columns) in registers: hacc[j][e] at row
@@ -170,7 +176,7 @@ __device__ __forceinline__ void store_outputs_staged(__nv_bfloat16* Os, void* o,
                                                      const float (&oacc)[8][4], const ScanParams& p, int b, int h,
                                                      int64_t c0, int len, const WgmmaThread& t) {
   using E = __nv_bfloat16;
-  constexpr int PITCH = 72;
+  constexpr int PITCH = kStagedOutputPitch;
   auto bar = [&] {
     if (t.wg == 0) {
       named_barrier_sync<1, 128>();
