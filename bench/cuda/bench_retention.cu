@@ -1,5 +1,6 @@
-// Chunkwise retention on the GPU, forward and forward+backward, bf16, float and float with allow_tf32, raw mode
-// (fla's semantics), on the shapes of issue 4. Times with CUDA events (manual time); counters: FLOP/s, bytes/s and the
+// Chunkwise retention on the GPU, forward and forward+backward (the forward handing its saved states to the backward;
+// bf16 also without, fwdbwd_recompute), bf16, float and float with allow_tf32, raw mode (fla's semantics), on the
+// shapes of issue 4. Times with CUDA events (manual time); counters: FLOP/s, bytes/s and the
 // fraction of the roofline floor (790 TFLOP/s bf16 dense / 4.3 TB/s, the rates measured on the H200). fla is timed by
 // bench/fla_bench.py in the same session.
 #include <benchmark/benchmark.h>
@@ -51,9 +52,14 @@ void fill(void* dst, size_t n, uint32_t seed, float scale) {
   RETNET_CUDA_CHECK(cudaGetLastError());
 }
 
+// What one iteration runs: the forward, or forward and backward with the forward's saved states handed over (as a
+// trainer runs them), or forward and backward with the backward recomputing them (no RetentionSaved).
+enum class Pass { forward, forward_backward, forward_backward_recompute };
+
 // tf32: float storage with Cuda::allow_tf32 (one tf32 product per product, fla's float arithmetic).
 template <class E>
-void bm_retention(benchmark::State& state, bool backward, bool tf32 = false) {
+void bm_retention(benchmark::State& state, Pass pass, bool tf32 = false) {
+  const bool backward = pass != Pass::forward;
   const int64_t B = state.range(0), T = state.range(1), H = state.range(2), D = state.range(3);
   const int64_t C = 64;
   retnet::RetentionOptions opt;
@@ -87,9 +93,11 @@ void bm_retention(benchmark::State& state, bool backward, bool tf32 = false) {
   cudaStream_t stream;
   RETNET_CUDA_CHECK(cudaStreamCreate(&stream));
   const retnet::Cuda ctx{stream, nullptr, tf32};
+  retnet::RetentionSaved saved;
+  retnet::RetentionSaved* keep = pass == Pass::forward_backward ? &saved : nullptr;
   auto once = [&] {
-    retnet::retention_forward(ctx, retnet::Form::chunkwise, cfg, in, out);
-    if (backward) retnet::retention_backward(ctx, retnet::Form::chunkwise, cfg, in, go, gi);
+    retnet::retention_forward(ctx, retnet::Form::chunkwise, cfg, in, out, keep);
+    if (backward) retnet::retention_backward(ctx, retnet::Form::chunkwise, cfg, in, go, gi, keep);
   };
   for (int i = 0; i < 3; ++i) once();
   RETNET_CUDA_CHECK(cudaStreamSynchronize(stream));
@@ -139,18 +147,19 @@ void scaling(benchmark::internal::Benchmark* b) {
   b->UseManualTime()->Unit(benchmark::kMillisecond)->MinTime(0.3);
 }
 
-void bm_bf16(benchmark::State& s, bool bwd) { bm_retention<__nv_bfloat16>(s, bwd); }
-void bm_f32(benchmark::State& s, bool bwd) { bm_retention<float>(s, bwd); }
-void bm_tf32(benchmark::State& s, bool bwd) { bm_retention<float>(s, bwd, true); }
+void bm_bf16(benchmark::State& s, Pass pass) { bm_retention<__nv_bfloat16>(s, pass); }
+void bm_f32(benchmark::State& s, Pass pass) { bm_retention<float>(s, pass); }
+void bm_tf32(benchmark::State& s, Pass pass) { bm_retention<float>(s, pass, true); }
 
 }  // namespace
 
-BENCHMARK_CAPTURE(bm_bf16, fwd, false)->Apply(shapes);
-BENCHMARK_CAPTURE(bm_bf16, fwdbwd, true)->Apply(shapes);
-BENCHMARK_CAPTURE(bm_f32, fwd, false)->Apply(shapes);
-BENCHMARK_CAPTURE(bm_f32, fwdbwd, true)->Apply(shapes);
-BENCHMARK_CAPTURE(bm_tf32, fwd, false)->Apply(shapes);
-BENCHMARK_CAPTURE(bm_tf32, fwdbwd, true)->Apply(shapes);
-BENCHMARK_CAPTURE(bm_bf16, fwdbwd_scaling, true)->Apply(scaling);
+BENCHMARK_CAPTURE(bm_bf16, fwd, Pass::forward)->Apply(shapes);
+BENCHMARK_CAPTURE(bm_bf16, fwdbwd, Pass::forward_backward)->Apply(shapes);
+BENCHMARK_CAPTURE(bm_bf16, fwdbwd_recompute, Pass::forward_backward_recompute)->Apply(shapes);
+BENCHMARK_CAPTURE(bm_f32, fwd, Pass::forward)->Apply(shapes);
+BENCHMARK_CAPTURE(bm_f32, fwdbwd, Pass::forward_backward)->Apply(shapes);
+BENCHMARK_CAPTURE(bm_tf32, fwd, Pass::forward)->Apply(shapes);
+BENCHMARK_CAPTURE(bm_tf32, fwdbwd, Pass::forward_backward)->Apply(shapes);
+BENCHMARK_CAPTURE(bm_bf16, fwdbwd_scaling, Pass::forward_backward)->Apply(scaling);
 
 BENCHMARK_MAIN();

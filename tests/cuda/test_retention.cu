@@ -178,8 +178,12 @@ void check_case(const Case& c, Form form, Normalization norm, uint64_t seed, boo
   out.state_scale = {s1.ptr, sc};
   retnet::Cuda ctx{};
   ctx.allow_tf32 = tf32;
-  retnet::retention_forward(ctx, form, cfg, in, out);
+  // Every other pair of seeds, the forward keeps what the backward needs and the backward runs a second time from it.
+  const bool keep = (seed >> 1) % 2 == 0;
+  retnet::RetentionSaved saved;
+  retnet::retention_forward(ctx, form, cfg, in, out, keep ? &saved : nullptr);
   RETNET_CUDA_CHECK(cudaDeviceSynchronize());
+  CHECK(saved.empty() == !keep);
 
   const auto ref = retnet_test::ref_forward(form, cfg, p);
   INFO("form " << retnet::to_string(form) << ", " << retnet::to_string(norm) << ", "
@@ -199,10 +203,6 @@ void check_case(const Case& c, Form form, Normalization norm, uint64_t seed, boo
   auto d_kv1 = upload<float>(p.d_kv1);
   DeviceBuffer<E> dq(nq), dk(nq), dv(nv);
   DeviceBuffer<float> dkv0(ns);
-  dq.poison();
-  dk.poison();
-  dv.poison();
-  dkv0.poison();
   retnet::RetentionOutputGrads<E, retnet::Device, float> go;
   go.d_o = {d_o.ptr, sv};
   if (c.state) go.d_state_kv = {d_kv1.ptr, ss};
@@ -211,16 +211,22 @@ void check_case(const Case& c, Form form, Normalization norm, uint64_t seed, boo
   gi.dk = {dk.ptr, sq};
   gi.dv = {dv.ptr, sv};
   gi.d_state_kv = {dkv0.ptr, ss};
-  retnet::retention_backward(ctx, form, cfg, in, go, gi);
-  RETNET_CUDA_CHECK(cudaDeviceSynchronize());
   const auto rb = retnet_test::ref_backward(form, cfg, p);
-  const double edq = rel_err(download(dq), rb.dq), edk = rel_err(download(dk), rb.dk),
-               edv = rel_err(download(dv), rb.dv), eds = rel_err(download(dkv0), rb.dkv0);
-  INFO("backward errors: dq " << edq << ", dk " << edk << ", dv " << edv << ", d_state " << eds);
-  CHECK(edq <= tol);
-  CHECK(edk <= tol);
-  CHECK(edv <= tol);
-  CHECK(eds <= tol);
+  for (const bool from_saved : {false, true}) {
+    if (from_saved && !keep) break;
+    for (auto* b : {&dq, &dk, &dv}) b->poison();
+    dkv0.poison();
+    retnet::retention_backward(ctx, form, cfg, in, go, gi, from_saved ? &saved : nullptr);
+    RETNET_CUDA_CHECK(cudaDeviceSynchronize());
+    const double edq = rel_err(download(dq), rb.dq), edk = rel_err(download(dk), rb.dk),
+                 edv = rel_err(download(dv), rb.dv), eds = rel_err(download(dkv0), rb.dkv0);
+    INFO("backward" << (from_saved ? " from the forward's saved states" : "") << " errors: dq " << edq << ", dk " << edk
+                    << ", dv " << edv << ", d_state " << eds);
+    CHECK(edq <= tol);
+    CHECK(edk <= tol);
+    CHECK(edv <= tol);
+    CHECK(eds <= tol);
+  }
 }
 
 const Case odd_cases[] = {
@@ -364,15 +370,58 @@ struct GraphProblem {
   }
 };
 
-TEST_CASE("cuda retention forward and backward replay from a captured CUDA graph", "[cuda][retention][graph]") {
-  if (!have_gpu()) return;
+retnet::RetentionConfig raw_config(int64_t heads, int64_t head_size) {
   retnet::RetentionOptions opt;
-  opt.heads = 32;
-  opt.key_dim = 128;
-  opt.value_dim = 128;
+  opt.heads = heads;
+  opt.key_dim = head_size;
+  opt.value_dim = head_size;
   opt.chunk_size = 64;
   opt.normalization = Normalization::raw;
-  const retnet::RetentionConfig cfg(opt);
+  return retnet::RetentionConfig(opt);
+}
+
+TEST_CASE("cuda retention backward from the forward's saved states", "[cuda][retention][saved]") {
+  if (!have_gpu()) return;
+  // A run on several segments, so that the forward saves the states entering them (check_case keeps and reuses on
+  // seeds 7000, 7001, 7004, 7005); torchscale saves the row multipliers too, the parallel form's from its
+  // quadratic pass.
+  const Case c{1, 3000, 32, 128, 128, 64, true};
+  CHECK(retnet::cuda_detail::geometry<__nv_bfloat16, 128>(128, c.B, c.T, c.H, 0, false, false).NS > 1);
+  check_case<__nv_bfloat16>(c, Form::chunkwise, Normalization::raw, 7000);
+  check_case<float>(c, Form::chunkwise, Normalization::torchscale, 7001);
+  const Case d{2, 77, 3, 64, 128, 16, true};
+  check_case<float>(d, Form::parallel, Normalization::torchscale, 7004);
+  check_case<__nv_bfloat16>(d, Form::chunkwise, Normalization::torchscale, 7005);
+
+  // A backward of another problem, or from an empty object, is refused.
+  const retnet::Cuda ctx{};
+  const auto cfg = raw_config(2, 128);
+  GraphProblem a(1, 256, 2, 128, 7100), shorter(1, 128, 2, 128, 7101), other(1, 256, 2, 128, 7102);
+  retnet::RetentionSaved saved;
+  CHECK_THROWS_WITH(retnet::retention_backward(ctx, Form::chunkwise, cfg, a.in, a.go, a.gi, &saved),
+                    Catch::Contains("`saved` is empty"));
+  retnet::retention_forward(ctx, Form::chunkwise, cfg, a.in, a.out, &saved);
+  CHECK_FALSE(saved.empty());
+  CHECK_THROWS_WITH(retnet::retention_backward(ctx, Form::chunkwise, cfg, shorter.in, shorter.go, shorter.gi, &saved),
+                    Catch::Contains("length 256 there, 128 here"));
+  CHECK_THROWS_WITH(retnet::retention_backward(ctx, Form::chunkwise, cfg, other.in, other.go, other.gi, &saved),
+                    Catch::Contains("q is another tensor"));
+  CHECK_THROWS_WITH(retnet::retention_backward(ctx, Form::parallel, cfg, a.in, a.go, a.gi, &saved),
+                    Catch::Contains("form chunkwise there, parallel here"));
+  retnet::retention_backward(ctx, Form::chunkwise, cfg, a.in, a.go, a.gi, &saved);
+  RETNET_CUDA_CHECK(cudaDeviceSynchronize());
+  CHECK(rel_err(download(a.dq), retnet_test::ref_backward(Form::chunkwise, cfg, a.p).dq) <= 1e-2);
+  retnet::RetentionSaved moved = std::move(saved);
+  CHECK(saved.empty());
+  CHECK_FALSE(moved.empty());
+  moved.release();
+  CHECK(moved.empty());
+  CHECK(moved.bytes() == 0);
+}
+
+TEST_CASE("cuda retention forward and backward replay from a captured CUDA graph", "[cuda][retention][graph]") {
+  if (!have_gpu()) return;
+  const auto cfg = raw_config(32, 128);
   retnet::Cuda ctx{};
   RETNET_CUDA_CHECK(cudaStreamCreateWithFlags(&ctx.stream, cudaStreamNonBlocking));
   // The ops' first call on a device sets up its kernels and memory pool, which capture does not allow: warm up

@@ -37,6 +37,7 @@
 #include "retnet/core/tensor.hpp"
 #include "retnet/cuda/context.cuh"
 #include "retnet/cuda/retention_engine.cuh"
+#include "retnet/cuda/retention_saved.cuh"
 #include "retnet/cuda/retention_scan.cuh"
 
 namespace retnet {
@@ -106,22 +107,6 @@ inline int64_t target_blocks() {
   }();
   return v;
 }
-
-struct Geometry {
-  int L, seg, NS;
-  int sub = 1;                 // summary segments per segment: the summary pass cuts segments into sub parts
-  int summaries = 0;           // summary segments per (batch, head); 0: no summary pass
-  bool outputs_final = false;  // the last segment's outputs blocks write the final state (it needs no summary)
-  bool narrow = false;         // 64 value columns per block where 128 would fit
-  // No prefix pass: the outputs pass of a single-segment run reads the initial state in place of the states buffer
-  // (its layout is that of one slot, or of a transposed slot), or zero_floats() where there is none. Only where
-  // the initial state enters unscaled, so that the kernels stay as they are: scaling it in the engine kernels
-  // moved their register allocation and cost up to 3 % on the H200.
-  bool init_direct = false;
-  const float* direct_state = nullptr;  // what the outputs pass reads then
-  int slots() const { return NS * sub; }
-  int summary_seg() const { return seg / sub; }
-};
 
 // RETNET_CUDA_ENGINE=scan runs everything on the generic scan_kernel instead of chunk_engine_kernel (A/B switch).
 inline bool engine_enabled() {
@@ -591,8 +576,33 @@ void check_device_args(const char* op, const RetentionInputs<E, Device, float>& 
 }
 
 template <class E>
+SavedKey saved_key(const Cuda& ctx, Form form, const RetentionConfig& cfg, const RetentionDims& d,
+                   const RetentionInputs<E, Device, float>& in) {
+  SavedKey key;
+  RETNET_CUDA_CHECK(cudaGetDevice(&key.device));
+  key.type = type_name<E>;
+  key.form = form;
+  key.normalization = cfg.normalization();
+  key.chunk = cfg.chunk_size();
+  key.tf32 = ctx.allow_tf32 && std::is_same_v<E, float>;  // bf16 ignores it
+  key.batch = d.batch;
+  key.length = d.length;
+  key.heads = d.heads;
+  key.key_dim = d.key_dim;
+  key.value_dim = d.value_dim;
+  key.log_gammas = cfg.log_gammas();
+  key.q = in.q.data();
+  key.k = in.k.data();
+  key.v = in.v.data();
+  key.state_kv = in.state_kv.data();
+  key.state_scale = in.state_scale.data();
+  return key;
+}
+
+template <class E>
 void forward_impl(const char* op, const Cuda& ctx, Form form, const RetentionConfig& cfg,
-                  const RetentionInputs<E, Device, float>& in, const RetentionOutputs<E, Device, float>& out) {
+                  const RetentionInputs<E, Device, float>& in, const RetentionOutputs<E, Device, float>& out,
+                  RetentionSaved* saved) {
   const RetentionDims d = validate_forward(op, cfg, in, out);
   check_common<E>(op, cfg, d);
   check_device_args(op, in);
@@ -610,10 +620,17 @@ void forward_impl(const char* op, const Cuda& ctx, Form form, const RetentionCon
   const size_t st_bytes = align_up(states_floats(B, T, H, dk, dv) * static_cast<size_t>(ns) * sizeof(float));
   const size_t cs_bytes = chunk_norm ? align_up(static_cast<size_t>(B * H * ns * dv) * sizeof(float)) : 0;
   const size_t mu_bytes = ts ? align_up(static_cast<size_t>(B * T * H) * sizeof(float)) : 0;
-  Workspace ws(ctx.stream, st_bytes + cs_bytes + mu_bytes);
-  float* states = ws.as<float>();
-  float* colsum = chunk_norm ? ws.as<float>(st_bytes) : nullptr;
-  float* mu = ts ? ws.as<float>(st_bytes + cs_bytes) : nullptr;
+  // What `saved` keeps: the multipliers, and the states where the split is ours (torchscale's chunks make one
+  // segment per chunk, whose states would cost the dq run more to read than to compute on its own split).
+  const bool keep_states = saved != nullptr && fixed_seg == 0, keep_mu = saved != nullptr && ts;
+  const size_t kept_bytes = (keep_states ? st_bytes : 0) + (keep_mu ? mu_bytes : 0);
+  float* kept = saved ? SavedAccess::begin(*saved, kept_bytes / sizeof(float), ctx.stream, op) : nullptr;
+  Workspace ws(ctx.stream, (keep_states ? 0 : st_bytes) + cs_bytes + (keep_mu ? 0 : mu_bytes));
+  float* states = keep_states ? kept : ws.as<float>();
+  float* colsum = chunk_norm ? ws.as<float>(keep_states ? 0 : st_bytes) : nullptr;
+  float* mu = keep_mu ? kept + (keep_states ? st_bytes : 0) / sizeof(float)
+              : ts    ? ws.as<float>((keep_states ? 0 : st_bytes) + cs_bytes)
+                      : nullptr;
   const float* s0 = ts ? in.state_scale.data() : nullptr;
 
   Run r;
@@ -639,12 +656,20 @@ void forward_impl(const char* op, const Cuda& ctx, Form form, const RetentionCon
                                                                                            B * H, H, T, dec);
     RETNET_CUDA_CHECK_LAUNCH("retention final scale");
   }
+  if (saved) {
+    SavedRecord rec;
+    rec.key = saved_key(ctx, form, cfg, d, in);
+    rec.geo = geo;
+    rec.states = keep_states && !geo.init_direct ? states : nullptr;
+    rec.mu = keep_mu ? mu : nullptr;
+    SavedAccess::finish(*saved, std::move(rec));
+  }
 }
 
 template <class E>
 void backward_impl(const char* op, const Cuda& ctx, Form form, const RetentionConfig& cfg,
                    const RetentionInputs<E, Device, float>& in, const RetentionOutputGrads<E, Device, float>& gout,
-                   const RetentionInputGrads<E, Device, float>& gin) {
+                   const RetentionInputGrads<E, Device, float>& gin, const RetentionSaved* saved) {
   const RetentionDims d = validate_backward(op, cfg, in, gout, gin);
   check_common<E>(op, cfg, d);
   check_device_args(op, in);
@@ -661,38 +686,42 @@ void backward_impl(const char* op, const Cuda& ctx, Form form, const RetentionCo
   const HeadDecays dec = head_decays(cfg);
   const bool chunk_norm = ts && form == Form::chunkwise;
   const int fixed_seg = chunk_norm ? static_cast<int>(std::min<int64_t>(cfg.chunk_size(), T)) : 0;
+  const SavedRecord* rec = saved ? &SavedAccess::expect(*saved, saved_key(ctx, form, cfg, d, in), op) : nullptr;
   const int64_t ns = std::max(max_segments(B, T, H, dv, fixed_seg), max_segments(B, T, H, dk, 0));
   const size_t st_bytes = align_up(states_floats(B, T, H, dk, dv) * static_cast<size_t>(ns) * sizeof(float));
-  const size_t cs_bytes = chunk_norm ? align_up(static_cast<size_t>(B * H * ns * dv) * sizeof(float)) : 0;
-  const size_t mu_bytes = ts ? align_up(static_cast<size_t>(B * T * H) * sizeof(float)) : 0;
+  const bool mu_saved = rec && rec->mu;
+  const size_t cs_bytes = chunk_norm && !mu_saved ? align_up(static_cast<size_t>(B * H * ns * dv) * sizeof(float)) : 0;
+  const size_t mu_bytes = ts && !mu_saved ? align_up(static_cast<size_t>(B * T * H) * sizeof(float)) : 0;
   const size_t g_bytes = ts ? align_up(static_cast<size_t>(B * T * H * dv) * sizeof(E)) : 0;
   Workspace ws(ctx.stream, st_bytes + cs_bytes + mu_bytes + g_bytes);
   float* states = ws.as<float>();
-  float* colsum = chunk_norm ? ws.as<float>(st_bytes) : nullptr;
-  float* mu = ts ? ws.as<float>(st_bytes + cs_bytes) : nullptr;
+  float* colsum = cs_bytes ? ws.as<float>(st_bytes) : nullptr;
+  float* mu = mu_bytes ? ws.as<float>(st_bytes + cs_bytes) : nullptr;
   const float* s0 = ts ? in.state_scale.data() : nullptr;
   const void* g = gout.d_o.data();
   if (ts) {
-    int NS = 0;
-    if (chunk_norm) {  // the multipliers need the column sums of the chunk-entering states
-      Run f;
-      f.q = in.q.data();
-      f.k = in.k.data();
-      f.v = in.v.data();
-      f.dqk = dk;
-      f.dval = dv;
-      f.init = in.state_kv.data();
-      f.init_scale = InitScale::sqrt_s0;
-      f.s0 = s0;
-      f.colsum = colsum;
-      f.seg = fixed_seg;
-      NS = run_states<E>(ctx, f, B, T, H, dec, states).NS;
+    if (!mu_saved) {  // else the forward's
+      int NS = 0;
+      if (chunk_norm) {  // the multipliers need the column sums of the chunk-entering states
+        Run f;
+        f.q = in.q.data();
+        f.k = in.k.data();
+        f.v = in.v.data();
+        f.dqk = dk;
+        f.dval = dv;
+        f.init = in.state_kv.data();
+        f.init_scale = InitScale::sqrt_s0;
+        f.s0 = s0;
+        f.colsum = colsum;
+        f.seg = fixed_seg;
+        NS = run_states<E>(ctx, f, B, T, H, dec, states).NS;
+      }
+      compute_mu<E>(ctx, form, cfg, d, in.q.data(), in.k.data(), s0, colsum, NS, mu, dec);
     }
-    compute_mu<E>(ctx, form, cfg, d, in.q.data(), in.k.data(), s0, colsum, NS, mu, dec);
     E* gs = ws.as<E>(st_bytes + cs_bytes + mu_bytes);
     const int64_t n = B * T * H * dv;
-    scale_rows_kernel<E>
-        <<<static_cast<unsigned>((n + 255) / 256), 256, 0, ctx.stream>>>(gout.d_o.data(), mu, gs, B * T * H, dv);
+    scale_rows_kernel<E><<<static_cast<unsigned>((n + 255) / 256), 256, 0, ctx.stream>>>(
+        gout.d_o.data(), mu_saved ? rec->mu : mu, gs, B * T * H, dv);
     RETNET_CUDA_CHECK_LAUNCH("retention backward: g = mu d_o");
     g = gs;
   }
@@ -708,6 +737,10 @@ void backward_impl(const char* op, const Cuda& ctx, Form form, const RetentionCo
     r.init_transposed = true;
     r.init_scale = ts ? InitScale::sqrt_s0 : InitScale::one;
     r.s0 = s0;
+    if (rec && rec->states) {  // the forward's entering states U_n, read transposed on the forward's split
+      r.states_transposed = true;
+      return run_output<E>(ctx, r, B, T, H, dec, const_cast<float*>(rec->states), rec->geo);
+    }
     const Geometry geo = run_states<E>(ctx, r, B, T, H, dec, states);
     run_output<E>(ctx, r, B, T, H, dec, states, geo);
   };
@@ -761,16 +794,17 @@ void backward_impl(const char* op, const Cuda& ctx, Form form, const RetentionCo
 template <class E>
 void retention_chunkwise_forward(const Cuda& ctx, const RetentionConfig& cfg,
                                  const RetentionInputs<E, Device, float>& in,
-                                 const RetentionOutputs<E, Device, float>& out) {
-  cuda_detail::forward_impl<E>("retention_chunkwise_forward (CUDA)", ctx, Form::chunkwise, cfg, in, out);
+                                 const RetentionOutputs<E, Device, float>& out, RetentionSaved* saved = nullptr) {
+  cuda_detail::forward_impl<E>("retention_chunkwise_forward (CUDA)", ctx, Form::chunkwise, cfg, in, out, saved);
 }
 
 template <class E>
 void retention_chunkwise_backward(const Cuda& ctx, const RetentionConfig& cfg,
                                   const RetentionInputs<E, Device, float>& in,
                                   const RetentionOutputGrads<E, Device, float>& gout,
-                                  const RetentionInputGrads<E, Device, float>& gin) {
-  cuda_detail::backward_impl<E>("retention_chunkwise_backward (CUDA)", ctx, Form::chunkwise, cfg, in, gout, gin);
+                                  const RetentionInputGrads<E, Device, float>& gin,
+                                  const RetentionSaved* saved = nullptr) {
+  cuda_detail::backward_impl<E>("retention_chunkwise_backward (CUDA)", ctx, Form::chunkwise, cfg, in, gout, gin, saved);
 }
 
 }  // namespace retnet

@@ -10,16 +10,17 @@ namespace retnet {
 template <class E>
 void retention_parallel_forward(const Cuda& ctx, const RetentionConfig& cfg,
                                 const RetentionInputs<E, Device, float>& in,
-                                const RetentionOutputs<E, Device, float>& out) {
-  cuda_detail::forward_impl<E>("retention_parallel_forward (CUDA)", ctx, Form::parallel, cfg, in, out);
+                                const RetentionOutputs<E, Device, float>& out, RetentionSaved* saved = nullptr) {
+  cuda_detail::forward_impl<E>("retention_parallel_forward (CUDA)", ctx, Form::parallel, cfg, in, out, saved);
 }
 
 template <class E>
 void retention_parallel_backward(const Cuda& ctx, const RetentionConfig& cfg,
                                  const RetentionInputs<E, Device, float>& in,
                                  const RetentionOutputGrads<E, Device, float>& gout,
-                                 const RetentionInputGrads<E, Device, float>& gin) {
-  cuda_detail::backward_impl<E>("retention_parallel_backward (CUDA)", ctx, Form::parallel, cfg, in, gout, gin);
+                                 const RetentionInputGrads<E, Device, float>& gin,
+                                 const RetentionSaved* saved = nullptr) {
+  cuda_detail::backward_impl<E>("retention_parallel_backward (CUDA)", ctx, Form::parallel, cfg, in, gout, gin, saved);
 }
 
 }  // namespace retnet

@@ -61,16 +61,17 @@ __global__ void step_scale_kernel(float* scale, int64_t BH, int H, HeadDecays de
 template <class E>
 void retention_recurrent_forward(const Cuda& ctx, const RetentionConfig& cfg,
                                  const RetentionInputs<E, Device, float>& in,
-                                 const RetentionOutputs<E, Device, float>& out) {
-  cuda_detail::forward_impl<E>("retention_recurrent_forward (CUDA)", ctx, Form::recurrent, cfg, in, out);
+                                 const RetentionOutputs<E, Device, float>& out, RetentionSaved* saved = nullptr) {
+  cuda_detail::forward_impl<E>("retention_recurrent_forward (CUDA)", ctx, Form::recurrent, cfg, in, out, saved);
 }
 
 template <class E>
 void retention_recurrent_backward(const Cuda& ctx, const RetentionConfig& cfg,
                                   const RetentionInputs<E, Device, float>& in,
                                   const RetentionOutputGrads<E, Device, float>& gout,
-                                  const RetentionInputGrads<E, Device, float>& gin) {
-  cuda_detail::backward_impl<E>("retention_recurrent_backward (CUDA)", ctx, Form::recurrent, cfg, in, gout, gin);
+                                  const RetentionInputGrads<E, Device, float>& gin,
+                                  const RetentionSaved* saved = nullptr) {
+  cuda_detail::backward_impl<E>("retention_recurrent_backward (CUDA)", ctx, Form::recurrent, cfg, in, gout, gin, saved);
 }
 
 // One decoding step for every (batch, head): q, k [B, H, dk], v, o [B, H, dv] in E; state_kv [B, H, dk, dv] and
