@@ -1,17 +1,19 @@
 #pragma once
 // Part of retention_engine.cuh (included from there, after the engine's parts and before its kernels): the walks
 // of chunk_engine_kernel (outputs pass) and chunk_engine_dkdv_kernel (fused backward) on Hopper's warpgroup MMA, for
-// bf16 with head size 128 (value tile 128), where the code is compiled for sm_90a. Same contracts as the mma.sync
-// walks; the tensor cores read the chunk tiles and the state copy straight from shared memory, so the warps issue a
-// few wgmma per chunk instead of loading every fragment themselves (the mma.sync walks were latency- and
-// issue-bound at 34 % tensor-pipe use).
+// bf16 with key size 128 (value tile 128, or 64 in the outputs pass), where the code is compiled for sm_90a. Same
+// contracts as the mma.sync walks; the tensor cores read the chunk tiles and the state copy straight from shared
+// memory, so the warps issue a few wgmma per chunk instead of loading every fragment themselves (the mma.sync walks
+// were latency- and issue-bound at 34 % tensor-pipe use).
 //
-// Two warpgroups. Warpgroup wg computes output columns 64 wg .. 64 wg + 63 for all 64 chunk rows and holds state
-// rows 64 wg .. 64 wg + 63 (all 128 columns) in registers. The decays enter through the operands (rows scaled in
-// shared memory as they land, see wgmma_outputs_walk), so the scores need only the causal mask. A chunk of the
-// outputs walk, in four commit groups:
+// Two warpgroups, each holding state rows 64 wg .. 64 wg + 63 (all the block's value columns) in registers. With
+// 128 value columns, warpgroup wg computes output columns 64 wg .. 64 wg + 63 for all 64 chunk rows. With 64
+// (narrow blocks) it computes output columns 32 wg .. 32 wg + 31 and scores only keys 32 wg .. 32 wg + 31: the two
+// swap their masked scores through shared memory, so that the block computes S once (WgmmaSplit). The decays enter
+// through the operands (rows scaled in shared memory as they land, see wgmma_outputs_walk), so the scores need only
+// the causal mask. A chunk of the outputs walk, in four commit groups:
 //   1. S = Q K^T, then O = Q H (H: the bf16 copy of the state entering the chunk), both from shared memory, while
-//      the warps load the update's K^T fragments and mask S into A fragments;
+//      the warps load the update's K^T fragments and mask S into A fragments (narrow: and swap them);
 //   2. O += (S . mask) V, the masked scores from registers;
 //   3. H <- gamma^len H + (K diag(w))^T V, K^T from registers, which runs on while the outputs are stored and the
 //      next chunk's rows are scaled.
@@ -53,17 +55,44 @@ struct SwizzledTile {
   }
 };
 
-// The warpgroup's staging tile of output rows (store_outputs_staged): 64 columns padded to 72 elements.
-inline constexpr int kStagedOutputPitch = 72;
+// The warpgroup's staging tile of output rows (store_outputs_staged): Cols columns padded by 8 elements.
+template <int Cols>
+inline constexpr int kStagedOutputPitch = Cols + 8;
+
+// How the two warpgroups share a chunk where a block computes DV value columns: warpgroup wg computes output columns
+// OW wg .. OW wg + OW - 1 for all 64 chunk rows and scores keys KW wg .. KW wg + KW - 1. With 128 columns each
+// scores all 64 keys; with 64 each scores 32 and the two swap the masked scores' A fragments (exchange_scores):
+// k step kt of a warpgroup's fragments holds keys key0 + 16 kt mod 64, its own first.
+template <int DV>
+struct WgmmaSplit {
+  static_assert(DV == 64 || DV == 128, "value tile of 64 or 128 columns");
+  static constexpr int OW = DV / 2, KW = DV / 2;
+  static constexpr bool kExchange = KW < kEngineRows;
+  // per warpgroup and own k step, one 16-byte A fragment per thread
+  static constexpr int kExchangeBytes = kExchange ? 2 * (KW / 16) * 128 * 16 : 0;
+  __device__ __forceinline__ static int key0(int wg) { return kExchange ? wg * KW : 0; }
+  // The warpgroup's first output column in row 0 of a swizzled tile of R rows (elements): its atom, or 64 bytes
+  // into the one atom's rows (N-major operands only: wgmma.cuh).
+  template <int R>
+  __device__ __forceinline__ static int col0(int wg) {
+    if constexpr (OW == 64) {
+      return wg * SwizzledTile<R>::kAtom;
+    } else {
+      return wg * OW;
+    }
+  }
+};
 
 // A walk's shared memory: Stages stages of two tiles of width DQK and VTiles of width DV, two state copies
-// [DQK, DV] and the two warpgroups' output staging tiles, bf16, and room to align them to 1024 bytes.
+// [DQK, DV], the two warpgroups' output staging tiles, bf16, the score exchange (WgmmaSplit<DV>) and room to align
+// them to 1024 bytes.
 template <int DQK, int DV, int VTiles, int Stages>
 struct WgmmaWalkSmem {
+  using Split = WgmmaSplit<DV>;
   static constexpr int LM = kEngineRows, QK_ELEMS = LM * DQK, V_ELEMS = LM * DV,
                        STAGE = 2 * QK_ELEMS + VTiles * V_ELEMS;
-  static constexpr int STAGES = Stages, H_ELEMS = DQK * DV, O_ELEMS = LM * kStagedOutputPitch;
-  static constexpr int bytes = (STAGES * STAGE + 2 * H_ELEMS + 2 * O_ELEMS) * 2 + 1024;
+  static constexpr int STAGES = Stages, H_ELEMS = DQK * DV, O_ELEMS = LM * kStagedOutputPitch<Split::OW>;
+  static constexpr int bytes = (STAGES * STAGE + 2 * H_ELEMS + 2 * O_ELEMS) * 2 + Split::kExchangeBytes + 1024;
   static_assert(bytes <= 227 * 1024, "shared memory of one block");
 };
 // The outputs walk: Q, K and V in three stages. The fused backward: k, q, g and v in two.
@@ -78,7 +107,8 @@ inline constexpr bool kWgmmaDkdv = std::is_same_v<Ops, EngineOps<__nv_bfloat16>>
 
 // Whether chunk_engine_kernel<Ops, DQK, VT, Summary> has the wgmma walk (where built for sm_90a).
 template <class Ops, int DQK, int VT, bool Summary>
-inline constexpr bool kWgmmaWalk = !Summary && std::is_same_v<Ops, EngineOps<__nv_bfloat16>> && DQK == 128 && VT == 128;
+inline constexpr bool kWgmmaWalk =
+    !Summary && std::is_same_v<Ops, EngineOps<__nv_bfloat16>> && DQK == 128 && (VT == 64 || VT == 128);
 
 // The walks scale chunk rows by gamma^(i - 32) and gamma^(32 - j) (below). Heads whose decay is below 2^-3 would
 // push these factors out of float's normal range (2^-126); they take the mma.sync walks.
@@ -89,9 +119,9 @@ __device__ __forceinline__ bool wgmma_walk_applies(const ScanParams& p, const He
   return dec.log2g[blockIdx.z % p.H] >= kWgmmaMinLog2Gamma;
 }
 
-// The parts of both walks. Two warpgroups; warpgroup wg computes output columns 64 wg .. 64 wg + 63 for all 64
-// chunk rows and holds state rows 64 wg .. 64 wg + 63 (all 128 columns) in registers: hacc[j][e] at row
-// hrow + 8 (e / 2), column 8 j + 2 tq + e % 2 (the warpgroup's accumulator layout).
+// The parts of the walks. Two warpgroups; warpgroup wg holds state rows 64 wg .. 64 wg + 63 (all the block's value
+// columns) in registers: hacc[j][e] at row hrow + 8 (e / 2), column 8 j + 2 tq + e % 2 (the warpgroup's
+// accumulator layout).
 struct WgmmaThread {
   int tid, lane, wg, wq, g, tq, hrow;
   __device__ explicit WgmmaThread(int t)
@@ -125,15 +155,15 @@ __device__ __forceinline__ void scale_piece(__nv_bfloat16* x, uint32_t f) {
   *p = y;
 }
 
-// hacc times f, as the bf16 state copy (the 128-byte-swizzle tile [DQK, 128]) that the next chunk's products read.
-template <int DQK>
-__device__ __forceinline__ void store_state_copy(__nv_bfloat16* Hs, const float (&hacc)[16][4], float f,
+// hacc times f, as the bf16 state copy (the 128-byte-swizzle tile [DQK, 8 NB]) that the next chunk's products read.
+template <int DQK, int NB>
+__device__ __forceinline__ void store_state_copy(__nv_bfloat16* Hs, const float (&hacc)[NB][4], float f,
                                                  const WgmmaThread& t) {
 #pragma unroll
-  for (int j = 0; j < 16; ++j)
+  for (int j = 0; j < NB; ++j)
 #pragma unroll
     for (int half = 0; half < 2; ++half)
-      *reinterpret_cast<uint32_t*>(Hs + SwizzledTile<DQK>::template at<128>(t.hrow + 8 * half, 8 * j + 2 * t.tq)) =
+      *reinterpret_cast<uint32_t*>(Hs + SwizzledTile<DQK>::template at<8 * NB>(t.hrow + 8 * half, 8 * j + 2 * t.tq)) =
           pack_bf16x2(hacc[j][2 * half] * f, hacc[j][2 * half + 1] * f);
 }
 
@@ -150,33 +180,35 @@ __device__ __forceinline__ void transposed_a_fragments(uint32_t (&a)[4][4], cons
   }
 }
 
-// The warp's scores (rows row0 .. row0 + 15 of the chunk, all 64 keys) under the causal mask i >= j, as the A
-// fragments of the four k steps of (S . mask) V.
-__device__ __forceinline__ void masked_score_fragments(uint32_t (&sa)[4][4], const float (&sacc)[8][4], int row0,
-                                                       const WgmmaThread& t) {
+// The warp's scores (rows row0 .. row0 + 15 of the chunk, keys key0 .. key0 + 8 NB - 1) under the causal mask
+// i >= j, as the A fragments of the first NB / 2 k steps of (S . mask) V.
+template <int NB>
+__device__ __forceinline__ void masked_score_fragments(uint32_t (&sa)[4][4], const float (&sacc)[NB][4], int row0,
+                                                       int key0, const WgmmaThread& t) {
 #pragma unroll
-  for (int kt = 0; kt < 4; ++kt)
+  for (int kt = 0; kt < NB / 2; ++kt)
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int nt = 2 * kt + half;
       float m[4];
 #pragma unroll
-      for (int e = 0; e < 4; ++e) m[e] = row0 + t.g + 8 * (e >> 1) >= nt * 8 + 2 * t.tq + (e & 1) ? sacc[nt][e] : 0.f;
+      for (int e = 0; e < 4; ++e)
+        m[e] = row0 + t.g + 8 * (e >> 1) >= key0 + nt * 8 + 2 * t.tq + (e & 1) ? sacc[nt][e] : 0.f;
       sa[kt][2 * half] = pack_bf16x2(m[0], m[1]);
       sa[kt][2 * half + 1] = pack_bf16x2(m[2], m[3]);
     }
 }
 
 // Writes the warpgroup's output tile oacc (chunk rows 0 .. len - 1 at sequence positions c0 + i, columns
-// col0 .. col0 + 63 of o [B, T, H, width], each row times p.mu where given) through the warpgroup's staging tile Os
-// [64, 72] (padded rows: the fragment writes and the row reads are free of bank conflicts), in 16-byte row pieces.
-// BarrierFirst: Os may still be being read by the warpgroup's previous call.
-template <bool BarrierFirst>
+// col0 .. col0 + 8 NB - 1 of o [B, T, H, width], each row times p.mu where given) through the warpgroup's staging
+// tile Os [64, 8 NB + 8] (padded rows: the fragment writes are free of bank conflicts, and the row reads too for
+// 64 columns), in 16-byte row pieces. BarrierFirst: Os may still be being read by the warpgroup's previous call.
+template <bool BarrierFirst, int NB>
 __device__ __forceinline__ void store_outputs_staged(__nv_bfloat16* Os, void* o, int width, int col0,
-                                                     const float (&oacc)[8][4], const ScanParams& p, int b, int h,
+                                                     const float (&oacc)[NB][4], const ScanParams& p, int b, int h,
                                                      int64_t c0, int len, const WgmmaThread& t) {
   using E = __nv_bfloat16;
-  constexpr int PITCH = kStagedOutputPitch;
+  constexpr int PITCH = kStagedOutputPitch<8 * NB>, PIECES = NB, ROWS = 128 / PIECES;  // pieces per row, rows per pass
   auto bar = [&] {
     if (t.wg == 0) {
       named_barrier_sync<1, 128>();
@@ -192,17 +224,17 @@ __device__ __forceinline__ void store_outputs_staged(__nv_bfloat16* Os, void* o,
     const int i = row0 + t.g + 8 * half;
     const float m = p.mu && i < len ? p.mu[(static_cast<int64_t>(b) * p.T + phys(c0 + i)) * p.H + h] : 1.f;
 #pragma unroll
-    for (int nt = 0; nt < 8; ++nt)
+    for (int nt = 0; nt < NB; ++nt)
       *reinterpret_cast<uint32_t*>(Os + i * PITCH + nt * 8 + 2 * t.tq) =
           pack_bf16x2(oacc[nt][2 * half] * m, oacc[nt][2 * half + 1] * m);
   }
   bar();  // the tile is complete
-  const int piece = t.tid & 7;
+  const int piece = t.tid & (PIECES - 1);
   const int64_t ld = static_cast<int64_t>(p.H) * width;
   E* const og = static_cast<E*>(o) + (static_cast<int64_t>(b) * p.T * p.H + h) * width + col0 + piece * 8;
 #pragma unroll
-  for (int it = 0; it < kEngineRows / 16; ++it) {
-    const int r = it * 16 + ((t.tid & 127) >> 3);
+  for (int it = 0; it < kEngineRows / ROWS; ++it) {
+    const int r = it * ROWS + (t.tid & 127) / PIECES;
     if (r < len)
       *reinterpret_cast<uint4*>(og + phys(c0 + r) * ld) = *reinterpret_cast<const uint4*>(Os + r * PITCH + piece * 8);
   }
@@ -215,71 +247,108 @@ __device__ __forceinline__ int kmajor_step(int ks) {
   return (ks / 4) * SwizzledTile<Rows>::kAtom + (ks % 4) * 16;
 }
 
-// The first part of a chunk in both walks, for a warpgroup: S = A B^T and O = A Hc[:, 64 wg ..] (A, B chunk tiles
-// [64, 128] read K-major; Hc the state copy [DQK, 128] read N-major) in two commit groups; meanwhile the update's
-// A fragments (U^T rows hrow.., U a chunk tile, times fu) and the state's decay dl; then S under the causal mask as
-// A fragments sa. Returns with O complete. (The update also runs after a segment's last chunk, whose state nobody
-// reads: a wgmma under a branch makes ptxas serialize all of them.)
-template <int DQK>
-__device__ __forceinline__ void scores_and_state_part(float (&oacc)[8][4], uint32_t (&sa)[4][4], uint32_t (&ka)[4][4],
-                                                      float (&hacc)[16][4], const __nv_bfloat16* A,
-                                                      const __nv_bfloat16* B, const __nv_bfloat16* Hc,
-                                                      const __nv_bfloat16* U, float fu, float dl,
-                                                      const WgmmaThread& t) {
+// Where the warpgroups split the scores (WgmmaSplit), each hands its masked scores' A fragments (k steps
+// 0 .. KW / 16 - 1 of sa) to the other, which takes them as its k steps KW / 16 ..; x: the exchange's shared memory.
+template <class Split>
+__device__ __forceinline__ void exchange_scores(uint32_t (&sa)[4][4], uint4* x, const WgmmaThread& t) {
+  constexpr int OWN = Split::KW / 16;
+  const int i = t.tid & 127;  // the other warpgroup's thread i holds the same rows
+#pragma unroll
+  for (int kt = 0; kt < OWN; ++kt)
+    x[(t.wg * OWN + kt) * 128 + i] = make_uint4(sa[kt][0], sa[kt][1], sa[kt][2], sa[kt][3]);
+  __syncthreads();  // both halves written; the next writes come after the next chunk's barrier
+#pragma unroll
+  for (int kt = 0; kt < OWN; ++kt) {
+    const uint4 y = x[((t.wg ^ 1) * OWN + kt) * 128 + i];
+    sa[OWN + kt][0] = y.x, sa[OWN + kt][1] = y.y, sa[OWN + kt][2] = y.z, sa[OWN + kt][3] = y.w;
+  }
+}
+
+// The first part of a chunk in the walks, for a warpgroup of a block of DV value columns (WgmmaSplit<DV>):
+// S = A B[key0 ..]^T and O = A Hc[:, OW wg ..] (A, B chunk tiles [64, 128] read K-major; Hc the state copy [DQK, DV]
+// read N-major) in two commit groups; meanwhile the update's A fragments (U^T rows hrow.., U a chunk tile, times
+// fu) and the state's decay dl (split: before); then S under the causal mask as A fragments sa (all 64 keys: split
+// scores are swapped through x). Returns with O complete. (The update also runs after a segment's last chunk, whose
+// state nobody reads: a wgmma under a branch makes ptxas serialize all of them.)
+template <int DQK, int DV = 128>
+__device__ __forceinline__ void scores_and_state_part(float (&oacc)[DV / 16][4], uint32_t (&sa)[4][4],
+                                                      uint32_t (&ka)[4][4], float (&hacc)[DV / 8][4],
+                                                      const __nv_bfloat16* A, const __nv_bfloat16* B,
+                                                      const __nv_bfloat16* Hc, const __nv_bfloat16* U, float fu,
+                                                      float dl, const WgmmaThread& t, uint4* x = nullptr) {
   using HTile = SwizzledTile<DQK>;
+  using Split = WgmmaSplit<DV>;
   constexpr int LM = kEngineRows, KS = 16;
-  float sacc[LM / 8][4];
+  const int key0 = Split::key0(t.wg);
+  float sacc[Split::KW / 8][4];
+  auto decay_state = [&] {
+#pragma unroll
+    for (int j = 0; j < DV / 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) hacc[j][e] *= dl;
+  };
+  // Scaled among the products below, the state makes ptxas wait for them all first (info C7517), which holds the
+  // mask (and the exchange) back until Q H is done; the split walk scales it before them. (The 128-column walks
+  // keep their measured order.)
+  constexpr bool kDecayFirst = Split::kExchange;
+  if constexpr (kDecayFirst) decay_state();
   wgmma_fence();
 #pragma unroll
   for (int ks = 0; ks < DQK / KS; ++ks)
-    wgmma_m64n64k16_ss<0, 0>(sacc, wgmma_desc(A + kmajor_step<LM>(ks), 0), wgmma_desc(B + kmajor_step<LM>(ks), 0),
-                             ks > 0);
+    wgmma_m64k16_ss<0, 0>(sacc, wgmma_desc(A + kmajor_step<LM>(ks), 0),
+                          wgmma_desc(B + key0 * 64 + kmajor_step<LM>(ks), 0), ks > 0);
   wgmma_commit();
 #pragma unroll
   for (int ks = 0; ks < DQK / KS; ++ks)
-    wgmma_m64n64k16_ss<0, 1>(oacc, wgmma_desc(A + kmajor_step<LM>(ks), 0),
-                             wgmma_desc(Hc + t.wg * HTile::kAtom + ks * KS * 64, 2 * HTile::kAtom), ks > 0);
+    wgmma_m64k16_ss<0, 1>(oacc, wgmma_desc(A + kmajor_step<LM>(ks), 0),
+                          wgmma_desc(Hc + Split::template col0<DQK>(t.wg) + ks * KS * 64, 2 * HTile::kAtom), ks > 0);
   wgmma_commit();
   transposed_a_fragments(ka, U, t.wg * 64 + t.wq * 16, pack_bf16x2(fu, fu), t.lane);
-#pragma unroll
-  for (int j = 0; j < 16; ++j)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) hacc[j][e] *= dl;
+  if constexpr (!kDecayFirst) decay_state();
   wgmma_wait<1>();
-  masked_score_fragments(sa, sacc, t.wq * 16, t);
+  masked_score_fragments(sa, sacc, t.wq * 16, key0, t);
+  if constexpr (Split::kExchange) exchange_scores<Split>(sa, x, t);
   wgmma_wait<0>();
 }
 
-// O += (S . mask) X[:, 64 wg ..] for a warpgroup (sa: the masked scores' A fragments; X a chunk tile read N-major),
-// one commit group.
-__device__ __forceinline__ void masked_values(float (&oacc)[8][4], const uint32_t (&sa)[4][4], const __nv_bfloat16* X,
-                                              const WgmmaThread& t) {
+// O += (S . mask) X[:, OW wg ..] for a warpgroup (sa: the masked scores' A fragments, k step kt at keys
+// key0 + 16 kt mod 64; X a chunk tile read N-major), one commit group.
+template <int DV = 128>
+__device__ __forceinline__ void masked_values(float (&oacc)[DV / 16][4], const uint32_t (&sa)[4][4],
+                                              const __nv_bfloat16* X, const WgmmaThread& t) {
   using Tile = SwizzledTile<kEngineRows>;
+  using Split = WgmmaSplit<DV>;
+  constexpr int LM = kEngineRows;
+  const int key0 = Split::key0(t.wg);
   wgmma_fence();
 #pragma unroll
   for (int kt = 0; kt < 4; ++kt)
-    wgmma_m64n64k16_rs<1>(oacc, sa[kt], wgmma_desc(X + t.wg * Tile::kAtom + kt * 16 * 64, 2 * Tile::kAtom));
+    wgmma_m64k16_rs<1>(
+        oacc, sa[kt],
+        wgmma_desc(X + Split::template col0<LM>(t.wg) + ((key0 + kt * 16) & (LM - 1)) * 64, 2 * Tile::kAtom));
   wgmma_commit();
 }
 
-// The last products of a chunk in both walks: O += (S . mask) X[:, 64 wg ..], then H += U^T W over all 128 state
-// columns (ka: the A fragments of the weighted U^T; W a chunk tile read N-major, both atoms): two commit groups.
-__device__ __forceinline__ void values_and_update(float (&oacc)[8][4], const uint32_t (&sa)[4][4],
-                                                  const __nv_bfloat16* X, float (&hacc)[16][4],
+// The last products of a chunk in the walks: O += (S . mask) X[:, OW wg ..], then H += U^T W over all DV state
+// columns (ka: the A fragments of the weighted U^T; W a chunk tile read N-major, all its atoms): two commit groups.
+template <int DV = 128>
+__device__ __forceinline__ void values_and_update(float (&oacc)[DV / 16][4], const uint32_t (&sa)[4][4],
+                                                  const __nv_bfloat16* X, float (&hacc)[DV / 8][4],
                                                   const uint32_t (&ka)[4][4], const __nv_bfloat16* W,
                                                   const WgmmaThread& t) {
   using Tile = SwizzledTile<kEngineRows>;
-  masked_values(oacc, sa, X, t);
+  masked_values<DV>(oacc, sa, X, t);
 #pragma unroll
-  for (int kt = 0; kt < 4; ++kt) wgmma_m64n128k16_rs<1>(hacc, ka[kt], wgmma_desc(W + kt * 16 * 64, 2 * Tile::kAtom));
+  for (int kt = 0; kt < 4; ++kt) wgmma_m64k16_rs<1>(hacc, ka[kt], wgmma_desc(W + kt * 16 * 64, 2 * Tile::kAtom));
   wgmma_commit();
 }
 
 // dst[row * ld + col] = m * H(row, col) for this thread's state elements (the final state).
-__device__ __forceinline__ void write_state(float* dst, int64_t ld, const float (&hacc)[16][4], float m,
+template <int NB>
+__device__ __forceinline__ void write_state(float* dst, int64_t ld, const float (&hacc)[NB][4], float m,
                                             const WgmmaThread& t) {
 #pragma unroll
-  for (int j = 0; j < 16; ++j)
+  for (int j = 0; j < NB; ++j)
 #pragma unroll
     for (int e = 0; e < 4; ++e)
       dst[static_cast<int64_t>(t.hrow + 8 * (e >> 1)) * ld + 8 * j + 2 * t.tq + (e & 1)] = hacc[j][e] * m;
@@ -297,11 +366,13 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
   using Tile = SwizzledTile<kEngineRows>;  // the chunk's Q, K, V
   using HTile = SwizzledTile<DQK>;         // the state copy [DQK, VT]
   using SM = WgmmaSmem<DQK, VT>;
+  using Split = typename SM::Split;
   constexpr int LM = kEngineRows, KS = 16, S = SM::STAGES, R = LM / 2;
-  static_assert(DQK == 128 && VT == 128, "two warpgroups of 64 output columns and 64 state rows");
+  static_assert(DQK == 128, "two warpgroups of 64 state rows");
   E* smem = reinterpret_cast<E*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
   E* Hs_base = smem + S * SM::STAGE;
   E* const Os = Hs_base + 2 * SM::H_ELEMS;
+  uint4* const score_exchange = reinterpret_cast<uint4*>(Os + 2 * SM::O_ELEMS);
 
   const WgmmaThread t(threadIdx.x);
   const int wg = t.wg, tid = t.tid;
@@ -364,16 +435,17 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
     __syncthreads();      // chunk c (scaled) and Hs(c & 1) complete; everyone is past chunk c - 1, whose stage refills
     load_chunk(c + S - 1);
 
-    // 1. S = Q~ K~^T (all 64 keys; the mask comes later), then O = Q~ (gamma^(R+1) H)[:, 64 wg ..]; the update's
-    //    fragments K~^T times gamma^(len - 1 - R).
+    // 1. S = Q~ K~^T (the warpgroup's keys; the mask comes later), then O = Q~ (gamma^(R+1) H)[:, OW wg ..]; the
+    //    update's fragments K~^T times gamma^(len - 1 - R).
     float oacc[VT / 16][4];
     uint32_t sa[LM / KS][4], ka[LM / KS][4];
-    scores_and_state_part<DQK>(oacc, sa, ka, hacc, Qs, Ks, Hs, Ks, seg.gpow(len - 1 - R), seg.gpow(len), t);
-    // 2. O += (S . Gamma) V[:, 64 wg ..]; 3. H <- gamma^len H + (K diag(w))^T V over all 128 state columns.
-    values_and_update(oacc, sa, Vs, hacc, ka, Vs, t);
+    scores_and_state_part<DQK, VT>(oacc, sa, ka, hacc, Qs, Ks, Hs, Ks, seg.gpow(len - 1 - R), seg.gpow(len), t,
+                                   score_exchange);
+    // 2. O += (S . Gamma) V[:, OW wg ..]; 3. H <- gamma^len H + (K diag(w))^T V over all VT state columns.
+    values_and_update<VT>(oacc, sa, Vs, hacc, ka, Vs, t);
 
     wgmma_wait<1>();  // group 2 done; the update may still run
-    store_outputs_staged<false>(Os + wg * SM::O_ELEMS, p.o, dv, vt * VT + wg * 64, oacc, p, b, h, c0, len, t);
+    store_outputs_staged<false>(Os + wg * SM::O_ELEMS, p.o, dv, vt * VT + wg * Split::OW, oacc, p, b, h, c0, len, t);
     // Meanwhile, the next chunk's Q and K rows get their factors.
     if (c + 1 < nchunks) {
       cp_async_wait<S - 2>();
@@ -491,7 +563,7 @@ __device__ __forceinline__ void wgmma_dkdv_walk(const ScanParams& p, const HeadD
                                wgmma_desc(Hs + wg * 64 * 64 + kmajor_step<DQK>(ks), 0), ks > 0);
     wgmma_commit();
     wgmma_wait<1>();
-    masked_score_fragments(sa, sacc, t.wq * 16, t);
+    masked_score_fragments(sa, sacc, t.wq * 16, 0, t);
     wgmma_wait<0>();
     // dk: O += mask(S) Q~[:, 64 wg ..]; dU <- gamma^len dU + (Q~ gamma^(len - 1 - R))^T g over all DV columns.
     values_and_update(oacc, sa, Qs, hacc, ka, Gs, t);

@@ -11,6 +11,8 @@
 //  * K-major operand: a k16 step adds 32 bytes; M- or N-major (transposed): a k16 step adds 16 rows (2048 bytes) and
 //    the leading byte offset is the distance between the 64-column atoms;
 //  * accumulators: warp w of the warpgroup holds rows 16 w .. 16 w + 15 in the mma.sync m16n8 order per n8 block.
+//  * an N-major operand of 32 columns inside an atom (the narrow outputs walk) starts 64 bytes into the atom's rows:
+//    the swizzle acts on the address bits, as the K-major in-atom steps rely on (not yet checked on the H200).
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -72,6 +74,41 @@ __device__ __forceinline__ void wgmma_m64n64k16_ss(float (&d)[8][4], uint64_t da
 #endif
 }
 
+// d[4][4] (+)= A B for a warpgroup, m64 n32 k16, bf16 operands from shared memory (as wgmma_m64n64k16_ss).
+template <int TA, int TB>
+__device__ __forceinline__ void wgmma_m64n32k16_ss(float (&d)[4][4], uint64_t da, uint64_t db, int accumulate) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
+      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, %16, %17, p, 1, 1, %19, %20;\n}\n"
+      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]),
+        "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]),
+        "+f"(d[3][2]), "+f"(d[3][3])
+      : "l"(da), "l"(db), "r"(accumulate), "n"(TA), "n"(TB));
+#else
+  (void)d, (void)da, (void)db, (void)accumulate;
+  __trap();
+#endif
+}
+
+// d[4][4] += A B for a warpgroup, m64 n32 k16, A from registers (as wgmma_m64n64k16_rs).
+template <int TB>
+__device__ __forceinline__ void wgmma_m64n32k16_rs(float (&d)[4][4], const uint32_t (&a)[4], uint64_t db) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile(
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
+      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, {%16,%17,%18,%19}, %20, 1, 1, 1, %21;\n"
+      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]),
+        "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]),
+        "+f"(d[3][2]), "+f"(d[3][3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "n"(TB));
+#else
+  (void)d, (void)a, (void)db;
+  __trap();
+#endif
+}
+
 // d[8][4] += A B for a warpgroup, m64 n64 k16, A from registers (the mma.sync m16n8k16 A fragment of the
 // warp's 16 rows), B from shared memory (descriptor db; TB: stored N-major).
 template <int TB>
@@ -118,6 +155,28 @@ __device__ __forceinline__ void wgmma_m64n128k16_rs(float (&d)[16][4], const uin
   (void)d, (void)a, (void)db;
   __trap();
 #endif
+}
+
+// The m64 nN k16 products with N = 8 NB, the width of the accumulators d (code shared by walks of several widths).
+template <int TA, int TB, int NB>
+__device__ __forceinline__ void wgmma_m64k16_ss(float (&d)[NB][4], uint64_t da, uint64_t db, int accumulate) {
+  if constexpr (NB == 4) {
+    wgmma_m64n32k16_ss<TA, TB>(d, da, db, accumulate);
+  } else {
+    static_assert(NB == 8, "m64 n32 or n64");
+    wgmma_m64n64k16_ss<TA, TB>(d, da, db, accumulate);
+  }
+}
+template <int TB, int NB>
+__device__ __forceinline__ void wgmma_m64k16_rs(float (&d)[NB][4], const uint32_t (&a)[4], uint64_t db) {
+  if constexpr (NB == 4) {
+    wgmma_m64n32k16_rs<TB>(d, a, db);
+  } else if constexpr (NB == 8) {
+    wgmma_m64n64k16_rs<TB>(d, a, db);
+  } else {
+    static_assert(NB == 16, "m64 n32, n64 or n128");
+    wgmma_m64n128k16_rs<TB>(d, a, db);
+  }
 }
 
 }  // namespace retnet::cuda_detail
