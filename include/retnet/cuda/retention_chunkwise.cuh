@@ -12,8 +12,8 @@
 // Where the value size is 64 or 128 and the buffers fit, dk and dv come from one fused walk over dU
 // (chunk_engine_dkdv_kernel): four input tiles and one state update per chunk instead of six and two.
 // Storage float or bf16 (__nv_bfloat16); state, scale and accumulation always float. Both run on
-// chunk_engine_kernel (retention_engine.cuh: bf16 mma.sync m16n8k16, or wgmma with head size 128 in sm_90a builds
-// (retention_wgmma.cuh); float three tf32 products per product, float accuracy); float with head size 256 on the
+// chunk_engine_kernel (retention_engine.cuh: bf16 mma.sync m16n8k16, or wgmma with key size 128 or 256 in sm_90a
+// builds (retention_wgmma.cuh); float three tf32 products per product, float accuracy); float with head size 256 on the
 // generic scan_kernel. geometry() picks the segment split and how
 // many summary blocks sum each segment; on the chunk engine the last segment's outputs blocks write the final
 // state, so that segment needs no summary (a single-segment run has no summary pass, nor a prefix pass where its
@@ -88,6 +88,7 @@ struct Run {
   float* colsum = nullptr;
   int seg = 0;                     // fixed segment length (torchscale chunkwise), 0 = choose
   bool states_transposed = false;  // run_output: the states are another run's, [dval, dqk] per segment
+  bool states_reused = false;      // the forward of a backward that reads its states (geometry()'s `reused`)
   // The fused backward (chunk_engine_dkdv_kernel): this is the dv run, and its outputs pass also writes dk (o2)
   // from the fourth input v (x).
   bool fused_dkdv = false;
@@ -300,11 +301,12 @@ void launch_scan(const Cuda& ctx, ScanParams sp, int64_t B, int H, HeadDecays de
 // (bf16, B = 4, H = 16, D = 128, fwd+bwd): narrow wins at T = 1024 and 2048, loses at 4096 and 16384; the model agrees
 // with all of these for 0.645 < kNarrowChunkCost < 0.70. RETNET_CUDA_VT=64 or 128 forces the width where both exist.
 inline constexpr double kNarrowChunkCost = 0.67;
-// Where the wide bf16 walk with key size 128 runs on wgmma (wgmma_walks_built), a narrow chunk costs
-// kNarrowChunkCost / kWgmmaWideChunkCost wide ones. Measured on the H200 (B = 4, H = 16, D = 128, each width forced):
-// at T = 2048 the wide wgmma forward took 0.092 ms against 0.109 (narrow), fwd+bwd 0.283 against 0.318; at T = 1024
-// both 0.183 ms fwd+bwd.
-inline constexpr double kWgmmaWideChunkCost = 0.565;
+// Where both widths run on wgmma (bf16 with key size 128, wgmma_walks_built), a narrow chunk costs
+// kWgmmaNarrowChunkCost wide ones. Measured on the H200 (B = 4, H = 16, D = 128, each width forced, fwd+bwd with the
+// forward's states saved, 5a9e968): narrow 0.154 / 0.265 / 0.481 ms against wide 0.160 / 0.252 / 0.446 at T = 1024 /
+// 2048 / 4096, and the forward alone at 2048 0.082 against 0.093; the model agrees with all of these for
+// 0.607 < kWgmmaNarrowChunkCost < 0.671.
+inline constexpr double kWgmmaNarrowChunkCost = 0.64;
 // A chunk of the fused backward (two outputs, one state update) in units of an outputs chunk.
 inline constexpr double kFusedChunkCost = 1.7;
 inline constexpr double kSummaryStart = 3.0, kSummaryChunk = 0.29;
@@ -318,9 +320,10 @@ inline int forced_value_tile() {
 }
 
 // fused: the split of a fused backward run (its outputs pass is chunk_engine_dkdv_kernel, one block per
-// (batch, head), chunks counted as kFusedChunkCost).
+// (batch, head), chunks counted as kFusedChunkCost). reused: a forward whose states the backward's dq run reads
+// (RetentionSaved), on the same split: one summary pass serves two outputs passes, which favours more segments.
 template <class E, int DQK>
-Geometry geometry(int dval, int64_t B, int64_t T, int H, int fixed_seg, bool tf32, bool fused) {
+Geometry geometry(int dval, int64_t B, int64_t T, int H, int fixed_seg, bool tf32, bool fused, bool reused = false) {
   constexpr int L = chunk_rows<E, DQK>;
   Geometry g{L, 0, 0};
   const int64_t chunks = (T + L - 1) / L;
@@ -336,14 +339,14 @@ Geometry geometry(int dval, int64_t B, int64_t T, int H, int fixed_seg, bool tf3
     double best = -1;
     const bool has_wide =
         pick_scan<E, DQK, false>(dval, tf32, false).vt != pick_scan<E, DQK, false>(dval, tf32, true).vt;
-    const bool wgmma_wide = has_wide && std::is_same_v<E, __nv_bfloat16> && DQK == 128 && wgmma_walks_built();
+    const bool wgmma_both = has_wide && std::is_same_v<E, __nv_bfloat16> && DQK == 128 && wgmma_walks_built();
     for (const bool narrow : {false, true}) {
       const ScanKernel out = fused ? pick_dkdv<E, DQK>(dval, tf32) : pick_scan<E, DQK, false>(dval, tf32, narrow);
       const ScanKernel sum = pick_scan<E, DQK, true>(dval, tf32, narrow);
       if (narrow && (!has_wide || fused)) continue;  // the same kernel, or no narrow fused kernel
       if (!fused && has_wide && forced_value_tile() != 0 && forced_value_tile() != out.vt) continue;
-      const double unit = narrow ? kNarrowChunkCost / (wgmma_wide ? kWgmmaWideChunkCost : 1.0) : 1.0;
-      const double out_unit = fused ? kFusedChunkCost : 1.0;
+      const double unit = narrow ? (wgmma_both ? kWgmmaNarrowChunkCost : kNarrowChunkCost) : 1.0;
+      const double out_unit = fused ? kFusedChunkCost : 1.0, out_passes = reused ? 2.0 : 1.0;
       const int64_t out_tiles = B * H * (dval / out.vt), sum_tiles = B * H * (dval / sum.vt);
       const int64_t out_slots = residency(out).blocks, sum_slots = residency(sum).blocks, sms = residency(sum).sms;
       for (int64_t ns = 1; ns <= cap; ++ns) {
@@ -351,7 +354,7 @@ Geometry geometry(int dval, int64_t B, int64_t T, int H, int fixed_seg, bool tf3
         const int64_t used = (chunks + per - 1) / per;
         if (used != ns) continue;  // the same split as a smaller ns
         const double waves_out = static_cast<double>((out_tiles * ns + out_slots - 1) / out_slots);
-        const double outputs = waves_out * (out_unit * static_cast<double>(per) + 2.0);
+        const double outputs = out_passes * waves_out * (out_unit * static_cast<double>(per) + 2.0);
         // segments with a summary; each is cut into sub parts (sub divides per; sub = 1 without the split)
         const int64_t summed = (split || ns == 1) && out.writes_final ? ns - 1 : ns;
         for (int64_t sub = 1; sub <= (split ? cap / ns : 1); ++sub) {
@@ -393,7 +396,7 @@ void launch_prefix(const Cuda& ctx, const PrefixParams& pp, int64_t B, int H, co
 template <class E, int DQK>
 Geometry run_states_t(const Cuda& ctx, const Run& r, int64_t B, int64_t T, int H, const HeadDecays& dec,
                       float* states) {
-  Geometry geo = geometry<E, DQK>(r.dval, B, T, H, r.seg, ctx.allow_tf32, r.fused_dkdv);
+  Geometry geo = geometry<E, DQK>(r.dval, B, T, H, r.seg, ctx.allow_tf32, r.fused_dkdv, r.states_reused);
   // One segment without summaries needs the prefix pass only for the normaliser's column sums or a scaled initial
   // state.
   if (geo.summaries == 0 && geo.outputs_final && r.colsum == nullptr &&
@@ -648,6 +651,7 @@ void forward_impl(const char* op, const Cuda& ctx, Form form, const RetentionCon
   r.final_scale = ts ? FinalScale::rsqrt_final : FinalScale::one;
   r.colsum = colsum;
   r.seg = fixed_seg;
+  r.states_reused = keep_states;
   const Geometry geo = run_states<E>(ctx, r, B, T, H, dec, states);
   if (ts) compute_mu<E>(ctx, form, cfg, d, r.q, r.k, s0, colsum, geo.NS, mu, dec);
   run_output<E>(ctx, r, B, T, H, dec, states, geo);

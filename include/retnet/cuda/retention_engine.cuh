@@ -12,7 +12,8 @@
 // Two kernels: chunk_engine_kernel (a run's summary or outputs pass) and chunk_engine_dkdv_kernel (the backward's
 // dk and dv from one walk over their shared state). Both are built from TileLoader, EngineState and chunk_outputs.
 // Compiled for sm_90a, both take the wgmma walks of retention_wgmma.cuh for bf16 with key size 128 (outputs pass
-// with value tile 128 or 64, and fused backward), except for heads whose decay is below 2^-3.
+// with value tile 128 or 64, and fused backward) or 256 (outputs pass, value tile 64), except for heads whose decay
+// is below 2^-3.
 //
 // The storage type picks the arithmetic (EngineOps below):
 //   bf16 : mma.sync m16n8k16, ldmatrix from padded rows.

@@ -1,24 +1,25 @@
 #pragma once
 // Part of retention_engine.cuh (included from there, after the engine's parts and before its kernels): the walks
 // of chunk_engine_kernel (outputs pass) and chunk_engine_dkdv_kernel (fused backward) on Hopper's warpgroup MMA, for
-// bf16 with key size 128 (value tile 128, or 64 in the outputs pass), where the code is compiled for sm_90a. Same
-// contracts as the mma.sync walks; the tensor cores read the chunk tiles and the state copy straight from shared
-// memory, so the warps issue a few wgmma per chunk instead of loading every fragment themselves (the mma.sync walks
-// were latency- and issue-bound at 34 % tensor-pipe use).
+// bf16 with key size 128 (value tile 128, or 64 in the outputs pass) or 256 (outputs pass, value tile 64), where the
+// code is compiled for sm_90a. Same contracts as the mma.sync walks; the tensor cores read the chunk tiles and the
+// state copy straight from shared memory, so the warps issue a few wgmma per chunk instead of loading every fragment
+// themselves (the mma.sync walks were latency- and issue-bound at 34 % tensor-pipe use).
 //
-// Two warpgroups, each holding state rows 64 wg .. 64 wg + 63 (all the block's value columns) in registers. With
-// 128 value columns, warpgroup wg computes output columns 64 wg .. 64 wg + 63 for all 64 chunk rows. With 64
-// (narrow blocks) it computes output columns 32 wg .. 32 wg + 31 and scores only keys 32 wg .. 32 wg + 31: the two
-// swap their masked scores through shared memory, so that the block computes S once (WgmmaSplit). The decays enter
-// through the operands (rows scaled in shared memory as they land, see wgmma_outputs_walk), so the scores need only
-// the causal mask. A chunk of the outputs walk, in four commit groups:
+// Two warpgroups, each holding state rows 64 wg .. 64 wg + 63 (all the block's value columns) in registers, and with
+// key size 256 also rows 128 + 64 wg .. (a second m64 tile; S and Q H reduce over 16 k steps). With 128 value columns,
+// warpgroup wg computes output columns 64 wg .. 64 wg + 63 for all 64 chunk rows. With 64 (narrow blocks) it computes
+// output columns 32 wg .. 32 wg + 31 and scores only keys 32 wg .. 32 wg + 31: the two swap their masked scores through
+// shared memory, so that the block computes S once (WgmmaSplit). The decays enter through the operands (rows scaled in
+// shared memory as they land, see wgmma_outputs_walk), so the scores need only the causal mask. A chunk of the outputs
+// walk, in four commit groups:
 //   1. S = Q K^T, then O = Q H (H: the bf16 copy of the state entering the chunk), both from shared memory, while
 //      the warps load the update's K^T fragments and mask S into A fragments (narrow: and swap them);
 //   2. O += (S . mask) V, the masked scores from registers;
 //   3. H <- gamma^len H + (K diag(w))^T V, K^T from registers, which runs on while the outputs are stored and the
 //      next chunk's rows are scaled.
-// Three stages of cp.async copies keep two chunks in flight (two in the fused backward, whose stages hold four
-// tiles).
+// Three stages of cp.async copies keep two chunks in flight (two stages, one chunk in flight, in the fused backward,
+// whose stages hold four tiles, and with key size 256, whose two stages take all 227 KiB: WgmmaSmem).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -85,7 +86,7 @@ struct WgmmaSplit {
 
 // A walk's shared memory: Stages stages of two tiles of width DQK and VTiles of width DV, two state copies
 // [DQK, DV], the two warpgroups' output staging tiles, bf16, the score exchange (WgmmaSplit<DV>) and room to align
-// them to 1024 bytes.
+// them to 1024 bytes. The walks assert fits.
 template <int DQK, int DV, int VTiles, int Stages>
 struct WgmmaWalkSmem {
   using Split = WgmmaSplit<DV>;
@@ -93,11 +94,14 @@ struct WgmmaWalkSmem {
                        STAGE = 2 * QK_ELEMS + VTiles * V_ELEMS;
   static constexpr int STAGES = Stages, H_ELEMS = DQK * DV, O_ELEMS = LM * kStagedOutputPitch<Split::OW>;
   static constexpr int bytes = (STAGES * STAGE + 2 * H_ELEMS + 2 * O_ELEMS) * 2 + Split::kExchangeBytes + 1024;
-  static_assert(bytes <= 227 * 1024, "shared memory of one block");
+  static constexpr bool fits = bytes <= 227 * 1024;
 };
-// The outputs walk: Q, K and V in three stages. The fused backward: k, q, g and v in two.
+// The outputs walk: Q, K and V in three stages, or two where three do not fit (key size 256: two take exactly
+// 227 KiB, and one state copy instead of two would still leave no room for a third). The fused backward: k, q, g and
+// v in two.
 template <int DQK, int VT>
-using WgmmaSmem = WgmmaWalkSmem<DQK, VT, 1, 3>;
+using WgmmaSmem =
+    std::conditional_t<WgmmaWalkSmem<DQK, VT, 1, 3>::fits, WgmmaWalkSmem<DQK, VT, 1, 3>, WgmmaWalkSmem<DQK, VT, 1, 2>>;
 template <int DQK, int DV>
 using WgmmaDkdvSmem = WgmmaWalkSmem<DQK, DV, 2, 2>;
 
@@ -107,8 +111,8 @@ inline constexpr bool kWgmmaDkdv = std::is_same_v<Ops, EngineOps<__nv_bfloat16>>
 
 // Whether chunk_engine_kernel<Ops, DQK, VT, Summary> has the wgmma walk (where built for sm_90a).
 template <class Ops, int DQK, int VT, bool Summary>
-inline constexpr bool kWgmmaWalk =
-    !Summary && std::is_same_v<Ops, EngineOps<__nv_bfloat16>> && DQK == 128 && (VT == 64 || VT == 128);
+inline constexpr bool kWgmmaWalk = !Summary && std::is_same_v<Ops, EngineOps<__nv_bfloat16>> &&
+                                   ((DQK == 128 && (VT == 64 || VT == 128)) || (DQK == 256 && VT == 64));
 
 // The walks scale chunk rows by gamma^(i - 32) and gamma^(32 - j) (below). Heads whose decay is below 2^-3 would
 // push these factors out of float's normal range (2^-126); they take the mma.sync walks.
@@ -119,14 +123,27 @@ __device__ __forceinline__ bool wgmma_walk_applies(const ScanParams& p, const He
   return dec.log2g[blockIdx.z % p.H] >= kWgmmaMinLog2Gamma;
 }
 
-// The parts of the walks. Two warpgroups; warpgroup wg holds state rows 64 wg .. 64 wg + 63 (all the block's value
-// columns) in registers: hacc[j][e] at row hrow + 8 (e / 2), column 8 j + 2 tq + e % 2 (the warpgroup's
-// accumulator layout).
+// The parts of the walks. Two warpgroups; warpgroup wg holds the state rows 128 mt + 64 wg .. 128 mt + 64 wg + 63,
+// mt < DQK / 128 (all the block's NB n8 blocks of value columns) in registers: hacc[NB mt + j][e] at row
+// row(mt) + 8 (e / 2), column 8 j + 2 tq + e % 2 (the warpgroup's accumulator layout, one m64 tile after the other).
 struct WgmmaThread {
   int tid, lane, wg, wq, g, tq, hrow;
   __device__ explicit WgmmaThread(int t)
       : tid(t), lane(t & 31), wg(t >> 7), wq((t >> 5) & 3), g(lane >> 2), tq(lane & 3), hrow(wg * 64 + wq * 16 + g) {}
+  // The first state row of this thread's fragments in m64 tile mt of the warpgroup's state rows.
+  __device__ __forceinline__ int row(int mt) const { return hrow + 128 * mt; }
 };
+
+// The state's m64 tiles per warpgroup of a walk with key size DQK. Their fragments (hacc, and ka of the update) sit
+// in flat arrays, tile after tile: an array of one more dimension would change the code compiled for key size 128.
+template <int DQK>
+inline constexpr int kStateTiles = DQK / 128;
+
+// Elements i .. i + N - 1 of an array, as an array of N (one m64 tile's fragments of the state, as pair()).
+template <int N, class X, int M>
+__device__ __forceinline__ X (&subarray(X (&x)[M], int i))[N] {
+  return *reinterpret_cast<X(*)[N]>(&x[i]);
+}
 
 // The block's (batch, head) pair and segment: blockIdx (value tile, segment, batch * head).
 struct WgmmaSegment {
@@ -156,15 +173,18 @@ __device__ __forceinline__ void scale_piece(__nv_bfloat16* x, uint32_t f) {
 }
 
 // hacc times f, as the bf16 state copy (the 128-byte-swizzle tile [DQK, 8 NB]) that the next chunk's products read.
-template <int DQK, int NB>
-__device__ __forceinline__ void store_state_copy(__nv_bfloat16* Hs, const float (&hacc)[NB][4], float f,
+template <int DQK, int N, int NB = N / kStateTiles<DQK>>
+__device__ __forceinline__ void store_state_copy(__nv_bfloat16* Hs, const float (&hacc)[N][4], float f,
                                                  const WgmmaThread& t) {
 #pragma unroll
-  for (int j = 0; j < NB; ++j)
+  for (int mt = 0; mt < kStateTiles<DQK>; ++mt)
 #pragma unroll
-    for (int half = 0; half < 2; ++half)
-      *reinterpret_cast<uint32_t*>(Hs + SwizzledTile<DQK>::template at<8 * NB>(t.hrow + 8 * half, 8 * j + 2 * t.tq)) =
-          pack_bf16x2(hacc[j][2 * half] * f, hacc[j][2 * half + 1] * f);
+    for (int j = 0; j < NB; ++j)
+#pragma unroll
+      for (int half = 0; half < 2; ++half)
+        *reinterpret_cast<uint32_t*>(Hs +
+                                     SwizzledTile<DQK>::template at<8 * NB>(t.row(mt) + 8 * half, 8 * j + 2 * t.tq)) =
+            pack_bf16x2(hacc[NB * mt + j][2 * half] * f, hacc[NB * mt + j][2 * half + 1] * f);
 }
 
 // The A fragments of X^T (X a chunk tile, 128-byte swizzle): rows m0 .. m0 + 15 of X^T (columns of X) for the four
@@ -178,6 +198,12 @@ __device__ __forceinline__ void transposed_a_fragments(uint32_t (&a)[4][4], cons
 #pragma unroll
     for (int x = 0; x < 4; ++x) a[kt][x] = mul_bf16x2(a[kt][x], w);
   }
+}
+
+// The state update's A fragments for the warpgroup's m64 state tile mt: U^T rows row(mt).. times fu.
+__device__ __forceinline__ void update_fragments(uint32_t (&ka)[4][4], const __nv_bfloat16* U, int mt, float fu,
+                                                 const WgmmaThread& t) {
+  transposed_a_fragments(ka, U, 128 * mt + t.wg * 64 + t.wq * 16, pack_bf16x2(fu, fu), t.lane);
 }
 
 // The warp's scores (rows row0 .. row0 + 15 of the chunk, keys key0 .. key0 + 8 NB - 1) under the causal mask
@@ -240,8 +266,8 @@ __device__ __forceinline__ void store_outputs_staged(__nv_bfloat16* Os, void* o,
   }
 }
 
-// One k16 step's operand offset in a 128-byte-swizzled tile read K-major along 128 columns: the 64-column atom and
-// the 32-byte step inside it.
+// One k16 step's operand offset in a 128-byte-swizzled tile read K-major along its columns (128 or 256: two or four
+// atoms): the 64-column atom and the 32-byte step inside it.
 template <int Rows>
 __device__ __forceinline__ int kmajor_step(int ks) {
   return (ks / 4) * SwizzledTile<Rows>::kAtom + (ks % 4) * 16;
@@ -265,14 +291,15 @@ __device__ __forceinline__ void exchange_scores(uint32_t (&sa)[4][4], uint4* x, 
 }
 
 // The first part of a chunk in the walks, for a warpgroup of a block of DV value columns (WgmmaSplit<DV>):
-// S = A B[key0 ..]^T and O = A Hc[:, OW wg ..] (A, B chunk tiles [64, 128] read K-major; Hc the state copy [DQK, DV]
-// read N-major) in two commit groups; meanwhile the update's A fragments (U^T rows hrow.., U a chunk tile, times
-// fu) and the state's decay dl (split: before); then S under the causal mask as A fragments sa (all 64 keys: split
-// scores are swapped through x). Returns with O complete. (The update also runs after a segment's last chunk, whose
-// state nobody reads: a wgmma under a branch makes ptxas serialize all of them.)
+// S = A B[key0 ..]^T and O = A Hc[:, OW wg ..] (A, B chunk tiles [64, DQK] read K-major; Hc the state copy [DQK, DV]
+// read N-major) in two commit groups; meanwhile the update's A fragments of the first state tile (update_fragments;
+// with key size 256 the walk loads the second tile's later, so that part 1 holds fewer registers) and the state's decay
+// dl (split: before); then S under the causal mask as A fragments sa (all 64 keys: split scores are swapped through x).
+// Returns with O complete. (The update also runs after a segment's last chunk, whose state nobody reads: a wgmma under
+// a branch makes ptxas serialize all of them.)
 template <int DQK, int DV = 128>
 __device__ __forceinline__ void scores_and_state_part(float (&oacc)[DV / 16][4], uint32_t (&sa)[4][4],
-                                                      uint32_t (&ka)[4][4], float (&hacc)[DV / 8][4],
+                                                      uint32_t (&ka)[4][4], float (&hacc)[kStateTiles<DQK> * DV / 8][4],
                                                       const __nv_bfloat16* A, const __nv_bfloat16* B,
                                                       const __nv_bfloat16* Hc, const __nv_bfloat16* U, float fu,
                                                       float dl, const WgmmaThread& t, uint4* x = nullptr) {
@@ -283,7 +310,7 @@ __device__ __forceinline__ void scores_and_state_part(float (&oacc)[DV / 16][4],
   float sacc[Split::KW / 8][4];
   auto decay_state = [&] {
 #pragma unroll
-    for (int j = 0; j < DV / 8; ++j)
+    for (int j = 0; j < kStateTiles<DQK> * DV / 8; ++j)
 #pragma unroll
       for (int e = 0; e < 4; ++e) hacc[j][e] *= dl;
   };
@@ -303,7 +330,7 @@ __device__ __forceinline__ void scores_and_state_part(float (&oacc)[DV / 16][4],
     wgmma_m64k16_ss<0, 1>(oacc, wgmma_desc(A + kmajor_step<LM>(ks), 0),
                           wgmma_desc(Hc + Split::template col0<DQK>(t.wg) + ks * KS * 64, 2 * HTile::kAtom), ks > 0);
   wgmma_commit();
-  transposed_a_fragments(ka, U, t.wg * 64 + t.wq * 16, pack_bf16x2(fu, fu), t.lane);
+  update_fragments(ka, U, 0, fu, t);
   if constexpr (!kDecayFirst) decay_state();
   wgmma_wait<1>();
   masked_score_fragments(sa, sacc, t.wq * 16, key0, t);
@@ -329,29 +356,58 @@ __device__ __forceinline__ void masked_values(float (&oacc)[DV / 16][4], const u
   wgmma_commit();
 }
 
-// The last products of a chunk in the walks: O += (S . mask) X[:, OW wg ..], then H += U^T W over all DV state
-// columns (ka: the A fragments of the weighted U^T; W a chunk tile read N-major, all its atoms): two commit groups.
+// H += U^T W over all DV state columns, one commit group (ka[4 mt + kt]: the A fragments of the weighted U^T for the
+// state's m64 tile mt; W a chunk tile read N-major, all its atoms).
+template <int DV, int N, int MT = N / (DV / 8)>
+__device__ __forceinline__ void update_state(float (&hacc)[N][4], const uint32_t (&ka)[4 * MT][4],
+                                             const __nv_bfloat16* W) {
+  using Tile = SwizzledTile<kEngineRows>;
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int kt = 0; kt < 4; ++kt)
+      wgmma_m64k16_rs<1>(subarray<DV / 8>(hacc, DV / 8 * mt), ka[4 * mt + kt],
+                         wgmma_desc(W + kt * 16 * 64, 2 * Tile::kAtom));
+  wgmma_commit();
+}
+
+// The last products of a chunk in the fused backward: O += (S . mask) X[:, OW wg ..], then the update
+// (update_state): two commit groups.
 template <int DV = 128>
 __device__ __forceinline__ void values_and_update(float (&oacc)[DV / 16][4], const uint32_t (&sa)[4][4],
                                                   const __nv_bfloat16* X, float (&hacc)[DV / 8][4],
                                                   const uint32_t (&ka)[4][4], const __nv_bfloat16* W,
                                                   const WgmmaThread& t) {
-  using Tile = SwizzledTile<kEngineRows>;
   masked_values<DV>(oacc, sa, X, t);
-#pragma unroll
-  for (int kt = 0; kt < 4; ++kt) wgmma_m64k16_rs<1>(hacc, ka[kt], wgmma_desc(W + kt * 16 * 64, 2 * Tile::kAtom));
-  wgmma_commit();
+  update_state<DV>(hacc, ka, W);
 }
 
 // dst[row * ld + col] = m * H(row, col) for this thread's state elements (the final state).
-template <int NB>
-__device__ __forceinline__ void write_state(float* dst, int64_t ld, const float (&hacc)[NB][4], float m,
+template <int DQK, int N, int NB = N / kStateTiles<DQK>>
+__device__ __forceinline__ void write_state(float* dst, int64_t ld, const float (&hacc)[N][4], float m,
                                             const WgmmaThread& t) {
 #pragma unroll
-  for (int j = 0; j < NB; ++j)
+  for (int mt = 0; mt < kStateTiles<DQK>; ++mt)
 #pragma unroll
-    for (int e = 0; e < 4; ++e)
-      dst[static_cast<int64_t>(t.hrow + 8 * (e >> 1)) * ld + 8 * j + 2 * t.tq + (e & 1)] = hacc[j][e] * m;
+    for (int j = 0; j < NB; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        dst[static_cast<int64_t>(t.row(mt) + 8 * (e >> 1)) * ld + 8 * j + 2 * t.tq + (e & 1)] =
+            hacc[NB * mt + j][e] * m;
+}
+
+// The entering state of this thread's elements (columns col0 .. of the state, as entering_state).
+template <int DQK, int N, int NB = N / kStateTiles<DQK>>
+__device__ __forceinline__ void read_entering_state(float (&hacc)[N][4], const ScanParams& p, const WgmmaSegment& seg,
+                                                    int col0, const WgmmaThread& t) {
+#pragma unroll
+  for (int mt = 0; mt < kStateTiles<DQK>; ++mt)
+#pragma unroll
+    for (int j = 0; j < NB; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        hacc[NB * mt + j][e] =
+            entering_state<DQK>(p, seg.bh, seg.s, col0, t.row(mt) + 8 * (e >> 1), 8 * j + 2 * t.tq + (e & 1));
 }
 
 // The decays enter through the operands, so that the scores need only the causal mask:
@@ -367,8 +423,9 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
   using HTile = SwizzledTile<DQK>;         // the state copy [DQK, VT]
   using SM = WgmmaSmem<DQK, VT>;
   using Split = typename SM::Split;
-  constexpr int LM = kEngineRows, KS = 16, S = SM::STAGES, R = LM / 2;
-  static_assert(DQK == 128, "two warpgroups of 64 state rows");
+  constexpr int LM = kEngineRows, KS = 16, S = SM::STAGES, R = LM / 2, MT = kStateTiles<DQK>;
+  static_assert(DQK == 128 || (DQK == 256 && VT == 64), "two warpgroups of 64 or 128 state rows");
+  static_assert(SM::fits, "shared memory of one block");
   E* smem = reinterpret_cast<E*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
   E* Hs_base = smem + S * SM::STAGE;
   E* const Os = Hs_base + 2 * SM::H_ELEMS;
@@ -400,8 +457,9 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
     cp_async_commit();
   };
   // The Q and K pieces this thread copied into stage st, times their rows' factors (once they have landed).
+  // At most four rows' pieces in flight: with key size 256 (eight rows) all at once would spill registers.
   auto prescale = [&](int st) {
-#pragma unroll
+#pragma unroll 4
     for (int i = 0; i < LM / QKLoader::RSTEP; ++i) {
       const int r = load_qk.r0 + i * QKLoader::RSTEP, at = Tile::at<DQK>(r, load_qk.cc);
       const float fq = seg.gpow(r - R), fk = seg.gpow(R - r);
@@ -410,12 +468,8 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
     }
   };
 
-  float hacc[VT / 8][4];
-#pragma unroll
-  for (int j = 0; j < VT / 8; ++j)
-#pragma unroll
-    for (int e = 0; e < 4; ++e)
-      hacc[j][e] = entering_state<DQK>(p, seg.bh, seg.s, vt * VT, t.hrow + 8 * (e >> 1), 8 * j + 2 * t.tq + (e & 1));
+  float hacc[MT * VT / 8][4];
+  read_entering_state<DQK>(hacc, p, seg, vt * VT, t);
   const float copy_factor = seg.gpow(R + 1);
   store_state_copy<DQK>(Hs_base, hacc, copy_factor, t);
 
@@ -438,11 +492,17 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
     // 1. S = Q~ K~^T (the warpgroup's keys; the mask comes later), then O = Q~ (gamma^(R+1) H)[:, OW wg ..]; the
     //    update's fragments K~^T times gamma^(len - 1 - R).
     float oacc[VT / 16][4];
-    uint32_t sa[LM / KS][4], ka[LM / KS][4];
-    scores_and_state_part<DQK, VT>(oacc, sa, ka, hacc, Qs, Ks, Hs, Ks, seg.gpow(len - 1 - R), seg.gpow(len), t,
+    uint32_t sa[LM / KS][4], ka[MT * LM / KS][4];
+    const float fu = seg.gpow(len - 1 - R);
+    scores_and_state_part<DQK, VT>(oacc, sa, subarray<LM / KS>(ka, 0), hacc, Qs, Ks, Hs, Ks, fu, seg.gpow(len), t,
                                    score_exchange);
     // 2. O += (S . Gamma) V[:, OW wg ..]; 3. H <- gamma^len H + (K diag(w))^T V over all VT state columns.
-    values_and_update<VT>(oacc, sa, Vs, hacc, ka, Vs, t);
+    masked_values<VT>(oacc, sa, Vs, t);
+    // The other state tile's update fragments (key size 256), while (S . mask) V runs.
+#pragma unroll
+    for (int mt = 1; mt < MT; ++mt) update_fragments(subarray<LM / KS>(ka, LM / KS * mt), Ks, mt, fu, t);
+    if constexpr (MT > 1) wgmma_fence();  // the update reads registers written since group 2's fence
+    update_state<VT>(hacc, ka, Vs);
 
     wgmma_wait<1>();  // group 2 done; the update may still run
     store_outputs_staged<false>(Os + wg * SM::O_ELEMS, p.o, dv, vt * VT + wg * Split::OW, oacc, p, b, h, c0, len, t);
@@ -458,7 +518,7 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
   }
   if (final_state) {  // the last segment: this walk ends the sequence
     const float m = final_state_factor(p, dec, seg.bh, h);
-    write_state(final_state + static_cast<int64_t>(seg.bh) * DQK * dv + vt * VT, dv, hacc, m, t);
+    write_state<DQK>(final_state + static_cast<int64_t>(seg.bh) * DQK * dv + vt * VT, dv, hacc, m, t);
   }
 }
 
@@ -479,6 +539,7 @@ __device__ __forceinline__ void wgmma_dkdv_walk(const ScanParams& p, const HeadD
   using SM = WgmmaDkdvSmem<DQK, DV>;
   constexpr int LM = kEngineRows, KS = 16, R = LM / 2;
   static_assert(DQK == 128 && DV == 128, "two warpgroups of 64 output columns and 64 state rows");
+  static_assert(SM::fits, "shared memory of one block");
   E* smem = reinterpret_cast<E*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
   E* Hs_base = smem + SM::STAGES * SM::STAGE;
 
@@ -516,12 +577,8 @@ __device__ __forceinline__ void wgmma_dkdv_walk(const ScanParams& p, const HeadD
     }
   };
 
-  float hacc[DV / 8][4];
-#pragma unroll
-  for (int j = 0; j < DV / 8; ++j)
-#pragma unroll
-    for (int e = 0; e < 4; ++e)
-      hacc[j][e] = entering_state<DQK>(p, seg.bh, seg.s, 0, t.hrow + 8 * (e >> 1), 8 * j + 2 * t.tq + (e & 1));
+  float hacc[kStateTiles<DQK> * DV / 8][4];
+  read_entering_state<DQK>(hacc, p, seg, 0, t);
   const float copy_factor = seg.gpow(R + 1);
   store_state_copy<DQK>(Hs_base, hacc, copy_factor, t);
 
@@ -579,7 +636,7 @@ __device__ __forceinline__ void wgmma_dkdv_walk(const ScanParams& p, const HeadD
   }
   if (final_state) {  // the last segment: this walk ends the sequence
     const float m = final_state_factor(p, dec, seg.bh, h);
-    write_state(final_state + static_cast<int64_t>(seg.bh) * DQK * DV, DV, hacc, m, t);
+    write_state<DQK>(final_state + static_cast<int64_t>(seg.bh) * DQK * DV, DV, hacc, m, t);
   }
 }
 
