@@ -274,12 +274,13 @@ TEST_CASE("cuda retention on the benchmark shapes (batch 1)", "[cuda][retention]
   check_case<__nv_bfloat16>(shapes[0], Form::chunkwise, Normalization::torchscale, seed++);
 }
 
-// Strong decays: the bf16 wgmma walk (sm_90a builds) scales chunk rows by gamma^(+-32) and hands heads with
-// gamma < 2^-3 to the mma.sync walk; both kinds of head run in one launch here.
+// Strong decays: the bf16 wgmma walks (sm_90a builds; key size 128 and 256) scale chunk rows by gamma^(+-32) and
+// hand heads with gamma < 2^-3 to the mma.sync walks; both kinds of head run in one launch here.
 TEST_CASE("cuda retention with custom decays from 0.999 down to 0.02", "[cuda][retention][decays]") {
   if (!have_gpu()) return;
   const std::vector<double> decays = {0.999, 0.97, 0.8, 0.3, 0.1, 0.02};
-  const Case shapes[] = {{2, 300, 6, 128, 128, 64, true}, {1, 1000, 6, 128, 256, 64, false}};
+  const Case shapes[] = {
+      {2, 300, 6, 128, 128, 64, true}, {1, 1000, 6, 128, 256, 64, false}, {1, 500, 6, 256, 128, 64, true}};
   uint64_t seed = 6000;
   for (const Case& c : shapes)
     for (Normalization norm : {Normalization::raw, Normalization::torchscale}) {
