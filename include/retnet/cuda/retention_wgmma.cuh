@@ -382,32 +382,31 @@ __device__ __forceinline__ void values_and_update(float (&oacc)[DV / 16][4], con
   update_state<DV>(hacc, ka, W);
 }
 
-// dst[row * ld + col] = m * H(row, col) for this thread's state elements (the final state).
-template <int DQK, int N, int NB = N / kStateTiles<DQK>>
-__device__ __forceinline__ void write_state(float* dst, int64_t ld, const float (&hacc)[N][4], float m,
-                                            const WgmmaThread& t) {
+// f(row, col, x) for each of this thread's state elements x (hacc: the warpgroup's state tiles, WgmmaThread's layout).
+template <int DQK, class Acc, class F>
+__device__ __forceinline__ void for_each_state_element(Acc& hacc, const WgmmaThread& t, F&& f) {
+  constexpr int NB = static_cast<int>(sizeof(Acc) / sizeof(hacc[0])) / kStateTiles<DQK>;
 #pragma unroll
   for (int mt = 0; mt < kStateTiles<DQK>; ++mt)
 #pragma unroll
     for (int j = 0; j < NB; ++j)
 #pragma unroll
-      for (int e = 0; e < 4; ++e)
-        dst[static_cast<int64_t>(t.row(mt) + 8 * (e >> 1)) * ld + 8 * j + 2 * t.tq + (e & 1)] =
-            hacc[NB * mt + j][e] * m;
+      for (int e = 0; e < 4; ++e) f(t.row(mt) + 8 * (e >> 1), 8 * j + 2 * t.tq + (e & 1), hacc[NB * mt + j][e]);
+}
+
+// dst[row * ld + col] = m * H(row, col) for this thread's state elements (the final state).
+template <int DQK, int N>
+__device__ __forceinline__ void write_state(float* dst, int64_t ld, const float (&hacc)[N][4], float m,
+                                            const WgmmaThread& t) {
+  for_each_state_element<DQK>(hacc, t, [&](int row, int col, float x) { dst[row * ld + col] = x * m; });
 }
 
 // The entering state of this thread's elements (columns col0 .. of the state, as entering_state).
-template <int DQK, int N, int NB = N / kStateTiles<DQK>>
+template <int DQK, int N>
 __device__ __forceinline__ void read_entering_state(float (&hacc)[N][4], const ScanParams& p, const WgmmaSegment& seg,
                                                     int col0, const WgmmaThread& t) {
-#pragma unroll
-  for (int mt = 0; mt < kStateTiles<DQK>; ++mt)
-#pragma unroll
-    for (int j = 0; j < NB; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e)
-        hacc[NB * mt + j][e] =
-            entering_state<DQK>(p, seg.bh, seg.s, col0, t.row(mt) + 8 * (e >> 1), 8 * j + 2 * t.tq + (e & 1));
+  for_each_state_element<DQK>(
+      hacc, t, [&](int row, int col, float& x) { x = entering_state<DQK>(p, seg.bh, seg.s, col0, row, col); });
 }
 
 // The decays enter through the operands, so that the scores need only the causal mask:
