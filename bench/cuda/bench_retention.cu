@@ -142,8 +142,15 @@ void shapes(benchmark::internal::Benchmark* b) {
       ->Args({4, 8192, 8, 256});
   b->UseManualTime()->Unit(benchmark::kMillisecond)->MinTime(0.3);
 }
+// Cost per token against the sequence length: at batch 4 (the machine is far from full at 1k: 64 (batch, head)
+// pairs of 16 chunks), and at 131,072 tokens per call (the batch shrinks as the sequences grow), which separates
+// the cost of longer sequences from the cost of a small call.
 void scaling(benchmark::internal::Benchmark* b) {
   for (int64_t t : {1024, 4096, 16384, 32768}) b->Args({4, t, 16, 128});
+  b->UseManualTime()->Unit(benchmark::kMillisecond)->MinTime(0.3);
+}
+void scaling_equal_tokens(benchmark::internal::Benchmark* b) {
+  for (int64_t t : {1024, 4096, 16384, 32768}) b->Args({131072 / t, t, 16, 128});
   b->UseManualTime()->Unit(benchmark::kMillisecond)->MinTime(0.3);
 }
 
@@ -161,5 +168,6 @@ BENCHMARK_CAPTURE(bm_f32, fwdbwd, Pass::forward_backward)->Apply(shapes);
 BENCHMARK_CAPTURE(bm_tf32, fwd, Pass::forward)->Apply(shapes);
 BENCHMARK_CAPTURE(bm_tf32, fwdbwd, Pass::forward_backward)->Apply(shapes);
 BENCHMARK_CAPTURE(bm_bf16, fwdbwd_scaling, Pass::forward_backward)->Apply(scaling);
+BENCHMARK_CAPTURE(bm_bf16, fwdbwd_scaling_tokens, Pass::forward_backward)->Apply(scaling_equal_tokens);
 
 BENCHMARK_MAIN();
