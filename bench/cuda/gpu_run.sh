@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build, GPU tests, benchmarks, fla, sanitizers. Stages by name:
-#   bench/cuda/gpu_run.sh build test test-scan bench bench-scan bench-ab fla memcheck racecheck
+#   bench/cuda/gpu_run.sh build test test-scan bench bench-scan bench-ab build-ab bench-abbuild fla memcheck racecheck
 # (test-scan and bench-scan run on the generic scan kernel, RETNET_CUDA_ENGINE=scan; bench-ab with the environment
-# settings in $AB, e.g. AB=RETNET_CUDA_SCAN_BLOCKS=512: A/B runs in the same call). ARCH (default 90a) is the
+# settings in $AB, e.g. AB=RETNET_CUDA_SCAN_BLOCKS=512: A/B runs in the same call; build-ab and bench-abbuild build
+# and time the code with the compile-time switches in $AB_FLAGS). ARCH (default 90a) is the
 # CUDA architecture; build-base and bench-base build and time the same code for plain sm_90 (no wgmma walk).
 # Expects .gpu-debs (and .peers/fla-src for fla) carried along; logs go to $OUT.
 set -o pipefail
@@ -25,6 +26,13 @@ for stage in "$@"; do
         -DCMAKE_CUDA_ARCHITECTURES=90 -DRETNET_BUILD_TESTS=OFF -DRETNET_BUILD_EXAMPLES=OFF > "$OUT/build_base.log" 2>&1 &&
         cmake --build /tmp/build-base -j16 --target bench_cuda_retention >> "$OUT/build_base.log" 2>&1 ||
         { grep -E "error" -A3 "$OUT/build_base.log" | head -30; exit 1; } ;;
+    build-ab)  # the same code built with the compile-time A/B switches in $AB_FLAGS (e.g. -DRETNET_CUDA_AB_...)
+      cmake -S . -B /tmp/build-ab -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH=/tmp/deps/usr \
+        -DCMAKE_CUDA_ARCHITECTURES=${ARCH:-90a} -DRETNET_BUILD_TESTS=OFF -DRETNET_BUILD_EXAMPLES=OFF \
+        -DCMAKE_CUDA_FLAGS="$AB_FLAGS" > "$OUT/build_ab.log" 2>&1 &&
+        cmake --build /tmp/build-ab -j16 --target bench_cuda_retention >> "$OUT/build_ab.log" 2>&1 ||
+        { grep -E "error" -A3 "$OUT/build_ab.log" | head -30; exit 1; } ;;
+    bench-abbuild) /tmp/build-ab/bench/cuda/bench_cuda_retention --benchmark_counters_tabular=true --benchmark_filter="${AB_FILTER:-bm_bf16/fwd(bwd)?/}" 2>&1 | tee "$OUT/bench_abbuild.log" | grep -v "^-" ;;
     bench-base) /tmp/build-base/bench/cuda/bench_cuda_retention --benchmark_counters_tabular=true --benchmark_filter="${AB_FILTER:-bm_bf16/fwd(bwd)?/}" 2>&1 | tee "$OUT/bench_base.log" | grep -v "^-" ;;
     test) $B/tests/cuda/test_cuda ${TEST_FILTER:-} 2>&1 | tee "$OUT/test.log" | tail -60 ;;
     test-scan) RETNET_CUDA_ENGINE=scan $B/tests/cuda/test_cuda "${TEST_FILTER:-~[tf32]}" 2>&1 | tee "$OUT/test_scan.log" | tail -30 ;;

@@ -188,29 +188,85 @@ __device__ __forceinline__ void store_state_copy(__nv_bfloat16* Hs, const float 
 }
 
 // The A fragments of X^T (X a chunk tile, 128-byte swizzle): rows m0 .. m0 + 15 of X^T (columns of X) for the four
-// k steps of 16 chunk rows, times the bf16 pair w.
-__device__ __forceinline__ void transposed_a_fragments(uint32_t (&a)[4][4], const __nv_bfloat16* X, int m0, uint32_t w,
-                                                       int lane) {
+// k steps of 16 chunk rows, each register times the bf16 pair w(kt, half) of its chunk rows: register x of k step kt
+// holds rows 16 kt + 8 half + 2 tq and the next (half = x / 2; ldmatrix's transposed layout).
+template <class W>
+__device__ __forceinline__ void transposed_a_fragments(uint32_t (&a)[4][4], const __nv_bfloat16* X, int m0, int lane,
+                                                       W&& w) {
   const int mat = lane >> 3, r = lane & 7;
 #pragma unroll
   for (int kt = 0; kt < 4; ++kt) {
     ldsm_x4_trans(a[kt], X + SwizzledTile<kEngineRows>::at<128>(kt * 16 + r + 8 * (mat >> 1), m0 + 8 * (mat & 1)));
 #pragma unroll
-    for (int x = 0; x < 4; ++x) a[kt][x] = mul_bf16x2(a[kt][x], w);
+    for (int x = 0; x < 4; ++x) a[kt][x] = mul_bf16x2(a[kt][x], w(kt, x >> 1));
   }
 }
 
 // The state update's A fragments for the warpgroup's m64 state tile mt: U^T rows row(mt).. times fu.
 __device__ __forceinline__ void update_fragments(uint32_t (&ka)[4][4], const __nv_bfloat16* U, int mt, float fu,
                                                  const WgmmaThread& t) {
-  transposed_a_fragments(ka, U, 128 * mt + t.wg * 64 + t.wq * 16, pack_bf16x2(fu, fu), t.lane);
+  const uint32_t w = pack_bf16x2(fu, fu);
+  transposed_a_fragments(ka, U, 128 * mt + t.wg * 64 + t.wq * 16, t.lane, [w](int, int) { return w; });
+}
+
+// How a walk's decays reach its products.
+//   operands: Q~ and K~ are scaled in shared memory as they land (the walk's prescale), so that the scores need only
+//             the causal mask and the update one factor per chunk (the key-128 walks);
+//   registers: the tiles stay as loaded and the factors are applied in registers: the scores times gamma^(i - j),
+//             the state part of the outputs times gamma^(i - R), the update's K^T fragments times gamma^(len - 1 - j)
+//             (key size 256, where the prescale moved 128 KiB of shared memory per chunk and block).
+enum class WalkDecay { operands, registers };
+template <int DQK>
+#ifdef RETNET_CUDA_AB_OPERAND_DECAY  // A/B switch for the benchmarks: key size 256 with the prescale too
+inline constexpr WalkDecay kWalkDecay = WalkDecay::operands;
+#else
+inline constexpr WalkDecay kWalkDecay = DQK == 256 ? WalkDecay::registers : WalkDecay::operands;
+#endif
+
+// The factors of WalkDecay::registers for a thread whose scores cover keys key0 + 8 nt + 2 tq + e (nt < NB, e < 2),
+// set once per segment (the update's weights again where the chunk length changes):
+//   row[half]     = gamma^(i - R) for its rows i = 16 wq + g + 8 half (the state part of the outputs);
+//   col[nt][e]    = gamma^(R - j) for its score columns (the scores take row times col, gamma^(i - j) <= 1 where kept);
+//   upd[kt][half] = gamma^(len - 1 - j) as bf16 pairs for keys j = 16 kt + 8 half + 2 tq and the next (0 past len):
+//                   the update's K^T fragments (transposed_a_fragments' layout).
+template <int NB>
+struct RegisterDecays {
+  float row[2], col[NB][2];
+  uint32_t upd[4][2];
+  int len = -1;
+  __device__ RegisterDecays(float l2g, int key0, const WgmmaThread& t) {
+    constexpr int R = kEngineRows / 2;
+    for (int half = 0; half < 2; ++half) row[half] = exp2f(static_cast<float>(t.wq * 16 + t.g + 8 * half - R) * l2g);
+    for (int nt = 0; nt < NB; ++nt)
+      for (int e = 0; e < 2; ++e) col[nt][e] = exp2f(static_cast<float>(R - key0 - 8 * nt - 2 * t.tq - e) * l2g);
+  }
+  __device__ __forceinline__ void prepare(int n, float l2g, const WgmmaThread& t) {
+    if (n == len) return;
+    auto w = [&](int j) { return j < n ? exp2f(static_cast<float>(n - 1 - j) * l2g) : 0.f; };
+    for (int kt = 0; kt < 4; ++kt)
+      for (int half = 0; half < 2; ++half) {
+        const int j = kt * 16 + 8 * half + 2 * t.tq;
+        upd[kt][half] = pack_bf16x2(w(j), w(j + 1));
+      }
+    len = n;
+  }
+};
+
+// update_fragments with the weights of RegisterDecays.
+template <int NB>
+__device__ __forceinline__ void update_fragments(uint32_t (&ka)[4][4], const __nv_bfloat16* U, int mt,
+                                                 const RegisterDecays<NB>& rd, const WgmmaThread& t) {
+  transposed_a_fragments(ka, U, 128 * mt + t.wg * 64 + t.wq * 16, t.lane,
+                         [&](int kt, int half) { return rd.upd[kt][half]; });
 }
 
 // The warp's scores (rows row0 .. row0 + 15 of the chunk, keys key0 .. key0 + 8 NB - 1) under the causal mask
 // i >= j, as the A fragments of the first NB / 2 k steps of (S . mask) V.
+// With rd (WalkDecay::registers): also times gamma^(i - j).
 template <int NB>
 __device__ __forceinline__ void masked_score_fragments(uint32_t (&sa)[4][4], const float (&sacc)[NB][4], int row0,
-                                                       int key0, const WgmmaThread& t) {
+                                                       int key0, const WgmmaThread& t,
+                                                       const RegisterDecays<NB>* rd = nullptr) {
 #pragma unroll
   for (int kt = 0; kt < NB / 2; ++kt)
 #pragma unroll
@@ -218,8 +274,14 @@ __device__ __forceinline__ void masked_score_fragments(uint32_t (&sa)[4][4], con
       const int nt = 2 * kt + half;
       float m[4];
 #pragma unroll
-      for (int e = 0; e < 4; ++e)
-        m[e] = row0 + t.g + 8 * (e >> 1) >= key0 + nt * 8 + 2 * t.tq + (e & 1) ? sacc[nt][e] : 0.f;
+      for (int e = 0; e < 4; ++e) {
+        const int i = row0 + t.g + 8 * (e >> 1), j = key0 + nt * 8 + 2 * t.tq + (e & 1);
+        if (rd) {
+          m[e] = i >= j ? sacc[nt][e] * (rd->row[e >> 1] * rd->col[nt][e & 1]) : 0.f;
+        } else {
+          m[e] = i >= j ? sacc[nt][e] : 0.f;
+        }
+      }
       sa[kt][2 * half] = pack_bf16x2(m[0], m[1]);
       sa[kt][2 * half + 1] = pack_bf16x2(m[2], m[3]);
     }
@@ -296,13 +358,15 @@ __device__ __forceinline__ void exchange_scores(uint32_t (&sa)[4][4], uint4* x, 
 // with key size 256 the walk loads the second tile's later, so that part 1 holds fewer registers) and the state's decay
 // dl (split: before); then S under the causal mask as A fragments sa (all 64 keys: split scores are swapped through x).
 // Returns with O complete. (The update also runs after a segment's last chunk, whose state nobody reads: a wgmma under
-// a branch makes ptxas serialize all of them.)
+// a branch makes ptxas serialize all of them.) With rd (WalkDecay::registers): the factors in registers (fu unused),
+// and O's rows times gamma^(i - R).
 template <int DQK, int DV = 128>
 __device__ __forceinline__ void scores_and_state_part(float (&oacc)[DV / 16][4], uint32_t (&sa)[4][4],
                                                       uint32_t (&ka)[4][4], float (&hacc)[kStateTiles<DQK> * DV / 8][4],
                                                       const __nv_bfloat16* A, const __nv_bfloat16* B,
                                                       const __nv_bfloat16* Hc, const __nv_bfloat16* U, float fu,
-                                                      float dl, const WgmmaThread& t, uint4* x = nullptr) {
+                                                      float dl, const WgmmaThread& t, uint4* x = nullptr,
+                                                      const RegisterDecays<WgmmaSplit<DV>::KW / 8>* rd = nullptr) {
   using HTile = SwizzledTile<DQK>;
   using Split = WgmmaSplit<DV>;
   constexpr int LM = kEngineRows, KS = 16;
@@ -330,12 +394,22 @@ __device__ __forceinline__ void scores_and_state_part(float (&oacc)[DV / 16][4],
     wgmma_m64k16_ss<0, 1>(oacc, wgmma_desc(A + kmajor_step<LM>(ks), 0),
                           wgmma_desc(Hc + Split::template col0<DQK>(t.wg) + ks * KS * 64, 2 * HTile::kAtom), ks > 0);
   wgmma_commit();
-  update_fragments(ka, U, 0, fu, t);
+  if (rd) {
+    update_fragments(ka, U, 0, *rd, t);
+  } else {
+    update_fragments(ka, U, 0, fu, t);
+  }
   if constexpr (!kDecayFirst) decay_state();
   wgmma_wait<1>();
-  masked_score_fragments(sa, sacc, t.wq * 16, key0, t);
+  masked_score_fragments(sa, sacc, t.wq * 16, key0, t, rd);
   if constexpr (Split::kExchange) exchange_scores<Split>(sa, x, t);
   wgmma_wait<0>();
+  if (rd) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half)
+#pragma unroll
+      for (int nt = 0; nt < DV / 16; ++nt) oacc[nt][2 * half] *= rd->row[half], oacc[nt][2 * half + 1] *= rd->row[half];
+  }
 }
 
 // O += (S . mask) X[:, OW wg ..] for a warpgroup (sa: the masked scores' A fragments, k step kt at keys
@@ -423,6 +497,7 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
   using SM = WgmmaSmem<DQK, VT>;
   using Split = typename SM::Split;
   constexpr int LM = kEngineRows, KS = 16, S = SM::STAGES, R = LM / 2, MT = kStateTiles<DQK>;
+  constexpr WalkDecay Decay = kWalkDecay<DQK>;
   static_assert(DQK == 128 || (DQK == 256 && VT == 64), "two warpgroups of 64 or 128 state rows");
   static_assert(SM::fits, "shared memory of one block");
   E* smem = reinterpret_cast<E*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
@@ -455,18 +530,22 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
     }
     cp_async_commit();
   };
-  // The Q and K pieces this thread copied into stage st, times their rows' factors (once they have landed).
-  // At most four rows' pieces in flight: with key size 256 (eight rows) all at once would spill registers.
+  // The Q and K pieces this thread copied into stage st, times their rows' factors (once they have landed; not with
+  // WalkDecay::registers). At most four rows' pieces in flight: with key size 256 (eight rows) all at once would spill
+  // registers.
   auto prescale = [&](int st) {
+    if constexpr (Decay == WalkDecay::operands) {
 #pragma unroll 4
-    for (int i = 0; i < LM / QKLoader::RSTEP; ++i) {
-      const int r = load_qk.r0 + i * QKLoader::RSTEP, at = Tile::at<DQK>(r, load_qk.cc);
-      const float fq = seg.gpow(r - R), fk = seg.gpow(R - r);
-      scale_piece(stage_q(st) + at, pack_bf16x2(fq, fq));
-      scale_piece(stage_k(st) + at, pack_bf16x2(fk, fk));
+      for (int i = 0; i < LM / QKLoader::RSTEP; ++i) {
+        const int r = load_qk.r0 + i * QKLoader::RSTEP, at = Tile::at<DQK>(r, load_qk.cc);
+        const float fq = seg.gpow(r - R), fk = seg.gpow(R - r);
+        scale_piece(stage_q(st) + at, pack_bf16x2(fq, fq));
+        scale_piece(stage_k(st) + at, pack_bf16x2(fk, fk));
+      }
     }
   };
 
+  RegisterDecays<Split::KW / 8> rdec(seg.l2g, Split::key0(wg), t);  // WalkDecay::registers only
   float hacc[MT * VT / 8][4];
   read_entering_state<DQK>(hacc, p, seg, vt * VT, t);
   const float copy_factor = seg.gpow(R + 1);
@@ -493,13 +572,20 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
     float oacc[VT / 16][4];
     uint32_t sa[LM / KS][4], ka[MT * LM / KS][4];
     const float fu = seg.gpow(len - 1 - R);
+    if constexpr (Decay == WalkDecay::registers) rdec.prepare(len, seg.l2g, t);
     scores_and_state_part<DQK, VT>(oacc, sa, subarray<LM / KS>(ka, 0), hacc, Qs, Ks, Hs, Ks, fu, seg.gpow(len), t,
-                                   score_exchange);
+                                   score_exchange, Decay == WalkDecay::registers ? &rdec : nullptr);
     // 2. O += (S . Gamma) V[:, OW wg ..]; 3. H <- gamma^len H + (K diag(w))^T V over all VT state columns.
     masked_values<VT>(oacc, sa, Vs, t);
     // The other state tile's update fragments (key size 256), while (S . mask) V runs.
 #pragma unroll
-    for (int mt = 1; mt < MT; ++mt) update_fragments(subarray<LM / KS>(ka, LM / KS * mt), Ks, mt, fu, t);
+    for (int mt = 1; mt < MT; ++mt) {
+      if constexpr (Decay == WalkDecay::registers) {
+        update_fragments(subarray<LM / KS>(ka, LM / KS * mt), Ks, mt, rdec, t);
+      } else {
+        update_fragments(subarray<LM / KS>(ka, LM / KS * mt), Ks, mt, fu, t);
+      }
+    }
     if constexpr (MT > 1) wgmma_fence();  // the update reads registers written since group 2's fence
     update_state<VT>(hacc, ka, Vs);
 
