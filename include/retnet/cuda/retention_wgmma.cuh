@@ -216,29 +216,45 @@ __device__ __forceinline__ void update_fragments(uint32_t (&ka)[4][4], const __n
 //             the state part of the outputs times gamma^(i - R), the update's K^T fragments times gamma^(len - 1 - j)
 //             (key size 256, where the prescale moved 128 KiB of shared memory per chunk and block).
 enum class WalkDecay { operands, registers };
-template <int DQK>
-#ifdef RETNET_CUDA_AB_OPERAND_DECAY  // A/B switch for the benchmarks: key size 256 with the prescale too
-inline constexpr WalkDecay kWalkDecay = WalkDecay::operands;
-#else
-inline constexpr WalkDecay kWalkDecay = DQK == 256 ? WalkDecay::registers : WalkDecay::operands;
+// RETNET_CUDA_AB_DECAY (benchmark A/B switch): which outputs walks take the decays in registers: 0 none, 1 key size
+// 256, 2 also key size 128 with value tile 64, 3 all.
+#ifndef RETNET_CUDA_AB_DECAY
+#define RETNET_CUDA_AB_DECAY 2
 #endif
+template <int DQK, int VT>
+inline constexpr WalkDecay kWalkDecay = RETNET_CUDA_AB_DECAY >= (DQK == 256 ? 1
+                                                                 : VT == 64 ? 2
+                                                                            : 3)
+                                            ? WalkDecay::registers
+                                            : WalkDecay::operands;
 
 // The factors of WalkDecay::registers for a thread whose scores cover keys key0 + 8 nt + 2 tq + e (nt < NB, e < 2),
 // set once per segment (the update's weights again where the chunk length changes):
 //   row[half]     = gamma^(i - R) for its rows i = 16 wq + g + 8 half (the state part of the outputs);
-//   col[nt][e]    = gamma^(R - j) for its score columns (the scores take row times col, gamma^(i - j) <= 1 where kept);
+//   column(nt, e) = gamma^(R - j) for its score columns (the scores take row times column, gamma^(i - j) <= 1 where
+//                   kept): a table of NB x 2, or for 64 keys (registers) the first n8 block's times gamma^(-8 nt);
 //   upd[kt][half] = gamma^(len - 1 - j) as bf16 pairs for keys j = 16 kt + 8 half + 2 tq and the next (0 past len):
 //                   the update's K^T fragments (transposed_a_fragments' layout).
 template <int NB>
 struct RegisterDecays {
-  float row[2], col[NB][2];
+  static constexpr bool kColumnTable = NB <= 4;
+  float row[2], col[kColumnTable ? NB : 1][2], col_step;
   uint32_t upd[4][2];
   int len = -1;
-  __device__ RegisterDecays(float l2g, int key0, const WgmmaThread& t) {
+  __device__ RegisterDecays(float l2g, int key0, const WgmmaThread& t) : col_step(exp2f(-8.f * l2g)) {
     constexpr int R = kEngineRows / 2;
     for (int half = 0; half < 2; ++half) row[half] = exp2f(static_cast<float>(t.wq * 16 + t.g + 8 * half - R) * l2g);
-    for (int nt = 0; nt < NB; ++nt)
+    for (int nt = 0; nt < (kColumnTable ? NB : 1); ++nt)
       for (int e = 0; e < 2; ++e) col[nt][e] = exp2f(static_cast<float>(R - key0 - 8 * nt - 2 * t.tq - e) * l2g);
+  }
+  __device__ __forceinline__ float column(int nt, int e) const {
+    if constexpr (kColumnTable) {
+      return col[nt][e];
+    } else {
+      float c = col[0][e];
+      for (int i = 0; i < nt; ++i) c *= col_step;
+      return c;
+    }
   }
   __device__ __forceinline__ void prepare(int n, float l2g, const WgmmaThread& t) {
     if (n == len) return;
@@ -277,7 +293,7 @@ __device__ __forceinline__ void masked_score_fragments(uint32_t (&sa)[4][4], con
       for (int e = 0; e < 4; ++e) {
         const int i = row0 + t.g + 8 * (e >> 1), j = key0 + nt * 8 + 2 * t.tq + (e & 1);
         if (rd) {
-          m[e] = i >= j ? sacc[nt][e] * (rd->row[e >> 1] * rd->col[nt][e & 1]) : 0.f;
+          m[e] = i >= j ? sacc[nt][e] * (rd->row[e >> 1] * rd->column(nt, e & 1)) : 0.f;
         } else {
           m[e] = i >= j ? sacc[nt][e] : 0.f;
         }
@@ -497,7 +513,7 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
   using SM = WgmmaSmem<DQK, VT>;
   using Split = typename SM::Split;
   constexpr int LM = kEngineRows, KS = 16, S = SM::STAGES, R = LM / 2, MT = kStateTiles<DQK>;
-  constexpr WalkDecay Decay = kWalkDecay<DQK>;
+  constexpr WalkDecay Decay = kWalkDecay<DQK, VT>;
   static_assert(DQK == 128 || (DQK == 256 && VT == 64), "two warpgroups of 64 or 128 state rows");
   static_assert(SM::fits, "shared memory of one block");
   E* smem = reinterpret_cast<E*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
