@@ -375,14 +375,19 @@ __device__ __forceinline__ void exchange_scores(uint32_t (&sa)[4][4], uint4* x, 
 // dl (split: before); then S under the causal mask as A fragments sa (all 64 keys: split scores are swapped through x).
 // Returns with O complete. (The update also runs after a segment's last chunk, whose state nobody reads: a wgmma under
 // a branch makes ptxas serialize all of them.) With rd (WalkDecay::registers): the factors in registers (fu unused),
-// and O's rows times gamma^(i - R).
-template <int DQK, int DV = 128>
+// and O's rows times gamma^(i - R). issued() runs once both products are issued (the outputs walk issues its next
+// loads there, behind the tensor cores' work).
+struct NoWork {
+  __device__ void operator()() const {}
+};
+template <int DQK, int DV = 128, class Issued = NoWork>
 __device__ __forceinline__ void scores_and_state_part(float (&oacc)[DV / 16][4], uint32_t (&sa)[4][4],
                                                       uint32_t (&ka)[4][4], float (&hacc)[kStateTiles<DQK> * DV / 8][4],
                                                       const __nv_bfloat16* A, const __nv_bfloat16* B,
                                                       const __nv_bfloat16* Hc, const __nv_bfloat16* U, float fu,
                                                       float dl, const WgmmaThread& t, uint4* x = nullptr,
-                                                      const RegisterDecays<WgmmaSplit<DV>::KW / 8>* rd = nullptr) {
+                                                      const RegisterDecays<WgmmaSplit<DV>::KW / 8>* rd = nullptr,
+                                                      Issued issued = {}) {
   using HTile = SwizzledTile<DQK>;
   using Split = WgmmaSplit<DV>;
   constexpr int LM = kEngineRows, KS = 16;
@@ -410,6 +415,8 @@ __device__ __forceinline__ void scores_and_state_part(float (&oacc)[DV / 16][4],
     wgmma_m64k16_ss<0, 1>(oacc, wgmma_desc(A + kmajor_step<LM>(ks), 0),
                           wgmma_desc(Hc + Split::template col0<DQK>(t.wg) + ks * KS * 64, 2 * HTile::kAtom), ks > 0);
   wgmma_commit();
+  issued();
+
   if (rd) {
     update_fragments(ka, U, 0, *rd, t);
   } else {
@@ -514,6 +521,7 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
   using Split = typename SM::Split;
   constexpr int LM = kEngineRows, KS = 16, S = SM::STAGES, R = LM / 2, MT = kStateTiles<DQK>;
   constexpr WalkDecay Decay = kWalkDecay<DQK, VT>;
+
   static_assert(DQK == 128 || (DQK == 256 && VT == 64), "two warpgroups of 64 or 128 state rows");
   static_assert(SM::fits, "shared memory of one block");
   E* smem = reinterpret_cast<E*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
@@ -581,7 +589,6 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
     const E* Hs = Hs_base + (c & 1) * SM::H_ELEMS;
     fence_proxy_async();  // this thread's copies, scalings and state-copy writes, before the tensor cores read them
     __syncthreads();      // chunk c (scaled) and Hs(c & 1) complete; everyone is past chunk c - 1, whose stage refills
-    load_chunk(c + S - 1);
 
     // 1. S = Q~ K~^T (the warpgroup's keys; the mask comes later), then O = Q~ (gamma^(R+1) H)[:, OW wg ..]; the
     //    update's fragments K~^T times gamma^(len - 1 - R).
@@ -590,7 +597,8 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
     const float fu = seg.gpow(len - 1 - R);
     if constexpr (Decay == WalkDecay::registers) rdec.prepare(len, seg.l2g, t);
     scores_and_state_part<DQK, VT>(oacc, sa, subarray<LM / KS>(ka, 0), hacc, Qs, Ks, Hs, Ks, fu, seg.gpow(len), t,
-                                   score_exchange, Decay == WalkDecay::registers ? &rdec : nullptr);
+                                   score_exchange, Decay == WalkDecay::registers ? &rdec : nullptr,
+                                   [&] { load_chunk(c + S - 1); });
     // 2. O += (S . Gamma) V[:, OW wg ..]; 3. H <- gamma^len H + (K diag(w))^T V over all VT state columns.
     masked_values<VT>(oacc, sa, Vs, t);
     // The other state tile's update fragments (key size 256), while (S . mask) V runs.
