@@ -56,6 +56,22 @@ struct SwizzledTile {
   }
 };
 
+// The merged stage tile of the key-256 walk: the chunk's 64 keys and the state copy's 64 columns (stored transposed,
+// [column][key dim]) as the rows of one 128-row swizzled tile, in blocks of 32: keys 0-31, columns 0-31, keys 32-63,
+// columns 32-63. Rows 64 wg .. 64 wg + 63 are then the B operand of warpgroup wg's [S | O] = Q [K_wg ; Hc_wg^T]^T: its
+// 32 keys and its 32 output columns in one m64n64 product (Q read once). A TileLoader policy for K.
+struct MergedKeyTile {
+  using E = __nv_bfloat16;
+  static constexpr int EPV = 8;
+  static constexpr bool kStraightLoads = true;
+  __device__ __forceinline__ static int key_row(int j) { return (j & 31) + 64 * (j >> 5); }
+  __device__ __forceinline__ static int state_row(int col) { return 32 + key_row(col); }
+  template <int W>
+  __device__ __forceinline__ static int at(int r, int c) {
+    return SwizzledTile<128>::at<W>(key_row(r), c);
+  }
+};
+
 // The warpgroup's staging tile of output rows (store_outputs_staged): Cols columns padded by 8 elements.
 template <int Cols>
 inline constexpr int kStagedOutputPitch = Cols + 8;
@@ -187,16 +203,44 @@ __device__ __forceinline__ void store_state_copy(__nv_bfloat16* Hs, const float 
             pack_bf16x2(hacc[NB * mt + j][2 * half] * f, hacc[NB * mt + j][2 * half + 1] * f);
 }
 
+__device__ __forceinline__ void stsm_x4_trans(void* p, const uint32_t (&x)[4]) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1,%2,%3,%4};\n" ::"r"(smem_addr(p)), "r"(x[0]),
+               "r"(x[1]), "r"(x[2]), "r"(x[3])
+               : "memory");
+}
+
+// hacc times f as store_state_copy, stored transposed into the state rows of a MergedKeyTile (row: state column,
+// columns: key dims). Each 8 x 8 block of a thread's fragments is an stmatrix fragment; the transposing store puts
+// block (key dims d0.., columns v0..) at rows state_row(v0 + k), 16 contiguous bytes each.
+template <int DQK, int N, int NB = N / kStateTiles<DQK>>
+__device__ __forceinline__ void store_state_copy_transposed(__nv_bfloat16* KH, const float (&hacc)[N][4], float f,
+                                                            const WgmmaThread& t) {
+  const int i = t.lane >> 3, k = t.lane & 7;  // this lane gives the address of stored row k of matrix i
+#pragma unroll
+  for (int mt = 0; mt < kStateTiles<DQK>; ++mt)
+#pragma unroll
+    for (int j0 = 0; j0 < NB; j0 += 2) {
+      uint32_t x[4];
+#pragma unroll
+      for (int m = 0; m < 4; ++m) {  // matrix m: n8 block j0 + m / 2, rows + 8 (m % 2)
+        const float(&c)[4] = hacc[NB * mt + j0 + (m >> 1)];
+        x[m] = pack_bf16x2(c[2 * (m & 1)] * f, c[2 * (m & 1) + 1] * f);
+      }
+      const int v = 8 * (j0 + (i >> 1)) + k, d0 = 128 * mt + t.wg * 64 + t.wq * 16 + 8 * (i & 1);
+      stsm_x4_trans(KH + SwizzledTile<128>::at<DQK>(MergedKeyTile::state_row(v), d0), x);
+    }
+}
+
 // The A fragments of X^T (X a chunk tile, 128-byte swizzle): rows m0 .. m0 + 15 of X^T (columns of X) for the four
 // k steps of 16 chunk rows, each register times the bf16 pair w(kt, half) of its chunk rows: register x of k step kt
 // holds rows 16 kt + 8 half + 2 tq and the next (half = x / 2; ldmatrix's transposed layout).
-template <class W>
+template <class Tile = SwizzledTile<kEngineRows>, class W>
 __device__ __forceinline__ void transposed_a_fragments(uint32_t (&a)[4][4], const __nv_bfloat16* X, int m0, int lane,
                                                        W&& w) {
   const int mat = lane >> 3, r = lane & 7;
 #pragma unroll
   for (int kt = 0; kt < 4; ++kt) {
-    ldsm_x4_trans(a[kt], X + SwizzledTile<kEngineRows>::at<128>(kt * 16 + r + 8 * (mat >> 1), m0 + 8 * (mat & 1)));
+    ldsm_x4_trans(a[kt], X + Tile::template at<128>(kt * 16 + r + 8 * (mat >> 1), m0 + 8 * (mat & 1)));
 #pragma unroll
     for (int x = 0; x < 4; ++x) a[kt][x] = mul_bf16x2(a[kt][x], w(kt, x >> 1));
   }
@@ -268,12 +312,12 @@ struct RegisterDecays {
   }
 };
 
-// update_fragments with the weights of RegisterDecays.
-template <int NB>
+// update_fragments with the weights of RegisterDecays (U stored as Tile).
+template <class Tile = SwizzledTile<kEngineRows>, int NB>
 __device__ __forceinline__ void update_fragments(uint32_t (&ka)[4][4], const __nv_bfloat16* U, int mt,
                                                  const RegisterDecays<NB>& rd, const WgmmaThread& t) {
-  transposed_a_fragments(ka, U, 128 * mt + t.wg * 64 + t.wq * 16, t.lane,
-                         [&](int kt, int half) { return rd.upd[kt][half]; });
+  transposed_a_fragments<Tile>(ka, U, 128 * mt + t.wg * 64 + t.wq * 16, t.lane,
+                               [&](int kt, int half) { return rd.upd[kt][half]; });
 }
 
 // The warp's scores (rows row0 .. row0 + 15 of the chunk, keys key0 .. key0 + 8 NB - 1) under the causal mask
@@ -376,11 +420,12 @@ __device__ __forceinline__ void exchange_scores(uint32_t (&sa)[4][4], uint4* x, 
 // Returns with O complete. (The update also runs after a segment's last chunk, whose state nobody reads: a wgmma under
 // a branch makes ptxas serialize all of them.) With rd (WalkDecay::registers): the factors in registers (fu unused),
 // and O's rows times gamma^(i - R). issued() runs once both products are issued (the outputs walk issues its next
-// loads there, behind the tensor cores' work).
+// loads there, behind the tensor cores' work). Merged (key size 256): B is a MergedKeyTile holding both K and the
+// state copy (Hc unused), and S and O come from one m64n64 product per k step, in one commit group.
 struct NoWork {
   __device__ void operator()() const {}
 };
-template <int DQK, int DV = 128, class Issued = NoWork>
+template <int DQK, int DV = 128, bool Merged = false, class Issued = NoWork>
 __device__ __forceinline__ void scores_and_state_part(float (&oacc)[DV / 16][4], uint32_t (&sa)[4][4],
                                                       uint32_t (&ka)[4][4], float (&hacc)[kStateTiles<DQK> * DV / 8][4],
                                                       const __nv_bfloat16* A, const __nv_bfloat16* B,
@@ -405,22 +450,38 @@ __device__ __forceinline__ void scores_and_state_part(float (&oacc)[DV / 16][4],
   constexpr bool kDecayFirst = Split::kExchange;
   if constexpr (kDecayFirst) decay_state();
   wgmma_fence();
+  if constexpr (Merged) {
+    static_assert(Split::KW == 32 && DV == 64, "32 keys and 32 output columns per warpgroup");
+    float acc[8][4];
 #pragma unroll
-  for (int ks = 0; ks < DQK / KS; ++ks)
-    wgmma_m64k16_ss<0, 0>(sacc, wgmma_desc(A + kmajor_step<LM>(ks), 0),
-                          wgmma_desc(B + key0 * 64 + kmajor_step<LM>(ks), 0), ks > 0);
-  wgmma_commit();
+    for (int ks = 0; ks < DQK / KS; ++ks)
+      wgmma_m64n64k16_ss<0, 0>(acc, wgmma_desc(A + kmajor_step<LM>(ks), 0),
+                               wgmma_desc(B + t.wg * 64 * 64 + kmajor_step<128>(ks), 0), ks > 0);
+    wgmma_commit();
+    issued();
+    update_fragments<MergedKeyTile>(ka, U, 0, *rd, t);
+    wgmma_wait<0>();
 #pragma unroll
-  for (int ks = 0; ks < DQK / KS; ++ks)
-    wgmma_m64k16_ss<0, 1>(oacc, wgmma_desc(A + kmajor_step<LM>(ks), 0),
-                          wgmma_desc(Hc + Split::template col0<DQK>(t.wg) + ks * KS * 64, 2 * HTile::kAtom), ks > 0);
-  wgmma_commit();
-  issued();
-
-  if (rd) {
-    update_fragments(ka, U, 0, *rd, t);
+    for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) sacc[nt][e] = acc[nt][e], oacc[nt][e] = acc[4 + nt][e];
   } else {
-    update_fragments(ka, U, 0, fu, t);
+#pragma unroll
+    for (int ks = 0; ks < DQK / KS; ++ks)
+      wgmma_m64k16_ss<0, 0>(sacc, wgmma_desc(A + kmajor_step<LM>(ks), 0),
+                            wgmma_desc(B + key0 * 64 + kmajor_step<LM>(ks), 0), ks > 0);
+    wgmma_commit();
+#pragma unroll
+    for (int ks = 0; ks < DQK / KS; ++ks)
+      wgmma_m64k16_ss<0, 1>(oacc, wgmma_desc(A + kmajor_step<LM>(ks), 0),
+                            wgmma_desc(Hc + Split::template col0<DQK>(t.wg) + ks * KS * 64, 2 * HTile::kAtom), ks > 0);
+    wgmma_commit();
+    issued();
+    if (rd) {
+      update_fragments(ka, U, 0, *rd, t);
+    } else {
+      update_fragments(ka, U, 0, fu, t);
+    }
   }
   if constexpr (!kDecayFirst) decay_state();
   wgmma_wait<1>();
@@ -521,6 +582,16 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
   using Split = typename SM::Split;
   constexpr int LM = kEngineRows, KS = 16, S = SM::STAGES, R = LM / 2, MT = kStateTiles<DQK>;
   constexpr WalkDecay Decay = kWalkDecay<DQK, VT>;
+#ifndef RETNET_CUDA_AB_UNMERGED  // A/B switch: key size 256 with separate S and Q H products
+  constexpr bool kMerged = DQK == 256;
+#else
+  constexpr bool kMerged = false;
+#endif
+  // Merged: a stage holds Q, the MergedKeyTile (K and the state copy entering the stage's chunk) and V, in the room of
+  // the separate stages and state copies.
+  constexpr int STAGE = kMerged ? 3 * SM::QK_ELEMS + SM::V_ELEMS : SM::STAGE;
+  static_assert(!kMerged || (S == 2 && Decay == WalkDecay::registers && S * STAGE == S * SM::STAGE + 2 * SM::H_ELEMS),
+                "merged stages: two, decays in registers, the state copies' room");
 
   static_assert(DQK == 128 || (DQK == 256 && VT == 64), "two warpgroups of 64 or 128 state rows");
   static_assert(SM::fits, "shared memory of one block");
@@ -537,11 +608,18 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
 
   auto phys = [&](int64_t pos) { return p.reverse ? T - 1 - pos : pos; };
   const int dir = p.reverse ? -1 : 1;
-  auto stage_q = [&](int st) { return smem + st * SM::STAGE; };
-  auto stage_k = [&](int st) { return stage_q(st) + SM::QK_ELEMS; };
-  auto stage_v = [&](int st) { return stage_k(st) + SM::QK_ELEMS; };
-  using QKLoader = TileLoader<Tile, DQK, 2>;
-  const QKLoader load_qk({p.q, p.k}, b, h, T, p.H, DQK, 0, tid);
+  auto stage_q = [&](int st) { return smem + st * STAGE; };
+  auto stage_k = [&](int st) { return stage_q(st) + SM::QK_ELEMS; };  // merged: the MergedKeyTile
+  auto stage_v = [&](int st) { return stage_k(st) + (kMerged ? 2 : 1) * SM::QK_ELEMS; };
+  using QKLoader = TileLoader<Tile, DQK, kMerged ? 1 : 2>;  // merged: Q only
+  const QKLoader load_qk = [&] {
+    if constexpr (kMerged) {
+      return QKLoader({p.q}, b, h, T, p.H, DQK, 0, tid);
+    } else {
+      return QKLoader({p.q, p.k}, b, h, T, p.H, DQK, 0, tid);
+    }
+  }();
+  const TileLoader<MergedKeyTile, DQK> load_k({p.k}, b, h, T, p.H, DQK, 0, tid);  // merged only
   const TileLoader<Tile, VT> load_v({p.v}, b, h, T, p.H, dv, vt * VT, tid);
   // Every call commits one group (empty past the last chunk): "all but the newest S - 2 groups" is chunk c.
   auto load_chunk = [&](int c) {
@@ -549,7 +627,12 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
       const int st = c % S;
       const int64_t c0 = seg.start + static_cast<int64_t>(c) * p.L;
       const int len = min(p.L, seg.len - c * p.L);
-      load_qk.load({stage_q(st), stage_k(st)}, c0, len, phys, dir);
+      if constexpr (kMerged) {
+        load_qk.load({stage_q(st)}, c0, len, phys, dir);
+        load_k.load({stage_k(st)}, c0, len, phys, dir);
+      } else {
+        load_qk.load({stage_q(st), stage_k(st)}, c0, len, phys, dir);
+      }
       load_v.load({stage_v(st)}, c0, len, phys, dir);
     }
     cp_async_commit();
@@ -573,7 +656,14 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
   float hacc[MT * VT / 8][4];
   read_entering_state<DQK>(hacc, p, seg, vt * VT, t);
   const float copy_factor = seg.gpow(R + 1);
-  store_state_copy<DQK>(Hs_base, hacc, copy_factor, t);
+  auto state_copy = [&](int c) {  // the copy of the state entering chunk c
+    if constexpr (kMerged) {
+      store_state_copy_transposed<DQK>(stage_k(c % S), hacc, copy_factor, t);
+    } else {
+      store_state_copy<DQK>(Hs_base + (c & 1) * SM::H_ELEMS, hacc, copy_factor, t);
+    }
+  };
+  state_copy(0);
 
   float* const final_state = final_state_of(p, seg.s);
 #pragma unroll
@@ -596,16 +686,17 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
     uint32_t sa[LM / KS][4], ka[MT * LM / KS][4];
     const float fu = seg.gpow(len - 1 - R);
     if constexpr (Decay == WalkDecay::registers) rdec.prepare(len, seg.l2g, t);
-    scores_and_state_part<DQK, VT>(oacc, sa, subarray<LM / KS>(ka, 0), hacc, Qs, Ks, Hs, Ks, fu, seg.gpow(len), t,
-                                   score_exchange, Decay == WalkDecay::registers ? &rdec : nullptr,
-                                   [&] { load_chunk(c + S - 1); });
+    scores_and_state_part<DQK, VT, kMerged>(oacc, sa, subarray<LM / KS>(ka, 0), hacc, Qs, Ks, Hs, Ks, fu, seg.gpow(len),
+                                            t, score_exchange, Decay == WalkDecay::registers ? &rdec : nullptr,
+                                            [&] { load_chunk(c + S - 1); });
     // 2. O += (S . Gamma) V[:, OW wg ..]; 3. H <- gamma^len H + (K diag(w))^T V over all VT state columns.
     masked_values<VT>(oacc, sa, Vs, t);
     // The other state tile's update fragments (key size 256), while (S . mask) V runs.
 #pragma unroll
     for (int mt = 1; mt < MT; ++mt) {
       if constexpr (Decay == WalkDecay::registers) {
-        update_fragments(subarray<LM / KS>(ka, LM / KS * mt), Ks, mt, rdec, t);
+        update_fragments<std::conditional_t<kMerged, MergedKeyTile, Tile>>(subarray<LM / KS>(ka, LM / KS * mt), Ks, mt,
+                                                                           rdec, t);
       } else {
         update_fragments(subarray<LM / KS>(ka, LM / KS * mt), Ks, mt, fu, t);
       }
@@ -621,9 +712,9 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
       prescale(st + 1 == S ? 0 : st + 1);
     }
     wgmma_wait<0>();
-    // The next chunk's state copy goes to the other buffer: its readers, chunk c - 1's group 1, finished before
-    // this chunk's barrier.
-    if (c + 1 < nchunks) store_state_copy<DQK>(Hs_base + ((c + 1) & 1) * SM::H_ELEMS, hacc, copy_factor, t);
+    // The next chunk's state copy goes to the other buffer (merged: the next stage's): its readers, chunk c - 1's
+    // group 1, finished before this chunk's barrier.
+    if (c + 1 < nchunks) state_copy(c + 1);
   }
   if (final_state) {  // the last segment: this walk ends the sequence
     const float m = final_state_factor(p, dec, seg.bh, h);
