@@ -10,16 +10,21 @@
 // key size 256 also rows 128 + 64 wg .. (a second m64 tile; S and Q H reduce over 16 k steps). With 128 value columns,
 // warpgroup wg computes output columns 64 wg .. 64 wg + 63 for all 64 chunk rows. With 64 (narrow blocks) it computes
 // output columns 32 wg .. 32 wg + 31 and scores only keys 32 wg .. 32 wg + 31: the two swap their masked scores through
-// shared memory, so that the block computes S once (WgmmaSplit). The decays enter through the operands (rows scaled in
-// shared memory as they land, see wgmma_outputs_walk), so the scores need only the causal mask. A chunk of the outputs
-// walk, in four commit groups:
-//   1. S = Q K^T, then O = Q H (H: the bf16 copy of the state entering the chunk), both from shared memory, while
-//      the warps load the update's K^T fragments and mask S into A fragments (narrow: and swap them);
+// shared memory, so that the block computes S once (WgmmaSplit). The 128-column walks and the fused backward take the
+// decays through the operands (rows scaled in shared memory as they land, see wgmma_outputs_walk), so that the scores
+// need only the causal mask; the narrow and key-256 walks apply them in registers (WalkDecay, RegisterDecays), which
+// spares a pass over the Q and K tiles per chunk. With key size 256, K and the state copy share one tile per stage
+// (MergedKeyTile), so that S and Q H are one product per k step. A chunk of the outputs walk, in four commit groups:
+//   1. S = Q K^T, then O = Q H (H: the bf16 copy of the state entering the chunk), both from shared memory (then the
+//      next chunk's loads are issued), while the warps load the update's K^T fragments and mask S into A fragments
+//      (narrow: and swap them);
 //   2. O += (S . mask) V, the masked scores from registers;
 //   3. H <- gamma^len H + (K diag(w))^T V, K^T from registers, which runs on while the outputs are stored and the
 //      next chunk's rows are scaled.
 // Three stages of cp.async copies keep two chunks in flight (two stages, one chunk in flight, in the fused backward,
 // whose stages hold four tiles, and with key size 256, whose two stages take all 227 KiB: WgmmaSmem).
+// Benchmark A/B switches (compile time): RETNET_CUDA_AB_DECAY (which walks take the decays in registers) and
+// RETNET_CUDA_AB_UNMERGED (key size 256 with separate S and Q H products).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
