@@ -263,25 +263,25 @@ __device__ __forceinline__ void update_fragments(uint32_t (&ka)[4][4], const __n
 //             the causal mask and the update one factor per chunk (the key-128 walks);
 //   registers: the tiles stay as loaded and the factors are applied in registers: the scores times gamma^(i - j),
 //             the state part of the outputs times gamma^(i - R), the update's K^T fragments times gamma^(len - 1 - j)
-//             (key size 256, where the prescale moved 128 KiB of shared memory per chunk and block).
+//             (the narrow and key-256 walks; with key size 256 the prescale moved 128 KiB of shared memory per chunk
+//             and block; the 128-column walk would spill registers).
 enum class WalkDecay { operands, registers };
 // RETNET_CUDA_AB_DECAY (benchmark A/B switch): which outputs walks take the decays in registers: 0 none, 1 key size
 // 256, 2 also key size 128 with value tile 64, 3 all.
 #ifndef RETNET_CUDA_AB_DECAY
 #define RETNET_CUDA_AB_DECAY 2
 #endif
+constexpr int register_decay_level(int dqk, int vt) { return dqk == 256 ? 1 : vt == 64 ? 2 : 3; }
 template <int DQK, int VT>
-inline constexpr WalkDecay kWalkDecay = RETNET_CUDA_AB_DECAY >= (DQK == 256 ? 1
-                                                                 : VT == 64 ? 2
-                                                                            : 3)
-                                            ? WalkDecay::registers
-                                            : WalkDecay::operands;
+inline constexpr WalkDecay kWalkDecay = RETNET_CUDA_AB_DECAY >= register_decay_level(DQK, VT) ? WalkDecay::registers
+                                                                                              : WalkDecay::operands;
 
 // The factors of WalkDecay::registers for a thread whose scores cover keys key0 + 8 nt + 2 tq + e (nt < NB, e < 2),
 // set once per segment (the update's weights again where the chunk length changes):
 //   row[half]     = gamma^(i - R) for its rows i = 16 wq + g + 8 half (the state part of the outputs);
 //   column(nt, e) = gamma^(R - j) for its score columns (the scores take row times column, gamma^(i - j) <= 1 where
-//                   kept): a table of NB x 2, or for 64 keys (registers) the first n8 block's times gamma^(-8 nt);
+//                   kept): a table of NB x 2, or for 64 keys (to spare registers) the first n8 block's times gamma^(-8
+//                   nt);
 //   upd[kt][half] = gamma^(len - 1 - j) as bf16 pairs for keys j = 16 kt + 8 half + 2 tq and the next (0 past len):
 //                   the update's K^T fragments (transposed_a_fragments' layout).
 template <int NB>
