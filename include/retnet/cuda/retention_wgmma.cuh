@@ -449,10 +449,14 @@ __device__ __forceinline__ void scores_and_state_part(float (&oacc)[DV / 16][4],
 #pragma unroll
       for (int e = 0; e < 4; ++e) hacc[j][e] *= dl;
   };
-  // Scaled among the products below, the state makes ptxas wait for them all first (info C7517), which holds the
-  // mask (and the exchange) back until Q H is done; the split walk scales it before them. (The 128-column walks
-  // keep their measured order.)
+// Scaled among the products below, the state makes ptxas wait for them all first (info C7517), which holds the
+// mask (and the exchange) back until Q H is done; the split walk scales it before them. (The 128-column walks
+// keep their measured order.)
+#ifndef RETNET_CUDA_AB_OLD_ORDER  // A/B switch: the merged walk decays its state first, the fused backward loads first
+  constexpr bool kDecayFirst = Split::kExchange && !Merged;
+#else
   constexpr bool kDecayFirst = Split::kExchange;
+#endif
   if constexpr (kDecayFirst) decay_state();
   wgmma_fence();
   if constexpr (Merged) {
@@ -802,12 +806,20 @@ __device__ __forceinline__ void wgmma_dkdv_walk(const ScanParams& p, const HeadD
     const E* Hs = Hs_base + st * SM::H_ELEMS;
     fence_proxy_async();  // this thread's copies, scalings and state-copy writes, before the tensor cores read them
     __syncthreads();      // chunk c (scaled) and Hs(c & 1) complete; everyone is past chunk c - 1, whose stage refills
+#ifdef RETNET_CUDA_AB_OLD_ORDER
     if (c + 1 < nchunks) load_chunk(c + 1);
+#endif
 
-    // dv: S = K~ Q~^T, then O = K~ (c dU)[:, 64 wg ..]; the update's fragments Q~^T times gamma^(len - 1 - R).
+    // dv: S = K~ Q~^T, then O = K~ (c dU)[:, 64 wg ..] (then the next chunk's loads are issued); the update's
+    // fragments Q~^T times gamma^(len - 1 - R).
     float sacc[LM / 8][4], oacc[8][4];
     uint32_t sa[LM / KS][4], ka[LM / KS][4];
-    scores_and_state_part<DQK>(oacc, sa, ka, hacc, Ks, Qs, Hs, Qs, seg.gpow(len - 1 - R), seg.gpow(len), t);
+    scores_and_state_part<DQK>(oacc, sa, ka, hacc, Ks, Qs, Hs, Qs, seg.gpow(len - 1 - R), seg.gpow(len), t, nullptr,
+                               nullptr, [&] {
+#ifndef RETNET_CUDA_AB_OLD_ORDER
+                                 if (c + 1 < nchunks) load_chunk(c + 1);
+#endif
+                               });
     // dv: O += mask(S) g[:, 64 wg ..]; then dk's scores S = V~ g^T.
     masked_values(oacc, sa, Gs, t);
 #pragma unroll
