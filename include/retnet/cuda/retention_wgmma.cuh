@@ -23,8 +23,9 @@
 //      next chunk's rows are scaled.
 // Three stages of cp.async copies keep two chunks in flight (two stages, one chunk in flight, in the fused backward,
 // whose stages hold four tiles, and with key size 256, whose two stages take all 227 KiB: WgmmaSmem).
-// Benchmark A/B switches (compile time): RETNET_CUDA_AB_DECAY (which walks take the decays in registers) and
-// RETNET_CUDA_AB_UNMERGED (key size 256 with separate S and Q H products).
+// Benchmark A/B switches (compile time): RETNET_CUDA_AB_DECAY (which walks take the decays in registers),
+// RETNET_CUDA_AB_UNMERGED (key size 256 with separate S and Q H products) and RETNET_CUDA_AB_OLD_ORDER (the fused
+// backward's loads before its first products, the merged walk's state decay before them).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
