@@ -3,7 +3,8 @@
 //   tf32x1: operands rounded to tf32 (allow_tf32);
 //   tf32x3: x = hi + lo, hi = x as the tensor cores read it (low 13 bits dropped), lo = x - hi, three products
 //           (lo hi + hi lo + hi hi), the exact float path of the mma.sync engine;
-//   bf16x1, bf16x2 (hi hi + hi lo + lo hi) and bf16x3 (x = hi + mid + lo, six products: the terms down to 2^-16).
+//   bf16x1, bf16x2 (hi hi + hi lo + lo hi) and bf16x3 (x = hi + mid + lo, six products: the terms down to 2^-16;
+//   bf16x3-5 without mid mid).
 // Not emulated: the tensor cores' internal accumulation order and alignment, so these are lower bounds on the error.
 // Usage: split_products [K ...] (default 64 128 256); prints one row per scheme and K.
 #include <cmath>
@@ -93,6 +94,7 @@ int main(int argc, char** argv) {
       {"bf16x1", bf16x1, {{0, 0}}},
       {"bf16x2", bf16x2, {{1, 0}, {0, 1}, {0, 0}}},
       {"bf16x3", bf16x3, {{1, 1}, {2, 0}, {0, 2}, {1, 0}, {0, 1}, {0, 0}}},
+      {"bf16x3-5", bf16x3, {{2, 0}, {0, 2}, {1, 0}, {0, 1}, {0, 0}}},  // without mid mid
   };
   std::printf("%-8s %6s %12s\n", "scheme", "K", "rel. error");
   for (const Scheme& s : schemes)
