@@ -23,9 +23,8 @@
 //      next chunk's rows are scaled.
 // Three stages of cp.async copies keep two chunks in flight (two stages, one chunk in flight, in the fused backward,
 // whose stages hold four tiles, and with key size 256, whose two stages take all 227 KiB: WgmmaSmem).
-// Benchmark A/B switches (compile time): RETNET_CUDA_AB_DECAY (which walks take the decays in registers),
-// RETNET_CUDA_AB_UNMERGED (key size 256 with separate S and Q H products) and RETNET_CUDA_AB_OLD_ORDER (the fused
-// backward's loads before its first products, the merged walk's state decay before them).
+// Benchmark A/B switches (compile time): RETNET_CUDA_AB_DECAY (which walks take the decays in registers) and
+// RETNET_CUDA_AB_UNMERGED (key size 256 with separate S and Q H products).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -265,14 +264,16 @@ __device__ __forceinline__ void update_fragments(uint32_t (&ka)[4][4], const __n
 //   registers: the tiles stay as loaded and the factors are applied in registers: the scores times gamma^(i - j),
 //             the state part of the outputs times gamma^(i - R), the update's K^T fragments times gamma^(len - 1 - j)
 //             (the narrow and key-256 walks; with key size 256 the prescale moved 128 KiB of shared memory per chunk
-//             and block; the 128-column walk would spill registers).
+//             and block; the 128-column walk spilled registers this way and ran 2-4 % slower on the H200).
 enum class WalkDecay { operands, registers };
 // RETNET_CUDA_AB_DECAY (benchmark A/B switch): which outputs walks take the decays in registers: 0 none, 1 key size
-// 256, 2 also key size 128 with value tile 64, 3 all.
+// 256, 2 also key size 128 with value tile 64.
 #ifndef RETNET_CUDA_AB_DECAY
 #define RETNET_CUDA_AB_DECAY 2
 #endif
-constexpr int register_decay_level(int dqk, int vt) { return dqk == 256 ? 1 : vt == 64 ? 2 : 3; }
+constexpr int register_decay_level(int dqk, int vt) {
+  return dqk == 256 ? 1 : vt == 64 ? 2 : 3;
+}  // 3: no level (the 128-column walk)
 template <int DQK, int VT>
 inline constexpr WalkDecay kWalkDecay = RETNET_CUDA_AB_DECAY >= register_decay_level(DQK, VT) ? WalkDecay::registers
                                                                                               : WalkDecay::operands;
@@ -280,31 +281,19 @@ inline constexpr WalkDecay kWalkDecay = RETNET_CUDA_AB_DECAY >= register_decay_l
 // The factors of WalkDecay::registers for a thread whose scores cover keys key0 + 8 nt + 2 tq + e (nt < NB, e < 2),
 // set once per segment (the update's weights again where the chunk length changes):
 //   row[half]     = gamma^(i - R) for its rows i = 16 wq + g + 8 half (the state part of the outputs);
-//   column(nt, e) = gamma^(R - j) for its score columns (the scores take row times column, gamma^(i - j) <= 1 where
-//                   kept): a table of NB x 2, or for 64 keys (to spare registers) the first n8 block's times gamma^(-8
-//                   nt);
+//   col[nt][e]    = gamma^(R - j) for its score columns (the scores take row times col, gamma^(i - j) <= 1 where kept);
 //   upd[kt][half] = gamma^(len - 1 - j) as bf16 pairs for keys j = 16 kt + 8 half + 2 tq and the next (0 past len):
 //                   the update's K^T fragments (transposed_a_fragments' layout).
 template <int NB>
 struct RegisterDecays {
-  static constexpr bool kColumnTable = NB <= 4;
-  float row[2], col[kColumnTable ? NB : 1][2], col_step;
+  float row[2], col[NB][2];
   uint32_t upd[4][2];
   int len = -1;
-  __device__ RegisterDecays(float l2g, int key0, const WgmmaThread& t) : col_step(exp2f(-8.f * l2g)) {
+  __device__ RegisterDecays(float l2g, int key0, const WgmmaThread& t) {
     constexpr int R = kEngineRows / 2;
     for (int half = 0; half < 2; ++half) row[half] = exp2f(static_cast<float>(t.wq * 16 + t.g + 8 * half - R) * l2g);
-    for (int nt = 0; nt < (kColumnTable ? NB : 1); ++nt)
+    for (int nt = 0; nt < NB; ++nt)
       for (int e = 0; e < 2; ++e) col[nt][e] = exp2f(static_cast<float>(R - key0 - 8 * nt - 2 * t.tq - e) * l2g);
-  }
-  __device__ __forceinline__ float column(int nt, int e) const {
-    if constexpr (kColumnTable) {
-      return col[nt][e];
-    } else {
-      float c = col[0][e];
-      for (int i = 0; i < nt; ++i) c *= col_step;
-      return c;
-    }
   }
   __device__ __forceinline__ void prepare(int n, float l2g, const WgmmaThread& t) {
     if (n == len) return;
@@ -343,7 +332,7 @@ __device__ __forceinline__ void masked_score_fragments(uint32_t (&sa)[4][4], con
       for (int e = 0; e < 4; ++e) {
         const int i = row0 + t.g + 8 * (e >> 1), j = key0 + nt * 8 + 2 * t.tq + (e & 1);
         if (rd) {
-          m[e] = i >= j ? sacc[nt][e] * (rd->row[e >> 1] * rd->column(nt, e & 1)) : 0.f;
+          m[e] = i >= j ? sacc[nt][e] * (rd->row[e >> 1] * rd->col[nt][e & 1]) : 0.f;
         } else {
           m[e] = i >= j ? sacc[nt][e] : 0.f;
         }
@@ -450,14 +439,10 @@ __device__ __forceinline__ void scores_and_state_part(float (&oacc)[DV / 16][4],
 #pragma unroll
       for (int e = 0; e < 4; ++e) hacc[j][e] *= dl;
   };
-// Scaled among the products below, the state makes ptxas wait for them all first (info C7517), which holds the
-// mask (and the exchange) back until Q H is done; the split walk scales it before them. (The 128-column walks
-// keep their measured order.)
-#ifndef RETNET_CUDA_AB_OLD_ORDER  // A/B switch: the merged walk decays its state first, the fused backward loads first
+  // Scaled among the products below, the state makes ptxas wait for them all first (info C7517), which holds the
+  // mask (and the exchange) back until Q H is done; the split walk scales it before them. (The 128-column walks
+  // keep their measured order.)
   constexpr bool kDecayFirst = Split::kExchange && !Merged;
-#else
-  constexpr bool kDecayFirst = Split::kExchange;
-#endif
   if constexpr (kDecayFirst) decay_state();
   wgmma_fence();
   if constexpr (Merged) {
@@ -593,7 +578,7 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
   constexpr int LM = kEngineRows, KS = 16, S = SM::STAGES, R = LM / 2, MT = kStateTiles<DQK>;
   constexpr WalkDecay Decay = kWalkDecay<DQK, VT>;
 #ifndef RETNET_CUDA_AB_UNMERGED  // A/B switch: key size 256 with separate S and Q H products
-  constexpr bool kMerged = DQK == 256;
+  constexpr bool kMerged = DQK == 256 && Decay == WalkDecay::registers;  // (not with RETNET_CUDA_AB_DECAY 0)
 #else
   constexpr bool kMerged = false;
 #endif
@@ -807,9 +792,6 @@ __device__ __forceinline__ void wgmma_dkdv_walk(const ScanParams& p, const HeadD
     const E* Hs = Hs_base + st * SM::H_ELEMS;
     fence_proxy_async();  // this thread's copies, scalings and state-copy writes, before the tensor cores read them
     __syncthreads();      // chunk c (scaled) and Hs(c & 1) complete; everyone is past chunk c - 1, whose stage refills
-#ifdef RETNET_CUDA_AB_OLD_ORDER
-    if (c + 1 < nchunks) load_chunk(c + 1);
-#endif
 
     // dv: S = K~ Q~^T, then O = K~ (c dU)[:, 64 wg ..] (then the next chunk's loads are issued); the update's
     // fragments Q~^T times gamma^(len - 1 - R).
@@ -817,9 +799,7 @@ __device__ __forceinline__ void wgmma_dkdv_walk(const ScanParams& p, const HeadD
     uint32_t sa[LM / KS][4], ka[LM / KS][4];
     scores_and_state_part<DQK>(oacc, sa, ka, hacc, Ks, Qs, Hs, Qs, seg.gpow(len - 1 - R), seg.gpow(len), t, nullptr,
                                nullptr, [&] {
-#ifndef RETNET_CUDA_AB_OLD_ORDER
                                  if (c + 1 < nchunks) load_chunk(c + 1);
-#endif
                                });
     // dv: O += mask(S) g[:, 64 wg ..]; then dk's scores S = V~ g^T.
     masked_values(oacc, sa, Gs, t);
