@@ -124,6 +124,7 @@ struct ScanKernel {
   const void* fn = nullptr;
   int threads = 0, bytes = 0, vt = 0;
   bool writes_final = false;  // the last segment's outputs blocks can write the final state (chunk engine)
+  bool tma = false;           // its wgmma walk loads through TMA where given the tensor maps (kWgmmaTmaWalk)
 };
 
 template <class E, int DQK, bool Summary, class P = typename MmaFor<E>::type>
@@ -135,8 +136,12 @@ ScanKernel generic_scan_kernel() {
 
 template <class Ops, int DQK, bool Summary, int VT>
 ScanKernel engine_scan_kernel() {
-  return {reinterpret_cast<const void*>(chunk_engine_kernel<Ops, DQK, VT, Summary>), kEngineThreads,
-          engine_launch_bytes<Ops, DQK, VT, Summary>(), VT, true};
+  return {reinterpret_cast<const void*>(chunk_engine_kernel<Ops, DQK, VT, Summary>),
+          kEngineThreads,
+          engine_launch_bytes<Ops, DQK, VT, Summary>(),
+          VT,
+          true,
+          kWgmmaTmaWalk<Ops, DQK, VT, Summary>};
 }
 
 // The engine for storage E: one tf32 product per product for float with tf32, else E's own arithmetic.
@@ -273,10 +278,32 @@ inline bool wgmma_walks_built() {
   return built == 1;
 }
 
+// Whether walks that can load through TMA do (RETNET_CUDA_TMA=0 turns it off: A/B switch).
+inline bool tma_enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("RETNET_CUDA_TMA");
+    return !(e && std::string_view(e) == "0");
+  }();
+  return on;
+}
+
+// Gives a TMA walk its tensor maps (ScanParams::tma) where its chunks are whole 64-row tiles of the sequence: the
+// boxes read whole tiles, and only positions outside the sequence read as zeros.
+template <int DQK>
+void set_tma_maps(ScanParams& sp, int64_t B, int H) {
+  if (!tma_enabled() || sp.L != kEngineRows || sp.seg % kEngineRows != 0 || sp.T > INT32_MAX || !wgmma_walks_built())
+    return;
+  sp.tma_q = bf16_rows_tensor_map(sp.q, B, sp.T, H, DQK);
+  sp.tma_k = bf16_rows_tensor_map(sp.k, B, sp.T, H, DQK);
+  sp.tma_v = bf16_rows_tensor_map(sp.v, B, sp.T, H, sp.dv);
+  sp.tma = 1;
+}
+
 template <class E, int DQK, bool Summary>
 void launch_scan(const Cuda& ctx, ScanParams sp, int64_t B, int H, HeadDecays dec, bool narrow) {
   const ScanKernel k = pick_scan<E, DQK, Summary>(sp.dv, ctx.allow_tf32, narrow);
   (void)residency(k);  // readies k on this device
+  if (k.tma) set_tma_maps<DQK>(sp, B, H);
   const dim3 grid(static_cast<unsigned>(sp.dv / k.vt), static_cast<unsigned>(sp.NS), static_cast<unsigned>(B * H));
   void* args[] = {&sp, &dec};
   RETNET_CUDA_CHECK(cudaLaunchKernel(k.fn, grid, dim3(static_cast<unsigned>(k.threads)), args,

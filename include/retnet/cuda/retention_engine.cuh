@@ -590,7 +590,7 @@ constexpr int engine_launch_bytes() {
 // Ops: EngineOps<E> for storage type E, or EngineOpsTf32.
 template <class Ops, int DQK, int VT, bool Summary>
 __global__ void __launch_bounds__(kEngineThreads, Summary && !Ops::kFreshDelta ? 2 : 1)
-    chunk_engine_kernel(ScanParams p, HeadDecays dec) {
+    chunk_engine_kernel(const __grid_constant__ ScanParams p, HeadDecays dec) {
   using E = typename Ops::E;
   using SM = EngineSmem<Ops, DQK, VT, Summary>;
   static_assert(SM::fits, "chunk engine: shared memory of one block");

@@ -23,6 +23,7 @@
 
 #include "retnet/cuda/context.cuh"
 #include "retnet/cuda/mma.cuh"
+#include "retnet/cuda/tma.cuh"
 
 namespace retnet::cuda_detail {
 
@@ -78,6 +79,10 @@ struct ScanParams {
   float* final_state;
   const float* s0;  // [B, H] entering scales, or null (0)
   FinalScale final_scale;
+  // Where the outputs walk loads its chunks through TMA (tma = 1, kWgmmaTmaWalk): the tensor maps of q, k and v. A
+  // kernel reads them in place, so its ScanParams parameter is __grid_constant__.
+  int tma;
+  CUtensorMap tma_q, tma_k, tma_v;
 };
 
 // Offset of the state slot of this pass's segment s of (batch, head) bh in p.states.

@@ -31,6 +31,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "retnet/cuda/tma.cuh"
 #include "retnet/cuda/wgmma.cuh"
 
 namespace retnet::cuda_detail {
@@ -277,6 +278,20 @@ constexpr int register_decay_level(int dqk, int vt) {
 template <int DQK, int VT>
 inline constexpr WalkDecay kWalkDecay = RETNET_CUDA_AB_DECAY >= register_decay_level(DQK, VT) ? WalkDecay::registers
                                                                                               : WalkDecay::operands;
+// Whether the outputs walk <DQK, VT> keeps keys and state copy in one tile (MergedKeyTile): key size 256 with the
+// decays in registers (RETNET_CUDA_AB_UNMERGED: A/B switch).
+template <int DQK, int VT>
+inline constexpr bool kMergedWalk =
+#ifndef RETNET_CUDA_AB_UNMERGED
+    DQK == 256 && kWalkDecay<DQK, VT> == WalkDecay::registers;
+#else
+    false;
+#endif
+// Whether chunk_engine_kernel<Ops, DQK, VT, Summary>'s wgmma walk loads its chunks through TMA where the host encoded
+// the tensor maps (ScanParams::tma): the merged key-256 walk, whose 256 threads otherwise issue 16 16-byte cp.async
+// pieces each per chunk.
+template <class Ops, int DQK, int VT, bool Summary>
+inline constexpr bool kWgmmaTmaWalk = kWgmmaWalk<Ops, DQK, VT, Summary>&& kMergedWalk<DQK, VT>;
 
 // The factors of WalkDecay::registers for a thread whose scores cover keys key0 + 8 nt + 2 tq + e (nt < NB, e < 2),
 // set once per segment (the update's weights again where the chunk length changes):
@@ -284,24 +299,33 @@ inline constexpr WalkDecay kWalkDecay = RETNET_CUDA_AB_DECAY >= register_decay_l
 //   col[nt][e]    = gamma^(R - j) for its score columns (the scores take row times col, gamma^(i - j) <= 1 where kept);
 //   upd[kt][half] = gamma^(len - 1 - j) as bf16 pairs for keys j = 16 kt + 8 half + 2 tq and the next (0 past len):
 //                   the update's K^T fragments (transposed_a_fragments' layout).
+// Indices are the tile's rows; with mirror = 63 the tile holds the chunk upside down (row r is chunk row r ^ 63 =
+// 63 - r: the TMA walk's reversed runs, whose copies cannot run backwards), and the factors are those of the chunk
+// rows.
 template <int NB>
 struct RegisterDecays {
   float row[2], col[NB][2];
   uint32_t upd[4][2];
   int len = -1;
-  __device__ RegisterDecays(float l2g, int key0, const WgmmaThread& t) {
+  int mirror;  // 0, or 63: tile row r holds chunk row 63 - r
+  __device__ RegisterDecays(float l2g, int key0, const WgmmaThread& t, int m = 0) : mirror(m) {
     constexpr int R = kEngineRows / 2;
-    for (int half = 0; half < 2; ++half) row[half] = exp2f(static_cast<float>(t.wq * 16 + t.g + 8 * half - R) * l2g);
+    for (int half = 0; half < 2; ++half)
+      row[half] = exp2f(static_cast<float>(((t.wq * 16 + t.g + 8 * half) ^ m) - R) * l2g);
     for (int nt = 0; nt < NB; ++nt)
-      for (int e = 0; e < 2; ++e) col[nt][e] = exp2f(static_cast<float>(R - key0 - 8 * nt - 2 * t.tq - e) * l2g);
+      for (int e = 0; e < 2; ++e)
+        col[nt][e] = exp2f(static_cast<float>(R - ((key0 + 8 * nt + 2 * t.tq + e) ^ m)) * l2g);
   }
   __device__ __forceinline__ void prepare(int n, float l2g, const WgmmaThread& t) {
     if (n == len) return;
-    auto w = [&](int j) { return j < n ? exp2f(static_cast<float>(n - 1 - j) * l2g) : 0.f; };
+    auto w = [&](int r) {
+      const int j = r ^ mirror;
+      return j < n ? exp2f(static_cast<float>(n - 1 - j) * l2g) : 0.f;
+    };
     for (int kt = 0; kt < 4; ++kt)
       for (int half = 0; half < 2; ++half) {
-        const int j = kt * 16 + 8 * half + 2 * t.tq;
-        upd[kt][half] = pack_bf16x2(w(j), w(j + 1));
+        const int r = kt * 16 + 8 * half + 2 * t.tq;
+        upd[kt][half] = pack_bf16x2(w(r), w(r + 1));
       }
     len = n;
   }
@@ -317,7 +341,7 @@ __device__ __forceinline__ void update_fragments(uint32_t (&ka)[4][4], const __n
 
 // The warp's scores (rows row0 .. row0 + 15 of the chunk, keys key0 .. key0 + 8 NB - 1) under the causal mask
 // i >= j, as the A fragments of the first NB / 2 k steps of (S . mask) V.
-// With rd (WalkDecay::registers): also times gamma^(i - j).
+// With rd (WalkDecay::registers): also times gamma^(i - j), and i, j are chunk rows of mirrored tiles (rd->mirror).
 template <int NB>
 __device__ __forceinline__ void masked_score_fragments(uint32_t (&sa)[4][4], const float (&sacc)[NB][4], int row0,
                                                        int key0, const WgmmaThread& t,
@@ -332,7 +356,7 @@ __device__ __forceinline__ void masked_score_fragments(uint32_t (&sa)[4][4], con
       for (int e = 0; e < 4; ++e) {
         const int i = row0 + t.g + 8 * (e >> 1), j = key0 + nt * 8 + 2 * t.tq + (e & 1);
         if (rd) {
-          m[e] = i >= j ? sacc[nt][e] * (rd->row[e >> 1] * rd->col[nt][e & 1]) : 0.f;
+          m[e] = (i ^ rd->mirror) >= (j ^ rd->mirror) ? sacc[nt][e] * (rd->row[e >> 1] * rd->col[nt][e & 1]) : 0.f;
         } else {
           m[e] = i >= j ? sacc[nt][e] : 0.f;
         }
@@ -346,10 +370,11 @@ __device__ __forceinline__ void masked_score_fragments(uint32_t (&sa)[4][4], con
 // col0 .. col0 + 8 NB - 1 of o [B, T, H, width], each row times p.mu where given) through the warpgroup's staging
 // tile Os [64, 8 NB + 8] (padded rows: the fragment writes are free of bank conflicts, and the row reads too for
 // 64 columns), in 16-byte row pieces. BarrierFirst: Os may still be being read by the warpgroup's previous call.
+// mirror 63: the tile's row r is chunk row 63 - r (RegisterDecays).
 template <bool BarrierFirst, int NB>
 __device__ __forceinline__ void store_outputs_staged(__nv_bfloat16* Os, void* o, int width, int col0,
                                                      const float (&oacc)[NB][4], const ScanParams& p, int b, int h,
-                                                     int64_t c0, int len, const WgmmaThread& t) {
+                                                     int64_t c0, int len, const WgmmaThread& t, int mirror = 0) {
   using E = __nv_bfloat16;
   constexpr int PITCH = kStagedOutputPitch<8 * NB>, PIECES = NB, ROWS = 128 / PIECES;  // pieces per row, rows per pass
   auto bar = [&] {
@@ -364,11 +389,12 @@ __device__ __forceinline__ void store_outputs_staged(__nv_bfloat16* Os, void* o,
   const int row0 = t.wq * 16;
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
-    const int i = row0 + t.g + 8 * half;
+    const int i = (row0 + t.g + 8 * half) ^ mirror;  // chunk row
     const float m = p.mu && i < len ? p.mu[(static_cast<int64_t>(b) * p.T + phys(c0 + i)) * p.H + h] : 1.f;
+    const int r = i ^ mirror;
 #pragma unroll
     for (int nt = 0; nt < NB; ++nt)
-      *reinterpret_cast<uint32_t*>(Os + i * PITCH + nt * 8 + 2 * t.tq) =
+      *reinterpret_cast<uint32_t*>(Os + r * PITCH + nt * 8 + 2 * t.tq) =
           pack_bf16x2(oacc[nt][2 * half] * m, oacc[nt][2 * half + 1] * m);
   }
   bar();  // the tile is complete
@@ -377,9 +403,9 @@ __device__ __forceinline__ void store_outputs_staged(__nv_bfloat16* Os, void* o,
   E* const og = static_cast<E*>(o) + (static_cast<int64_t>(b) * p.T * p.H + h) * width + col0 + piece * 8;
 #pragma unroll
   for (int it = 0; it < kEngineRows / ROWS; ++it) {
-    const int r = it * ROWS + (t.tid & 127) / PIECES;
-    if (r < len)
-      *reinterpret_cast<uint4*>(og + phys(c0 + r) * ld) = *reinterpret_cast<const uint4*>(Os + r * PITCH + piece * 8);
+    const int r = it * ROWS + (t.tid & 127) / PIECES, i = r ^ mirror;
+    if (i < len)
+      *reinterpret_cast<uint4*>(og + phys(c0 + i) * ld) = *reinterpret_cast<const uint4*>(Os + r * PITCH + piece * 8);
   }
 }
 
@@ -577,11 +603,7 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
   using Split = typename SM::Split;
   constexpr int LM = kEngineRows, KS = 16, S = SM::STAGES, R = LM / 2, MT = kStateTiles<DQK>;
   constexpr WalkDecay Decay = kWalkDecay<DQK, VT>;
-#ifndef RETNET_CUDA_AB_UNMERGED  // A/B switch: key size 256 with separate S and Q H products
-  constexpr bool kMerged = DQK == 256 && Decay == WalkDecay::registers;  // (not with RETNET_CUDA_AB_DECAY 0)
-#else
-  constexpr bool kMerged = false;
-#endif
+  constexpr bool kMerged = kMergedWalk<DQK, VT>;
   // Merged: a stage holds Q, the MergedKeyTile (K and the state copy entering the stage's chunk) and V, in the room of
   // the separate stages and state copies.
   constexpr int STAGE = kMerged ? 3 * SM::QK_ELEMS + SM::V_ELEMS : SM::STAGE;
@@ -616,6 +638,33 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
   }();
   const TileLoader<MergedKeyTile, DQK> load_k({p.k}, b, h, T, p.H, DQK, 0, tid);  // merged only
   const TileLoader<Tile, VT> load_v({p.v}, b, h, T, p.H, dv, vt * VT, tid);
+  // Through TMA (the merged walk, where the host encoded the maps): thread 0 issues a chunk's boxes, which complete
+  // on the stage's mbarrier (after the layout, in the room left from aligning it: at least 16 bytes). A reversed run's
+  // boxes hold its chunks upside down, so the factors, mask and stores take mirrored rows.
+  const bool use_tma = kMerged && p.tma != 0;
+  const int mirror = use_tma && p.reverse ? LM - 1 : 0;
+  uint64_t* const full =
+      reinterpret_cast<uint64_t*>(reinterpret_cast<unsigned char*>(score_exchange) + Split::kExchangeBytes);
+  if (use_tma && tid == 0) {
+    for (int st = 0; st < S; ++st) mbarrier_init(&full[st], 1);
+  }
+  auto tma_chunk = [&](int st, int64_t c0) {
+    static_assert(!kMerged || VT == 64, "one atom of values");
+    constexpr uint32_t kBytes = (2 * SM::QK_ELEMS + SM::V_ELEMS) * 2;
+    const int y0 = static_cast<int>(mirror ? T - c0 - LM : c0);  // the position of the tile's row 0
+    mbarrier_arrive_expect_tx(&full[st], kBytes);
+#pragma unroll
+    for (int half = 0; half < LM / kTmaBoxRows; ++half) {
+      const int y = y0 + half * kTmaBoxRows;
+#pragma unroll
+      for (int a = 0; a < DQK / 64; ++a) {
+        tma_load_box(stage_q(st) + a * Tile::kAtom + half * kTmaBoxRows * 64, &p.tma_q, &full[st], 64 * a, h, y, b);
+        tma_load_box(stage_k(st) + a * SwizzledTile<128>::kAtom + MergedKeyTile::key_row(half * kTmaBoxRows) * 64,
+                     &p.tma_k, &full[st], 64 * a, h, y, b);
+      }
+      tma_load_box(stage_v(st) + half * kTmaBoxRows * 64, &p.tma_v, &full[st], vt * VT, h, y, b);
+    }
+  };
   // Every call commits one group (empty past the last chunk): "all but the newest S - 2 groups" is chunk c.
   auto load_chunk = [&](int c) {
     if (c < nchunks) {
@@ -623,12 +672,17 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
       const int64_t c0 = seg.start + static_cast<int64_t>(c) * p.L;
       const int len = min(p.L, seg.len - c * p.L);
       if constexpr (kMerged) {
-        load_qk.load({stage_q(st)}, c0, len, phys, dir);
-        load_k.load({stage_k(st)}, c0, len, phys, dir);
+        if (use_tma) {
+          if (tid == 0) tma_chunk(st, c0);
+        } else {
+          load_qk.load({stage_q(st)}, c0, len, phys, dir);
+          load_k.load({stage_k(st)}, c0, len, phys, dir);
+          load_v.load({stage_v(st)}, c0, len, phys, dir);
+        }
       } else {
         load_qk.load({stage_q(st), stage_k(st)}, c0, len, phys, dir);
+        load_v.load({stage_v(st)}, c0, len, phys, dir);
       }
-      load_v.load({stage_v(st)}, c0, len, phys, dir);
     }
     cp_async_commit();
   };
@@ -647,7 +701,7 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
     }
   };
 
-  RegisterDecays<Split::KW / 8> rdec(seg.l2g, Split::key0(wg), t);  // WalkDecay::registers only
+  RegisterDecays<Split::KW / 8> rdec(seg.l2g, Split::key0(wg), t, mirror);  // WalkDecay::registers only
   float hacc[MT * VT / 8][4];
   read_entering_state<DQK>(hacc, p, seg, vt * VT, t);
   const float copy_factor = seg.gpow(R + 1);
@@ -674,6 +728,7 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
     const E* Hs = Hs_base + (c & 1) * SM::H_ELEMS;
     fence_proxy_async();  // this thread's copies, scalings and state-copy writes, before the tensor cores read them
     __syncthreads();      // chunk c (scaled) and Hs(c & 1) complete; everyone is past chunk c - 1, whose stage refills
+    if (use_tma) mbarrier_wait(&full[st], (c / S) & 1);
 
     // 1. S = Q~ K~^T (the warpgroup's keys; the mask comes later), then O = Q~ (gamma^(R+1) H)[:, OW wg ..]; the
     //    update's fragments K~^T times gamma^(len - 1 - R).
@@ -700,7 +755,8 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
     update_state<VT>(hacc, ka, Vs);
 
     wgmma_wait<1>();  // group 2 done; the update may still run
-    store_outputs_staged<false>(Os + wg * SM::O_ELEMS, p.o, dv, vt * VT + wg * Split::OW, oacc, p, b, h, c0, len, t);
+    store_outputs_staged<false>(Os + wg * SM::O_ELEMS, p.o, dv, vt * VT + wg * Split::OW, oacc, p, b, h, c0, len, t,
+                                mirror);
     // Meanwhile, the next chunk's Q and K rows get their factors.
     if (c + 1 < nchunks) {
       cp_async_wait<S - 2>();
