@@ -3,6 +3,7 @@
 bf16 and float, with triton.testing.do_bench (median, CUDA events). Prints a markdown table and writes JSON.
 
 Usage: PYTHONPATH=<fla source> python3 bench/fla_bench.py [out.json]
+(FLA_DTYPES=bf16 and FLA_HEAD_SIZES=256, comma-separated, restrict the runs.)
 """
 import json
 import os
@@ -48,10 +49,13 @@ def main():
     print("|---|---|---|---|")
     dtypes = ((torch.bfloat16, "bf16"), (torch.float32, "f32"))
     only = os.environ.get("FLA_DTYPES")  # e.g. "bf16"
+    heads = os.environ.get("FLA_HEAD_SIZES")  # e.g. "256": only the shapes of these head sizes
     for dtype, name in dtypes:
         if only and name not in only.split(","):
             continue
         for s in SHAPES:
+            if heads and str(s[3]) not in heads.split(","):
+                continue
             f = bench(*s, dtype, False)
             fb = bench(*s, dtype, True)
             out[f"{name}/{s}"] = {"fwd": f, "fwdbwd": fb}
