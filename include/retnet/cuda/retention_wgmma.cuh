@@ -22,9 +22,10 @@
 //   3. H <- gamma^len H + (K diag(w))^T V, K^T from registers, which runs on while the outputs are stored and the
 //      next chunk's rows are scaled.
 // Three stages of cp.async copies keep two chunks in flight (two stages, one chunk in flight, in the fused backward,
-// whose stages hold four tiles, and with key size 256, whose two stages take all 227 KiB: WgmmaSmem).
+// whose stages hold four tiles, and with key size 256, whose two stages take all 227 KiB: WgmmaSmem). The key-256
+// walk loads through TMA instead (tma.cuh; one thread issues the chunk's boxes) where the host gives it tensor maps.
 // Benchmark A/B switches (compile time): RETNET_CUDA_AB_DECAY (which walks take the decays in registers) and
-// RETNET_CUDA_AB_UNMERGED (key size 256 with separate S and Q H products).
+// RETNET_CUDA_AB_UNMERGED (key size 256 with separate S and Q H products); at run time RETNET_CUDA_TMA=0.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -648,6 +649,7 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
   if (use_tma && tid == 0) {
     for (int st = 0; st < S; ++st) mbarrier_init(&full[st], 1);
   }
+  static_assert(!kMerged || S * sizeof(uint64_t) <= 16, "the mbarriers fit the 16 bytes the alignment leaves");
   auto tma_chunk = [&](int st, int64_t c0) {
     static_assert(!kMerged || VT == 64, "one atom of values");
     constexpr uint32_t kBytes = (2 * SM::QK_ELEMS + SM::V_ELEMS) * 2;
