@@ -198,8 +198,12 @@ inline bool fused_enabled() {
 
 template <class Ops, int DQK, int DV>
 ScanKernel dkdv_kernel_of() {
-  return {reinterpret_cast<const void*>(chunk_engine_dkdv_kernel<Ops, DQK, DV>), kEngineThreads,
-          dkdv_launch_bytes<Ops, DQK, DV>(), DV, true};
+  return {reinterpret_cast<const void*>(chunk_engine_dkdv_kernel<Ops, DQK, DV>),
+          kEngineThreads,
+          dkdv_launch_bytes<Ops, DQK, DV>(),
+          DV,
+          true,
+          kWgmmaDkdv<Ops, DQK, DV>};
 }
 
 // The fused backward kernel for storage E, key size DQK and value size dv; fn is null where it does not apply
@@ -287,15 +291,16 @@ inline bool tma_enabled() {
   return on;
 }
 
-// Gives a TMA walk its tensor maps (ScanParams::tma) where its chunks are whole 64-row tiles of the sequence: the
-// boxes read whole tiles, and only positions outside the sequence read as zeros.
+// Gives a TMA walk its tensor maps (ScanParams::tma; x: the fused backward's fourth input) where its chunks are whole
+// 64-row tiles of the sequence: the boxes read whole tiles, and only positions outside the sequence read as zeros.
 template <int DQK>
-void set_tma_maps(ScanParams& sp, int64_t B, int H) {
+void set_tma_maps(ScanParams& sp, int64_t B, int H, bool x = false) {
   if (!tma_enabled() || sp.L != kEngineRows || sp.seg % kEngineRows != 0 || sp.T > INT32_MAX || !wgmma_walks_built())
     return;
   sp.tma_q = bf16_rows_tensor_map(sp.q, B, sp.T, H, DQK);
   sp.tma_k = bf16_rows_tensor_map(sp.k, B, sp.T, H, DQK);
   sp.tma_v = bf16_rows_tensor_map(sp.v, B, sp.T, H, sp.dv);
+  if (x) sp.tma_x = bf16_rows_tensor_map(sp.x, B, sp.T, H, sp.dv);
   sp.tma = 1;
 }
 
@@ -506,6 +511,7 @@ void run_output_t(const Cuda& ctx, const Run& r, int64_t B, int64_t T, int H, co
   const ScanKernel k = pick_dkdv<E, DQK>(r.dval, ctx.allow_tf32);
   require(k.fn != nullptr, "retention backward (CUDA): no fused kernel for these head sizes");
   (void)residency(k);  // readies k on this device
+  if (k.tma) set_tma_maps<DQK>(sp, B, H, true);
   const dim3 grid(1, static_cast<unsigned>(sp.NS), static_cast<unsigned>(B * H));
   HeadDecays decays = dec;
   void* args[] = {&sp, &decays};

@@ -703,7 +703,8 @@ constexpr int dkdv_launch_bytes() {
 // block covers all DV columns (dk sums over them), so each chunk loads four tiles and updates the state once,
 // where two runs load six and update twice. grid (1, NS, B * H), block 256.
 template <class Ops, int DQK, int DV>
-__global__ void __launch_bounds__(kEngineThreads, 1) chunk_engine_dkdv_kernel(ScanParams p, HeadDecays dec) {
+__global__ void __launch_bounds__(kEngineThreads, 1)
+    chunk_engine_dkdv_kernel(const __grid_constant__ ScanParams p, HeadDecays dec) {
   using E = typename Ops::E;
   using SM = DkdvSmem<Ops, DQK, DV>;
   static_assert(SM::fits, "fused backward: shared memory of one block");

@@ -79,10 +79,10 @@ struct ScanParams {
   float* final_state;
   const float* s0;  // [B, H] entering scales, or null (0)
   FinalScale final_scale;
-  // Where the outputs walk loads its chunks through TMA (tma = 1, kWgmmaTmaWalk): the tensor maps of q, k and v. A
-  // kernel reads them in place, so its ScanParams parameter is __grid_constant__.
+  // Where a wgmma walk loads its chunks through TMA (tma = 1: kWgmmaTmaWalk, kWgmmaDkdv): the tensor maps of q, k, v
+  // and x. A kernel reads them in place, so its ScanParams parameter is __grid_constant__.
   int tma;
-  CUtensorMap tma_q, tma_k, tma_v;
+  CUtensorMap tma_q, tma_k, tma_v, tma_x;
 };
 
 // Offset of the state slot of this pass's segment s of (batch, head) bh in p.states.

@@ -341,12 +341,13 @@ __device__ __forceinline__ void update_fragments(uint32_t (&ka)[4][4], const __n
 }
 
 // The warp's scores (rows row0 .. row0 + 15 of the chunk, keys key0 .. key0 + 8 NB - 1) under the causal mask
-// i >= j, as the A fragments of the first NB / 2 k steps of (S . mask) V.
-// With rd (WalkDecay::registers): also times gamma^(i - j), and i, j are chunk rows of mirrored tiles (rd->mirror).
+// i >= j, as the A fragments of the first NB / 2 k steps of (S . mask) V; i and j are chunk rows of the tiles' rows
+// r ^ mirror (RegisterDecays).
+// With rd (WalkDecay::registers): also times gamma^(i - j).
 template <int NB>
 __device__ __forceinline__ void masked_score_fragments(uint32_t (&sa)[4][4], const float (&sacc)[NB][4], int row0,
                                                        int key0, const WgmmaThread& t,
-                                                       const RegisterDecays<NB>* rd = nullptr) {
+                                                       const RegisterDecays<NB>* rd = nullptr, int mirror = 0) {
 #pragma unroll
   for (int kt = 0; kt < NB / 2; ++kt)
 #pragma unroll
@@ -355,9 +356,9 @@ __device__ __forceinline__ void masked_score_fragments(uint32_t (&sa)[4][4], con
       float m[4];
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const int i = row0 + t.g + 8 * (e >> 1), j = key0 + nt * 8 + 2 * t.tq + (e & 1);
+        const int i = (row0 + t.g + 8 * (e >> 1)) ^ mirror, j = (key0 + nt * 8 + 2 * t.tq + (e & 1)) ^ mirror;
         if (rd) {
-          m[e] = (i ^ rd->mirror) >= (j ^ rd->mirror) ? sacc[nt][e] * (rd->row[e >> 1] * rd->col[nt][e & 1]) : 0.f;
+          m[e] = i >= j ? sacc[nt][e] * (rd->row[e >> 1] * rd->col[nt][e & 1]) : 0.f;
         } else {
           m[e] = i >= j ? sacc[nt][e] : 0.f;
         }
@@ -443,7 +444,8 @@ __device__ __forceinline__ void exchange_scores(uint32_t (&sa)[4][4], uint4* x, 
 // a branch makes ptxas serialize all of them.) With rd (WalkDecay::registers): the factors in registers (fu unused),
 // and O's rows times gamma^(i - R). issued() runs once both products are issued (the outputs walk issues its next
 // loads there, behind the tensor cores' work). Merged (key size 256): B is a MergedKeyTile holding both K and the
-// state copy (Hc unused), and S and O come from one m64n64 product per k step, in one commit group.
+// state copy (Hc unused), and S and O come from one m64n64 product per k step, in one commit group. mirror: the
+// tiles' rows are chunk rows r ^ mirror (masked_score_fragments).
 struct NoWork {
   __device__ void operator()() const {}
 };
@@ -454,7 +456,7 @@ __device__ __forceinline__ void scores_and_state_part(float (&oacc)[DV / 16][4],
                                                       const __nv_bfloat16* Hc, const __nv_bfloat16* U, float fu,
                                                       float dl, const WgmmaThread& t, uint4* x = nullptr,
                                                       const RegisterDecays<WgmmaSplit<DV>::KW / 8>* rd = nullptr,
-                                                      Issued issued = {}) {
+                                                      Issued issued = {}, int mirror = 0) {
   using HTile = SwizzledTile<DQK>;
   using Split = WgmmaSplit<DV>;
   constexpr int LM = kEngineRows, KS = 16;
@@ -507,7 +509,7 @@ __device__ __forceinline__ void scores_and_state_part(float (&oacc)[DV / 16][4],
   }
   if constexpr (!kDecayFirst) decay_state();
   wgmma_wait<1>();
-  masked_score_fragments(sa, sacc, t.wq * 16, key0, t, rd);
+  masked_score_fragments(sa, sacc, t.wq * 16, key0, t, rd, mirror);
   if constexpr (Split::kExchange) exchange_scores<Split>(sa, x, t);
   wgmma_wait<0>();
   if (rd) {
@@ -738,9 +740,9 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
     uint32_t sa[LM / KS][4], ka[MT * LM / KS][4];
     const float fu = seg.gpow(len - 1 - R);
     if constexpr (Decay == WalkDecay::registers) rdec.prepare(len, seg.l2g, t);
-    scores_and_state_part<DQK, VT, kMerged>(oacc, sa, subarray<LM / KS>(ka, 0), hacc, Qs, Ks, Hs, Ks, fu, seg.gpow(len),
-                                            t, score_exchange, Decay == WalkDecay::registers ? &rdec : nullptr,
-                                            [&] { load_chunk(c + S - 1); });
+    scores_and_state_part<DQK, VT, kMerged>(
+        oacc, sa, subarray<LM / KS>(ka, 0), hacc, Qs, Ks, Hs, Ks, fu, seg.gpow(len), t, score_exchange,
+        Decay == WalkDecay::registers ? &rdec : nullptr, [&] { load_chunk(c + S - 1); }, mirror);
     // 2. O += (S . Gamma) V[:, OW wg ..]; 3. H <- gamma^len H + (K diag(w))^T V over all VT state columns.
     masked_values<VT>(oacc, sa, Vs, t);
     // The other state tile's update fragments (key size 256), while (S . mask) V runs.
@@ -812,17 +814,48 @@ __device__ __forceinline__ void wgmma_dkdv_walk(const ScanParams& p, const HeadD
   auto stage_v = [&](int st) { return stage_g(st) + SM::V_ELEMS; };
   using Loader = TileLoader<Tile, DQK, 4>;  // DQK == DV: one loader for the four tiles
   const Loader load({p.q, p.k, p.v, p.x}, b, h, T, p.H, DQK, 0, t.tid);
+  // Through TMA where the host encoded the maps, as the outputs walk: thread 0 issues the four tiles' boxes, the
+  // stage's mbarrier counts them in, and a reversed run's tiles hold its chunks upside down (mirror).
+  const bool use_tma = p.tma != 0;
+  const int mirror = use_tma && p.reverse ? LM - 1 : 0;
+  uint64_t* const full = reinterpret_cast<uint64_t*>(Hs_base + 2 * SM::H_ELEMS + 2 * SM::O_ELEMS);
+  static_assert(SM::STAGES * sizeof(uint64_t) <= 16, "the mbarriers fit the 16 bytes the alignment leaves");
+  if (use_tma && t.tid == 0) {
+    for (int st = 0; st < SM::STAGES; ++st) mbarrier_init(&full[st], 1);
+  }
   auto load_chunk = [&](int c) {
     const int st = c & 1;
     const int64_t c0 = seg.start + static_cast<int64_t>(c) * p.L;
-    load.load({stage_k(st), stage_q(st), stage_g(st), stage_v(st)}, c0, min(p.L, seg.len - c * p.L), phys, dir);
+    if (!use_tma) {
+      load.load({stage_k(st), stage_q(st), stage_g(st), stage_v(st)}, c0, min(p.L, seg.len - c * p.L), phys, dir);
+    } else if (t.tid == 0) {
+      const int y0 = static_cast<int>(mirror ? T - c0 - LM : c0);  // the position of the tiles' row 0
+      mbarrier_arrive_expect_tx(&full[st], SM::STAGE * 2);
+#pragma unroll
+      for (int half = 0; half < LM / kTmaBoxRows; ++half)
+#pragma unroll
+        for (int a = 0; a < DQK / 64; ++a) {
+          const int at = a * Tile::kAtom + half * kTmaBoxRows * 64, y = y0 + half * kTmaBoxRows;
+          tma_load_box(stage_k(st) + at, &p.tma_q, &full[st], 64 * a, h, y, b);
+          tma_load_box(stage_q(st) + at, &p.tma_k, &full[st], 64 * a, h, y, b);
+          tma_load_box(stage_g(st) + at, &p.tma_v, &full[st], 64 * a, h, y, b);
+          tma_load_box(stage_v(st) + at, &p.tma_x, &full[st], 64 * a, h, y, b);
+        }
+    }
     cp_async_commit();
+  };
+  auto wait_chunk = [&](int c) {  // chunk c has landed, for this thread
+    if (use_tma) {
+      mbarrier_wait(&full[c & 1], (c >> 1) & 1);
+    } else {
+      cp_async_wait<0>();
+    }
   };
   auto prescale = [&](int st) {
 #pragma unroll
     for (int i = 0; i < LM / Loader::RSTEP; ++i) {
-      const int r = load.r0 + i * Loader::RSTEP, at = Tile::at<DQK>(r, load.cc);
-      const float fi = seg.gpow(r - R), fj = seg.gpow(R - r);
+      const int r = load.r0 + i * Loader::RSTEP, at = Tile::at<DQK>(r, load.cc), cr = r ^ mirror;
+      const float fi = seg.gpow(cr - R), fj = seg.gpow(R - cr);
       const uint32_t wi = pack_bf16x2(fi, fi);
       scale_piece(stage_k(st) + at, wi);
       scale_piece(stage_v(st) + at, wi);
@@ -837,7 +870,7 @@ __device__ __forceinline__ void wgmma_dkdv_walk(const ScanParams& p, const HeadD
 
   float* const final_state = final_state_of(p, seg.s);
   load_chunk(0);
-  cp_async_wait<0>();
+  wait_chunk(0);
   prescale(0);
   for (int c = 0; c < nchunks; ++c) {
     const int st = c & 1;
@@ -855,10 +888,12 @@ __device__ __forceinline__ void wgmma_dkdv_walk(const ScanParams& p, const HeadD
     // fragments Q~^T times gamma^(len - 1 - R).
     float sacc[LM / 8][4], oacc[8][4];
     uint32_t sa[LM / KS][4], ka[LM / KS][4];
-    scores_and_state_part<DQK>(oacc, sa, ka, hacc, Ks, Qs, Hs, Qs, seg.gpow(len - 1 - R), seg.gpow(len), t, nullptr,
-                               nullptr, [&] {
-                                 if (c + 1 < nchunks) load_chunk(c + 1);
-                               });
+    scores_and_state_part<DQK>(
+        oacc, sa, ka, hacc, Ks, Qs, Hs, Qs, seg.gpow(len - 1 - R), seg.gpow(len), t, nullptr, nullptr,
+        [&] {
+          if (c + 1 < nchunks) load_chunk(c + 1);
+        },
+        mirror);
     // dv: O += mask(S) g[:, 64 wg ..]; then dk's scores S = V~ g^T.
     masked_values(oacc, sa, Gs, t);
 #pragma unroll
@@ -867,7 +902,7 @@ __device__ __forceinline__ void wgmma_dkdv_walk(const ScanParams& p, const HeadD
                                ks > 0);
     wgmma_commit();
     wgmma_wait<1>();
-    store_outputs_staged<false>(Os, p.o, DV, wg * 64, oacc, p, b, h, c0, len, t);
+    store_outputs_staged<false>(Os, p.o, DV, wg * 64, oacc, p, b, h, c0, len, t, mirror);
     // dk: O = V~ (c dU)^T[:, 64 wg ..], B[k][n] = copy(n, k): the copy's rows 64 wg .. read K-major.
     wgmma_fence();
 #pragma unroll
@@ -876,17 +911,17 @@ __device__ __forceinline__ void wgmma_dkdv_walk(const ScanParams& p, const HeadD
                                wgmma_desc(Hs + wg * 64 * 64 + kmajor_step<DQK>(ks), 0), ks > 0);
     wgmma_commit();
     wgmma_wait<1>();
-    masked_score_fragments(sa, sacc, t.wq * 16, 0, t);
+    masked_score_fragments<LM / 8>(sa, sacc, t.wq * 16, 0, t, nullptr, mirror);
     wgmma_wait<0>();
     // dk: O += mask(S) Q~[:, 64 wg ..]; dU <- gamma^len dU + (Q~ gamma^(len - 1 - R))^T g over all DV columns.
     values_and_update(oacc, sa, Qs, hacc, ka, Gs, t);
     // Meanwhile, the next chunk's rows get their factors.
     if (c + 1 < nchunks) {
-      cp_async_wait<0>();
+      wait_chunk(c + 1);
       prescale(st ^ 1);
     }
     wgmma_wait<1>();
-    store_outputs_staged<true>(Os, p.o2, DQK, wg * 64, oacc, p, b, h, c0, len, t);
+    store_outputs_staged<true>(Os, p.o2, DQK, wg * 64, oacc, p, b, h, c0, len, t, mirror);
     wgmma_wait<0>();
     if (c + 1 < nchunks) store_state_copy<DQK>(Hs_base + (st ^ 1) * SM::H_ELEMS, hacc, copy_factor, t);
   }
