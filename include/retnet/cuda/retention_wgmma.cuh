@@ -22,8 +22,8 @@
 //   3. H <- gamma^len H + (K diag(w))^T V, K^T from registers, which runs on while the outputs are stored and the
 //      next chunk's rows are scaled.
 // Three stages of cp.async copies keep two chunks in flight (two stages, one chunk in flight, in the fused backward,
-// whose stages hold four tiles, and with key size 256, whose two stages take all 227 KiB: WgmmaSmem). The key-256
-// walk loads through TMA instead (tma.cuh; one thread issues the chunk's boxes) where the host gives it tensor maps.
+// whose stages hold four tiles, and with key size 256, whose two stages take all 227 KiB: WgmmaSmem). The walks load
+// through TMA instead (tma.cuh; one thread issues the chunk's boxes) where the host gives them tensor maps.
 // Benchmark A/B switches (compile time): RETNET_CUDA_AB_DECAY (which walks take the decays in registers) and
 // RETNET_CUDA_AB_UNMERGED (key size 256 with separate S and Q H products); at run time RETNET_CUDA_TMA=0.
 #include <cuda_bf16.h>
@@ -289,10 +289,10 @@ inline constexpr bool kMergedWalk =
     false;
 #endif
 // Whether chunk_engine_kernel<Ops, DQK, VT, Summary>'s wgmma walk loads its chunks through TMA where the host encoded
-// the tensor maps (ScanParams::tma): the merged key-256 walk, whose 256 threads otherwise issue 16 16-byte cp.async
-// pieces each per chunk.
+// the tensor maps (ScanParams::tma): one thread issues the boxes, where 256 threads issued 16-byte cp.async pieces
+// (12 to 16 each per chunk). Not the narrow key-128 walk, whose forward ran 4-5 % slower so on the H200.
 template <class Ops, int DQK, int VT, bool Summary>
-inline constexpr bool kWgmmaTmaWalk = kWgmmaWalk<Ops, DQK, VT, Summary>&& kMergedWalk<DQK, VT>;
+inline constexpr bool kWgmmaTmaWalk = kWgmmaWalk<Ops, DQK, VT, Summary> && !(DQK == 128 && VT == 64);
 
 // The factors of WalkDecay::registers for a thread whose scores cover keys key0 + 8 nt + 2 tq + e (nt < NB, e < 2),
 // set once per segment (the update's weights again where the chunk length changes):
@@ -641,32 +641,48 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
   }();
   const TileLoader<MergedKeyTile, DQK> load_k({p.k}, b, h, T, p.H, DQK, 0, tid);  // merged only
   const TileLoader<Tile, VT> load_v({p.v}, b, h, T, p.H, dv, vt * VT, tid);
-  // Through TMA (the merged walk, where the host encoded the maps): thread 0 issues a chunk's boxes, which complete
-  // on the stage's mbarrier (after the layout, in the room left from aligning it: at least 16 bytes). A reversed run's
-  // boxes hold its chunks upside down, so the factors, mask and stores take mirrored rows.
-  const bool use_tma = kMerged && p.tma != 0;
-  const int mirror = use_tma && p.reverse ? LM - 1 : 0;
+  // Through TMA where the host encoded the maps: thread 0 issues a chunk's boxes, which complete on the stage's
+  // mbarrier. The mbarriers sit after the layout, in the room left from aligning it (16 bytes at least; a walk whose
+  // mbarriers would not fit there keeps its cp.async loads). A reversed run's boxes hold its chunks upside down, so
+  // the factors, masks, prescale and stores take mirrored rows.
   uint64_t* const full =
       reinterpret_cast<uint64_t*>(reinterpret_cast<unsigned char*>(score_exchange) + Split::kExchangeBytes);
-  if (use_tma && tid == 0) {
-    for (int st = 0; st < S; ++st) mbarrier_init(&full[st], 1);
+  const bool use_tma = kWgmmaTmaWalk<EngineOps<E>, DQK, VT, false> && p.tma != 0 &&
+                       reinterpret_cast<unsigned char*>(full + S) <= smem_raw + SM::bytes;
+  const int mirror = use_tma && p.reverse ? LM - 1 : 0;
+  if (use_tma) {
+    if (tid == 0) {
+      for (int st = 0; st < S; ++st) mbarrier_init(&full[st], 1);
+    }
+    __syncthreads();  // initialised before anyone waits on them
   }
-  static_assert(!kMerged || S * sizeof(uint64_t) <= 16, "the mbarriers fit the 16 bytes the alignment leaves");
   auto tma_chunk = [&](int st, int64_t c0) {
-    static_assert(!kMerged || VT == 64, "one atom of values");
     constexpr uint32_t kBytes = (2 * SM::QK_ELEMS + SM::V_ELEMS) * 2;
-    const int y0 = static_cast<int>(mirror ? T - c0 - LM : c0);  // the position of the tile's row 0
+    const int y0 = static_cast<int>(mirror ? T - c0 - LM : c0);  // the position of the tiles' row 0
     mbarrier_arrive_expect_tx(&full[st], kBytes);
 #pragma unroll
     for (int half = 0; half < LM / kTmaBoxRows; ++half) {
-      const int y = y0 + half * kTmaBoxRows;
+      const int y = y0 + half * kTmaBoxRows, rows = half * kTmaBoxRows * 64;
 #pragma unroll
       for (int a = 0; a < DQK / 64; ++a) {
-        tma_load_box(stage_q(st) + a * Tile::kAtom + half * kTmaBoxRows * 64, &p.tma_q, &full[st], 64 * a, h, y, b);
-        tma_load_box(stage_k(st) + a * SwizzledTile<128>::kAtom + MergedKeyTile::key_row(half * kTmaBoxRows) * 64,
-                     &p.tma_k, &full[st], 64 * a, h, y, b);
+        tma_load_box(stage_q(st) + a * Tile::kAtom + rows, &p.tma_q, &full[st], 64 * a, h, y, b);
+        if constexpr (kMerged) {
+          tma_load_box(stage_k(st) + a * SwizzledTile<128>::kAtom + MergedKeyTile::key_row(half * kTmaBoxRows) * 64,
+                       &p.tma_k, &full[st], 64 * a, h, y, b);
+        } else {
+          tma_load_box(stage_k(st) + a * Tile::kAtom + rows, &p.tma_k, &full[st], 64 * a, h, y, b);
+        }
       }
-      tma_load_box(stage_v(st) + half * kTmaBoxRows * 64, &p.tma_v, &full[st], vt * VT, h, y, b);
+#pragma unroll
+      for (int a = 0; a < VT / 64; ++a)
+        tma_load_box(stage_v(st) + a * Tile::kAtom + rows, &p.tma_v, &full[st], vt * VT + 64 * a, h, y, b);
+    }
+  };
+  auto wait_chunk = [&](int c) {  // chunk c has landed, for this thread
+    if (use_tma) {
+      mbarrier_wait(&full[c % S], (c / S) & 1);
+    } else {
+      cp_async_wait<S - 2>();  // all but the newest S - 2 groups: chunk c
     }
   };
   // Every call commits one group (empty past the last chunk): "all but the newest S - 2 groups" is chunk c.
@@ -675,14 +691,12 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
       const int st = c % S;
       const int64_t c0 = seg.start + static_cast<int64_t>(c) * p.L;
       const int len = min(p.L, seg.len - c * p.L);
-      if constexpr (kMerged) {
-        if (use_tma) {
-          if (tid == 0) tma_chunk(st, c0);
-        } else {
-          load_qk.load({stage_q(st)}, c0, len, phys, dir);
-          load_k.load({stage_k(st)}, c0, len, phys, dir);
-          load_v.load({stage_v(st)}, c0, len, phys, dir);
-        }
+      if (use_tma) {
+        if (tid == 0) tma_chunk(st, c0);
+      } else if constexpr (kMerged) {
+        load_qk.load({stage_q(st)}, c0, len, phys, dir);
+        load_k.load({stage_k(st)}, c0, len, phys, dir);
+        load_v.load({stage_v(st)}, c0, len, phys, dir);
       } else {
         load_qk.load({stage_q(st), stage_k(st)}, c0, len, phys, dir);
         load_v.load({stage_v(st)}, c0, len, phys, dir);
@@ -697,8 +711,8 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
     if constexpr (Decay == WalkDecay::operands) {
 #pragma unroll 4
       for (int i = 0; i < LM / QKLoader::RSTEP; ++i) {
-        const int r = load_qk.r0 + i * QKLoader::RSTEP, at = Tile::at<DQK>(r, load_qk.cc);
-        const float fq = seg.gpow(r - R), fk = seg.gpow(R - r);
+        const int r = load_qk.r0 + i * QKLoader::RSTEP, at = Tile::at<DQK>(r, load_qk.cc), cr = r ^ mirror;
+        const float fq = seg.gpow(cr - R), fk = seg.gpow(R - cr);
         scale_piece(stage_q(st) + at, pack_bf16x2(fq, fq));
         scale_piece(stage_k(st) + at, pack_bf16x2(fk, fk));
       }
@@ -721,7 +735,7 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
   float* const final_state = final_state_of(p, seg.s);
 #pragma unroll
   for (int c = 0; c < S - 1; ++c) load_chunk(c);
-  cp_async_wait<S - 2>();
+  wait_chunk(0);
   prescale(0);
   for (int c = 0, st = 0; c < nchunks; ++c, st = st + 1 == S ? 0 : st + 1) {
     const int len = min(p.L, seg.len - c * p.L);
@@ -732,7 +746,6 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
     const E* Hs = Hs_base + (c & 1) * SM::H_ELEMS;
     fence_proxy_async();  // this thread's copies, scalings and state-copy writes, before the tensor cores read them
     __syncthreads();      // chunk c (scaled) and Hs(c & 1) complete; everyone is past chunk c - 1, whose stage refills
-    if (use_tma) mbarrier_wait(&full[st], (c / S) & 1);
 
     // 1. S = Q~ K~^T (the warpgroup's keys; the mask comes later), then O = Q~ (gamma^(R+1) H)[:, OW wg ..]; the
     //    update's fragments K~^T times gamma^(len - 1 - R).
@@ -763,7 +776,7 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
                                 mirror);
     // Meanwhile, the next chunk's Q and K rows get their factors.
     if (c + 1 < nchunks) {
-      cp_async_wait<S - 2>();
+      wait_chunk(c + 1);
       prescale(st + 1 == S ? 0 : st + 1);
     }
     wgmma_wait<0>();
@@ -820,8 +833,11 @@ __device__ __forceinline__ void wgmma_dkdv_walk(const ScanParams& p, const HeadD
   const int mirror = use_tma && p.reverse ? LM - 1 : 0;
   uint64_t* const full = reinterpret_cast<uint64_t*>(Hs_base + 2 * SM::H_ELEMS + 2 * SM::O_ELEMS);
   static_assert(SM::STAGES * sizeof(uint64_t) <= 16, "the mbarriers fit the 16 bytes the alignment leaves");
-  if (use_tma && t.tid == 0) {
-    for (int st = 0; st < SM::STAGES; ++st) mbarrier_init(&full[st], 1);
+  if (use_tma) {
+    if (t.tid == 0) {
+      for (int st = 0; st < SM::STAGES; ++st) mbarrier_init(&full[st], 1);
+    }
+    __syncthreads();  // initialised before anyone waits on them
   }
   auto load_chunk = [&](int c) {
     const int st = c & 1;
