@@ -187,6 +187,13 @@ struct WgmmaSegment {
   __device__ float gpow(int n) const { return exp2f(static_cast<float>(n) * l2g); }  // gamma^n
 };
 
+// The sequence position that row 0 of a chunk's TMA tiles holds: the chunk's first, c0; with mirror (a reversed
+// run's tiles, whose row r holds chunk row 63 - r: the copies cannot run backwards) T - c0 - 64, which reads
+// positions below 0 as zeros where the chunk is short.
+__device__ __forceinline__ int tma_tile_position(int64_t T, int64_t c0, int mirror) {
+  return static_cast<int>(mirror ? T - c0 - kEngineRows : c0);
+}
+
 // The 16-byte piece at x times a bf16 pair.
 __device__ __forceinline__ void scale_piece(__nv_bfloat16* x, uint32_t f) {
   uint4* p = reinterpret_cast<uint4*>(x);
@@ -645,42 +652,38 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
   // mbarrier. The mbarriers sit after the layout, in the room left from aligning it (16 bytes at least; a walk whose
   // mbarriers would not fit there keeps its cp.async loads). A reversed run's boxes hold its chunks upside down, so
   // the factors, masks, prescale and stores take mirrored rows.
-  uint64_t* const full =
-      reinterpret_cast<uint64_t*>(reinterpret_cast<unsigned char*>(score_exchange) + Split::kExchangeBytes);
+  const TmaStages<S> stages{
+      reinterpret_cast<uint64_t*>(reinterpret_cast<unsigned char*>(score_exchange) + Split::kExchangeBytes)};
   const bool use_tma = kWgmmaTmaWalk<EngineOps<E>, DQK, VT, false> && p.tma != 0 &&
-                       reinterpret_cast<unsigned char*>(full + S) <= smem_raw + SM::bytes;
+                       reinterpret_cast<unsigned char*>(stages.bar + S) <= smem_raw + SM::bytes;
   const int mirror = use_tma && p.reverse ? LM - 1 : 0;
-  if (use_tma) {
-    if (tid == 0) {
-      for (int st = 0; st < S; ++st) mbarrier_init(&full[st], 1);
-    }
-    __syncthreads();  // initialised before anyone waits on them
-  }
-  auto tma_chunk = [&](int st, int64_t c0) {
+  if (use_tma) stages.init(tid);
+  auto tma_chunk = [&](int c, int64_t c0) {
     constexpr uint32_t kBytes = (2 * SM::QK_ELEMS + SM::V_ELEMS) * 2;
-    const int y0 = static_cast<int>(mirror ? T - c0 - LM : c0);  // the position of the tiles' row 0
-    mbarrier_arrive_expect_tx(&full[st], kBytes);
+    const int st = c % S, y0 = tma_tile_position(T, c0, mirror);
+    uint64_t* const bar = stages.of(c);
+    stages.expect(c, kBytes);
 #pragma unroll
     for (int half = 0; half < LM / kTmaBoxRows; ++half) {
       const int y = y0 + half * kTmaBoxRows, rows = half * kTmaBoxRows * 64;
 #pragma unroll
       for (int a = 0; a < DQK / 64; ++a) {
-        tma_load_box(stage_q(st) + a * Tile::kAtom + rows, &p.tma_q, &full[st], 64 * a, h, y, b);
+        tma_load_box(stage_q(st) + a * Tile::kAtom + rows, &p.tma_q, bar, 64 * a, h, y, b);
         if constexpr (kMerged) {
           tma_load_box(stage_k(st) + a * SwizzledTile<128>::kAtom + MergedKeyTile::key_row(half * kTmaBoxRows) * 64,
-                       &p.tma_k, &full[st], 64 * a, h, y, b);
+                       &p.tma_k, bar, 64 * a, h, y, b);
         } else {
-          tma_load_box(stage_k(st) + a * Tile::kAtom + rows, &p.tma_k, &full[st], 64 * a, h, y, b);
+          tma_load_box(stage_k(st) + a * Tile::kAtom + rows, &p.tma_k, bar, 64 * a, h, y, b);
         }
       }
 #pragma unroll
       for (int a = 0; a < VT / 64; ++a)
-        tma_load_box(stage_v(st) + a * Tile::kAtom + rows, &p.tma_v, &full[st], vt * VT + 64 * a, h, y, b);
+        tma_load_box(stage_v(st) + a * Tile::kAtom + rows, &p.tma_v, bar, vt * VT + 64 * a, h, y, b);
     }
   };
   auto wait_chunk = [&](int c) {  // chunk c has landed, for this thread
     if (use_tma) {
-      mbarrier_wait(&full[c % S], (c / S) & 1);
+      stages.wait(c);
     } else {
       cp_async_wait<S - 2>();  // all but the newest S - 2 groups: chunk c
     }
@@ -692,7 +695,7 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
       const int64_t c0 = seg.start + static_cast<int64_t>(c) * p.L;
       const int len = min(p.L, seg.len - c * p.L);
       if (use_tma) {
-        if (tid == 0) tma_chunk(st, c0);
+        if (tid == 0) tma_chunk(c, c0);
       } else if constexpr (kMerged) {
         load_qk.load({stage_q(st)}, c0, len, phys, dir);
         load_k.load({stage_k(st)}, c0, len, phys, dir);
@@ -831,38 +834,34 @@ __device__ __forceinline__ void wgmma_dkdv_walk(const ScanParams& p, const HeadD
   // stage's mbarrier counts them in, and a reversed run's tiles hold its chunks upside down (mirror).
   const bool use_tma = p.tma != 0;
   const int mirror = use_tma && p.reverse ? LM - 1 : 0;
-  uint64_t* const full = reinterpret_cast<uint64_t*>(Hs_base + 2 * SM::H_ELEMS + 2 * SM::O_ELEMS);
+  const TmaStages<SM::STAGES> stages{reinterpret_cast<uint64_t*>(Hs_base + 2 * SM::H_ELEMS + 2 * SM::O_ELEMS)};
   static_assert(SM::STAGES * sizeof(uint64_t) <= 16, "the mbarriers fit the 16 bytes the alignment leaves");
-  if (use_tma) {
-    if (t.tid == 0) {
-      for (int st = 0; st < SM::STAGES; ++st) mbarrier_init(&full[st], 1);
-    }
-    __syncthreads();  // initialised before anyone waits on them
-  }
+  if (use_tma) stages.init(t.tid);
   auto load_chunk = [&](int c) {
     const int st = c & 1;
     const int64_t c0 = seg.start + static_cast<int64_t>(c) * p.L;
     if (!use_tma) {
       load.load({stage_k(st), stage_q(st), stage_g(st), stage_v(st)}, c0, min(p.L, seg.len - c * p.L), phys, dir);
     } else if (t.tid == 0) {
-      const int y0 = static_cast<int>(mirror ? T - c0 - LM : c0);  // the position of the tiles' row 0
-      mbarrier_arrive_expect_tx(&full[st], SM::STAGE * 2);
+      const int y0 = tma_tile_position(T, c0, mirror);
+      uint64_t* const bar = stages.of(c);
+      stages.expect(c, SM::STAGE * 2);
 #pragma unroll
       for (int half = 0; half < LM / kTmaBoxRows; ++half)
 #pragma unroll
         for (int a = 0; a < DQK / 64; ++a) {
           const int at = a * Tile::kAtom + half * kTmaBoxRows * 64, y = y0 + half * kTmaBoxRows;
-          tma_load_box(stage_k(st) + at, &p.tma_q, &full[st], 64 * a, h, y, b);
-          tma_load_box(stage_q(st) + at, &p.tma_k, &full[st], 64 * a, h, y, b);
-          tma_load_box(stage_g(st) + at, &p.tma_v, &full[st], 64 * a, h, y, b);
-          tma_load_box(stage_v(st) + at, &p.tma_x, &full[st], 64 * a, h, y, b);
+          tma_load_box(stage_k(st) + at, &p.tma_q, bar, 64 * a, h, y, b);
+          tma_load_box(stage_q(st) + at, &p.tma_k, bar, 64 * a, h, y, b);
+          tma_load_box(stage_g(st) + at, &p.tma_v, bar, 64 * a, h, y, b);
+          tma_load_box(stage_v(st) + at, &p.tma_x, bar, 64 * a, h, y, b);
         }
     }
     cp_async_commit();
   };
   auto wait_chunk = [&](int c) {  // chunk c has landed, for this thread
     if (use_tma) {
-      mbarrier_wait(&full[c & 1], (c >> 1) & 1);
+      stages.wait(c);
     } else {
       cp_async_wait<0>();
     }

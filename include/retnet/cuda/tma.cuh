@@ -98,6 +98,25 @@ __device__ __forceinline__ void mbarrier_wait(uint64_t* bar, uint32_t parity) {
 #endif
 }
 
+// The mbarriers of a walk's S load stages (bar[0 .. S - 1] in shared memory): chunk c lands in stage c % S, and its
+// copies complete the stage's (c / S)-th phase.
+template <int S>
+struct TmaStages {
+  uint64_t* bar;
+  // Thread 0 sets them up, then the block's barrier, so that no thread waits on one before that.
+  __device__ void init(int tid) const {
+    if (tid == 0) {
+      for (int st = 0; st < S; ++st) mbarrier_init(&bar[st], 1);
+    }
+    __syncthreads();
+  }
+  __device__ uint64_t* of(int c) const { return &bar[static_cast<unsigned>(c) % S]; }  // c >= 0
+  // The issuing thread's arrival for chunk c, whose copies bring bytes.
+  __device__ void expect(int c, uint32_t bytes) const { mbarrier_arrive_expect_tx(of(c), bytes); }
+  // Until chunk c has landed, for this thread.
+  __device__ void wait(int c) const { mbarrier_wait(of(c), (static_cast<unsigned>(c) / S) & 1); }
+};
+
 // Copies the box at coordinates (column, head, position, batch) of the tensor map into dst (1024-byte aligned for the
 // swizzle), completing on bar. map: a kernel parameter (__grid_constant__) or global memory.
 __device__ __forceinline__ void tma_load_box(void* dst, const CUtensorMap* map, uint64_t* bar, int col, int head,
