@@ -282,26 +282,28 @@ inline bool wgmma_walks_built() {
   return built == 1;
 }
 
-// Whether walks that can load through TMA do (RETNET_CUDA_TMA=0 turns it off: A/B switch).
-inline bool tma_enabled() {
-  static const bool on = [] {
+// ScanParams::tma for walks that can load through TMA: 1, or the A/B switch RETNET_CUDA_TMA: 0 turns TMA off, and
+// "merged" keeps key size 256 on the merged walk (2: TMA without the roles walk).
+inline int tma_mode() {
+  static const int mode = [] {
     const char* e = std::getenv("RETNET_CUDA_TMA");
-    return !(e && std::string_view(e) == "0");
+    const std::string_view v = e ? e : "";
+    return v == "0" ? 0 : v == "merged" ? 2 : 1;
   }();
-  return on;
+  return mode;
 }
 
 // Gives a TMA walk its tensor maps (ScanParams::tma; x: the fused backward's fourth input) where its chunks are whole
 // 64-row tiles of the sequence: the boxes read whole tiles, and only positions outside the sequence read as zeros.
 template <int DQK>
 void set_tma_maps(ScanParams& sp, int64_t B, int H, bool x = false) {
-  if (!tma_enabled() || sp.L != kEngineRows || sp.seg % kEngineRows != 0 || sp.T > INT32_MAX || !wgmma_walks_built())
+  if (tma_mode() == 0 || sp.L != kEngineRows || sp.seg % kEngineRows != 0 || sp.T > INT32_MAX || !wgmma_walks_built())
     return;
   sp.tma_q = bf16_rows_tensor_map(sp.q, B, sp.T, H, DQK);
   sp.tma_k = bf16_rows_tensor_map(sp.k, B, sp.T, H, DQK);
   sp.tma_v = bf16_rows_tensor_map(sp.v, B, sp.T, H, sp.dv);
   if (x) sp.tma_x = bf16_rows_tensor_map(sp.x, B, sp.T, H, sp.dv);
-  sp.tma = 1;
+  sp.tma = tma_mode();
 }
 
 template <class E, int DQK, bool Summary>

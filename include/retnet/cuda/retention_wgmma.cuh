@@ -37,11 +37,13 @@
 
 namespace retnet::cuda_detail {
 
-__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&x)[4], const void* p) {
+// ldmatrix .x4 .trans at a shared-memory address (smem_addr), or at p.
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&x)[4], uint32_t addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(x[0]), "=r"(x[1]), "=r"(x[2]), "=r"(x[3])
-               : "r"(smem_addr(p)));
+               : "r"(addr));
 }
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&x)[4], const void* p) { ldsm_x4_trans(x, smem_addr(p)); }
 
 // Barrier Id (1..15; 0 is __syncthreads) over Threads threads.
 template <int Id, int Threads>
@@ -217,9 +219,17 @@ __device__ __forceinline__ void store_state_copy(__nv_bfloat16* Hs, const float 
             pack_bf16x2(hacc[NB * mt + j][2 * half] * f, hacc[NB * mt + j][2 * half + 1] * f);
 }
 
-__device__ __forceinline__ void stsm_x4_trans(void* p, const uint32_t (&x)[4]) {
-  asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1,%2,%3,%4};\n" ::"r"(smem_addr(p)), "r"(x[0]),
+// stmatrix .x4 .trans at a shared-memory address (smem_addr), or at p.
+__device__ __forceinline__ void stsm_x4_trans(uint32_t addr, const uint32_t (&x)[4]) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1,%2,%3,%4};\n" ::"r"(addr), "r"(x[0]),
                "r"(x[1]), "r"(x[2]), "r"(x[3])
+               : "memory");
+}
+__device__ __forceinline__ void stsm_x4_trans(void* p, const uint32_t (&x)[4]) { stsm_x4_trans(smem_addr(p), x); }
+// stmatrix .x4 (untransposed) at a shared-memory address.
+__device__ __forceinline__ void stsm_x4(uint32_t addr, const uint32_t (&x)[4]) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1,%2,%3,%4};\n" ::"r"(addr), "r"(x[0]), "r"(x[1]),
+               "r"(x[2]), "r"(x[3])
                : "memory");
 }
 
@@ -598,6 +608,219 @@ __device__ __forceinline__ void read_entering_state(float (&hacc)[N][4], const S
       hacc, t, [&](int row, int col, float& x) { x = entering_state<DQK>(p, seg.bh, seg.s, col0, row, col); });
 }
 
+// The key-256 walk on TMA, with a role for each warpgroup (where the host encoded the tensor maps; the merged walk
+// below keeps the cp.async loads). Two warpgroups that split every chunk between them wait for the slower at two
+// block barriers per chunk (the score exchange and the next chunk's), and both read Q for their halves of
+// [S | O] = Q [K ; Hc^T]^T; on the H200 the tensor cores were busy 37 % of the merged walk. Here:
+//   the outputs warpgroup (0): [S | O] = Q [K ; Hc^T]^T as one m64n128 product per k step (Q read once), the mask
+//     and decays in registers, O += (S . mask) V, the outputs stored;
+//   the state warpgroup (1): the state, transposed, in registers (one m64n256 accumulator),
+//     H^T <- gamma^len H^T + (V diag(w))^T K, and the copy Hc^T = gamma^(R + 1) H^T entering the next chunk, stored
+//     below the next chunk's keys; one of its threads refills the stages.
+// So the update of chunk c runs beside chunk c's outputs, and no block barrier orders them. Their mbarriers, one of
+// each per stage: full (the chunk's TMA boxes have landed), ready (the state warpgroup has stored the chunk's Hc),
+// consumed (the outputs warpgroup has read the stage's Hc, which may take the copy entering chunk c + 2) and empty
+// (both are done with the stage, which may take chunk c + 2). Stage layout: Q [64, 256], the keys tile (rows 0-63
+// the chunk's keys, rows 64-127 Hc^T, both [., 256]), V [64, 64]; then the outputs' staging tile.
+struct RolesWalkSmem {
+  static constexpr int LM = kEngineRows, DQK = 256, VT = 64;
+  static constexpr int Q_ELEMS = LM * DQK, KEYS_ELEMS = 2 * LM * DQK, V_ELEMS = LM * VT;
+  static constexpr int STAGE = Q_ELEMS + KEYS_ELEMS + V_ELEMS, STAGES = 2;
+  static constexpr int O_ELEMS = LM * kStagedOutputPitch<VT>;
+  static constexpr int BARRIERS = 4 * STAGES;  // full, ready, consumed, empty
+  static constexpr int bytes = (STAGES * STAGE + O_ELEMS) * 2 + BARRIERS * 8 + 1024;
+  static constexpr uint32_t kChunkBytes = (Q_ELEMS + KEYS_ELEMS / 2 + V_ELEMS) * 2;  // one chunk's boxes
+};
+
+__device__ __forceinline__ void wgmma_roles_walk(const ScanParams& p, const HeadDecays& dec, unsigned char* smem_raw) {
+  using E = __nv_bfloat16;
+  using SM = RolesWalkSmem;
+  using QTile = SwizzledTile<kEngineRows>;
+  using KeysTile = SwizzledTile<2 * kEngineRows>;
+  constexpr int LM = kEngineRows, KS = 16, R = LM / 2, DQK = SM::DQK, VT = SM::VT;
+  static_assert(SM::bytes <= WgmmaSmem<DQK, VT>::bytes, "within the launch's shared memory");
+  E* smem = reinterpret_cast<E*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
+  E* const Os = smem + SM::STAGES * SM::STAGE;
+  uint64_t* const full = reinterpret_cast<uint64_t*>(Os + SM::O_ELEMS);
+  uint64_t* const ready = full + SM::STAGES;
+  uint64_t* const consumed = ready + SM::STAGES;
+  uint64_t* const empty = consumed + SM::STAGES;
+  auto stage_q = [&](int st) { return smem + st * SM::STAGE; };
+  auto stage_keys = [&](int st) { return stage_q(st) + SM::Q_ELEMS; };
+  auto stage_v = [&](int st) { return stage_keys(st) + SM::KEYS_ELEMS; };
+  auto phase = [](int c) { return static_cast<uint32_t>(c >> 1) & 1; };
+
+  const WgmmaThread t(threadIdx.x);
+  const WgmmaSegment seg(p, dec);
+  const int vt = blockIdx.x, b = seg.b, h = seg.h, nchunks = seg.nchunks, dv = p.dv;
+  const int64_t T = seg.T;
+  const int mirror = p.reverse ? LM - 1 : 0;  // a reversed run's tiles hold its chunks upside down
+
+  if (t.tid == 0) {
+    for (int st = 0; st < SM::STAGES; ++st) {
+      mbarrier_init(&full[st], 1);
+      mbarrier_init(&ready[st], 128);
+      mbarrier_init(&consumed[st], 128);
+      mbarrier_init(&empty[st], kEngineThreads);
+    }
+  }
+  __syncthreads();                // the only block barrier: the mbarriers are set up
+  auto load_chunk = [&](int c) {  // one thread
+    const int st = c & 1, y0 = tma_tile_position(T, seg.start + static_cast<int64_t>(c) * p.L, mirror);
+    mbarrier_arrive_expect_tx(&full[st], SM::kChunkBytes);
+#pragma unroll
+    for (int half = 0; half < LM / kTmaBoxRows; ++half) {
+      const int y = y0 + half * kTmaBoxRows, rows = half * kTmaBoxRows * 64;
+#pragma unroll
+      for (int a = 0; a < DQK / 64; ++a) {
+        tma_load_box(stage_q(st) + a * QTile::kAtom + rows, &p.tma_q, &full[st], 64 * a, h, y, b);
+        tma_load_box(stage_keys(st) + a * KeysTile::kAtom + rows, &p.tma_k, &full[st], 64 * a, h, y, b);
+      }
+      tma_load_box(stage_v(st) + rows, &p.tma_v, &full[st], vt * VT, h, y, b);
+    }
+  };
+  if (t.tid == 0) {
+    for (int c = 0; c < min(nchunks, SM::STAGES); ++c) load_chunk(c);
+  }
+  RegisterDecays<LM / 8> rd(seg.l2g, 0, t, mirror);
+
+  if (t.wg == 0) {  // the outputs warpgroup
+    for (int c = 0; c < nchunks; ++c) {
+      const int st = c & 1, len = min(p.L, seg.len - c * p.L);
+      const int64_t c0 = seg.start + static_cast<int64_t>(c) * p.L;
+      const E* Qs = stage_q(st);
+      const E* Ks = stage_keys(st);
+      const E* Vs = stage_v(st);
+      mbarrier_wait(&full[st], phase(c));
+      mbarrier_wait(&ready[st], phase(c));
+      // [S | O] = Q [K ; Hc^T]^T: accumulator blocks 0-7 the scores of keys 0-63, 8-15 the state part of the outputs.
+      float acc[16][4];
+      wgmma_fence();
+#pragma unroll
+      for (int ks = 0; ks < DQK / KS; ++ks)
+        wgmma_m64n128k16_ss<0, 0>(acc, wgmma_desc(Qs + kmajor_step<LM>(ks), 0),
+                                  wgmma_desc(Ks + kmajor_step<2 * LM>(ks), 0), ks > 0);
+      wgmma_commit();
+      wgmma_wait<0>();
+      mbarrier_arrive(&consumed[st]);  // the stage's Hc may take the copy entering chunk c + 2
+      // The state part's rows times gamma^(i - R), into an accumulator of its own (as a part of acc, the next
+      // product's accumulator made ptxas serialize the products).
+      float oacc[8][4];
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) oacc[nt][e] = acc[8 + nt][e] * rd.row[e >> 1];
+      uint32_t sa[LM / KS][4];
+      masked_score_fragments(sa, subarray<8>(acc, 0), t.wq * 16, 0, t, &rd, mirror);
+      // O += (S . mask) V
+      wgmma_fence();
+#pragma unroll
+      for (int kt = 0; kt < LM / KS; ++kt)
+        wgmma_m64n64k16_rs<1>(oacc, sa[kt], wgmma_desc(Vs + kt * KS * 64, 2 * QTile::kAtom));
+      wgmma_commit();
+      wgmma_wait<0>();
+      mbarrier_arrive(&empty[st]);  // this warpgroup is done with the stage
+      store_outputs_staged<true>(Os, p.o, dv, vt * VT, oacc, p, b, h, c0, len, t, mirror);
+    }
+    return;
+  }
+
+  // The state warpgroup holds H^T [VT, DQK] as one m64n256 accumulator: ht[j][e] is H(8 j + 2 tq + e % 2, column
+  // 16 wq + g + 8 (e / 2)) (the accumulator layout). So the update is H^T += (V diag(w))^T K, four m64n256k16
+  // products with V^T's fragments from registers, and the copy Hc^T is stored untransposed.
+  constexpr int NJ = DQK / 8;
+  float ht[NJ][4];
+  auto for_each_state_element = [&](auto&& f) {
+#pragma unroll
+    for (int j = 0; j < NJ; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) f(8 * j + 2 * t.tq + (e & 1), 16 * t.wq + t.g + 8 * (e >> 1), ht[j][e]);
+  };
+  // The entering state (as entering_state): element (row, col) at src + row rs + col cs. The pointer passes through
+  // an empty asm per n8 block, so that ptxas computes each block's addresses after the last block's loads (with all
+  // 128 addresses computed first it spilled).
+  {
+    const float* src = p.states + state_offset<DQK>(p, seg.bh, seg.s);
+    const int64_t rs = p.states_transposed ? 1 : dv, cs = p.states_transposed ? DQK : 1;
+    src += 2 * t.tq * rs + (vt * VT + 16 * t.wq + t.g) * cs;
+    const int64_t at[4] = {0, rs, 8 * cs, rs + 8 * cs};  // e = 0 .. 3: rows + e % 2, columns + 8 (e / 2)
+#pragma unroll
+    for (int j = 0; j < NJ; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) ht[j][e] = src[at[e]];
+      src += 8 * rs;
+      asm volatile("" : "+l"(src));
+    }
+  }
+  // The copy gamma^(R + 1) H^T entering chunk c, into rows LM .. LM + VT - 1 of stage c's keys tile, as stmatrix
+  // fragments: matrix i of a store holds columns 16 wq + 8 (i % 2) .., key dims 8 (j + i / 2) ..; lane l gives the
+  // address of its row l % 8. Then the outputs warpgroup may read it.
+  const float copy_factor = seg.gpow(R + 1);
+  const int st_i = t.lane >> 3, st_k = t.lane & 7;
+  const uint32_t copy_row = 2 * (LM + 16 * t.wq + 8 * (st_i & 1) + st_k) * 64;
+  auto state_copy = [&](int c) {
+    const uint32_t KH = smem_addr(stage_keys(c & 1)) + copy_row;
+#pragma unroll
+    for (int j = 0; j < NJ; j += 2) {
+      uint32_t x[4];
+#pragma unroll
+      for (int m = 0; m < 4; ++m) {  // matrix m: n8 block j + m / 2, rows + 8 (m % 2)
+        const float(&v)[4] = ht[j + (m >> 1)];
+        x[m] = pack_bf16x2(v[2 * (m & 1)] * copy_factor, v[2 * (m & 1) + 1] * copy_factor);
+      }
+      // KeysTile::at(row, 8 (j + i / 2)): the atom, and the 16-byte piece (j % 8 + i / 2) ^ (row % 8) of the row
+      const uint32_t piece = ((j & 7) ^ (st_i >> 1) ^ st_k) << 4;
+      stsm_x4(KH + 2 * (j / 8) * KeysTile::kAtom + piece, x);
+    }
+    fence_proxy_async();  // the tensor cores read the copy
+    mbarrier_arrive(&ready[c & 1]);
+  };
+  state_copy(0);
+  for (int c = 0; c < nchunks; ++c) {
+    const int st = c & 1, len = min(p.L, seg.len - c * p.L);
+    const E* Ks = stage_keys(st);
+    const E* Vs = stage_v(st);
+    mbarrier_wait(&full[st], phase(c));
+    rd.prepare(len, seg.l2g, t);
+    const float dl = seg.gpow(len);
+    // H^T <- gamma^len H^T + (V diag(w))^T K, w_j = gamma^(len - 1 - j); K read N-major (its key dims).
+    uint32_t va[LM / KS][4];
+    transposed_a_fragments(va, Vs, t.wq * 16, t.lane, [&](int kt, int half) { return rd.upd[kt][half]; });
+    for_each_state_element([&](int, int, float& x) { x *= dl; });
+    wgmma_fence();
+#pragma unroll
+    for (int kt = 0; kt < LM / KS; ++kt)
+      wgmma_m64n256k16_rs<1>(ht, va[kt], wgmma_desc(Ks + kt * KS * 64, 2 * KeysTile::kAtom));
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_proxy_async();  // this warpgroup's reads of the stage, before its refill
+    mbarrier_arrive(&empty[st]);
+    // The copy entering chunk c + 1, once chunk c - 1's outputs have read the Hc rows of its stage (the TMA boxes of
+    // chunk c + 1 fill only the key rows: the copy need not wait for them).
+    if (c + 1 < nchunks) {
+      if (c >= 1) mbarrier_wait(&consumed[st ^ 1], phase(c - 1));
+      state_copy(c + 1);
+    }
+    // Then the refill of this stage with chunk c + 2, once the outputs warpgroup is done with chunk c too.
+    if (t.tid == 128 && c + SM::STAGES < nchunks) {
+      mbarrier_wait(&empty[st], phase(c));
+      load_chunk(c + SM::STAGES);
+    }
+  }
+  float* const final_state = final_state_of(p, seg.s);
+  if (final_state) {  // the last segment: this walk ends the sequence
+    const float m = final_state_factor(p, dec, seg.bh, h);
+    float* dst = final_state + static_cast<int64_t>(seg.bh) * DQK * dv + vt * VT + 2 * t.tq * dv + 16 * t.wq + t.g;
+#pragma unroll
+    for (int j = 0; j < NJ; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) dst[(e & 1) * dv + 8 * (e >> 1)] = ht[j][e] * m;
+      dst += 8 * static_cast<int64_t>(dv);
+      asm volatile("" : "+l"(dst));
+    }
+  }
+}
+
 // The decays enter through the operands, so that the scores need only the causal mask:
 //   Q~_i = gamma^(i - R) q_i and K~_j = gamma^(R - j) k_j (R = 32, scaled in shared memory as they land), so
 //   Q~_i . K~_j = gamma^(i - j) q_i . k_j;
@@ -621,6 +844,12 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
                 "merged stages: two, decays in registers, the state copies' room");
 
   static_assert(DQK == 128 || (DQK == 256 && VT == 64), "two warpgroups of 64 or 128 state rows");
+  if constexpr (kMerged && kWgmmaTmaWalk<EngineOps<E>, DQK, VT, false>) {
+    if (p.tma == 1) {
+      wgmma_roles_walk(p, dec, smem_raw);
+      return;
+    }
+  }
   static_assert(SM::fits, "shared memory of one block");
   E* smem = reinterpret_cast<E*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
   E* Hs_base = smem + S * SM::STAGE;

@@ -73,6 +73,15 @@ __device__ __forceinline__ void mbarrier_init(uint64_t* bar, int arrivals) {
 #endif
 }
 
+// This thread's arrival on bar (release: its earlier writes are visible to the threads that wait on the phase).
+__device__ __forceinline__ void mbarrier_arrive(uint64_t* bar) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_addr(bar)) : "memory");
+#else
+  __trap();
+#endif
+}
+
 // This thread's arrival on bar, announcing that the phase also waits for bytes of copies.
 __device__ __forceinline__ void mbarrier_arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
