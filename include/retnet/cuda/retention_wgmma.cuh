@@ -23,9 +23,11 @@
 //      next chunk's rows are scaled.
 // Three stages of cp.async copies keep two chunks in flight (two stages, one chunk in flight, in the fused backward,
 // whose stages hold four tiles, and with key size 256, whose two stages take all 227 KiB: WgmmaSmem). The walks load
-// through TMA instead (tma.cuh; one thread issues the chunk's boxes) where the host gives them tensor maps.
+// through TMA instead (tma.cuh; one thread issues the chunk's boxes) where the host gives them tensor maps; with key
+// size 256 that is a walk of its own, with a role per warpgroup (wgmma_roles_walk: outputs, and the state).
 // Benchmark A/B switches (compile time): RETNET_CUDA_AB_DECAY (which walks take the decays in registers) and
-// RETNET_CUDA_AB_UNMERGED (key size 256 with separate S and Q H products); at run time RETNET_CUDA_TMA=0.
+// RETNET_CUDA_AB_UNMERGED (key size 256 with separate S and Q H products); at run time RETNET_CUDA_TMA=0 (no TMA) or
+// =merged (key size 256 on the merged walk with TMA).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
