@@ -39,13 +39,11 @@
 
 namespace retnet::cuda_detail {
 
-// ldmatrix .x4 .trans at a shared-memory address (smem_addr), or at p.
-__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&x)[4], uint32_t addr) {
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&x)[4], const void* p) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(x[0]), "=r"(x[1]), "=r"(x[2]), "=r"(x[3])
-               : "r"(addr));
+               : "r"(smem_addr(p)));
 }
-__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&x)[4], const void* p) { ldsm_x4_trans(x, smem_addr(p)); }
 
 // Barrier Id (1..15; 0 is __syncthreads) over Threads threads.
 template <int Id, int Threads>
@@ -221,13 +219,12 @@ __device__ __forceinline__ void store_state_copy(__nv_bfloat16* Hs, const float 
             pack_bf16x2(hacc[NB * mt + j][2 * half] * f, hacc[NB * mt + j][2 * half + 1] * f);
 }
 
-// stmatrix .x4 .trans at a shared-memory address (smem_addr), or at p.
-__device__ __forceinline__ void stsm_x4_trans(uint32_t addr, const uint32_t (&x)[4]) {
-  asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1,%2,%3,%4};\n" ::"r"(addr), "r"(x[0]),
+__device__ __forceinline__ void stsm_x4_trans(void* p, const uint32_t (&x)[4]) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1,%2,%3,%4};\n" ::"r"(smem_addr(p)), "r"(x[0]),
                "r"(x[1]), "r"(x[2]), "r"(x[3])
                : "memory");
 }
-__device__ __forceinline__ void stsm_x4_trans(void* p, const uint32_t (&x)[4]) { stsm_x4_trans(smem_addr(p), x); }
+
 // stmatrix .x4 (untransposed) at a shared-memory address.
 __device__ __forceinline__ void stsm_x4(uint32_t addr, const uint32_t (&x)[4]) {
   asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1,%2,%3,%4};\n" ::"r"(addr), "r"(x[0]), "r"(x[1]),
@@ -643,14 +640,12 @@ __device__ __forceinline__ void wgmma_roles_walk(const ScanParams& p, const Head
   static_assert(SM::bytes <= WgmmaSmem<DQK, VT>::bytes, "within the launch's shared memory");
   E* smem = reinterpret_cast<E*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
   E* const Os = smem + SM::STAGES * SM::STAGE;
-  uint64_t* const full = reinterpret_cast<uint64_t*>(Os + SM::O_ELEMS);
-  uint64_t* const ready = full + SM::STAGES;
-  uint64_t* const consumed = ready + SM::STAGES;
-  uint64_t* const empty = consumed + SM::STAGES;
+  uint64_t* const bars = reinterpret_cast<uint64_t*>(Os + SM::O_ELEMS);
+  const StageBarriers<SM::STAGES> full{bars}, ready{bars + SM::STAGES}, consumed{bars + 2 * SM::STAGES},
+      empty{bars + 3 * SM::STAGES};
   auto stage_q = [&](int st) { return smem + st * SM::STAGE; };
   auto stage_keys = [&](int st) { return stage_q(st) + SM::Q_ELEMS; };
   auto stage_v = [&](int st) { return stage_keys(st) + SM::KEYS_ELEMS; };
-  auto phase = [](int c) { return static_cast<uint32_t>(c >> 1) & 1; };
 
   const WgmmaThread t(threadIdx.x);
   const WgmmaSegment seg(p, dec);
@@ -659,26 +654,25 @@ __device__ __forceinline__ void wgmma_roles_walk(const ScanParams& p, const Head
   const int mirror = p.reverse ? LM - 1 : 0;  // a reversed run's tiles hold its chunks upside down
 
   if (t.tid == 0) {
-    for (int st = 0; st < SM::STAGES; ++st) {
-      mbarrier_init(&full[st], 1);
-      mbarrier_init(&ready[st], 128);
-      mbarrier_init(&consumed[st], 128);
-      mbarrier_init(&empty[st], kEngineThreads);
-    }
+    full.set_up(1);
+    ready.set_up(128);
+    consumed.set_up(128);
+    empty.set_up(kEngineThreads);
   }
   __syncthreads();                // the only block barrier: the mbarriers are set up
   auto load_chunk = [&](int c) {  // one thread
     const int st = c & 1, y0 = tma_tile_position(T, seg.start + static_cast<int64_t>(c) * p.L, mirror);
-    mbarrier_arrive_expect_tx(&full[st], SM::kChunkBytes);
+    uint64_t* const bar = full.of(c);
+    full.expect(c, SM::kChunkBytes);
 #pragma unroll
     for (int half = 0; half < LM / kTmaBoxRows; ++half) {
       const int y = y0 + half * kTmaBoxRows, rows = half * kTmaBoxRows * 64;
 #pragma unroll
       for (int a = 0; a < DQK / 64; ++a) {
-        tma_load_box(stage_q(st) + a * QTile::kAtom + rows, &p.tma_q, &full[st], 64 * a, h, y, b);
-        tma_load_box(stage_keys(st) + a * KeysTile::kAtom + rows, &p.tma_k, &full[st], 64 * a, h, y, b);
+        tma_load_box(stage_q(st) + a * QTile::kAtom + rows, &p.tma_q, bar, 64 * a, h, y, b);
+        tma_load_box(stage_keys(st) + a * KeysTile::kAtom + rows, &p.tma_k, bar, 64 * a, h, y, b);
       }
-      tma_load_box(stage_v(st) + rows, &p.tma_v, &full[st], vt * VT, h, y, b);
+      tma_load_box(stage_v(st) + rows, &p.tma_v, bar, vt * VT, h, y, b);
     }
   };
   if (t.tid == 0) {
@@ -693,8 +687,8 @@ __device__ __forceinline__ void wgmma_roles_walk(const ScanParams& p, const Head
       const E* Qs = stage_q(st);
       const E* Ks = stage_keys(st);
       const E* Vs = stage_v(st);
-      mbarrier_wait(&full[st], phase(c));
-      mbarrier_wait(&ready[st], phase(c));
+      full.wait(c);
+      ready.wait(c);
       // [S | O] = Q [K ; Hc^T]^T: accumulator blocks 0-7 the scores of keys 0-63, 8-15 the state part of the outputs.
       float acc[16][4];
       wgmma_fence();
@@ -704,7 +698,7 @@ __device__ __forceinline__ void wgmma_roles_walk(const ScanParams& p, const Head
                                   wgmma_desc(Ks + kmajor_step<2 * LM>(ks), 0), ks > 0);
       wgmma_commit();
       wgmma_wait<0>();
-      mbarrier_arrive(&consumed[st]);  // the stage's Hc may take the copy entering chunk c + 2
+      consumed.arrive(c);  // the stage's Hc may take the copy entering chunk c + 2
       // The state part's rows times gamma^(i - R), into an accumulator of its own (as a part of acc, the next
       // product's accumulator made ptxas serialize the products).
       float oacc[8][4];
@@ -721,7 +715,7 @@ __device__ __forceinline__ void wgmma_roles_walk(const ScanParams& p, const Head
         wgmma_m64n64k16_rs<1>(oacc, sa[kt], wgmma_desc(Vs + kt * KS * 64, 2 * QTile::kAtom));
       wgmma_commit();
       wgmma_wait<0>();
-      mbarrier_arrive(&empty[st]);  // this warpgroup is done with the stage
+      empty.arrive(c);  // this warpgroup is done with the stage
       store_outputs_staged<true>(Os, p.o, dv, vt * VT, oacc, p, b, h, c0, len, t, mirror);
     }
     return;
@@ -775,14 +769,14 @@ __device__ __forceinline__ void wgmma_roles_walk(const ScanParams& p, const Head
       stsm_x4(KH + 2 * (j / 8) * KeysTile::kAtom + piece, x);
     }
     fence_proxy_async();  // the tensor cores read the copy
-    mbarrier_arrive(&ready[c & 1]);
+    ready.arrive(c);
   };
   state_copy(0);
   for (int c = 0; c < nchunks; ++c) {
     const int st = c & 1, len = min(p.L, seg.len - c * p.L);
     const E* Ks = stage_keys(st);
     const E* Vs = stage_v(st);
-    mbarrier_wait(&full[st], phase(c));
+    full.wait(c);
     rd.prepare(len, seg.l2g, t);
     const float dl = seg.gpow(len);
     // H^T <- gamma^len H^T + (V diag(w))^T K, w_j = gamma^(len - 1 - j); K read N-major (its key dims).
@@ -796,16 +790,16 @@ __device__ __forceinline__ void wgmma_roles_walk(const ScanParams& p, const Head
     wgmma_commit();
     wgmma_wait<0>();
     fence_proxy_async();  // this warpgroup's reads of the stage, before its refill
-    mbarrier_arrive(&empty[st]);
+    empty.arrive(c);
     // The copy entering chunk c + 1, once chunk c - 1's outputs have read the Hc rows of its stage (the TMA boxes of
     // chunk c + 1 fill only the key rows: the copy need not wait for them).
     if (c + 1 < nchunks) {
-      if (c >= 1) mbarrier_wait(&consumed[st ^ 1], phase(c - 1));
+      if (c >= 1) consumed.wait(c - 1);
       state_copy(c + 1);
     }
     // Then the refill of this stage with chunk c + 2, once the outputs warpgroup is done with chunk c too.
     if (t.tid == 128 && c + SM::STAGES < nchunks) {
-      mbarrier_wait(&empty[st], phase(c));
+      empty.wait(c);
       load_chunk(c + SM::STAGES);
     }
   }
@@ -883,7 +877,7 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
   // mbarrier. The mbarriers sit after the layout, in the room left from aligning it (16 bytes at least; a walk whose
   // mbarriers would not fit there keeps its cp.async loads). A reversed run's boxes hold its chunks upside down, so
   // the factors, masks, prescale and stores take mirrored rows.
-  const TmaStages<S> stages{
+  const StageBarriers<S> stages{
       reinterpret_cast<uint64_t*>(reinterpret_cast<unsigned char*>(score_exchange) + Split::kExchangeBytes)};
   const bool use_tma = kWgmmaTmaWalk<EngineOps<E>, DQK, VT, false> && p.tma != 0 &&
                        reinterpret_cast<unsigned char*>(stages.bar + S) <= smem_raw + SM::bytes;
@@ -1065,7 +1059,7 @@ __device__ __forceinline__ void wgmma_dkdv_walk(const ScanParams& p, const HeadD
   // stage's mbarrier counts them in, and a reversed run's tiles hold its chunks upside down (mirror).
   const bool use_tma = p.tma != 0;
   const int mirror = use_tma && p.reverse ? LM - 1 : 0;
-  const TmaStages<SM::STAGES> stages{reinterpret_cast<uint64_t*>(Hs_base + 2 * SM::H_ELEMS + 2 * SM::O_ELEMS)};
+  const StageBarriers<SM::STAGES> stages{reinterpret_cast<uint64_t*>(Hs_base + 2 * SM::H_ELEMS + 2 * SM::O_ELEMS)};
   static_assert(SM::STAGES * sizeof(uint64_t) <= 16, "the mbarriers fit the 16 bytes the alignment leaves");
   if (use_tma) stages.init(t.tid);
   auto load_chunk = [&](int c) {

@@ -107,22 +107,27 @@ __device__ __forceinline__ void mbarrier_wait(uint64_t* bar, uint32_t parity) {
 #endif
 }
 
-// The mbarriers of a walk's S load stages (bar[0 .. S - 1] in shared memory): chunk c lands in stage c % S, and its
-// copies complete the stage's (c / S)-th phase.
+// One mbarrier per load stage of a walk (bar[0 .. S - 1] in shared memory): chunk c uses stage c % S, whose
+// (c / S)-th phase is chunk c's. For the copies' arrival (TMA) and for the warps' own (the roles walk).
 template <int S>
-struct TmaStages {
+struct StageBarriers {
   uint64_t* bar;
-  // Thread 0 sets them up, then the block's barrier, so that no thread waits on one before that.
+  // One thread sets them up, each completing a phase on arrivals arrivals; a block barrier must follow before any
+  // thread waits on them.
+  __device__ void set_up(int arrivals) const {
+    for (int st = 0; st < S; ++st) mbarrier_init(&bar[st], arrivals);
+  }
+  // Thread 0 sets them up for the issuing thread's one arrival, then the block's barrier.
   __device__ void init(int tid) const {
-    if (tid == 0) {
-      for (int st = 0; st < S; ++st) mbarrier_init(&bar[st], 1);
-    }
+    if (tid == 0) set_up(1);
     __syncthreads();
   }
   __device__ uint64_t* of(int c) const { return &bar[static_cast<unsigned>(c) % S]; }  // c >= 0
   // The issuing thread's arrival for chunk c, whose copies bring bytes.
   __device__ void expect(int c, uint32_t bytes) const { mbarrier_arrive_expect_tx(of(c), bytes); }
-  // Until chunk c has landed, for this thread.
+  // This thread's arrival for chunk c.
+  __device__ void arrive(int c) const { mbarrier_arrive(of(c)); }
+  // Until chunk c's phase has completed, for this thread.
   __device__ void wait(int c) const { mbarrier_wait(of(c), (static_cast<unsigned>(c) / S) & 1); }
 };
 
