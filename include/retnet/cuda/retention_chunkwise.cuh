@@ -187,14 +187,16 @@ inline bool split_summary_enabled() {
   return v;
 }
 
-// RETNET_CUDA_FUSED=0 runs the backward's dk and dv as two engine runs instead of one fused walk (A/B switch).
-inline bool fused_enabled() {
-  static const bool v = [] {
+// RETNET_CUDA_FUSED=0 runs the backward's dk and dv as two engine runs instead of one fused walk, =1 takes the fused
+// walk wherever it exists (A/B switches; by default the split model chooses: fused_backward_pays).
+inline std::string_view fused_mode() {
+  static const std::string_view v = [] {
     const char* e = std::getenv("RETNET_CUDA_FUSED");
-    return !(e && std::string_view(e) == "0");
+    return e ? std::string_view(e) : std::string_view();
   }();
   return v;
 }
+inline bool fused_enabled() { return fused_mode() != "0"; }
 
 template <class Ops, int DQK, int DV>
 ScanKernel dkdv_kernel_of() {
@@ -283,12 +285,13 @@ inline bool wgmma_walks_built() {
 }
 
 // ScanParams::tma for walks that can load through TMA: 1, or the A/B switch RETNET_CUDA_TMA: 0 turns TMA off, and
-// "merged" keeps key size 256 on the merged walk (2: TMA without the roles walk).
+// "noroles" (or "merged") keeps the walks of value tile 64 off the roles walk: key size 256 on the merged walk with
+// TMA, the narrow key-128 walk on cp.async (2: TMA without the roles walks).
 inline int tma_mode() {
   static const int mode = [] {
     const char* e = std::getenv("RETNET_CUDA_TMA");
     const std::string_view v = e ? e : "";
-    return v == "0" ? 0 : v == "merged" ? 2 : 1;
+    return v == "0" ? 0 : v == "noroles" || v == "merged" ? 2 : 1;
   }();
   return mode;
 }
@@ -336,11 +339,26 @@ void launch_scan(const Cuda& ctx, ScanParams sp, int64_t B, int H, HeadDecays de
 // with all of these for 0.645 < kNarrowChunkCost < 0.70. RETNET_CUDA_VT=64 or 128 forces the width where both exist.
 inline constexpr double kNarrowChunkCost = 0.67;
 // Where both widths run on wgmma (bf16 with key size 128, wgmma_walks_built), a narrow chunk costs
-// kWgmmaNarrowChunkCost wide ones. Measured on the H200 (B = 4, H = 16, D = 128, each width forced, fwd+bwd with the
-// forward's states saved, 5a9e968): narrow 0.154 / 0.265 / 0.481 ms against wide 0.160 / 0.252 / 0.446 at T = 1024 /
-// 2048 / 4096, and the forward alone at 2048 0.082 against 0.093; the model agrees with all of these for
-// 0.607 < kWgmmaNarrowChunkCost < 0.671.
-inline constexpr double kWgmmaNarrowChunkCost = 0.64;
+// kWgmmaNarrowChunkCost wide ones, kRolesNarrowChunkCost where the narrow blocks take the roles walk (TMA mode 1).
+// Measured on the H200 (B = 4, H = 16, D = 128, each width forced, fwd+bwd with the forward's states saved):
+//   without the roles walk (5a9e968): narrow 0.154 / 0.265 / 0.481 ms against wide 0.160 / 0.252 / 0.446 at
+//   T = 1024 / 2048 / 4096, and the forward alone at 2048 0.082 against 0.093; the model agrees with all of these
+//   for 0.607 < kWgmmaNarrowChunkCost < 0.671;
+//   with it: narrow wins at every T from 1024 to 32768 (0.214 / 0.375 / 1.47 / 2.82 ms against wide 0.248 / 0.420 /
+//   1.59 / 3.05 at 2048 / 4096 / 16384 / 32768), and ties on the six benchmark shapes; the model picks narrow on all
+//   of them with 0.3 to 0.5, and with 0.5 it still prefers the fused backward at T >= 4096 (fused_backward_pays).
+inline constexpr double kWgmmaNarrowChunkCost = 0.64, kRolesNarrowChunkCost = 0.5;
+// RETNET_CUDA_NARROW_COST=x replaces both (tuning knob, 0.1 .. 2).
+inline double wgmma_narrow_chunk_cost() {
+  static const double v = [] {
+    if (const char* e = std::getenv("RETNET_CUDA_NARROW_COST")) {
+      const double x = std::atof(e);
+      if (x >= 0.1 && x <= 2.0) return x;
+    }
+    return tma_mode() == 1 ? kRolesNarrowChunkCost : kWgmmaNarrowChunkCost;
+  }();
+  return v;
+}
 // A chunk of the fused backward (two outputs, one state update) in units of an outputs chunk.
 inline constexpr double kFusedChunkCost = 1.7;
 inline constexpr double kSummaryStart = 3.0, kSummaryChunk = 0.29;
@@ -379,7 +397,7 @@ Geometry geometry(int dval, int64_t B, int64_t T, int H, int fixed_seg, bool tf3
       const ScanKernel sum = pick_scan<E, DQK, true>(dval, tf32, narrow);
       if (narrow && (!has_wide || fused)) continue;  // the same kernel, or no narrow fused kernel
       if (!fused && has_wide && forced_value_tile() != 0 && forced_value_tile() != out.vt) continue;
-      const double unit = narrow ? (wgmma_both ? kWgmmaNarrowChunkCost : kNarrowChunkCost) : 1.0;
+      const double unit = narrow ? (wgmma_both ? wgmma_narrow_chunk_cost() : kNarrowChunkCost) : 1.0;
       const double out_unit = fused ? kFusedChunkCost : 1.0, out_passes = reused ? 2.0 : 1.0;
       const int64_t out_tiles = B * H * (dval / out.vt), sum_tiles = B * H * (dval / sum.vt);
       const int64_t out_slots = residency(out).blocks, sum_slots = residency(sum).blocks, sms = residency(sum).sms;
@@ -403,6 +421,7 @@ Geometry geometry(int dval, int64_t B, int64_t T, int H, int fixed_seg, bool tf3
           const double cost = unit * (outputs + summary);
           if (best < 0 || cost < best) {
             best = cost;
+            g.cost = cost;
             g.seg = static_cast<int>(per * L);
             g.sub = static_cast<int>(sub);
             g.narrow = narrow;
@@ -417,6 +436,19 @@ Geometry geometry(int dval, int64_t B, int64_t T, int H, int fixed_seg, bool tf3
   g.outputs_final = (split || g.NS == 1) && out.writes_final;
   g.summaries = g.outputs_final ? (g.NS - 1) * g.sub : g.NS * g.sub;
   return g;
+}
+
+// Whether the backward computes dk and dv in one fused walk (chunk_engine_dkdv_kernel: one block per (batch, head)
+// and segment) rather than in two runs (dv, then dk on dv's split and states: two outputs passes, whose blocks may be
+// narrow), by the split model's costs. The two runs win where few (batch, head) pairs leave the fused walk one block
+// per pair or a split with summaries, e.g. (4, 1024, 16, 128) bf16 fwd+bwd on the H200: 0.116 ms against 0.133.
+template <class E, int DQK>
+bool fused_backward_pays(int dv, int64_t B, int64_t T, int H, int fixed_seg, bool tf32) {
+  if (pick_dkdv<E, DQK>(dv, tf32).fn == nullptr) return false;
+  if (fused_mode() == "1" || fixed_seg > 0) return true;
+  const Geometry fused = geometry<E, DQK>(dv, B, T, H, 0, tf32, true);
+  const Geometry runs = geometry<E, DQK>(dv, B, T, H, 0, tf32, false, true);
+  return fused.cost <= runs.cost;
 }
 
 template <int DQK>
@@ -799,12 +831,18 @@ void backward_impl(const char* op, const Cuda& ctx, Form form, const RetentionCo
     r.s0 = s0;
     r.final_state = gin.d_state_kv.data();
     r.final_scale = ts ? FinalScale::gamma_sqrt_s0 : FinalScale::gamma;
-    bool fused = false;
-    dispatch_head_size(dk, [&](auto D) { fused = pick_dkdv<E, decltype(D)::value>(dv, ctx.allow_tf32).fn; });
+    bool fused = false, fusable = false;
+    dispatch_head_size(dk, [&](auto D) {
+      constexpr int DQK = decltype(D)::value;
+      fusable = pick_dkdv<E, DQK>(dv, ctx.allow_tf32).fn != nullptr;
+      fused = fused_backward_pays<E, DQK>(dv, B, T, H, r.seg, ctx.allow_tf32);
+    });
     if (fused) {  // dk from the same walk (chunk_engine_dkdv_kernel)
       r.fused_dkdv = true;
       r.x = in.v.data();
       r.o2 = gin.dk.data();
+    } else if (fusable) {
+      r.states_reused = true;  // the split that fused_backward_pays costed: dk's outputs pass reads dv's states too
     }
     const Geometry geo = run_states<E>(ctx, r, B, T, H, dec, states);
     run_output<E>(ctx, r, B, T, H, dec, states, geo);

@@ -581,7 +581,7 @@ template <class Ops, int DQK, int VT, bool Summary>
 constexpr int engine_launch_bytes() {
   constexpr int own = EngineSmem<Ops, DQK, VT, Summary>::bytes;
   if constexpr (kWgmmaWalk<Ops, DQK, VT, Summary>)
-    return own > WgmmaSmem<DQK, VT>::bytes ? own : WgmmaSmem<DQK, VT>::bytes;
+    return own > wgmma_walk_bytes<DQK, VT>() ? own : wgmma_walk_bytes<DQK, VT>();
   return own;
 }
 

@@ -25,6 +25,7 @@ struct Geometry {
   int summaries = 0;           // summary segments per (batch, head); 0: no summary pass
   bool outputs_final = false;  // the last segment's outputs blocks write the final state (it needs no summary)
   bool narrow = false;         // 64 value columns per block where 128 would fit
+  double cost = 0;             // the split model's cost of the chosen split (0 where the split was given)
   // No prefix pass: the outputs pass of a single-segment run reads the initial state in place of the states buffer
   // (its layout is that of one slot, or of a transposed slot), or zero_floats() where there is none. Only where
   // the initial state enters unscaled, so that the kernels stay as they are: scaling it in the engine kernels

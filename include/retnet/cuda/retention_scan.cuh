@@ -80,8 +80,8 @@ struct ScanParams {
   const float* s0;  // [B, H] entering scales, or null (0)
   FinalScale final_scale;
   // Where a wgmma walk loads its chunks through TMA (tma = 1: kWgmmaTmaWalk, kWgmmaDkdv; 2: the same, but key size 256
-  // on the merged walk, an A/B switch): the tensor maps of q, k, v and x. A kernel reads them in place, so its
-  // ScanParams parameter is __grid_constant__.
+  // on the merged walk and key size 128 with value tile 64 on cp.async, an A/B switch): the tensor maps of q, k, v and
+  // x. A kernel reads them in place, so its ScanParams parameter is __grid_constant__.
   int tma;
   CUtensorMap tma_q, tma_k, tma_v, tma_x;
 };

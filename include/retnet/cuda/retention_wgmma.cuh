@@ -304,11 +304,20 @@ inline constexpr bool kMergedWalk =
 #else
     false;
 #endif
+// Whether the outputs walk <DQK, VT> runs as wgmma_roles_walk where it loads through TMA (ScanParams::tma == 1): value
+// tiles of 64 with the decays in registers, key size 256 (merged) or 128 (narrow).
+template <int DQK, int VT>
+inline constexpr bool kRolesWalk = VT == 64 && kWalkDecay<DQK, VT> == WalkDecay::registers &&
+                                   (DQK == 128 || kMergedWalk<DQK, VT>);
+// The narrow key-128 walk itself keeps its cp.async loads (with TMA its forward ran 4-5 % slower on the H200).
+template <int DQK, int VT>
+inline constexpr bool kNarrowCpAsync = DQK == 128 && VT == 64;
 // Whether chunk_engine_kernel<Ops, DQK, VT, Summary>'s wgmma walk loads its chunks through TMA where the host encoded
 // the tensor maps (ScanParams::tma): one thread issues the boxes, where 256 threads issued 16-byte cp.async pieces
-// (12 to 16 each per chunk). Not the narrow key-128 walk, whose forward ran 4-5 % slower so on the H200.
+// (12 to 16 each per chunk). The narrow key-128 walk only as the roles walk.
 template <class Ops, int DQK, int VT, bool Summary>
-inline constexpr bool kWgmmaTmaWalk = kWgmmaWalk<Ops, DQK, VT, Summary> && !(DQK == 128 && VT == 64);
+inline constexpr bool kWgmmaTmaWalk = kWgmmaWalk<Ops, DQK, VT, Summary> &&
+                                      (!kNarrowCpAsync<DQK, VT> || kRolesWalk<DQK, VT>);
 
 // The factors of WalkDecay::registers for a thread whose scores cover keys key0 + 8 nt + 2 tq + e (nt < NB, e < 2),
 // set once per segment (the update's weights again where the chunk length changes):
@@ -607,42 +616,58 @@ __device__ __forceinline__ void read_entering_state(float (&hacc)[N][4], const S
       hacc, t, [&](int row, int col, float& x) { x = entering_state<DQK>(p, seg.bh, seg.s, col0, row, col); });
 }
 
-// The key-256 walk on TMA, with a role for each warpgroup (where the host encoded the tensor maps; the merged walk
-// below keeps the cp.async loads). Two warpgroups that split every chunk between them wait for the slower at two
-// block barriers per chunk (the score exchange and the next chunk's), and both read Q for their halves of
-// [S | O] = Q [K ; Hc^T]^T; on the H200 the tensor cores were busy 37 % of the merged walk. Here:
+// The walk on TMA with a role for each warpgroup, for value tiles of 64 (key size 256, and the narrow key-128 walk;
+// where the host encoded the tensor maps: otherwise the merged and narrow walks keep their cp.async loads). Two
+// warpgroups that split every chunk between them wait for the slower at two block barriers per chunk (the score
+// exchange and the next chunk's), and both read Q for their halves of [S | O] = Q [K ; Hc^T]^T; on the H200 the
+// tensor cores were busy 37 % of the merged key-256 walk. Here:
 //   the outputs warpgroup (0): [S | O] = Q [K ; Hc^T]^T as one m64n128 product per k step (Q read once), the mask
 //     and decays in registers, O += (S . mask) V, the outputs stored;
-//   the state warpgroup (1): the state, transposed, in registers (one m64n256 accumulator),
+//   the state warpgroup (1): the state, transposed, in registers (one m64 n DQK accumulator),
 //     H^T <- gamma^len H^T + (V diag(w))^T K, and the copy Hc^T = gamma^(R + 1) H^T entering the next chunk, stored
 //     below the next chunk's keys; one of its threads refills the stages.
 // So the update of chunk c runs beside chunk c's outputs, and no block barrier orders them. Their mbarriers, one of
 // each per stage: full (the chunk's TMA boxes have landed), ready (the state warpgroup has stored the chunk's Hc),
-// consumed (the outputs warpgroup has read the stage's Hc, which may take the copy entering chunk c + 2) and empty
-// (both are done with the stage, which may take chunk c + 2). Stage layout: Q [64, 256], the keys tile (rows 0-63
-// the chunk's keys, rows 64-127 Hc^T, both [., 256]), V [64, 64]; then the outputs' staging tile.
+// consumed (the outputs warpgroup has read the stage's Hc, which may take the copy entering chunk c + STAGES) and
+// empty (both are done with the stage, which may take chunk c + STAGES). Stage layout: Q [64, DQK], the keys tile
+// (rows 0-63 the chunk's keys, rows 64-127 Hc^T, both [., DQK]), V [64, 64]; then the outputs' staging tile. Three
+// stages where they fit (key size 128), else two.
+template <int DQK>
 struct RolesWalkSmem {
-  static constexpr int LM = kEngineRows, DQK = 256, VT = 64;
+  static constexpr int LM = kEngineRows, VT = 64;
   static constexpr int Q_ELEMS = LM * DQK, KEYS_ELEMS = 2 * LM * DQK, V_ELEMS = LM * VT;
-  static constexpr int STAGE = Q_ELEMS + KEYS_ELEMS + V_ELEMS, STAGES = 2;
+  static constexpr int STAGE = Q_ELEMS + KEYS_ELEMS + V_ELEMS;
   static constexpr int O_ELEMS = LM * kStagedOutputPitch<VT>;
-  static constexpr int BARRIERS = 4 * STAGES;  // full, ready, consumed, empty
-  static constexpr int bytes = (STAGES * STAGE + O_ELEMS) * 2 + BARRIERS * 8 + 1024;
+  static constexpr int bytes_with(int stages) {
+    return (stages * STAGE + O_ELEMS) * 2 + 4 * stages * 8 + 1024;  // 4 mbarriers per stage; alignment
+  }
+  static constexpr int STAGES = bytes_with(3) <= 227 * 1024 ? 3 : 2;
+  static constexpr int bytes = bytes_with(STAGES);
   static constexpr uint32_t kChunkBytes = (Q_ELEMS + KEYS_ELEMS / 2 + V_ELEMS) * 2;  // one chunk's boxes
 };
 
+// Dynamic shared memory of the outputs walk <DQK, VT>: its own layout's, or the roles walk's where larger.
+template <int DQK, int VT>
+constexpr int wgmma_walk_bytes() {
+  if constexpr (kRolesWalk<DQK, VT>) {
+    return RolesWalkSmem<DQK>::bytes > WgmmaSmem<DQK, VT>::bytes ? RolesWalkSmem<DQK>::bytes
+                                                                 : WgmmaSmem<DQK, VT>::bytes;
+  }
+  return WgmmaSmem<DQK, VT>::bytes;
+}
+
+template <int DQK>
 __device__ __forceinline__ void wgmma_roles_walk(const ScanParams& p, const HeadDecays& dec, unsigned char* smem_raw) {
   using E = __nv_bfloat16;
-  using SM = RolesWalkSmem;
+  using SM = RolesWalkSmem<DQK>;
   using QTile = SwizzledTile<kEngineRows>;
   using KeysTile = SwizzledTile<2 * kEngineRows>;
-  constexpr int LM = kEngineRows, KS = 16, R = LM / 2, DQK = SM::DQK, VT = SM::VT;
-  static_assert(SM::bytes <= WgmmaSmem<DQK, VT>::bytes, "within the launch's shared memory");
+  constexpr int LM = kEngineRows, KS = 16, R = LM / 2, VT = SM::VT, S = SM::STAGES;
+  static_assert(DQK == 128 || DQK == 256, "an m64 n128 or n256 state accumulator");
   E* smem = reinterpret_cast<E*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
-  E* const Os = smem + SM::STAGES * SM::STAGE;
+  E* const Os = smem + S * SM::STAGE;
   uint64_t* const bars = reinterpret_cast<uint64_t*>(Os + SM::O_ELEMS);
-  const StageBarriers<SM::STAGES> full{bars}, ready{bars + SM::STAGES}, consumed{bars + 2 * SM::STAGES},
-      empty{bars + 3 * SM::STAGES};
+  const StageBarriers<S> full{bars}, ready{bars + S}, consumed{bars + 2 * S}, empty{bars + 3 * S};
   auto stage_q = [&](int st) { return smem + st * SM::STAGE; };
   auto stage_keys = [&](int st) { return stage_q(st) + SM::Q_ELEMS; };
   auto stage_v = [&](int st) { return stage_keys(st) + SM::KEYS_ELEMS; };
@@ -661,7 +686,7 @@ __device__ __forceinline__ void wgmma_roles_walk(const ScanParams& p, const Head
   }
   __syncthreads();                // the only block barrier: the mbarriers are set up
   auto load_chunk = [&](int c) {  // one thread
-    const int st = c & 1, y0 = tma_tile_position(T, seg.start + static_cast<int64_t>(c) * p.L, mirror);
+    const int st = c % S, y0 = tma_tile_position(T, seg.start + static_cast<int64_t>(c) * p.L, mirror);
     uint64_t* const bar = full.of(c);
     full.expect(c, SM::kChunkBytes);
 #pragma unroll
@@ -676,13 +701,13 @@ __device__ __forceinline__ void wgmma_roles_walk(const ScanParams& p, const Head
     }
   };
   if (t.tid == 0) {
-    for (int c = 0; c < min(nchunks, SM::STAGES); ++c) load_chunk(c);
+    for (int c = 0; c < min(nchunks, S); ++c) load_chunk(c);
   }
   RegisterDecays<LM / 8> rd(seg.l2g, 0, t, mirror);
 
   if (t.wg == 0) {  // the outputs warpgroup
     for (int c = 0; c < nchunks; ++c) {
-      const int st = c & 1, len = min(p.L, seg.len - c * p.L);
+      const int st = c % S, len = min(p.L, seg.len - c * p.L);
       const int64_t c0 = seg.start + static_cast<int64_t>(c) * p.L;
       const E* Qs = stage_q(st);
       const E* Ks = stage_keys(st);
@@ -698,7 +723,7 @@ __device__ __forceinline__ void wgmma_roles_walk(const ScanParams& p, const Head
                                   wgmma_desc(Ks + kmajor_step<2 * LM>(ks), 0), ks > 0);
       wgmma_commit();
       wgmma_wait<0>();
-      consumed.arrive(c);  // the stage's Hc may take the copy entering chunk c + 2
+      consumed.arrive(c);  // the stage's Hc may take the copy entering chunk c + S
       // The state part's rows times gamma^(i - R), into an accumulator of its own (as a part of acc, the next
       // product's accumulator made ptxas serialize the products).
       float oacc[8][4];
@@ -721,8 +746,8 @@ __device__ __forceinline__ void wgmma_roles_walk(const ScanParams& p, const Head
     return;
   }
 
-  // The state warpgroup holds H^T [VT, DQK] as one m64n256 accumulator: ht[j][e] is H(8 j + 2 tq + e % 2, column
-  // 16 wq + g + 8 (e / 2)) (the accumulator layout). So the update is H^T += (V diag(w))^T K, four m64n256k16
+  // The state warpgroup holds H^T [VT, DQK] as one m64 n DQK accumulator: ht[j][e] is H(8 j + 2 tq + e % 2, column
+  // 16 wq + g + 8 (e / 2)) (the accumulator layout). So the update is H^T += (V diag(w))^T K, four m64 n DQK k16
   // products with V^T's fragments from registers, and the copy Hc^T is stored untransposed.
   constexpr int NJ = DQK / 8;
   float ht[NJ][4];
@@ -755,7 +780,7 @@ __device__ __forceinline__ void wgmma_roles_walk(const ScanParams& p, const Head
   const int st_i = t.lane >> 3, st_k = t.lane & 7;
   const uint32_t copy_row = 2 * (LM + 16 * t.wq + 8 * (st_i & 1) + st_k) * 64;
   auto state_copy = [&](int c) {
-    const uint32_t KH = smem_addr(stage_keys(c & 1)) + copy_row;
+    const uint32_t KH = smem_addr(stage_keys(c % S)) + copy_row;
 #pragma unroll
     for (int j = 0; j < NJ; j += 2) {
       uint32_t x[4];
@@ -773,7 +798,7 @@ __device__ __forceinline__ void wgmma_roles_walk(const ScanParams& p, const Head
   };
   state_copy(0);
   for (int c = 0; c < nchunks; ++c) {
-    const int st = c & 1, len = min(p.L, seg.len - c * p.L);
+    const int st = c % S, len = min(p.L, seg.len - c * p.L);
     const E* Ks = stage_keys(st);
     const E* Vs = stage_v(st);
     full.wait(c);
@@ -786,21 +811,21 @@ __device__ __forceinline__ void wgmma_roles_walk(const ScanParams& p, const Head
     wgmma_fence();
 #pragma unroll
     for (int kt = 0; kt < LM / KS; ++kt)
-      wgmma_m64n256k16_rs<1>(ht, va[kt], wgmma_desc(Ks + kt * KS * 64, 2 * KeysTile::kAtom));
+      wgmma_m64k16_rs<1>(ht, va[kt], wgmma_desc(Ks + kt * KS * 64, 2 * KeysTile::kAtom));
     wgmma_commit();
     wgmma_wait<0>();
     fence_proxy_async();  // this warpgroup's reads of the stage, before its refill
     empty.arrive(c);
-    // The copy entering chunk c + 1, once chunk c - 1's outputs have read the Hc rows of its stage (the TMA boxes of
-    // chunk c + 1 fill only the key rows: the copy need not wait for them).
+    // The copy entering chunk c + 1, once chunk c + 1 - S's outputs have read the Hc rows of its stage (the TMA boxes
+    // of chunk c + 1 fill only the key rows: the copy need not wait for them).
     if (c + 1 < nchunks) {
-      if (c >= 1) consumed.wait(c - 1);
+      if (c + 1 >= S) consumed.wait(c + 1 - S);
       state_copy(c + 1);
     }
-    // Then the refill of this stage with chunk c + 2, once the outputs warpgroup is done with chunk c too.
-    if (t.tid == 128 && c + SM::STAGES < nchunks) {
+    // Then the refill of this stage with chunk c + S, once the outputs warpgroup is done with chunk c too.
+    if (t.tid == 128 && c + S < nchunks) {
       empty.wait(c);
-      load_chunk(c + SM::STAGES);
+      load_chunk(c + S);
     }
   }
   float* const final_state = final_state_of(p, seg.s);
@@ -840,9 +865,9 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
                 "merged stages: two, decays in registers, the state copies' room");
 
   static_assert(DQK == 128 || (DQK == 256 && VT == 64), "two warpgroups of 64 or 128 state rows");
-  if constexpr (kMerged && kWgmmaTmaWalk<EngineOps<E>, DQK, VT, false>) {
+  if constexpr (kRolesWalk<DQK, VT>) {
     if (p.tma == 1) {
-      wgmma_roles_walk(p, dec, smem_raw);
+      wgmma_roles_walk<DQK>(p, dec, smem_raw);
       return;
     }
   }
@@ -879,7 +904,7 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
   // the factors, masks, prescale and stores take mirrored rows.
   const StageBarriers<S> stages{
       reinterpret_cast<uint64_t*>(reinterpret_cast<unsigned char*>(score_exchange) + Split::kExchangeBytes)};
-  const bool use_tma = kWgmmaTmaWalk<EngineOps<E>, DQK, VT, false> && p.tma != 0 &&
+  const bool use_tma = kWgmmaTmaWalk<EngineOps<E>, DQK, VT, false> && !kNarrowCpAsync<DQK, VT> && p.tma != 0 &&
                        reinterpret_cast<unsigned char*>(stages.bar + S) <= smem_raw + SM::bytes;
   const int mirror = use_tma && p.reverse ? LM - 1 : 0;
   if (use_tma) stages.init(tid);

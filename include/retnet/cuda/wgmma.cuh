@@ -240,9 +240,11 @@ __device__ __forceinline__ void wgmma_m64k16_rs(float (&d)[NB][4], const uint32_
     wgmma_m64n32k16_rs<TB>(d, a, db);
   } else if constexpr (NB == 8) {
     wgmma_m64n64k16_rs<TB>(d, a, db);
-  } else {
-    static_assert(NB == 16, "m64 n32, n64 or n128");
+  } else if constexpr (NB == 16) {
     wgmma_m64n128k16_rs<TB>(d, a, db);
+  } else {
+    static_assert(NB == 32, "m64 n32, n64, n128 or n256");
+    wgmma_m64n256k16_rs<TB>(d, a, db);
   }
 }
 
