@@ -309,11 +309,37 @@ void set_tma_maps(ScanParams& sp, int64_t B, int H, bool x = false) {
   sp.tma = tma_mode();
 }
 
+// RETNET_CUDA_ROLES2=0 keeps key size 128 on the roles walk with one outputs warpgroup (A/B switch).
+inline bool roles2_enabled() {
+  static const bool v = [] {
+    const char* e = std::getenv("RETNET_CUDA_ROLES2");
+    return !(e && std::string_view(e) == "0");
+  }();
+  return v;
+}
+
+// Whether an outputs pass of chunk_engine_kernel<bf16, 128, 64, false> (k) runs as chunk_roles_kernel: its walk
+// would be the roles walk (TMA mode 1, tensor maps given) for every head (none too strongly decayed for the wgmma
+// walks, kWgmmaMinLog2Gamma).
+inline bool roles_kernel_applies(const ScanKernel& k, const ScanParams& sp, const HeadDecays& dec, int H) {
+  if (!kRolesWalk<128, 64> || k.vt != 64 || sp.tma != 1 || !roles2_enabled()) return false;
+  for (int h = 0; h < H; ++h)
+    if (dec.log2g[h] < kWgmmaMinLog2Gamma) return false;
+  return true;
+}
+
 template <class E, int DQK, bool Summary>
 void launch_scan(const Cuda& ctx, ScanParams sp, int64_t B, int H, HeadDecays dec, bool narrow) {
-  const ScanKernel k = pick_scan<E, DQK, Summary>(sp.dv, ctx.allow_tf32, narrow);
+  ScanKernel k = pick_scan<E, DQK, Summary>(sp.dv, ctx.allow_tf32, narrow);
   (void)residency(k);  // readies k on this device
   if (k.tma) set_tma_maps<DQK>(sp, B, H);
+  if constexpr (std::is_same_v<E, __nv_bfloat16> && DQK == 128 && !Summary) {
+    if (roles_kernel_applies(k, sp, dec, H)) {
+      using SM = RolesWalkSmem<DQK, 2>;
+      k = {reinterpret_cast<const void*>(chunk_roles_kernel<DQK>), SM::THREADS, SM::bytes, 64, true, true};
+      (void)residency(k);
+    }
+  }
   const dim3 grid(static_cast<unsigned>(sp.dv / k.vt), static_cast<unsigned>(sp.NS), static_cast<unsigned>(B * H));
   void* args[] = {&sp, &dec};
   RETNET_CUDA_CHECK(cudaLaunchKernel(k.fn, grid, dim3(static_cast<unsigned>(k.threads)), args,

@@ -687,6 +687,23 @@ __global__ void __launch_bounds__(kEngineThreads, Summary && !Ops::kFreshDelta ?
   }
 }
 
+// The roles walk with two outputs warpgroups (wgmma_roles_walk<DQK, 2>, key size 128): grid as chunk_engine_kernel's
+// with value tiles of 64, block RolesWalkSmem<DQK, 2>::THREADS, dynamic shared memory RolesWalkSmem<DQK, 2>::bytes.
+// The host launches it in place of chunk_engine_kernel<bf16, DQK, 64, false> where that kernel would take the roles
+// walk for every head (roles_kernel_applies): its own launch, since its third warpgroup does not fit the other walks'
+// registers.
+template <int DQK>
+__global__ void __launch_bounds__(RolesWalkSmem<DQK, 2>::THREADS, 1)
+    chunk_roles_kernel(const __grid_constant__ ScanParams p, HeadDecays dec) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  wgmma_roles_walk<DQK, 2>(p, dec, smem_raw);
+#else
+  (void)p, (void)dec, (void)smem_raw;
+  __trap();  // launched only where wgmma_walks_built()
+#endif
+}
+
 // Dynamic shared memory of a chunk_engine_dkdv_kernel launch (as engine_launch_bytes).
 template <class Ops, int DQK, int DV>
 constexpr int dkdv_launch_bytes() {

@@ -632,14 +632,18 @@ __device__ __forceinline__ void read_entering_state(float (&hacc)[N][4], const S
 // empty (both are done with the stage, which may take chunk c + STAGES). Stage layout: Q [64, DQK], the keys tile
 // (rows 0-63 the chunk's keys, rows 64-127 Hc^T, both [., DQK]), V [64, 64]; then the outputs' staging tile. Three
 // stages where they fit (key size 128), else two.
-template <int DQK>
+// OutWGs = 2 (chunk_roles_kernel, 384 threads; key size 128): two outputs warpgroups take alternate chunks, so that
+// one's products run while the other masks and stores (a chunk's outputs depend only on its stage and its Hc); the
+// state warpgroup is the third, and the outputs warpgroup that finishes a chunk refills its stage.
+template <int DQK, int OutWGs = 1>
 struct RolesWalkSmem {
   static constexpr int LM = kEngineRows, VT = 64;
   static constexpr int Q_ELEMS = LM * DQK, KEYS_ELEMS = 2 * LM * DQK, V_ELEMS = LM * VT;
   static constexpr int STAGE = Q_ELEMS + KEYS_ELEMS + V_ELEMS;
-  static constexpr int O_ELEMS = LM * kStagedOutputPitch<VT>;
+  static constexpr int O_ELEMS = LM * kStagedOutputPitch<VT>;  // per outputs warpgroup
+  static constexpr int THREADS = 128 * (OutWGs + 1);
   static constexpr int bytes_with(int stages) {
-    return (stages * STAGE + O_ELEMS) * 2 + 4 * stages * 8 + 1024;  // 4 mbarriers per stage; alignment
+    return (stages * STAGE + OutWGs * O_ELEMS) * 2 + 4 * stages * 8 + 1024;  // 4 mbarriers per stage; alignment
   }
   static constexpr int STAGES = bytes_with(3) <= 227 * 1024 ? 3 : 2;
   static constexpr int bytes = bytes_with(STAGES);
@@ -656,17 +660,18 @@ constexpr int wgmma_walk_bytes() {
   return WgmmaSmem<DQK, VT>::bytes;
 }
 
-template <int DQK>
+template <int DQK, int OutWGs = 1>
 __device__ __forceinline__ void wgmma_roles_walk(const ScanParams& p, const HeadDecays& dec, unsigned char* smem_raw) {
   using E = __nv_bfloat16;
-  using SM = RolesWalkSmem<DQK>;
+  using SM = RolesWalkSmem<DQK, OutWGs>;
   using QTile = SwizzledTile<kEngineRows>;
   using KeysTile = SwizzledTile<2 * kEngineRows>;
   constexpr int LM = kEngineRows, KS = 16, R = LM / 2, VT = SM::VT, S = SM::STAGES;
   static_assert(DQK == 128 || DQK == 256, "an m64 n128 or n256 state accumulator");
+  static_assert(OutWGs == 1 || OutWGs == 2, "one or two outputs warpgroups");
   E* smem = reinterpret_cast<E*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
-  E* const Os = smem + S * SM::STAGE;
-  uint64_t* const bars = reinterpret_cast<uint64_t*>(Os + SM::O_ELEMS);
+  E* const Os_base = smem + S * SM::STAGE;
+  uint64_t* const bars = reinterpret_cast<uint64_t*>(Os_base + OutWGs * SM::O_ELEMS);
   const StageBarriers<S> full{bars}, ready{bars + S}, consumed{bars + 2 * S}, empty{bars + 3 * S};
   auto stage_q = [&](int st) { return smem + st * SM::STAGE; };
   auto stage_keys = [&](int st) { return stage_q(st) + SM::Q_ELEMS; };
@@ -682,7 +687,7 @@ __device__ __forceinline__ void wgmma_roles_walk(const ScanParams& p, const Head
     full.set_up(1);
     ready.set_up(128);
     consumed.set_up(128);
-    empty.set_up(kEngineThreads);
+    empty.set_up(256);  // the chunk's outputs warpgroup and the state warpgroup
   }
   __syncthreads();                // the only block barrier: the mbarriers are set up
   auto load_chunk = [&](int c) {  // one thread
@@ -705,8 +710,10 @@ __device__ __forceinline__ void wgmma_roles_walk(const ScanParams& p, const Head
   }
   RegisterDecays<LM / 8> rd(seg.l2g, 0, t, mirror);
 
-  if (t.wg == 0) {  // the outputs warpgroup
-    for (int c = 0; c < nchunks; ++c) {
+  if (t.wg < OutWGs) {  // an outputs warpgroup: chunks wg, wg + OutWGs, ..
+    const int first = OutWGs > 1 ? t.wg : 0;
+    E* const Os = Os_base + first * SM::O_ELEMS;
+    for (int c = first; c < nchunks; c += OutWGs) {
       const int st = c % S, len = min(p.L, seg.len - c * p.L);
       const int64_t c0 = seg.start + static_cast<int64_t>(c) * p.L;
       const E* Qs = stage_q(st);
@@ -740,7 +747,13 @@ __device__ __forceinline__ void wgmma_roles_walk(const ScanParams& p, const Head
         wgmma_m64n64k16_rs<1>(oacc, sa[kt], wgmma_desc(Vs + kt * KS * 64, 2 * QTile::kAtom));
       wgmma_commit();
       wgmma_wait<0>();
-      empty.arrive(c);  // this warpgroup is done with the stage
+      empty.arrive(c);             // this warpgroup is done with the stage
+      if constexpr (OutWGs > 1) {  // the refill of this stage with chunk c + S, once the state warpgroup is done too
+        if ((t.tid & 127) == 0 && c + S < nchunks) {
+          empty.wait(c);
+          load_chunk(c + S);
+        }
+      }
       store_outputs_staged<true>(Os, p.o, dv, vt * VT, oacc, p, b, h, c0, len, t, mirror);
     }
     return;
@@ -823,7 +836,7 @@ __device__ __forceinline__ void wgmma_roles_walk(const ScanParams& p, const Head
       state_copy(c + 1);
     }
     // Then the refill of this stage with chunk c + S, once the outputs warpgroup is done with chunk c too.
-    if (t.tid == 128 && c + S < nchunks) {
+    if (OutWGs == 1 && t.tid == 128 && c + S < nchunks) {
       empty.wait(c);
       load_chunk(c + S);
     }
