@@ -372,7 +372,8 @@ inline constexpr double kNarrowChunkCost = 0.67;
 //   for 0.607 < kWgmmaNarrowChunkCost < 0.671;
 //   with it: narrow wins at every T from 1024 to 32768 (0.214 / 0.375 / 1.47 / 2.82 ms against wide 0.248 / 0.420 /
 //   1.59 / 3.05 at 2048 / 4096 / 16384 / 32768), and ties on the six benchmark shapes; the model picks narrow on all
-//   of them with 0.3 to 0.5, and with 0.5 it still prefers the fused backward at T >= 4096 (fused_backward_pays).
+//   of them with 0.3 to 0.5. With 0.5, fused_backward_pays takes the two runs at 1024 and 2048 (0.115 / 0.203 ms
+//   against 0.131 / 0.214 with the fused walk forced) and is within 3 % of the fused walk elsewhere.
 inline constexpr double kWgmmaNarrowChunkCost = 0.64, kRolesNarrowChunkCost = 0.5;
 // RETNET_CUDA_NARROW_COST=x replaces both (tuning knob, 0.1 .. 2).
 inline double wgmma_narrow_chunk_cost() {
