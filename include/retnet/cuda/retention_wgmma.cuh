@@ -73,7 +73,7 @@ struct MergedKeyTile {
   using E = __nv_bfloat16;
   static constexpr int EPV = 8;
   static constexpr bool kStraightLoads = true;
-  __device__ __forceinline__ static int key_row(int j) { return (j & 31) + 64 * (j >> 5); }
+  __host__ __device__ static constexpr int key_row(int j) { return (j & 31) + 64 * (j >> 5); }
   __device__ __forceinline__ static int state_row(int col) { return 32 + key_row(col); }
   template <int W>
   __device__ __forceinline__ static int at(int r, int c) {
@@ -194,6 +194,20 @@ struct WgmmaSegment {
 // positions below 0 as zeros where the chunk is short.
 __device__ __forceinline__ int tma_tile_position(int64_t T, int64_t c0, int mirror) {
   return static_cast<int>(mirror ? T - c0 - kEngineRows : c0);
+}
+
+// Issues the TMA boxes of one chunk tile: sequence rows y0 .. y0 + 63 (tma_tile_position) and columns
+// col0 .. col0 + Cols - 1 of the map, into a 128-byte-swizzled tile at dst whose 64-column atoms lie atom elements
+// apart; the box of rows y0 + kTmaBoxRows i .. lands at tile row half_rows i (kTmaBoxRows, or 64 for the keys of a
+// MergedKeyTile). Completes on bar. One thread.
+template <int Cols>
+__device__ __forceinline__ void tma_load_chunk_tile(__nv_bfloat16* dst, int atom, const CUtensorMap* map, uint64_t* bar,
+                                                    int col0, int h, int y0, int b, int half_rows = kTmaBoxRows) {
+#pragma unroll
+  for (int half = 0; half < kEngineRows / kTmaBoxRows; ++half)
+#pragma unroll
+    for (int a = 0; a < Cols / 64; ++a)
+      tma_load_box(dst + a * atom + half * half_rows * 64, map, bar, col0 + 64 * a, h, y0 + half * kTmaBoxRows, b);
 }
 
 // The 16-byte piece at x times a bf16 pair.
@@ -694,16 +708,9 @@ __device__ __forceinline__ void wgmma_roles_walk(const ScanParams& p, const Head
     const int st = c % S, y0 = tma_tile_position(T, seg.start + static_cast<int64_t>(c) * p.L, mirror);
     uint64_t* const bar = full.of(c);
     full.expect(c, SM::kChunkBytes);
-#pragma unroll
-    for (int half = 0; half < LM / kTmaBoxRows; ++half) {
-      const int y = y0 + half * kTmaBoxRows, rows = half * kTmaBoxRows * 64;
-#pragma unroll
-      for (int a = 0; a < DQK / 64; ++a) {
-        tma_load_box(stage_q(st) + a * QTile::kAtom + rows, &p.tma_q, bar, 64 * a, h, y, b);
-        tma_load_box(stage_keys(st) + a * KeysTile::kAtom + rows, &p.tma_k, bar, 64 * a, h, y, b);
-      }
-      tma_load_box(stage_v(st) + rows, &p.tma_v, bar, vt * VT, h, y, b);
-    }
+    tma_load_chunk_tile<DQK>(stage_q(st), QTile::kAtom, &p.tma_q, bar, 0, h, y0, b);
+    tma_load_chunk_tile<DQK>(stage_keys(st), KeysTile::kAtom, &p.tma_k, bar, 0, h, y0, b);
+    tma_load_chunk_tile<VT>(stage_v(st), QTile::kAtom, &p.tma_v, bar, vt * VT, h, y0, b);
   };
   if (t.tid == 0) {
     for (int c = 0; c < min(nchunks, S); ++c) load_chunk(c);
@@ -926,23 +933,14 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
     const int st = c % S, y0 = tma_tile_position(T, c0, mirror);
     uint64_t* const bar = stages.of(c);
     stages.expect(c, kBytes);
-#pragma unroll
-    for (int half = 0; half < LM / kTmaBoxRows; ++half) {
-      const int y = y0 + half * kTmaBoxRows, rows = half * kTmaBoxRows * 64;
-#pragma unroll
-      for (int a = 0; a < DQK / 64; ++a) {
-        tma_load_box(stage_q(st) + a * Tile::kAtom + rows, &p.tma_q, bar, 64 * a, h, y, b);
-        if constexpr (kMerged) {
-          tma_load_box(stage_k(st) + a * SwizzledTile<128>::kAtom + MergedKeyTile::key_row(half * kTmaBoxRows) * 64,
-                       &p.tma_k, bar, 64 * a, h, y, b);
-        } else {
-          tma_load_box(stage_k(st) + a * Tile::kAtom + rows, &p.tma_k, bar, 64 * a, h, y, b);
-        }
-      }
-#pragma unroll
-      for (int a = 0; a < VT / 64; ++a)
-        tma_load_box(stage_v(st) + a * Tile::kAtom + rows, &p.tma_v, bar, vt * VT + 64 * a, h, y, b);
+    tma_load_chunk_tile<DQK>(stage_q(st), Tile::kAtom, &p.tma_q, bar, 0, h, y0, b);
+    if constexpr (kMerged) {  // the keys' boxes at rows key_row(0) and key_row(kTmaBoxRows)
+      static_assert(MergedKeyTile::key_row(kTmaBoxRows) == 2 * kTmaBoxRows, "keys 32-63 at row 64");
+      tma_load_chunk_tile<DQK>(stage_k(st), SwizzledTile<128>::kAtom, &p.tma_k, bar, 0, h, y0, b, 2 * kTmaBoxRows);
+    } else {
+      tma_load_chunk_tile<DQK>(stage_k(st), Tile::kAtom, &p.tma_k, bar, 0, h, y0, b);
     }
+    tma_load_chunk_tile<VT>(stage_v(st), Tile::kAtom, &p.tma_v, bar, vt * VT, h, y0, b);
   };
   auto wait_chunk = [&](int c) {  // chunk c has landed, for this thread
     if (use_tma) {
@@ -1109,16 +1107,10 @@ __device__ __forceinline__ void wgmma_dkdv_walk(const ScanParams& p, const HeadD
       const int y0 = tma_tile_position(T, c0, mirror);
       uint64_t* const bar = stages.of(c);
       stages.expect(c, SM::STAGE * 2);
-#pragma unroll
-      for (int half = 0; half < LM / kTmaBoxRows; ++half)
-#pragma unroll
-        for (int a = 0; a < DQK / 64; ++a) {
-          const int at = a * Tile::kAtom + half * kTmaBoxRows * 64, y = y0 + half * kTmaBoxRows;
-          tma_load_box(stage_k(st) + at, &p.tma_q, bar, 64 * a, h, y, b);
-          tma_load_box(stage_q(st) + at, &p.tma_k, bar, 64 * a, h, y, b);
-          tma_load_box(stage_g(st) + at, &p.tma_v, bar, 64 * a, h, y, b);
-          tma_load_box(stage_v(st) + at, &p.tma_x, bar, 64 * a, h, y, b);
-        }
+      tma_load_chunk_tile<DQK>(stage_k(st), Tile::kAtom, &p.tma_q, bar, 0, h, y0, b);
+      tma_load_chunk_tile<DQK>(stage_q(st), Tile::kAtom, &p.tma_k, bar, 0, h, y0, b);
+      tma_load_chunk_tile<DV>(stage_g(st), Tile::kAtom, &p.tma_v, bar, 0, h, y0, b);
+      tma_load_chunk_tile<DV>(stage_v(st), Tile::kAtom, &p.tma_x, bar, 0, h, y0, b);
     }
     cp_async_commit();
   };
