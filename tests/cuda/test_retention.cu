@@ -531,8 +531,15 @@ TEST_CASE("cuda retention sanitizer subset", "[cuda][sanitize]") {
   const Case a{2, 77, 3, 64, 128, 16, true}, b{1, 70, 2, 256, 128, 100, true}, c{1, 40, 1, 128, 64, 64, false};
   const Case d{1, 150, 2, 128, 128, 64, true};  // the wgmma walks (sm_90a builds), forward and fused backward
   const Case e{1, 333, 2, 128, 64, 64, true};   // the key-128 roles walk: its three stages wrap, the last chunk ragged
+  // Two (batch, head) pairs of 2000 rows: several segments, so the summary walk runs (reversed in the backward), its
+  // stages wrapping and the last chunk ragged.
+  const Case f{1, 2000, 2, 128, 128, 64, true};
+  const auto geo = retnet::cuda_detail::geometry<__nv_bfloat16, 128>(128, f.B, f.T, f.H, 0, false, false);
+  INFO("case f: " << geo.NS << " segments, " << geo.summaries << " summary blocks");
+  CHECK(geo.summaries > 0);
   check_case<__nv_bfloat16>(d, Form::chunkwise, Normalization::torchscale, 76);
   check_case<__nv_bfloat16>(e, Form::chunkwise, Normalization::torchscale, 84);
+  check_case<__nv_bfloat16>(f, Form::chunkwise, Normalization::raw, 85);
   check_case<__nv_bfloat16>(a, Form::chunkwise, Normalization::torchscale, 77);
   check_case<float>(a, Form::chunkwise, Normalization::raw, 78);
   check_case<float>(b, Form::parallel, Normalization::torchscale, 79);

@@ -389,6 +389,25 @@ inline double wgmma_narrow_chunk_cost() {
 // A chunk of the fused backward (two outputs, one state update) in units of an outputs chunk.
 inline constexpr double kFusedChunkCost = 1.7;
 inline constexpr double kSummaryStart = 3.0, kSummaryChunk = 0.29;
+// A summary chunk on wgmma_summary_walk (bf16, key size 128, where the wgmma walks are built): its forward run at
+// (2, 16384, 16, 128) took 52 us where the mma.sync walk took 89 (H200, Nsight Compute), so 0.29 x 52 / 89. The split
+// model's choices did not move the benchmarks for any value from 0.1 to 0.29.
+inline constexpr double kWgmmaSummaryChunk = 0.17;
+// The summary chunk cost for storage E and key size DQK; RETNET_CUDA_SUMMARY_COST=x replaces it (tuning knob,
+// 0.01 .. 2).
+template <class E, int DQK>
+double summary_chunk_cost() {
+  static const double forced = [] {
+    const char* e = std::getenv("RETNET_CUDA_SUMMARY_COST");
+    const double x = e ? std::atof(e) : 0.0;
+    return x >= 0.01 && x <= 2.0 ? x : 0.0;
+  }();
+  if (forced > 0) return forced;
+  if constexpr (kWgmmaSummaryWalk<EngineOps<E>, DQK, kVTile, true>) {
+    if (wgmma_walks_built()) return kWgmmaSummaryChunk;
+  }
+  return kSummaryChunk;
+}
 
 inline int forced_value_tile() {
   static const int v = [] {
@@ -441,7 +460,8 @@ Geometry geometry(int dval, int64_t B, int64_t T, int H, int fixed_seg, bool tf3
           const int64_t blocks = sum_tiles * summed * sub;
           double summary = 0;
           if (summed > 0 && split) {
-            summary = kSummaryStart + kSummaryChunk * static_cast<double>((blocks + sms - 1) / sms * (per / sub));
+            summary = kSummaryStart +
+                      summary_chunk_cost<E, DQK>() * static_cast<double>((blocks + sms - 1) / sms * (per / sub));
           } else if (summed > 0) {  // the former model (RETNET_CUDA_SPLIT_SUMMARY=0): waves of resident blocks
             summary = static_cast<double>((blocks + sum_slots - 1) / sum_slots) * (0.35 * static_cast<double>(per) + 1);
           }

@@ -13,7 +13,7 @@
 // dk and dv from one walk over their shared state). Both are built from TileLoader, EngineState and chunk_outputs.
 // Compiled for sm_90a, both take the wgmma walks of retention_wgmma.cuh for bf16 with key size 128 (outputs pass
 // with value tile 128 or 64, and fused backward) or 256 (outputs pass, value tile 64), except for heads whose decay
-// is below 2^-3.
+// is below 2^-3; the summary pass for bf16 with key size 128 takes its wgmma walk for every head.
 //
 // The storage type picks the arithmetic (EngineOps below):
 //   bf16 : mma.sync m16n8k16, ldmatrix from padded rows.
@@ -582,6 +582,8 @@ constexpr int engine_launch_bytes() {
   constexpr int own = EngineSmem<Ops, DQK, VT, Summary>::bytes;
   if constexpr (kWgmmaWalk<Ops, DQK, VT, Summary>)
     return own > wgmma_walk_bytes<DQK, VT>() ? own : wgmma_walk_bytes<DQK, VT>();
+  if constexpr (kWgmmaSummaryWalk<Ops, DQK, VT, Summary>)
+    return own > WgmmaSummarySmem<VT>::bytes ? own : WgmmaSummarySmem<VT>::bytes;
   return own;
 }
 
@@ -603,6 +605,10 @@ __global__ void __launch_bounds__(kEngineThreads, Summary && !Ops::kFreshDelta ?
       wgmma_outputs_walk<DQK, VT>(p, dec, smem_raw);
       return;
     }
+  }
+  if constexpr (kWgmmaSummaryWalk<Ops, DQK, VT, Summary>) {
+    wgmma_summary_walk<VT>(p, dec, smem_raw);
+    return;
   }
 #endif
   E* smem = reinterpret_cast<E*>(smem_raw);

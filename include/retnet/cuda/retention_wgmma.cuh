@@ -139,6 +139,16 @@ template <class Ops, int DQK, int VT, bool Summary>
 inline constexpr bool kWgmmaWalk = !Summary && std::is_same_v<Ops, EngineOps<__nv_bfloat16>> &&
                                    ((DQK == 128 && (VT == 64 || VT == 128)) || (DQK == 256 && VT == 64));
 
+// Whether chunk_engine_kernel<Ops, DQK, VT, true> (a summary pass) takes wgmma_summary_walk (where built for sm_90a).
+// RETNET_CUDA_AB_SUMMARY=0 (benchmark A/B switch, compile time) keeps the mma.sync walk.
+#ifndef RETNET_CUDA_AB_SUMMARY
+#define RETNET_CUDA_AB_SUMMARY 1
+#endif
+template <class Ops, int DQK, int VT, bool Summary>
+inline constexpr bool kWgmmaSummaryWalk =
+    RETNET_CUDA_AB_SUMMARY&& Summary&& std::is_same_v<Ops, EngineOps<__nv_bfloat16>>&& DQK == 128 &&
+    (VT == 64 || VT == 128);
+
 // The walks scale chunk rows by gamma^(i - 32) and gamma^(32 - j) (below). Heads whose decay is below 2^-3 would
 // push these factors out of float's normal range (2^-126); they take the mma.sync walks.
 inline constexpr float kWgmmaMinLog2Gamma = -3.0f;
@@ -1199,6 +1209,82 @@ __device__ __forceinline__ void wgmma_dkdv_walk(const ScanParams& p, const HeadD
     const float m = final_state_factor(p, dec, seg.bh, h);
     write_state<DQK>(final_state + static_cast<int64_t>(seg.bh) * DQK * DV, DV, hacc, m, t);
   }
+}
+
+// The summary pass's shared memory: Stages of K [64, 128] and V [64, VT], aligned to 1024 bytes; small enough for two
+// blocks per multiprocessor.
+template <int VT>
+struct WgmmaSummarySmem {
+  static constexpr int LM = kEngineRows, K_ELEMS = LM * 128, V_ELEMS = LM * VT, STAGE = K_ELEMS + V_ELEMS;
+  static constexpr int STAGES = VT == 64 ? 4 : 3;
+  static constexpr int bytes = STAGES * STAGE * 2 + 1024;
+  static_assert(2 * (bytes + 1024) <= 228 * 1024, "two blocks per multiprocessor");
+};
+
+// The summary pass on wgmma (chunk_engine_kernel<bf16, 128, VT, true>: the segment's state from zero, no outputs):
+// H <- gamma^len H + (K diag(w))^T V chunk by chunk, w_j = gamma^(len - 1 - j). Two warpgroups, each holding state rows
+// 64 wg .. 64 wg + 63 (all VT columns) in registers; K^T comes as A fragments through ldmatrix.trans times the
+// weights (update_fragments), V straight from shared memory. The chunks arrive in cp.async stages, chunk c + 1 landing
+// while chunk c's product runs. Every decay: the weights merely underflow to zero for small ones, as in the mma.sync
+// walk. (The mma.sync walk was issue-bound: its fragment loads and 512 mma.sync per chunk.)
+template <int VT>
+__device__ __forceinline__ void wgmma_summary_walk(const ScanParams& p, const HeadDecays& dec,
+                                                   unsigned char* smem_raw) {
+  using E = __nv_bfloat16;
+  using Tile = SwizzledTile<kEngineRows>;
+  using SM = WgmmaSummarySmem<VT>;
+  constexpr int DQK = 128, S = SM::STAGES;
+  static_assert(S >= 3, "chunk c + 1 lands while the stage of chunk c - 1 refills");
+  E* const smem = reinterpret_cast<E*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
+  const WgmmaThread t(threadIdx.x);
+  const WgmmaSegment seg(p, dec);
+  const int vt = blockIdx.x, nchunks = seg.nchunks;
+
+  auto stage_k = [&](int st) { return smem + st * SM::STAGE; };
+  auto stage_v = [&](int st) { return stage_k(st) + SM::K_ELEMS; };
+  auto phys = [&](int64_t pos) { return p.reverse ? seg.T - 1 - pos : pos; };
+  const int dir = p.reverse ? -1 : 1;
+  const TileLoader<Tile, DQK> load_k({p.k}, seg.b, seg.h, seg.T, p.H, DQK, 0, t.tid);
+  const TileLoader<Tile, VT> load_v({p.v}, seg.b, seg.h, seg.T, p.H, p.dv, vt * VT, t.tid);
+  auto chunk_len = [&](int c) { return min(p.L, seg.len - c * p.L); };
+  // One commit group per call (empty past the last chunk), so that the groups count chunks.
+  auto load_chunk = [&](int c) {
+    if (c < nchunks) {
+      const int64_t c0 = seg.start + static_cast<int64_t>(c) * p.L;
+      load_k.load({stage_k(c % S)}, c0, chunk_len(c), phys, dir);
+      load_v.load({stage_v(c % S)}, c0, chunk_len(c), phys, dir);
+    }
+    cp_async_commit();
+  };
+  // Once this thread's copies of chunk c + 1 are complete: chunk c + 1 has landed for every thread, and both
+  // warpgroups are past their wait for chunk c - 1's product, so that chunk c - 1's stage may refill.
+  auto landed = [&] {
+    fence_proxy_async();  // this thread's copies, before the tensor cores read them
+    __syncthreads();
+  };
+
+  RegisterDecays<VT / 16> rd(seg.l2g, 0, t);  // its update weights only
+  float hacc[VT / 8][4];
+  for_each_state_element<DQK>(hacc, t, [](int, int, float& x) { x = 0.f; });
+  uint32_t ka[4][4];
+#pragma unroll
+  for (int c = 0; c < S - 1; ++c) load_chunk(c);
+  cp_async_wait<S - 2>();
+  landed();
+  for (int c = 0; c < nchunks; ++c) {
+    const int st = c % S, len = chunk_len(c);
+    rd.prepare(len, seg.l2g, t);
+    update_fragments(ka, stage_k(st), 0, rd, t);
+    const float dl = seg.gpow(len);
+    for_each_state_element<DQK>(hacc, t, [dl](int, int, float& x) { x *= dl; });
+    wgmma_fence();
+    update_state<VT>(hacc, ka, stage_v(st));
+    cp_async_wait<S - 3>();  // chunk c + 1
+    landed();
+    load_chunk(c + S - 1);  // into chunk c - 1's stage
+    wgmma_wait<0>();        // chunk c's product: ka and hacc are free
+  }
+  write_state<DQK>(p.states + state_offset<DQK>(p, seg.bh, seg.s) + vt * VT, p.dv, hacc, 1.f, t);
 }
 
 }  // namespace retnet::cuda_detail
