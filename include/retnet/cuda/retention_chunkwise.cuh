@@ -328,6 +328,24 @@ inline bool roles_kernel_applies(const ScanKernel& k, const ScanParams& sp, cons
   return true;
 }
 
+// RETNET_CUDA_DKDV_ROLES=0 keeps the fused backward on chunk_engine_dkdv_kernel's walk (A/B switch).
+inline bool dkdv_roles_enabled() {
+  static const bool v = [] {
+    const char* e = std::getenv("RETNET_CUDA_DKDV_ROLES");
+    return !(e && std::string_view(e) == "0");
+  }();
+  return v;
+}
+
+// Whether a fused backward of chunk_engine_dkdv_kernel<bf16, 128, 128> (k) runs as chunk_dkdv_roles_kernel: TMA mode 1
+// with the tensor maps given, and every head's decay within the wgmma walks' range (kWgmmaMinLog2Gamma).
+inline bool dkdv_roles_kernel_applies(const ScanKernel& k, const ScanParams& sp, const HeadDecays& dec, int H) {
+  if (!k.tma || k.vt != 128 || sp.tma != 1 || !dkdv_roles_enabled()) return false;
+  for (int h = 0; h < H; ++h)
+    if (dec.log2g[h] < kWgmmaMinLog2Gamma) return false;
+  return true;
+}
+
 template <class E, int DQK, bool Summary>
 void launch_scan(const Cuda& ctx, ScanParams sp, int64_t B, int H, HeadDecays dec, bool narrow) {
   ScanKernel k = pick_scan<E, DQK, Summary>(sp.dv, ctx.allow_tf32, narrow);
@@ -589,10 +607,21 @@ void run_output_t(const Cuda& ctx, const Run& r, int64_t B, int64_t T, int H, co
   if (!r.fused_dkdv) return launch_scan<E, DQK, false>(ctx, sp, B, H, dec, geo.narrow);
   sp.x = r.x;
   sp.o2 = r.o2;
-  const ScanKernel k = pick_dkdv<E, DQK>(r.dval, ctx.allow_tf32);
+  ScanKernel k = pick_dkdv<E, DQK>(r.dval, ctx.allow_tf32);
   require(k.fn != nullptr, "retention backward (CUDA): no fused kernel for these head sizes");
   (void)residency(k);  // readies k on this device
   if (k.tma) set_tma_maps<DQK>(sp, B, H, true);
+  if constexpr (std::is_same_v<E, __nv_bfloat16> && DQK == 128) {
+    if (dkdv_roles_kernel_applies(k, sp, dec, H)) {
+      k = {reinterpret_cast<const void*>(chunk_dkdv_roles_kernel<DQK>),
+           DkdvRolesSmem::THREADS,
+           DkdvRolesSmem::bytes,
+           128,
+           true,
+           true};
+      (void)residency(k);
+    }
+  }
   const dim3 grid(1, static_cast<unsigned>(sp.NS), static_cast<unsigned>(B * H));
   HeadDecays decays = dec;
   void* args[] = {&sp, &decays};

@@ -710,6 +710,23 @@ __global__ void __launch_bounds__(RolesWalkSmem<DQK, 2>::THREADS, 1)
 #endif
 }
 
+// The fused backward with a role per warpgroup (wgmma_dkdv_roles_walk; bf16, key and value size 128): grid as
+// chunk_engine_dkdv_kernel's, block DkdvRolesSmem::THREADS, dynamic shared memory DkdvRolesSmem::bytes. The host
+// launches it in place of chunk_engine_dkdv_kernel<bf16, 128, 128> where every head would take the wgmma walk and the
+// tensor maps are given (dkdv_roles_kernel_applies).
+template <int D>
+__global__ void __launch_bounds__(DkdvRolesSmem::THREADS, 1)
+    chunk_dkdv_roles_kernel(const __grid_constant__ ScanParams p, HeadDecays dec) {
+  static_assert(D == 128, "key and value size 128");
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  wgmma_dkdv_roles_walk(p, dec, smem_raw);
+#else
+  (void)p, (void)dec, (void)smem_raw;
+  __trap();  // launched only where wgmma_walks_built()
+#endif
+}
+
 // Dynamic shared memory of a chunk_engine_dkdv_kernel launch (as engine_launch_bytes).
 template <class Ops, int DQK, int DV>
 constexpr int dkdv_launch_bytes() {

@@ -24,7 +24,8 @@
 // Three stages of cp.async copies keep two chunks in flight (two stages, one chunk in flight, in the fused backward,
 // whose stages hold four tiles, and with key size 256, whose two stages take all 227 KiB: WgmmaSmem). The walks load
 // through TMA instead (tma.cuh; one thread issues the chunk's boxes) where the host gives them tensor maps; with key
-// size 256 that is a walk of its own, with a role per warpgroup (wgmma_roles_walk: outputs, and the state).
+// size 256 that is a walk of its own, with a role per warpgroup (wgmma_roles_walk: outputs, and the state), and so is
+// the fused backward (wgmma_dkdv_roles_walk: dv, dk, and the state; RETNET_CUDA_DKDV_ROLES=0 keeps wgmma_dkdv_walk).
 // Benchmark A/B switches (compile time): RETNET_CUDA_AB_DECAY (which walks take the decays in registers) and
 // RETNET_CUDA_AB_UNMERGED (key size 256 with separate S and Q H products); at run time RETNET_CUDA_TMA=0 (no TMA) or
 // =merged (key size 256 on the merged walk with TMA).
@@ -1285,6 +1286,241 @@ __device__ __forceinline__ void wgmma_summary_walk(const ScanParams& p, const He
     wgmma_wait<0>();        // chunk c's product: ka and hacc are free
   }
   write_state<DQK>(p.states + state_offset<DQK>(p, seg.bh, seg.s) + vt * VT, p.dv, hacc, 1.f, t);
+}
+
+// setmaxnreg (sm_90a): this warpgroup's registers per thread, raised or lowered to N (a multiple of 8), so that the
+// roles of a walk split the register file unevenly.
+template <int N>
+__device__ __forceinline__ void warpgroup_registers_up() {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+#endif
+}
+template <int N>
+__device__ __forceinline__ void warpgroup_registers_down() {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+#endif
+}
+
+// The fused backward with a role per warpgroup (chunk_dkdv_roles_kernel, 384 threads; bf16, key and value size 128,
+// tensor maps given). Same contract as wgmma_dkdv_walk (p.q = k, p.k = q, p.v = g, p.x = v; p.o = dv, p.o2 = dk), with
+// the decays in registers (RegisterDecays) instead of scaled operands. There, two warpgroups each computed half of dv
+// and half of dk (both scores twice) and met at a block barrier per chunk; Nsight Compute found the walk the largest
+// kernel of a long backward. Here:
+//   the dv warpgroup (0): S = K Q^T, dv = gamma^(i - R) K (c dU) + (S . decayed mask) g, all 128 columns, as one
+//     running product (see the loop);
+//   the dk warpgroup (1): S = V g^T, dk = gamma^(i - R) V (c dU)^T + (S . decayed mask) Q;
+//   the state warpgroup (2): dU [DQK, DV] in registers (two m64 tiles), dU <- gamma^len dU + (Q diag(w))^T g, and the
+//     copy c dU (c = gamma^(R + 1)) entering the next chunk, which both others read (dv N-major, dk K-major); one of
+//     its threads issues the chunks' TMA boxes.
+// So the two outputs run side by side, and the update of chunk c beside them. Their mbarriers: full (per stage: the
+// chunk's boxes have landed), empty (per stage: all three are done with it), ready (per copy buffer: the state
+// warpgroup has stored the copy) and consumed (per copy buffer: both outputs have read it, so that it may take the
+// copy two chunks on). The state warpgroup holds 128 accumulator registers and the update's 16 fragment registers:
+// setmaxnreg gives it 184 per thread, the outputs 160 (the three sum to 3 x 168, the block's registers at launch).
+struct DkdvRolesSmem {
+  static constexpr int LM = kEngineRows, D = 128, STAGES = 2;
+  // O: an outputs warpgroup's staging tile, for 64 columns at a time (128 padded columns would not fit)
+  static constexpr int TILE = LM * D, STAGE = 4 * TILE, COPY = D * D, O_ELEMS = LM * kStagedOutputPitch<64>;
+  static constexpr int THREADS = 384;
+  static constexpr int bytes = (STAGES * STAGE + 2 * COPY + 2 * O_ELEMS) * 2 + 4 * 2 * 8 + 1024;
+  static_assert(bytes <= 227 * 1024, "shared memory of one block");
+  static constexpr uint32_t kChunkBytes = STAGE * 2;
+};
+
+__device__ __forceinline__ void wgmma_dkdv_roles_walk(const ScanParams& p, const HeadDecays& dec,
+                                                      unsigned char* smem_raw) {
+  using E = __nv_bfloat16;
+  using SM = DkdvRolesSmem;
+  using Tile = SwizzledTile<kEngineRows>;  // the chunk's k, q, g, v
+  using HTile = SwizzledTile<128>;         // the copy c dU [DQK, DV]
+  constexpr int LM = kEngineRows, KS = 16, R = LM / 2, S = SM::STAGES, D = SM::D;
+  E* const smem = reinterpret_cast<E*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
+  E* const copies = smem + S * SM::STAGE;
+  E* const Os_base = copies + 2 * SM::COPY;
+  uint64_t* const bars = reinterpret_cast<uint64_t*>(Os_base + 2 * SM::O_ELEMS);
+  const StageBarriers<S> full{bars}, empty{bars + S};
+  const StageBarriers<2> ready{bars + 2 * S}, consumed{bars + 2 * S + 2};
+  // Stage layout: k, q, g, v (the maps of p.q, p.k, p.v, p.x).
+  auto tile = [&](int c, int i) { return smem + (c % S) * SM::STAGE + i * SM::TILE; };
+  auto copy_of = [&](int c) { return copies + (c & 1) * SM::COPY; };
+
+  const int role = threadIdx.x >> 7;
+  const WgmmaThread t(threadIdx.x);  // the outputs warpgroups' (named barriers 1 and 2 for their stores)
+  const WgmmaSegment seg(p, dec);
+  const int b = seg.b, h = seg.h, nchunks = seg.nchunks;
+  const int64_t T = seg.T;
+  const int mirror = p.reverse ? LM - 1 : 0;  // a reversed run's tiles hold its chunks upside down
+
+  if (threadIdx.x == 0) {
+    full.set_up(1);
+    empty.set_up(SM::THREADS);
+    ready.set_up(128);
+    consumed.set_up(256);
+  }
+  __syncthreads();  // the only block barrier: the mbarriers are set up
+  auto chunk_len = [&](int c) { return min(p.L, seg.len - c * p.L); };
+  auto chunk_start = [&](int c) { return seg.start + static_cast<int64_t>(c) * p.L; };
+
+  // dv (Role 0): A = k, scored against q, values g, the copy read N-major; dk (Role 1): A = v, scored against g,
+  // values q, the copy's rows read K-major. A loop per role: a branch between the products inside one loop made
+  // ptxas serialize them (C7520).
+  auto outputs = [&](auto role_c) {
+    constexpr int Role = decltype(role_c)::value, kA = Role == 0 ? 0 : 3, kB = Role == 0 ? 1 : 2,
+                  kX = Role == 0 ? 2 : 1;
+    E* const Os = Os_base + Role * SM::O_ELEMS;
+    // The row factors gamma^(i - R) of this thread's rows i (RegisterDecays::row); the keys' gamma^(R - j) are
+    // computed per chunk (registers are what limit these warpgroups: short of them, ptxas serialized the products).
+    float row[2];
+#pragma unroll
+    for (int half = 0; half < 2; ++half) row[half] = seg.gpow(((t.wq * 16 + t.g + 8 * half) ^ mirror) - R);
+    for (int c = 0; c < nchunks; ++c) {
+      const E* As = tile(c, kA);
+      const E* Bs = tile(c, kB);
+      const E* Xs = tile(c, kX);
+      const E* Hc = copy_of(c);
+      float sacc[LM / 8][4], oacc[D / 8][4];
+      full.wait(c);
+      wgmma_fence();
+#pragma unroll
+      for (int ks = 0; ks < D / KS; ++ks)
+        wgmma_m64n64k16_ss<0, 0>(sacc, wgmma_desc(As + kmajor_step<LM>(ks), 0), wgmma_desc(Bs + kmajor_step<LM>(ks), 0),
+                                 ks > 0);
+      wgmma_commit();
+      ready.wait(c);
+      wgmma_fence();
+#pragma unroll
+      for (int ks = 0; ks < D / KS; ++ks) {
+        if constexpr (Role == 0) {
+          wgmma_m64n128k16_ss<0, 1>(oacc, wgmma_desc(As + kmajor_step<LM>(ks), 0),
+                                    wgmma_desc(Hc + ks * KS * 64, 2 * HTile::kAtom), ks > 0);
+        } else {
+          wgmma_m64n128k16_ss<0, 0>(oacc, wgmma_desc(As + kmajor_step<LM>(ks), 0),
+                                    wgmma_desc(Hc + kmajor_step<D>(ks), 0), ks > 0);
+        }
+      }
+      wgmma_commit();
+      // Meanwhile S under the causal mask, times gamma^(R - j) only: O = diag(gamma^(i - R)) (A c dU + S' X) with
+      // S' = S . mask . gamma^(R - j), so that S' X adds to the running product and the rows are scaled once.
+      wgmma_wait<1>();
+      uint32_t sa[LM / KS][4];
+#pragma unroll
+      for (int nt = 0; nt < LM / 8; ++nt) {
+        float m[4];
+#pragma unroll
+        for (int e1 = 0; e1 < 2; ++e1) {
+          const int j = (nt * 8 + 2 * t.tq + e1) ^ mirror;
+          const float col = seg.gpow(R - j);
+#pragma unroll
+          for (int half = 0; half < 2; ++half) {
+            const int i = (t.wq * 16 + t.g + 8 * half) ^ mirror;
+            m[2 * half + e1] = i >= j ? sacc[nt][2 * half + e1] * col : 0.f;
+          }
+        }
+        sa[nt >> 1][2 * (nt & 1)] = pack_bf16x2(m[0], m[1]);
+        sa[nt >> 1][2 * (nt & 1) + 1] = pack_bf16x2(m[2], m[3]);
+      }
+      wgmma_fence();
+#pragma unroll
+      for (int kt = 0; kt < LM / KS; ++kt)
+        wgmma_m64n128k16_rs<1>(oacc, sa[kt], wgmma_desc(Xs + kt * KS * 64, 2 * Tile::kAtom));
+      wgmma_commit();
+      wgmma_wait<0>();
+      consumed.arrive(c);  // the copy buffer may take the copy entering chunk c + 2
+      empty.arrive(c);     // this warpgroup is done with the stage
+#pragma unroll
+      for (int half = 0; half < 2; ++half)
+#pragma unroll
+        for (int nt = 0; nt < D / 8; ++nt) oacc[nt][2 * half] *= row[half], oacc[nt][2 * half + 1] *= row[half];
+      void* const o = Role == 0 ? p.o : p.o2;
+#pragma unroll
+      for (int half = 0; half < 2; ++half)
+        store_outputs_staged<true>(Os, o, D, 64 * half, subarray<8>(oacc, 8 * half), p, b, h, chunk_start(c),
+                                   chunk_len(c), t, mirror);
+    }
+  };
+  if (role < 2) {
+    warpgroup_registers_down<160>();
+    if (role == 0) {
+      outputs(std::integral_constant<int, 0>{});
+    } else {
+      outputs(std::integral_constant<int, 1>{});
+    }
+    return;
+  }
+
+  // The state warpgroup: dU rows 0-63 in h0 and 64-127 in h1 (the accumulator layouts of warpgroups 0 and 1 of the
+  // other walks, whence t0 and t1).
+  warpgroup_registers_up<184>();
+  const WgmmaThread t0(threadIdx.x & 127), t1((threadIdx.x & 127) + 128);
+  auto load_chunk = [&](int c) {  // one thread
+    const int y0 = tma_tile_position(T, chunk_start(c), mirror);
+    uint64_t* const bar = full.of(c);
+    full.expect(c, SM::kChunkBytes);
+    tma_load_chunk_tile<D>(tile(c, 0), Tile::kAtom, &p.tma_q, bar, 0, h, y0, b);
+    tma_load_chunk_tile<D>(tile(c, 1), Tile::kAtom, &p.tma_k, bar, 0, h, y0, b);
+    tma_load_chunk_tile<D>(tile(c, 2), Tile::kAtom, &p.tma_v, bar, 0, h, y0, b);
+    tma_load_chunk_tile<D>(tile(c, 3), Tile::kAtom, &p.tma_x, bar, 0, h, y0, b);
+  };
+  if (t0.tid == 0) {
+    for (int c = 0; c < min(nchunks, S); ++c) load_chunk(c);
+  }
+  float h0[D / 8][4], h1[D / 8][4];
+  read_entering_state<128>(h0, p, seg, 0, t0);
+  read_entering_state<128>(h1, p, seg, 0, t1);
+  const float copy_factor = seg.gpow(R + 1);
+  auto state_copy = [&](int c) {
+    store_state_copy<128>(copy_of(c), h0, copy_factor, t0);
+    store_state_copy<128>(copy_of(c), h1, copy_factor, t1);
+    fence_proxy_async();  // the tensor cores read the copy
+    ready.arrive(c);
+  };
+  state_copy(0);
+  RegisterDecays<LM / 8> rd(seg.l2g, 0, t0, mirror);  // its update weights only
+  for (int c = 0; c < nchunks; ++c) {
+    const int len = chunk_len(c);
+    const E* Qs = tile(c, 1);
+    const E* Gs = tile(c, 2);
+    full.wait(c);
+    rd.prepare(len, seg.l2g, t0);
+    // dU <- gamma^len dU + (Q diag(w))^T g, w_j = gamma^(len - 1 - j): Q^T's fragments from registers, g N-major;
+    // one m64 tile after the other, so that one set of fragments serves both (with two, ptxas ran short of registers
+    // and serialized the products).
+    const float dl = seg.gpow(len);
+    uint32_t ka[4][4];
+    update_fragments(ka, Qs, 0, rd, t0);
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) h0[j][e] *= dl, h1[j][e] *= dl;
+    wgmma_fence();
+    update_state<D>(h0, ka, Gs);
+    wgmma_wait<0>();
+    update_fragments(ka, Qs, 0, rd, t1);
+    wgmma_fence();
+    update_state<D>(h1, ka, Gs);
+    wgmma_wait<0>();
+    fence_proxy_async();  // this warpgroup's reads of the stage, before its refill
+    empty.arrive(c);
+    // The copy entering chunk c + 1, once both outputs have read the copy entering chunk c - 1 (its buffer).
+    if (c + 1 < nchunks) {
+      if (c >= 1) consumed.wait(c - 1);
+      state_copy(c + 1);
+    }
+    // Then the refill of this stage with chunk c + S, once the outputs are done with chunk c too.
+    if (t0.tid == 0 && c + S < nchunks) {
+      empty.wait(c);
+      load_chunk(c + S);
+    }
+    __syncwarp();
+  }
+  float* const final_state = final_state_of(p, seg.s);
+  if (final_state) {  // the last segment: this walk ends the sequence
+    const float m = final_state_factor(p, dec, seg.bh, h);
+    write_state<128>(final_state + static_cast<int64_t>(seg.bh) * D * D, D, h0, m, t0);
+    write_state<128>(final_state + static_cast<int64_t>(seg.bh) * D * D, D, h1, m, t1);
+  }
 }
 
 }  // namespace retnet::cuda_detail
