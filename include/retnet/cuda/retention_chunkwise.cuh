@@ -177,13 +177,16 @@ ScanKernel pick_scan(int dv, bool tf32, bool narrow) {
   return generic_scan_kernel<E, DQK, Summary>();
 }
 
+// Whether the environment leaves an A/B switch on (anything but name=0).
+inline bool switch_on(const char* name) {
+  const char* e = std::getenv(name);
+  return !(e && std::string_view(e) == "0");
+}
+
 // RETNET_CUDA_SPLIT_SUMMARY=0 gives every segment, the last included, one summary block per value tile (the
 // split before summaries were cut finer than segments; A/B switch).
 inline bool split_summary_enabled() {
-  static const bool v = [] {
-    const char* e = std::getenv("RETNET_CUDA_SPLIT_SUMMARY");
-    return !(e && std::string_view(e) == "0");
-  }();
+  static const bool v = switch_on("RETNET_CUDA_SPLIT_SUMMARY");
   return v;
 }
 
@@ -311,39 +314,31 @@ void set_tma_maps(ScanParams& sp, int64_t B, int H, bool x = false) {
 
 // RETNET_CUDA_ROLES2=0 keeps key size 128 on the roles walk with one outputs warpgroup (A/B switch).
 inline bool roles2_enabled() {
-  static const bool v = [] {
-    const char* e = std::getenv("RETNET_CUDA_ROLES2");
-    return !(e && std::string_view(e) == "0");
-  }();
+  static const bool v = switch_on("RETNET_CUDA_ROLES2");
   return v;
 }
-
-// Whether an outputs pass of chunk_engine_kernel<bf16, 128, 64, false> (k) runs as chunk_roles_kernel: its walk
-// would be the roles walk (TMA mode 1, tensor maps given) for every head (none too strongly decayed for the wgmma
-// walks, kWgmmaMinLog2Gamma).
-inline bool roles_kernel_applies(const ScanKernel& k, const ScanParams& sp, const HeadDecays& dec, int H) {
-  if (!kRolesWalk<128, 64> || k.vt != 64 || sp.tma != 1 || !roles2_enabled()) return false;
-  for (int h = 0; h < H; ++h)
-    if (dec.log2g[h] < kWgmmaMinLog2Gamma) return false;
-  return true;
-}
-
 // RETNET_CUDA_DKDV_ROLES=0 keeps the fused backward on chunk_engine_dkdv_kernel's walk (A/B switch).
 inline bool dkdv_roles_enabled() {
-  static const bool v = [] {
-    const char* e = std::getenv("RETNET_CUDA_DKDV_ROLES");
-    return !(e && std::string_view(e) == "0");
-  }();
+  static const bool v = switch_on("RETNET_CUDA_DKDV_ROLES");
   return v;
 }
 
-// Whether a fused backward of chunk_engine_dkdv_kernel<bf16, 128, 128> (k) runs as chunk_dkdv_roles_kernel: TMA mode 1
-// with the tensor maps given, and every head's decay within the wgmma walks' range (kWgmmaMinLog2Gamma).
-inline bool dkdv_roles_kernel_applies(const ScanKernel& k, const ScanParams& sp, const HeadDecays& dec, int H) {
-  if (!k.tma || k.vt != 128 || sp.tma != 1 || !dkdv_roles_enabled()) return false;
+// Whether a launch of wgmma walks loads through TMA with the roles walks (mode 1, tensor maps given) and every head's
+// decay is within the wgmma walks' range (kWgmmaMinLog2Gamma): then all its blocks would take a roles walk, which
+// may run as a kernel of its own.
+inline bool roles_walks_apply(const ScanParams& sp, const HeadDecays& dec, int H) {
+  if (sp.tma != 1) return false;
   for (int h = 0; h < H; ++h)
     if (dec.log2g[h] < kWgmmaMinLog2Gamma) return false;
   return true;
+}
+// Whether an outputs pass of chunk_engine_kernel<bf16, 128, 64, false> (k) runs as chunk_roles_kernel.
+inline bool roles_kernel_applies(const ScanKernel& k, const ScanParams& sp, const HeadDecays& dec, int H) {
+  return kRolesWalk<128, 64> && k.vt == 64 && roles2_enabled() && roles_walks_apply(sp, dec, H);
+}
+// Whether a fused backward of chunk_engine_dkdv_kernel<bf16, 128, 128> (k) runs as chunk_dkdv_roles_kernel.
+inline bool dkdv_roles_kernel_applies(const ScanKernel& k, const ScanParams& sp, const HeadDecays& dec, int H) {
+  return k.tma && k.vt == 128 && dkdv_roles_enabled() && roles_walks_apply(sp, dec, H);
 }
 
 template <class E, int DQK, bool Summary>
