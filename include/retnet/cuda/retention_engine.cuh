@@ -13,7 +13,10 @@
 // dk and dv from one walk over their shared state). Both are built from TileLoader, EngineState and chunk_outputs.
 // Compiled for sm_90a, both take the wgmma walks of retention_wgmma.cuh for bf16 with key size 128 (outputs pass
 // with value tile 128 or 64, and fused backward) or 256 (outputs pass, value tile 64), except for heads whose decay
-// is below 2^-3; the summary pass for bf16 with key size 128 takes its wgmma walk for every head.
+// is below 2^-3; the summary pass for bf16 with key size 128 takes its wgmma walk for every head. Two more kernels
+// run walks with a role per warpgroup (three warpgroups, too many registers for the others' blocks): the host
+// launches chunk_roles_kernel (outputs pass, key size 128, value tile 64) and chunk_dkdv_roles_kernel (fused
+// backward, key and value size 128) in their place where every head takes the wgmma walks and TMA is on.
 //
 // The storage type picks the arithmetic (EngineOps below):
 //   bf16 : mma.sync m16n8k16, ldmatrix from padded rows.
