@@ -388,14 +388,17 @@ inline constexpr double kNarrowChunkCost = 0.67;
 //   of them with 0.3 to 0.5. With 0.5, fused_backward_pays takes the two runs at 1024 and 2048 (0.115 / 0.203 ms
 //   against 0.131 / 0.214 with the fused walk forced) and is within 3 % of the fused walk elsewhere.
 inline constexpr double kWgmmaNarrowChunkCost = 0.64, kRolesNarrowChunkCost = 0.5;
+// A tuning knob of the split model: the environment's name=x where lo <= x <= hi, else 0 (unset or out of range).
+inline double cost_knob(const char* name, double lo, double hi) {
+  const char* e = std::getenv(name);
+  const double x = e ? std::atof(e) : 0.0;
+  return x >= lo && x <= hi ? x : 0.0;
+}
 // RETNET_CUDA_NARROW_COST=x replaces both (tuning knob, 0.1 .. 2).
 inline double wgmma_narrow_chunk_cost() {
   static const double v = [] {
-    if (const char* e = std::getenv("RETNET_CUDA_NARROW_COST")) {
-      const double x = std::atof(e);
-      if (x >= 0.1 && x <= 2.0) return x;
-    }
-    return tma_mode() == 1 ? kRolesNarrowChunkCost : kWgmmaNarrowChunkCost;
+    const double x = cost_knob("RETNET_CUDA_NARROW_COST", 0.1, 2.0);
+    return x > 0 ? x : tma_mode() == 1 ? kRolesNarrowChunkCost : kWgmmaNarrowChunkCost;
   }();
   return v;
 }
@@ -410,11 +413,7 @@ inline constexpr double kWgmmaSummaryChunk = 0.17;
 // 0.01 .. 2).
 template <class E, int DQK>
 double summary_chunk_cost() {
-  static const double forced = [] {
-    const char* e = std::getenv("RETNET_CUDA_SUMMARY_COST");
-    const double x = e ? std::atof(e) : 0.0;
-    return x >= 0.01 && x <= 2.0 ? x : 0.0;
-  }();
+  static const double forced = cost_knob("RETNET_CUDA_SUMMARY_COST", 0.01, 2.0);
   if (forced > 0) return forced;
   if constexpr (kWgmmaSummaryWalk<EngineOps<E>, DQK, kVTile, true>) {
     if (wgmma_walks_built()) return kWgmmaSummaryChunk;
@@ -451,6 +450,7 @@ Geometry geometry(int dval, int64_t B, int64_t T, int H, int fixed_seg, bool tf3
     const bool has_wide =
         pick_scan<E, DQK, false>(dval, tf32, false).vt != pick_scan<E, DQK, false>(dval, tf32, true).vt;
     const bool wgmma_both = has_wide && std::is_same_v<E, __nv_bfloat16> && DQK == 128 && wgmma_walks_built();
+    const double summary_chunk = summary_chunk_cost<E, DQK>();  // once: it asks the device whether wgmma is built
     for (const bool narrow : {false, true}) {
       const ScanKernel out = fused ? pick_dkdv<E, DQK>(dval, tf32) : pick_scan<E, DQK, false>(dval, tf32, narrow);
       const ScanKernel sum = pick_scan<E, DQK, true>(dval, tf32, narrow);
@@ -473,8 +473,7 @@ Geometry geometry(int dval, int64_t B, int64_t T, int H, int fixed_seg, bool tf3
           const int64_t blocks = sum_tiles * summed * sub;
           double summary = 0;
           if (summed > 0 && split) {
-            summary = kSummaryStart +
-                      summary_chunk_cost<E, DQK>() * static_cast<double>((blocks + sms - 1) / sms * (per / sub));
+            summary = kSummaryStart + summary_chunk * static_cast<double>((blocks + sms - 1) / sms * (per / sub));
           } else if (summed > 0) {  // the former model (RETNET_CUDA_SPLIT_SUMMARY=0): waves of resident blocks
             summary = static_cast<double>((blocks + sum_slots - 1) / sum_slots) * (0.35 * static_cast<double>(per) + 1);
           }
