@@ -542,6 +542,7 @@ TEST_CASE("cuda retention sanitizer subset", "[cuda][sanitize]") {
   check_case<__nv_bfloat16>(f, Form::chunkwise, Normalization::raw, 85);
   check_case<__nv_bfloat16>(a, Form::chunkwise, Normalization::torchscale, 77);
   check_case<float>(a, Form::chunkwise, Normalization::raw, 78);
+  check_case<float>(e, Form::chunkwise, Normalization::torchscale, 86);  // the float wgmma walk (sm_90a builds)
   check_case<float>(b, Form::parallel, Normalization::torchscale, 79);
   check_case<__nv_bfloat16>(b, Form::recurrent, Normalization::raw, 80);
   check_case<float>(c, Form::recurrent, Normalization::torchscale, 81);

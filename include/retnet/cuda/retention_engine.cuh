@@ -576,6 +576,7 @@ __device__ __forceinline__ void chunk_outputs(float (&oacc)[VW / 16][4], const E
 
 // The outputs walk on wgmma (sm_90a builds), built from the parts above.
 #include "retnet/cuda/retention_wgmma.cuh"
+#include "retnet/cuda/retention_wgmma_f32.cuh"
 
 namespace retnet::cuda_detail {
 
@@ -587,6 +588,7 @@ constexpr int engine_launch_bytes() {
     return own > wgmma_walk_bytes<DQK, VT>() ? own : wgmma_walk_bytes<DQK, VT>();
   if constexpr (kWgmmaSummaryWalk<Ops, DQK, VT, Summary>)
     return own > WgmmaSummarySmem<VT>::bytes ? own : WgmmaSummarySmem<VT>::bytes;
+  if constexpr (kWgmmaF32Walk<Ops, DQK, VT, Summary>) return own > WgmmaF32Smem::bytes ? own : WgmmaF32Smem::bytes;
   return own;
 }
 
@@ -612,6 +614,12 @@ __global__ void __launch_bounds__(kEngineThreads, Summary && !Ops::kFreshDelta ?
   if constexpr (kWgmmaSummaryWalk<Ops, DQK, VT, Summary>) {
     wgmma_summary_walk<VT>(p, dec, smem_raw);
     return;
+  }
+  if constexpr (kWgmmaF32Walk<Ops, DQK, VT, Summary>) {
+    if (wgmma_walk_applies(p, dec)) {
+      wgmma_f32_walk(p, dec, smem_raw);
+      return;
+    }
   }
 #endif
   E* smem = reinterpret_cast<E*>(smem_raw);

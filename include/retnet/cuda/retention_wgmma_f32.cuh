@@ -1,0 +1,345 @@
+#pragma once
+// Part of retention_engine.cuh (included after retention_wgmma.cuh): the outputs walk of chunk_engine_kernel for
+// float storage at float accuracy (EngineOps<float>: key size 128, value tile 64) on Hopper's warpgroup MMA in tf32,
+// where the code is compiled for sm_90a. Same contract as the mma.sync walk and the same arithmetic: every product
+// is three tf32 products, hi hi + hi lo + lo hi (x = hi + lo, hi the upper 19 bits of x), about 1e-6 relative; each
+// chunk's state part is summed in a fresh accumulator and added to the state in float.
+//
+// tf32 wgmma reads shared-memory operands only K-major (no transposed operands), and every operand needs its lo part
+// beside it, so one chunk's tiles take all of a block's shared memory (WgmmaF32Smem, 224 KiB): Q and K as loaded and
+// their lo parts, V^T and the state copy Hc^T in hi and lo parts. Nothing is double-buffered: the next chunk's Q and K
+// are loaded once the chunk's products that read them are done, and V travels through registers one chunk ahead.
+// Two warpgroups:
+//   the outputs warpgroup (0): S = Q K^T and O = Q Hc (Hc^T = gamma^(R + 1) H^T, R = 32) from shared memory, the
+//     causal mask and decays gamma^(i - j) in registers, O's rows times gamma^(i - R), O += (S . mask) V with the
+//     masked scores' hi and lo parts as A fragments from registers (their accumulator layout is the A fragment layout
+//     once the keys of every 8 are permuted: V^T's columns are stored in that order), the outputs stored;
+//   the state warpgroup (1): H [128, 64] in registers (two m64 tiles), H <- gamma^len H + K^T diag(w) V one m64
+//     tile at a time, K^T diag(w)'s fragments from registers, V^T from shared memory; then the copy Hc^T entering
+//     the next chunk.
+// A chunk: (1) block barrier: Q and K have landed, the previous chunk's products are done; (2) the outputs warpgroup
+// stores Q's and K's lo parts and V^T (from the registers it loaded the chunk's V into), the state warpgroup stores
+// Hc^T; (3) block barrier; (4) the products; once the last readers of Q and K are done (a 256-thread barrier), the
+// next chunk's Q and K are loaded.
+// RETNET_CUDA_AB_F32WALK=0 (benchmark A/B switch, compile time) keeps exact float on the mma.sync walk.
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#ifndef RETNET_CUDA_AB_F32WALK
+#define RETNET_CUDA_AB_F32WALK 1
+#endif
+
+namespace retnet::cuda_detail {
+
+// Whether chunk_engine_kernel<Ops, DQK, VT, Summary> has the float wgmma walk (where built for sm_90a).
+template <class Ops, int DQK, int VT, bool Summary>
+inline constexpr bool kWgmmaF32Walk =
+    RETNET_CUDA_AB_F32WALK != 0 && !Summary && std::is_same_v<Ops, EngineOps<float>> && DQK == 128 && VT == 64;
+
+// A float tile of 64 rows in the 128-byte-swizzle layout: atoms of 32 columns (rows of 128 bytes) of all 64 rows,
+// the 16-byte piece c of row r at c ^ (r % 8). Read K-major along its columns: k8 step ks at kstep(ks).
+struct F32Tile {
+  static constexpr int kRows = 64, kAtom = kRows * 32;
+  __device__ __forceinline__ static int at(int row, int col) {
+    return (col >> 5) * kAtom + row * 32 + ((((col >> 2) & 7) ^ (row & 7)) << 2) + (col & 3);
+  }
+  __device__ __forceinline__ static int kstep(int ks) { return (ks >> 2) * kAtom + (ks & 3) * 8; }
+};
+
+// x = hi + lo, hi: x's upper 19 bits (a tf32 value), lo: the rest (exact).
+__device__ __forceinline__ float tf32_hi(float x) { return __uint_as_float(__float_as_uint(x) & 0xffffe000u); }
+
+// The chunk slot of key j of a score row in the A fragments of (S . mask) V: within every 8 keys, the accumulator
+// columns 2t and 2t + 1 are the fragment's k positions t and t + 4, so key 8 b + 2 t + e sits at 8 b + 4 e + t.
+__device__ __forceinline__ int f32_key_slot(int j) { return (j & ~7) | ((j & 1) << 2) | ((j & 7) >> 1); }
+
+// Pins the fragments' values before the next asm statement (wgmma_fence): computed after it, ptxas would have to
+// fence each wgmma that reads them (C7519) and serialize them all (C7520).
+template <int N>
+__device__ __forceinline__ void settle_fragments(uint32_t (&a)[N][4]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+r"(a[i][0]), "+r"(a[i][1]), "+r"(a[i][2]), "+r"(a[i][3]));
+}
+
+struct WgmmaF32Smem {
+  static constexpr int LM = kEngineRows, DQK = 128, VT = 64;
+  static constexpr int QK = LM * DQK, VV = VT * LM, HH = VT * DQK;  // floats
+  // Q, K (as loaded), their lo parts, V^T hi and lo [VT, LM] (columns in key-slot order), Hc^T hi and lo [VT, DQK]
+  static constexpr int Q = 0, K = QK, QLO = 2 * QK, KLO = 3 * QK, VHI = 4 * QK, VLO = VHI + VV, HHI = VLO + VV,
+                       HLO = HHI + HH, END = HLO + HH;
+  static constexpr int bytes = END * 4 + 1024;  // and room to align to 1024 bytes
+  static constexpr bool fits = bytes <= 227 * 1024;
+};
+
+// The outputs walk for exact float on wgmma (see the top of this file). grid (dv / 64, NS, B * H), 256 threads.
+__device__ __forceinline__ void wgmma_f32_walk(const ScanParams& p, const HeadDecays& dec, unsigned char* smem_raw) {
+  using SM = WgmmaF32Smem;
+  using Tile = F32Tile;
+  constexpr int LM = kEngineRows, DQK = 128, VT = 64, R = LM / 2, KS = 8;
+  static_assert(SM::fits, "shared memory of one block");
+  float* const smem = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
+  float* const Qs = smem + SM::Q;
+  float* const Ks = smem + SM::K;
+  float* const Qlo = smem + SM::QLO;
+  float* const Klo = smem + SM::KLO;
+  float* const Vhi = smem + SM::VHI;
+  float* const Vlo = smem + SM::VLO;
+  float* const Hhi = smem + SM::HHI;
+  float* const Hlo = smem + SM::HLO;
+
+  const WgmmaThread t(threadIdx.x);
+  const WgmmaSegment seg(p, dec);
+  const int vt = blockIdx.x, b = seg.b, h = seg.h, nchunks = seg.nchunks, dv = p.dv;
+  const int64_t T = seg.T;
+  auto phys = [&](int64_t pos) { return p.reverse ? T - 1 - pos : pos; };
+  auto chunk_start = [&](int c) { return seg.start + static_cast<int64_t>(c) * p.L; };
+  auto chunk_len = [&](int c) { return min(p.L, seg.len - c * p.L); };
+  const int64_t ld_qk = static_cast<int64_t>(p.H) * DQK, ld_v = static_cast<int64_t>(p.H) * dv;
+  const int64_t row0 = static_cast<int64_t>(b) * T * p.H + h;  // (b, position 0, h)
+  const float* const qg = static_cast<const float*>(p.q) + row0 * DQK;
+  const float* const kg = static_cast<const float*>(p.k) + row0 * DQK;
+
+  // Q and K of chunk c into Qs and Ks in 16-byte cp.async pieces (8 per tensor and thread; a warp reads one row),
+  // rows past the chunk zero-filled.
+  auto load_qk = [&](int c) {
+    const int64_t c0 = chunk_start(c);
+    const int len = chunk_len(c);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const int piece = t.tid + 256 * i, r = piece >> 5, col = (piece & 31) * 4;
+      const bool ok = r < len;
+      const int64_t off = ok ? phys(c0 + r) * ld_qk + col : 0;
+      const int dst = Tile::at(r, col);
+      cp_async16(Qs + dst, qg + off, ok ? 16 : 0);
+      cp_async16(Ks + dst, kg + off, ok ? 16 : 0);
+    }
+    cp_async_commit();
+  };
+  load_qk(0);
+
+  if (t.wg == 0) {
+    // ---- the outputs warpgroup ----
+    // Its share of V (32 elements): value column d = 8 x + dd, key j = 8 (u / 2) + 2 jj + u % 2 for x < 8 and
+    // u = 4 wq + y, y < 4 (element 8 y + x): the 32 lanes' stores into V^T fall on 32 distinct banks.
+    const int dd = t.lane & 7, jj = t.lane >> 3;
+    auto v_key = [&](int y) {
+      const int u = 4 * t.wq + y;
+      return 8 * (u >> 1) + 2 * jj + (u & 1);
+    };
+    const float* const vg = static_cast<const float*>(p.v) + row0 * dv + vt * VT + dd;
+    float vr[32];
+    auto load_v = [&](int c) {
+      const int64_t c0 = chunk_start(c);
+      const int len = chunk_len(c);
+#pragma unroll
+      for (int y = 0; y < 4; ++y) {
+        const int j = v_key(y);
+        const float* src = vg + (j < len ? phys(c0 + j) * ld_v : 0);
+#pragma unroll
+        for (int x = 0; x < 8; ++x) vr[8 * y + x] = j < len ? __ldg(src + 8 * x) : 0.f;
+      }
+    };
+    load_v(0);
+    // gamma^(i - R) for this thread's rows i = 16 wq + g + 8 half, gamma^(R - j) for its score columns j
+    float rowf[2], colf[8][2];
+#pragma unroll
+    for (int half = 0; half < 2; ++half) rowf[half] = seg.gpow(16 * t.wq + t.g + 8 * half - R);
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) colf[nt][e] = seg.gpow(R - (8 * nt + 2 * t.tq + e));
+    float* const og = static_cast<float*>(p.o) + row0 * dv + vt * VT + 2 * t.tq;
+
+    for (int c = 0; c < nchunks; ++c) {
+      const int len = chunk_len(c);
+      const int64_t c0 = chunk_start(c);
+      const bool more = c + 1 < nchunks;
+      cp_async_wait<0>();
+      __syncthreads();  // (1) Q and K of chunk c are in; chunk c - 1's products are done
+      // (2) the lo parts of Q and K, 16-byte pieces in place (the layout is the same), and V^T from vr
+#pragma unroll 4
+      for (int i = 0; i < 16; ++i) {
+        const int at = 4 * (t.tid + 128 * i);
+        const float4 q = *reinterpret_cast<const float4*>(Qs + at), k = *reinterpret_cast<const float4*>(Ks + at);
+        *reinterpret_cast<float4*>(Qlo + at) =
+            make_float4(q.x - tf32_hi(q.x), q.y - tf32_hi(q.y), q.z - tf32_hi(q.z), q.w - tf32_hi(q.w));
+        *reinterpret_cast<float4*>(Klo + at) =
+            make_float4(k.x - tf32_hi(k.x), k.y - tf32_hi(k.y), k.z - tf32_hi(k.z), k.w - tf32_hi(k.w));
+      }
+#pragma unroll
+      for (int y = 0; y < 4; ++y) {
+        const int slot = f32_key_slot(v_key(y));
+#pragma unroll
+        for (int x = 0; x < 8; ++x) {
+          const int at = Tile::at(8 * x + dd, slot);
+          const float hi = tf32_hi(vr[8 * y + x]);
+          Vhi[at] = hi;
+          Vlo[at] = vr[8 * y + x] - hi;
+        }
+      }
+      if (more) load_v(c + 1);  // in flight through the chunk's products
+      fence_proxy_async();      // the tensor cores read these
+      __syncthreads();          // (3) all of the chunk's operands are stored
+
+      // (4) S = Q K^T and O = Q Hc, three products each
+      float sacc[8][4], oacc[8][4];
+      wgmma_fence();
+#pragma unroll
+      for (int ks = 0; ks < DQK / KS; ++ks) {
+        const int o = Tile::kstep(ks);
+        wgmma_m64n64k8_tf32_ss(sacc, wgmma_desc(Qs + o, 0), wgmma_desc(Ks + o, 0), ks > 0);
+        wgmma_m64n64k8_tf32_ss(sacc, wgmma_desc(Qs + o, 0), wgmma_desc(Klo + o, 0), 1);
+        wgmma_m64n64k8_tf32_ss(sacc, wgmma_desc(Qlo + o, 0), wgmma_desc(Ks + o, 0), 1);
+      }
+      wgmma_commit();
+#pragma unroll
+      for (int ks = 0; ks < DQK / KS; ++ks) {
+        const int o = Tile::kstep(ks);
+        wgmma_m64n64k8_tf32_ss(oacc, wgmma_desc(Qs + o, 0), wgmma_desc(Hhi + o, 0), ks > 0);
+        wgmma_m64n64k8_tf32_ss(oacc, wgmma_desc(Qs + o, 0), wgmma_desc(Hlo + o, 0), 1);
+        wgmma_m64n64k8_tf32_ss(oacc, wgmma_desc(Qlo + o, 0), wgmma_desc(Hhi + o, 0), 1);
+      }
+      wgmma_commit();
+      wgmma_wait<1>();
+      // The masked scores times gamma^(i - j), as hi and lo A fragments: k step kt holds keys 8 kt ..
+      uint32_t phi[8][4], plo[8][4];
+#pragma unroll
+      for (int kt = 0; kt < 8; ++kt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int i = 16 * t.wq + t.g + 8 * (e >> 1), j = 8 * kt + 2 * t.tq + (e & 1);
+          const float x = j <= i ? sacc[kt][e] * (rowf[e >> 1] * colf[kt][e & 1]) : 0.f;
+          const float hi = tf32_hi(x);
+          const int a = (e >> 1) | ((e & 1) << 1);  // accumulator (row half, key parity) -> fragment register
+          phi[kt][a] = __float_as_uint(hi);
+          plo[kt][a] = __float_as_uint(x - hi);
+        }
+      settle_fragments(phi);
+      settle_fragments(plo);
+      wgmma_wait<0>();
+      if (more) {  // the last readers of Q and K are done: the next chunk's may come in
+        named_barrier_sync<1, 256>();
+        load_qk(c + 1);
+      }
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) oacc[nt][e] *= rowf[e >> 1];
+      // O += (S . mask) V
+      wgmma_fence();
+#pragma unroll
+      for (int kt = 0; kt < LM / KS; ++kt) {
+        const int o = Tile::kstep(kt);
+        wgmma_m64n64k8_tf32_rs(oacc, phi[kt], wgmma_desc(Vhi + o, 0), 1);
+        wgmma_m64n64k8_tf32_rs(oacc, phi[kt], wgmma_desc(Vlo + o, 0), 1);
+        wgmma_m64n64k8_tf32_rs(oacc, plo[kt], wgmma_desc(Vhi + o, 0), 1);
+      }
+      wgmma_commit();
+      wgmma_wait<0>();
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int i = 16 * t.wq + t.g + 8 * half;
+        if (i < len) {
+          const int64_t row = phys(c0 + i);
+          const float m = p.mu ? p.mu[(static_cast<int64_t>(b) * T + row) * p.H + h] : 1.f;
+          float* const dst = og + row * ld_v;
+#pragma unroll
+          for (int nt = 0; nt < 8; ++nt)
+            *reinterpret_cast<float2*>(dst + 8 * nt) = make_float2(oacc[nt][2 * half] * m, oacc[nt][2 * half + 1] * m);
+        }
+      }
+    }
+    return;
+  }
+
+  // ---- the state warpgroup ----
+  // H [DQK, VT]: hacc[8 mt + n][e] at row 64 mt + 16 wq + g + 8 (e / 2), column 8 n + 2 tq + e % 2.
+  float hacc[16][4];
+  auto for_each_state = [&](auto&& f) {
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+      for (int n = 0; n < 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          f(64 * mt + 16 * t.wq + t.g + 8 * (e >> 1), 8 * n + 2 * t.tq + (e & 1), hacc[8 * mt + n][e]);
+  };
+  for_each_state([&](int row, int col, float& x) { x = entering_state<DQK>(p, seg.bh, seg.s, vt * VT, row, col); });
+  float* const final_state = final_state_of(p, seg.s);
+  const float copy_factor = seg.gpow(R + 1);
+  float w[8][2];  // gamma^(len - 1 - j) for keys j = 8 kt + 2 tq + e (0 past len)
+  int wlen = -1;
+  for (int c = 0; c < nchunks; ++c) {
+    const int len = chunk_len(c);
+    const bool more = c + 1 < nchunks;
+    cp_async_wait<0>();
+    __syncthreads();  // (1)
+    // (2) the copy Hc^T = gamma^(R + 1) H^T entering chunk c, hi and lo
+    for_each_state([&](int row, int col, float& x) {
+      const float y = x * copy_factor, hi = tf32_hi(y);
+      const int at = Tile::at(col, row);
+      Hhi[at] = hi;
+      Hlo[at] = y - hi;
+    });
+    fence_proxy_async();
+    __syncthreads();                   // (3)
+    if (!more && !final_state) break;  // nobody reads the state after the segment's last chunk
+    if (len != wlen) {
+#pragma unroll
+      for (int kt = 0; kt < 8; ++kt)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int j = 8 * kt + 2 * t.tq + e;
+          w[kt][e] = j < len ? seg.gpow(len - 1 - j) : 0.f;
+        }
+      wlen = len;
+    }
+    const float dl = seg.gpow(len);
+    // (4) H <- gamma^len H + K^T diag(w) V, one m64 tile (64 key dims) at a time, from a fresh accumulator
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+      uint32_t ahi[8][4], alo[8][4];
+      const int dk = 64 * mt + 16 * t.wq + t.g;
+#pragma unroll
+      for (int kt = 0; kt < 8; ++kt)
+#pragma unroll
+        for (int a = 0; a < 4; ++a) {  // fragment register a: row dk + 8 (a % 2), key 8 kt + 2 tq + a / 2
+          const int e = a >> 1;
+          const float x = Ks[Tile::at(8 * kt + 2 * t.tq + e, dk + 8 * (a & 1))] * w[kt][e];
+          const float hi = tf32_hi(x);
+          ahi[kt][a] = __float_as_uint(hi);
+          alo[kt][a] = __float_as_uint(x - hi);
+        }
+      settle_fragments(ahi);
+      settle_fragments(alo);
+      if (mt == 1 && more) {  // this warpgroup's reads of K are done: the next chunk's Q and K may come in
+        named_barrier_sync<1, 256>();
+        load_qk(c + 1);
+      }
+      float dacc[8][4];
+      wgmma_fence();
+#pragma unroll
+      for (int kt = 0; kt < LM / KS; ++kt) {
+        const int o = Tile::kstep(kt);
+        wgmma_m64n64k8_tf32_rs(dacc, ahi[kt], wgmma_desc(Vhi + o, 0), kt > 0);
+        wgmma_m64n64k8_tf32_rs(dacc, ahi[kt], wgmma_desc(Vlo + o, 0), 1);
+        wgmma_m64n64k8_tf32_rs(dacc, alo[kt], wgmma_desc(Vhi + o, 0), 1);
+      }
+      wgmma_commit();
+      wgmma_wait<0>();
+#pragma unroll
+      for (int n = 0; n < 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) hacc[8 * mt + n][e] = hacc[8 * mt + n][e] * dl + dacc[n][e];
+    }
+  }
+  if (final_state) {  // the last segment: this walk ends the sequence
+    const float m = final_state_factor(p, dec, seg.bh, h);
+    float* const dst = final_state + static_cast<int64_t>(seg.bh) * DQK * dv + vt * VT;
+    for_each_state([&](int row, int col, float x) { dst[static_cast<int64_t>(row) * dv + col] = x * m; });
+  }
+}
+
+}  // namespace retnet::cuda_detail
