@@ -89,7 +89,10 @@ __device__ __forceinline__ void wgmma_f32_walk(const ScanParams& p, const HeadDe
   float* const Hhi = smem + SM::HHI;
   float* const Hlo = smem + SM::HLO;
 
-  const WgmmaThread t(threadIdx.x);
+  // The thread's coordinates pass through an empty asm at every chunk, so that ptxas computes the offsets derived
+  // from them where they are used: hoisted out of the chunk loop they held a register each and spilled.
+  WgmmaThread t(threadIdx.x);
+  auto refresh = [&] { asm volatile("" : "+r"(t.tid), "+r"(t.lane), "+r"(t.wq), "+r"(t.g), "+r"(t.tq)); };
   const WgmmaSegment seg(p, dec);
   const int vt = blockIdx.x, b = seg.b, h = seg.h, nchunks = seg.nchunks, dv = p.dv;
   const int64_t T = seg.T;
@@ -123,12 +126,11 @@ __device__ __forceinline__ void wgmma_f32_walk(const ScanParams& p, const HeadDe
     // ---- the outputs warpgroup ----
     // Its share of V (32 elements): value column d = 8 x + dd, key j = 8 (u / 2) + 2 jj + u % 2 for x < 8 and
     // u = 4 wq + y, y < 4 (element 8 y + x): the 32 lanes' stores into V^T fall on 32 distinct banks.
-    const int dd = t.lane & 7, jj = t.lane >> 3;
     auto v_key = [&](int y) {
       const int u = 4 * t.wq + y;
-      return 8 * (u >> 1) + 2 * jj + (u & 1);
+      return 8 * (u >> 1) + 2 * (t.lane >> 3) + (u & 1);
     };
-    const float* const vg = static_cast<const float*>(p.v) + row0 * dv + vt * VT + dd;
+    const float* const vg = static_cast<const float*>(p.v) + row0 * dv + vt * VT;
     float vr[32];
     auto load_v = [&](int c) {
       const int64_t c0 = chunk_start(c);
@@ -138,7 +140,7 @@ __device__ __forceinline__ void wgmma_f32_walk(const ScanParams& p, const HeadDe
         const int j = v_key(y);
         const float* src = vg + (j < len ? phys(c0 + j) * ld_v : 0);
 #pragma unroll
-        for (int x = 0; x < 8; ++x) vr[8 * y + x] = j < len ? __ldg(src + 8 * x) : 0.f;
+        for (int x = 0; x < 8; ++x) vr[8 * y + x] = j < len ? __ldg(src + 8 * x + (t.lane & 7)) : 0.f;
       }
     };
     load_v(0);
@@ -158,6 +160,7 @@ __device__ __forceinline__ void wgmma_f32_walk(const ScanParams& p, const HeadDe
       const bool more = c + 1 < nchunks;
       cp_async_wait<0>();
       __syncthreads();  // (1) Q and K of chunk c are in; chunk c - 1's products are done
+      refresh();
       // (2) the lo parts of Q and K, 16-byte pieces in place (the layout is the same), and V^T from vr
 #pragma unroll 4
       for (int i = 0; i < 16; ++i) {
@@ -173,7 +176,7 @@ __device__ __forceinline__ void wgmma_f32_walk(const ScanParams& p, const HeadDe
         const int slot = f32_key_slot(v_key(y));
 #pragma unroll
         for (int x = 0; x < 8; ++x) {
-          const int at = Tile::at(8 * x + dd, slot);
+          const int at = Tile::at(8 * x + (t.lane & 7), slot);
           const float hi = tf32_hi(vr[8 * y + x]);
           Vhi[at] = hi;
           Vlo[at] = vr[8 * y + x] - hi;
@@ -276,6 +279,7 @@ __device__ __forceinline__ void wgmma_f32_walk(const ScanParams& p, const HeadDe
     const bool more = c + 1 < nchunks;
     cp_async_wait<0>();
     __syncthreads();  // (1)
+    refresh();
     // (2) the copy Hc^T = gamma^(R + 1) H^T entering chunk c, hi and lo
     for_each_state([&](int row, int col, float& x) {
       const float y = x * copy_factor, hi = tf32_hi(y);
