@@ -38,10 +38,11 @@ template <class Ops, int DQK, int VT, bool Summary>
 inline constexpr bool kWgmmaF32Walk =
     RETNET_CUDA_AB_F32WALK != 0 && !Summary && std::is_same_v<Ops, EngineOps<float>> && DQK == 128 && VT == 64;
 
-// A float tile of 64 rows in the 128-byte-swizzle layout: atoms of 32 columns (rows of 128 bytes) of all 64 rows,
+// A float tile of Rows rows in the 128-byte-swizzle layout: atoms of 32 columns (rows of 128 bytes) of all its rows,
 // the 16-byte piece c of row r at c ^ (r % 8). Read K-major along its columns: k8 step ks at kstep(ks).
+template <int Rows>
 struct F32Tile {
-  static constexpr int kRows = 64, kAtom = kRows * 32;
+  static constexpr int kAtom = Rows * 32;
   __device__ __forceinline__ static int at(int row, int col) {
     return (col >> 5) * kAtom + row * 32 + ((((col >> 2) & 7) ^ (row & 7)) << 2) + (col & 3);
   }
@@ -65,10 +66,10 @@ __device__ __forceinline__ void settle_fragments(uint32_t (&a)[N][4]) {
 
 struct WgmmaF32Smem {
   static constexpr int LM = kEngineRows, DQK = 128, VT = 64;
-  static constexpr int QK = LM * DQK, VV = VT * LM, HH = VT * DQK;  // floats
-  // Q, K (as loaded), their lo parts, V^T hi and lo [VT, LM] (columns in key-slot order), Hc^T hi and lo [VT, DQK]
-  static constexpr int Q = 0, K = QK, QLO = 2 * QK, KLO = 3 * QK, VHI = 4 * QK, VLO = VHI + VV, HHI = VLO + VV,
-                       HLO = HHI + HH, END = HLO + HH;
+  static constexpr int QK = LM * DQK, VV = VT * LM;  // floats
+  // Q (as loaded) and its lo part [LM, DQK]; the keys tile [K ; Hc^T] (rows 0-63 K as loaded, rows 64-127 the state
+  // copy Hc^T [VT, DQK]) and its lo part [128, DQK]; V^T hi and lo [VT, LM] (columns in key-slot order)
+  static constexpr int Q = 0, QLO = QK, KEYS = 2 * QK, KEYSLO = 4 * QK, VHI = 6 * QK, VLO = VHI + VV, END = VLO + VV;
   static constexpr int bytes = END * 4 + 1024;  // and room to align to 1024 bytes
   static constexpr bool fits = bytes <= 227 * 1024;
 };
@@ -76,18 +77,17 @@ struct WgmmaF32Smem {
 // The outputs walk for exact float on wgmma (see the top of this file). grid (dv / 64, NS, B * H), 256 threads.
 __device__ __forceinline__ void wgmma_f32_walk(const ScanParams& p, const HeadDecays& dec, unsigned char* smem_raw) {
   using SM = WgmmaF32Smem;
-  using Tile = F32Tile;
+  using Tile = F32Tile<64>;       // Q, V^T
+  using KeysTile = F32Tile<128>;  // [K ; Hc^T]
   constexpr int LM = kEngineRows, DQK = 128, VT = 64, R = LM / 2, KS = 8;
   static_assert(SM::fits, "shared memory of one block");
   float* const smem = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
   float* const Qs = smem + SM::Q;
-  float* const Ks = smem + SM::K;
   float* const Qlo = smem + SM::QLO;
-  float* const Klo = smem + SM::KLO;
+  float* const Ks = smem + SM::KEYS;
+  float* const Klo = smem + SM::KEYSLO;
   float* const Vhi = smem + SM::VHI;
   float* const Vlo = smem + SM::VLO;
-  float* const Hhi = smem + SM::HHI;
-  float* const Hlo = smem + SM::HLO;
 
   // The thread's coordinates pass through an empty asm at every chunk, so that ptxas computes the offsets derived
   // from them where they are used: hoisted out of the chunk loop they held a register each and spilled.
@@ -114,9 +114,8 @@ __device__ __forceinline__ void wgmma_f32_walk(const ScanParams& p, const HeadDe
       const int piece = t.tid + 256 * i, r = piece >> 5, col = (piece & 31) * 4;
       const bool ok = r < len;
       const int64_t off = ok ? phys(c0 + r) * ld_qk + col : 0;
-      const int dst = Tile::at(r, col);
-      cp_async16(Qs + dst, qg + off, ok ? 16 : 0);
-      cp_async16(Ks + dst, kg + off, ok ? 16 : 0);
+      cp_async16(Qs + Tile::at(r, col), qg + off, ok ? 16 : 0);
+      cp_async16(Ks + KeysTile::at(r, col), kg + off, ok ? 16 : 0);
     }
     cp_async_commit();
   };
@@ -161,14 +160,15 @@ __device__ __forceinline__ void wgmma_f32_walk(const ScanParams& p, const HeadDe
       cp_async_wait<0>();
       __syncthreads();  // (1) Q and K of chunk c are in; chunk c - 1's products are done
       refresh();
-      // (2) the lo parts of Q and K, 16-byte pieces in place (the layout is the same), and V^T from vr
+      // (2) the lo parts of Q and K, 16-byte pieces at the same places (K: rows 0-63 of each 128-row atom), and V^T
+      // from vr
 #pragma unroll 4
       for (int i = 0; i < 16; ++i) {
-        const int at = 4 * (t.tid + 128 * i);
-        const float4 q = *reinterpret_cast<const float4*>(Qs + at), k = *reinterpret_cast<const float4*>(Ks + at);
+        const int at = 4 * (t.tid + 128 * i), kat = at + (at / Tile::kAtom) * Tile::kAtom;
+        const float4 q = *reinterpret_cast<const float4*>(Qs + at), k = *reinterpret_cast<const float4*>(Ks + kat);
         *reinterpret_cast<float4*>(Qlo + at) =
             make_float4(q.x - tf32_hi(q.x), q.y - tf32_hi(q.y), q.z - tf32_hi(q.z), q.w - tf32_hi(q.w));
-        *reinterpret_cast<float4*>(Klo + at) =
+        *reinterpret_cast<float4*>(Klo + kat) =
             make_float4(k.x - tf32_hi(k.x), k.y - tf32_hi(k.y), k.z - tf32_hi(k.z), k.w - tf32_hi(k.w));
       }
 #pragma unroll
@@ -186,26 +186,23 @@ __device__ __forceinline__ void wgmma_f32_walk(const ScanParams& p, const HeadDe
       fence_proxy_async();      // the tensor cores read these
       __syncthreads();          // (3) all of the chunk's operands are stored
 
-      // (4) S = Q K^T and O = Q Hc, three products each
-      float sacc[8][4], oacc[8][4];
+      // (4) [S | O] = Q [K ; Hc^T]^T, three m64 n128 products per k step (n64 products, reading both operands from
+      // shared memory, would need its full bandwidth)
+      float acc[16][4];
       wgmma_fence();
 #pragma unroll
       for (int ks = 0; ks < DQK / KS; ++ks) {
-        const int o = Tile::kstep(ks);
-        wgmma_m64n64k8_tf32_ss(sacc, wgmma_desc(Qs + o, 0), wgmma_desc(Ks + o, 0), ks > 0);
-        wgmma_m64n64k8_tf32_ss(sacc, wgmma_desc(Qs + o, 0), wgmma_desc(Klo + o, 0), 1);
-        wgmma_m64n64k8_tf32_ss(sacc, wgmma_desc(Qlo + o, 0), wgmma_desc(Ks + o, 0), 1);
+        const int o = Tile::kstep(ks), ko = KeysTile::kstep(ks);
+        wgmma_m64n128k8_tf32_ss(acc, wgmma_desc(Qs + o, 0), wgmma_desc(Ks + ko, 0), ks > 0);
+        wgmma_m64n128k8_tf32_ss(acc, wgmma_desc(Qs + o, 0), wgmma_desc(Klo + ko, 0), 1);
+        wgmma_m64n128k8_tf32_ss(acc, wgmma_desc(Qlo + o, 0), wgmma_desc(Ks + ko, 0), 1);
       }
       wgmma_commit();
-#pragma unroll
-      for (int ks = 0; ks < DQK / KS; ++ks) {
-        const int o = Tile::kstep(ks);
-        wgmma_m64n64k8_tf32_ss(oacc, wgmma_desc(Qs + o, 0), wgmma_desc(Hhi + o, 0), ks > 0);
-        wgmma_m64n64k8_tf32_ss(oacc, wgmma_desc(Qs + o, 0), wgmma_desc(Hlo + o, 0), 1);
-        wgmma_m64n64k8_tf32_ss(oacc, wgmma_desc(Qlo + o, 0), wgmma_desc(Hhi + o, 0), 1);
+      wgmma_wait<0>();
+      if (more) {  // the last readers of Q and K are done: the next chunk's may come in
+        named_barrier_sync<1, 256>();
+        load_qk(c + 1);
       }
-      wgmma_commit();
-      wgmma_wait<1>();
       // The masked scores times gamma^(i - j), as hi and lo A fragments: k step kt holds keys 8 kt ..
       uint32_t phi[8][4], plo[8][4];
 #pragma unroll
@@ -213,7 +210,7 @@ __device__ __forceinline__ void wgmma_f32_walk(const ScanParams& p, const HeadDe
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int i = 16 * t.wq + t.g + 8 * (e >> 1), j = 8 * kt + 2 * t.tq + (e & 1);
-          const float x = j <= i ? sacc[kt][e] * (rowf[e >> 1] * colf[kt][e & 1]) : 0.f;
+          const float x = j <= i ? acc[kt][e] * (rowf[e >> 1] * colf[kt][e & 1]) : 0.f;
           const float hi = tf32_hi(x);
           const int a = (e >> 1) | ((e & 1) << 1);  // accumulator (row half, key parity) -> fragment register
           phi[kt][a] = __float_as_uint(hi);
@@ -221,15 +218,11 @@ __device__ __forceinline__ void wgmma_f32_walk(const ScanParams& p, const HeadDe
         }
       settle_fragments(phi);
       settle_fragments(plo);
-      wgmma_wait<0>();
-      if (more) {  // the last readers of Q and K are done: the next chunk's may come in
-        named_barrier_sync<1, 256>();
-        load_qk(c + 1);
-      }
+      float oacc[8][4];
 #pragma unroll
       for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) oacc[nt][e] *= rowf[e >> 1];
+        for (int e = 0; e < 4; ++e) oacc[nt][e] = acc[8 + nt][e] * rowf[e >> 1];
       // O += (S . mask) V
       wgmma_fence();
 #pragma unroll
@@ -283,9 +276,9 @@ __device__ __forceinline__ void wgmma_f32_walk(const ScanParams& p, const HeadDe
     // (2) the copy Hc^T = gamma^(R + 1) H^T entering chunk c, hi and lo
     for_each_state([&](int row, int col, float& x) {
       const float y = x * copy_factor, hi = tf32_hi(y);
-      const int at = Tile::at(col, row);
-      Hhi[at] = hi;
-      Hlo[at] = y - hi;
+      const int at = KeysTile::at(LM + col, row);
+      Ks[at] = hi;
+      Klo[at] = y - hi;
     });
     fence_proxy_async();
     __syncthreads();                   // (3)
@@ -311,7 +304,7 @@ __device__ __forceinline__ void wgmma_f32_walk(const ScanParams& p, const HeadDe
 #pragma unroll
         for (int a = 0; a < 4; ++a) {  // fragment register a: row dk + 8 (a % 2), key 8 kt + 2 tq + a / 2
           const int e = a >> 1;
-          const float x = Ks[Tile::at(8 * kt + 2 * t.tq + e, dk + 8 * (a & 1))] * w[kt][e];
+          const float x = Ks[KeysTile::at(8 * kt + 2 * t.tq + e, dk + 8 * (a & 1))] * w[kt][e];
           const float hi = tf32_hi(x);
           ahi[kt][a] = __float_as_uint(hi);
           alo[kt][a] = __float_as_uint(x - hi);
