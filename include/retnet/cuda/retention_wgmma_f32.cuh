@@ -1,27 +1,29 @@
 #pragma once
 // Part of retention_engine.cuh (included after retention_wgmma.cuh): the outputs walk of chunk_engine_kernel for
-// float storage at float accuracy (EngineOps<float>: key size 128, value tile 64) on Hopper's warpgroup MMA in tf32,
-// where the code is compiled for sm_90a. Same contract as the mma.sync walk and the same arithmetic: every product
-// is three tf32 products, hi hi + hi lo + lo hi (x = hi + lo, hi the upper 19 bits of x), about 1e-6 relative; each
-// chunk's state part is summed in a fresh accumulator and added to the state in float.
+// float storage (key size 128, value tile 64) on Hopper's warpgroup MMA in tf32, where the code is compiled for sm_90a.
+// Same contract and arithmetic as the mma.sync walk: exact float (EngineOps<float>) makes every product three tf32
+// products, hi hi + hi lo + lo hi (x = hi + lo, hi the upper 19 bits of x), about 1e-6 relative; Cuda::allow_tf32
+// (EngineOpsTf32) one, of operands rounded to tf32. Each chunk's state part is summed in a fresh accumulator and added
+// to the state in float.
 //
 // tf32 wgmma reads shared-memory operands only K-major (no transposed operands), and every operand needs its lo part
-// beside it, so one chunk's tiles take all of a block's shared memory (WgmmaF32Smem, 224 KiB): Q and K as loaded and
-// their lo parts, V^T and the state copy Hc^T in hi and lo parts. Nothing is double-buffered: the next chunk's Q and K
-// are loaded once the chunk's products that read them are done, and V travels through registers one chunk ahead.
-// Two warpgroups:
-//   the outputs warpgroup (0): S = Q K^T and O = Q Hc (Hc^T = gamma^(R + 1) H^T, R = 32) from shared memory, the
-//     causal mask and decays gamma^(i - j) in registers, O's rows times gamma^(i - R), O += (S . mask) V with the
-//     masked scores' hi and lo parts as A fragments from registers (their accumulator layout is the A fragment layout
-//     once the keys of every 8 are permuted: V^T's columns are stored in that order), the outputs stored;
+// beside it, so one chunk's tiles take all of a block's shared memory (WgmmaF32Smem, 224 KiB): Q as loaded and its lo
+// part; the keys tile [K ; Hc^T] (K as loaded, and the state copy Hc^T = gamma^(R + 1) H^T, R = 32) and its lo part;
+// V^T in hi and lo parts. Nothing is double-buffered: the next chunk's Q and K are loaded once the chunk's products
+// that read them are done, and V travels through registers one chunk ahead. Two warpgroups:
+//   the outputs warpgroup (0): [S | O] = Q [K ; Hc^T]^T as m64 n128 products from shared memory, the causal mask and
+//     decays gamma^(i - j) in registers, O's rows times gamma^(i - R), O += (S . mask) V with the masked scores' hi
+//     and lo parts as A fragments from registers (their accumulator layout is the A fragment layout once the keys of
+//     every 8 are permuted: V^T's columns are stored in that order), the outputs stored;
 //   the state warpgroup (1): H [128, 64] in registers (two m64 tiles), H <- gamma^len H + K^T diag(w) V one m64
 //     tile at a time, K^T diag(w)'s fragments from registers, V^T from shared memory; then the copy Hc^T entering
 //     the next chunk.
 // A chunk: (1) block barrier: Q and K have landed, the previous chunk's products are done; (2) the outputs warpgroup
-// stores Q's and K's lo parts and V^T (from the registers it loaded the chunk's V into), the state warpgroup stores
-// Hc^T; (3) block barrier; (4) the products; once the last readers of Q and K are done (a 256-thread barrier), the
-// next chunk's Q and K are loaded.
-// RETNET_CUDA_AB_F32WALK=0 (benchmark A/B switch, compile time) keeps exact float on the mma.sync walk.
+// stores Q's and K's lo parts (without Exact: rounds Q and K in place) and V^T (from the registers it loaded the
+// chunk's V into), the state warpgroup Hc^T; (3) block barrier; (4) the products; once the last readers of Q and K are
+// done (a 256-thread barrier), the next chunk's Q and K are loaded. On the H200 this walk took exact float from 0.70x
+// to 1.1-1.2x fla's float (tf32) speed (bench/results). RETNET_CUDA_AB_F32WALK=0 (benchmark A/B switch, compile time)
+// keeps float on the mma.sync walk.
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -33,10 +35,12 @@
 
 namespace retnet::cuda_detail {
 
-// Whether chunk_engine_kernel<Ops, DQK, VT, Summary> has the float wgmma walk (where built for sm_90a).
+// Whether chunk_engine_kernel<Ops, DQK, VT, Summary> has the float wgmma walk (where built for sm_90a): exact float
+// (EngineOps<float>), or one tf32 product per product (EngineOpsTf32, Cuda::allow_tf32).
 template <class Ops, int DQK, int VT, bool Summary>
 inline constexpr bool kWgmmaF32Walk =
-    RETNET_CUDA_AB_F32WALK != 0 && !Summary && std::is_same_v<Ops, EngineOps<float>> && DQK == 128 && VT == 64;
+    RETNET_CUDA_AB_F32WALK != 0 && !Summary &&
+    (std::is_same_v<Ops, EngineOps<float>> || std::is_same_v<Ops, EngineOpsTf32>)&&DQK == 128 && VT == 64;
 
 // A float tile of Rows rows in the 128-byte-swizzle layout: atoms of 32 columns (rows of 128 bytes) of all its rows,
 // the 16-byte piece c of row r at c ^ (r % 8). Read K-major along its columns: k8 step ks at kstep(ks).
@@ -49,8 +53,12 @@ struct F32Tile {
   __device__ __forceinline__ static int kstep(int ks) { return (ks >> 2) * kAtom + (ks & 3) * 8; }
 };
 
-// x = hi + lo, hi: x's upper 19 bits (a tf32 value), lo: the rest (exact).
-__device__ __forceinline__ float tf32_hi(float x) { return __uint_as_float(__float_as_uint(x) & 0xffffe000u); }
+// x = hi + lo, hi: x's upper 19 bits (a tf32 value), lo: the rest (exact). Without Exact (one tf32 product, as
+// MmaTf32), hi is x rounded to tf32 (ties away from zero) and lo is not used.
+template <bool Exact = true>
+__device__ __forceinline__ float tf32_hi(float x) {
+  return __uint_as_float((__float_as_uint(x) + (Exact ? 0u : 0x1000u)) & 0xffffe000u);
+}
 
 // The chunk slot of key j of a score row in the A fragments of (S . mask) V: within every 8 keys, the accumulator
 // columns 2t and 2t + 1 are the fragment's k positions t and t + 4, so key 8 b + 2 t + e sits at 8 b + 4 e + t.
@@ -74,7 +82,9 @@ struct WgmmaF32Smem {
   static constexpr bool fits = bytes <= 227 * 1024;
 };
 
-// The outputs walk for exact float on wgmma (see the top of this file). grid (dv / 64, NS, B * H), 256 threads.
+// The outputs walk for float on wgmma (see the top of this file); Exact: three tf32 products per product, else one.
+// grid (dv / 64, NS, B * H), 256 threads.
+template <bool Exact>
 __device__ __forceinline__ void wgmma_f32_walk(const ScanParams& p, const HeadDecays& dec, unsigned char* smem_raw) {
   using SM = WgmmaF32Smem;
   using Tile = F32Tile<64>;       // Q, V^T
@@ -160,16 +170,23 @@ __device__ __forceinline__ void wgmma_f32_walk(const ScanParams& p, const HeadDe
       cp_async_wait<0>();
       __syncthreads();  // (1) Q and K of chunk c are in; chunk c - 1's products are done
       refresh();
-      // (2) the lo parts of Q and K, 16-byte pieces at the same places (K: rows 0-63 of each 128-row atom), and V^T
-      // from vr
+      // (2) the lo parts of Q and K, 16-byte pieces at the same places (K: rows 0-63 of each 128-row atom; without
+      // Exact, Q and K rounded to tf32 in place), and V^T from vr
 #pragma unroll 4
       for (int i = 0; i < 16; ++i) {
         const int at = 4 * (t.tid + 128 * i), kat = at + (at / Tile::kAtom) * Tile::kAtom;
         const float4 q = *reinterpret_cast<const float4*>(Qs + at), k = *reinterpret_cast<const float4*>(Ks + kat);
-        *reinterpret_cast<float4*>(Qlo + at) =
-            make_float4(q.x - tf32_hi(q.x), q.y - tf32_hi(q.y), q.z - tf32_hi(q.z), q.w - tf32_hi(q.w));
-        *reinterpret_cast<float4*>(Klo + kat) =
-            make_float4(k.x - tf32_hi(k.x), k.y - tf32_hi(k.y), k.z - tf32_hi(k.z), k.w - tf32_hi(k.w));
+        if constexpr (Exact) {
+          *reinterpret_cast<float4*>(Qlo + at) =
+              make_float4(q.x - tf32_hi(q.x), q.y - tf32_hi(q.y), q.z - tf32_hi(q.z), q.w - tf32_hi(q.w));
+          *reinterpret_cast<float4*>(Klo + kat) =
+              make_float4(k.x - tf32_hi(k.x), k.y - tf32_hi(k.y), k.z - tf32_hi(k.z), k.w - tf32_hi(k.w));
+        } else {
+          *reinterpret_cast<float4*>(Qs + at) =
+              make_float4(tf32_hi<false>(q.x), tf32_hi<false>(q.y), tf32_hi<false>(q.z), tf32_hi<false>(q.w));
+          *reinterpret_cast<float4*>(Ks + kat) =
+              make_float4(tf32_hi<false>(k.x), tf32_hi<false>(k.y), tf32_hi<false>(k.z), tf32_hi<false>(k.w));
+        }
       }
 #pragma unroll
       for (int y = 0; y < 4; ++y) {
@@ -177,9 +194,9 @@ __device__ __forceinline__ void wgmma_f32_walk(const ScanParams& p, const HeadDe
 #pragma unroll
         for (int x = 0; x < 8; ++x) {
           const int at = Tile::at(8 * x + (t.lane & 7), slot);
-          const float hi = tf32_hi(vr[8 * y + x]);
+          const float hi = tf32_hi<Exact>(vr[8 * y + x]);
           Vhi[at] = hi;
-          Vlo[at] = vr[8 * y + x] - hi;
+          if constexpr (Exact) Vlo[at] = vr[8 * y + x] - hi;
         }
       }
       if (more) load_v(c + 1);  // in flight through the chunk's products
@@ -194,8 +211,10 @@ __device__ __forceinline__ void wgmma_f32_walk(const ScanParams& p, const HeadDe
       for (int ks = 0; ks < DQK / KS; ++ks) {
         const int o = Tile::kstep(ks), ko = KeysTile::kstep(ks);
         wgmma_m64n128k8_tf32_ss(acc, wgmma_desc(Qs + o, 0), wgmma_desc(Ks + ko, 0), ks > 0);
-        wgmma_m64n128k8_tf32_ss(acc, wgmma_desc(Qs + o, 0), wgmma_desc(Klo + ko, 0), 1);
-        wgmma_m64n128k8_tf32_ss(acc, wgmma_desc(Qlo + o, 0), wgmma_desc(Ks + ko, 0), 1);
+        if constexpr (Exact) {
+          wgmma_m64n128k8_tf32_ss(acc, wgmma_desc(Qs + o, 0), wgmma_desc(Klo + ko, 0), 1);
+          wgmma_m64n128k8_tf32_ss(acc, wgmma_desc(Qlo + o, 0), wgmma_desc(Ks + ko, 0), 1);
+        }
       }
       wgmma_commit();
       wgmma_wait<0>();
@@ -211,7 +230,7 @@ __device__ __forceinline__ void wgmma_f32_walk(const ScanParams& p, const HeadDe
         for (int e = 0; e < 4; ++e) {
           const int i = 16 * t.wq + t.g + 8 * (e >> 1), j = 8 * kt + 2 * t.tq + (e & 1);
           const float x = j <= i ? acc[kt][e] * (rowf[e >> 1] * colf[kt][e & 1]) : 0.f;
-          const float hi = tf32_hi(x);
+          const float hi = tf32_hi<Exact>(x);
           const int a = (e >> 1) | ((e & 1) << 1);  // accumulator (row half, key parity) -> fragment register
           phi[kt][a] = __float_as_uint(hi);
           plo[kt][a] = __float_as_uint(x - hi);
@@ -229,8 +248,10 @@ __device__ __forceinline__ void wgmma_f32_walk(const ScanParams& p, const HeadDe
       for (int kt = 0; kt < LM / KS; ++kt) {
         const int o = Tile::kstep(kt);
         wgmma_m64n64k8_tf32_rs(oacc, phi[kt], wgmma_desc(Vhi + o, 0), 1);
-        wgmma_m64n64k8_tf32_rs(oacc, phi[kt], wgmma_desc(Vlo + o, 0), 1);
-        wgmma_m64n64k8_tf32_rs(oacc, plo[kt], wgmma_desc(Vhi + o, 0), 1);
+        if constexpr (Exact) {
+          wgmma_m64n64k8_tf32_rs(oacc, phi[kt], wgmma_desc(Vlo + o, 0), 1);
+          wgmma_m64n64k8_tf32_rs(oacc, plo[kt], wgmma_desc(Vhi + o, 0), 1);
+        }
       }
       wgmma_commit();
       wgmma_wait<0>();
@@ -275,10 +296,10 @@ __device__ __forceinline__ void wgmma_f32_walk(const ScanParams& p, const HeadDe
     refresh();
     // (2) the copy Hc^T = gamma^(R + 1) H^T entering chunk c, hi and lo
     for_each_state([&](int row, int col, float& x) {
-      const float y = x * copy_factor, hi = tf32_hi(y);
+      const float y = x * copy_factor, hi = tf32_hi<Exact>(y);
       const int at = KeysTile::at(LM + col, row);
       Ks[at] = hi;
-      Klo[at] = y - hi;
+      if constexpr (Exact) Klo[at] = y - hi;
     });
     fence_proxy_async();
     __syncthreads();                   // (3)
@@ -305,7 +326,7 @@ __device__ __forceinline__ void wgmma_f32_walk(const ScanParams& p, const HeadDe
         for (int a = 0; a < 4; ++a) {  // fragment register a: row dk + 8 (a % 2), key 8 kt + 2 tq + a / 2
           const int e = a >> 1;
           const float x = Ks[KeysTile::at(8 * kt + 2 * t.tq + e, dk + 8 * (a & 1))] * w[kt][e];
-          const float hi = tf32_hi(x);
+          const float hi = tf32_hi<Exact>(x);
           ahi[kt][a] = __float_as_uint(hi);
           alo[kt][a] = __float_as_uint(x - hi);
         }
@@ -321,8 +342,10 @@ __device__ __forceinline__ void wgmma_f32_walk(const ScanParams& p, const HeadDe
       for (int kt = 0; kt < LM / KS; ++kt) {
         const int o = Tile::kstep(kt);
         wgmma_m64n64k8_tf32_rs(dacc, ahi[kt], wgmma_desc(Vhi + o, 0), kt > 0);
-        wgmma_m64n64k8_tf32_rs(dacc, ahi[kt], wgmma_desc(Vlo + o, 0), 1);
-        wgmma_m64n64k8_tf32_rs(dacc, alo[kt], wgmma_desc(Vhi + o, 0), 1);
+        if constexpr (Exact) {
+          wgmma_m64n64k8_tf32_rs(dacc, ahi[kt], wgmma_desc(Vlo + o, 0), 1);
+          wgmma_m64n64k8_tf32_rs(dacc, alo[kt], wgmma_desc(Vhi + o, 0), 1);
+        }
       }
       wgmma_commit();
       wgmma_wait<0>();
