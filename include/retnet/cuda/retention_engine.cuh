@@ -16,7 +16,8 @@
 // is below 2^-3; the summary pass for bf16 with key size 128 takes its wgmma walk for every head. Two more kernels
 // run walks with a role per warpgroup (three warpgroups, too many registers for the others' blocks): the host
 // launches chunk_roles_kernel (outputs pass, key size 128, value tile 64) and chunk_dkdv_roles_kernel (fused
-// backward, key and value size 128) in their place where every head takes the wgmma walks and TMA is on.
+// backward, key and value size 128) in their place where every head takes the wgmma walks and TMA is on. Float with
+// key size 128 (value tile 64) takes the tf32 wgmma walk of retention_wgmma_f32.cuh in the outputs pass.
 //
 // The storage type picks the arithmetic (EngineOps below):
 //   bf16 : mma.sync m16n8k16, ldmatrix from padded rows.
