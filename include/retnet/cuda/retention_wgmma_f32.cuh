@@ -72,6 +72,27 @@ __device__ __forceinline__ void settle_fragments(uint32_t (&a)[N][4]) {
   for (int i = 0; i < N; ++i) asm volatile("" : "+r"(a[i][0]), "+r"(a[i][1]), "+r"(a[i][2]), "+r"(a[i][3]));
 }
 
+// acc (+)= A V over a chunk's 64 keys for a warpgroup: A's hi and lo parts as A fragments from registers (k step kt:
+// keys 8 kt ..), V^T's hi and lo parts from shared memory (F32Tile<64>, columns in key-slot order); three products per
+// k step with Exact, else one (hi hi). accumulate = false starts from zero. Returns with the products done.
+template <bool Exact>
+__device__ __forceinline__ void f32_key_products(float (&acc)[8][4], const uint32_t (&ahi)[8][4],
+                                                 const uint32_t (&alo)[8][4], const float* Vhi, const float* Vlo,
+                                                 bool accumulate) {
+  wgmma_fence();
+#pragma unroll
+  for (int kt = 0; kt < 8; ++kt) {
+    const int o = F32Tile<64>::kstep(kt);
+    wgmma_m64n64k8_tf32_rs(acc, ahi[kt], wgmma_desc(Vhi + o, 0), accumulate || kt > 0);
+    if constexpr (Exact) {
+      wgmma_m64n64k8_tf32_rs(acc, ahi[kt], wgmma_desc(Vlo + o, 0), 1);
+      wgmma_m64n64k8_tf32_rs(acc, alo[kt], wgmma_desc(Vhi + o, 0), 1);
+    }
+  }
+  wgmma_commit();
+  wgmma_wait<0>();
+}
+
 struct WgmmaF32Smem {
   static constexpr int LM = kEngineRows, DQK = 128, VT = 64;
   static constexpr int QK = LM * DQK, VV = VT * LM;  // floats
@@ -242,19 +263,7 @@ __device__ __forceinline__ void wgmma_f32_walk(const ScanParams& p, const HeadDe
       for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
         for (int e = 0; e < 4; ++e) oacc[nt][e] = acc[8 + nt][e] * rowf[e >> 1];
-      // O += (S . mask) V
-      wgmma_fence();
-#pragma unroll
-      for (int kt = 0; kt < LM / KS; ++kt) {
-        const int o = Tile::kstep(kt);
-        wgmma_m64n64k8_tf32_rs(oacc, phi[kt], wgmma_desc(Vhi + o, 0), 1);
-        if constexpr (Exact) {
-          wgmma_m64n64k8_tf32_rs(oacc, phi[kt], wgmma_desc(Vlo + o, 0), 1);
-          wgmma_m64n64k8_tf32_rs(oacc, plo[kt], wgmma_desc(Vhi + o, 0), 1);
-        }
-      }
-      wgmma_commit();
-      wgmma_wait<0>();
+      f32_key_products<Exact>(oacc, phi, plo, Vhi, Vlo, true);  // O += (S . mask) V
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
         const int i = 16 * t.wq + t.g + 8 * half;
@@ -337,18 +346,7 @@ __device__ __forceinline__ void wgmma_f32_walk(const ScanParams& p, const HeadDe
         load_qk(c + 1);
       }
       float dacc[8][4];
-      wgmma_fence();
-#pragma unroll
-      for (int kt = 0; kt < LM / KS; ++kt) {
-        const int o = Tile::kstep(kt);
-        wgmma_m64n64k8_tf32_rs(dacc, ahi[kt], wgmma_desc(Vhi + o, 0), kt > 0);
-        if constexpr (Exact) {
-          wgmma_m64n64k8_tf32_rs(dacc, ahi[kt], wgmma_desc(Vlo + o, 0), 1);
-          wgmma_m64n64k8_tf32_rs(dacc, alo[kt], wgmma_desc(Vhi + o, 0), 1);
-        }
-      }
-      wgmma_commit();
-      wgmma_wait<0>();
+      f32_key_products<Exact>(dacc, ahi, alo, Vhi, Vlo, false);  // K^T diag(w) V, fresh
 #pragma unroll
       for (int n = 0; n < 8; ++n)
 #pragma unroll
