@@ -53,11 +53,11 @@ struct F32Tile {
   __device__ __forceinline__ static int kstep(int ks) { return (ks >> 2) * kAtom + (ks & 3) * 8; }
 };
 
-// x = hi + lo, hi: x's upper 19 bits (a tf32 value), lo: the rest (exact). Without Exact (one tf32 product, as
-// MmaTf32), hi is x rounded to tf32 (ties away from zero) and lo is not used.
+// x = hi + lo, hi: x's upper 19 bits (a tf32 value), lo: the rest (exact). Without Exact (one tf32 product), hi is x
+// rounded to tf32 as MmaTf32::round rounds it, and lo is not used.
 template <bool Exact = true>
 __device__ __forceinline__ float tf32_hi(float x) {
-  return __uint_as_float((__float_as_uint(x) + (Exact ? 0u : 0x1000u)) & 0xffffe000u);
+  return __uint_as_float((Exact ? __float_as_uint(x) : MmaTf32::round(x)) & 0xffffe000u);
 }
 
 // The chunk slot of key j of a score row in the A fragments of (S . mask) V: within every 8 keys, the accumulator
@@ -174,15 +174,8 @@ __device__ __forceinline__ void wgmma_f32_walk(const ScanParams& p, const HeadDe
       }
     };
     load_v(0);
-    // gamma^(i - R) for this thread's rows i = 16 wq + g + 8 half, gamma^(R - j) for its score columns j
-    float rowf[2], colf[8][2];
-#pragma unroll
-    for (int half = 0; half < 2; ++half) rowf[half] = seg.gpow(16 * t.wq + t.g + 8 * half - R);
-#pragma unroll
-    for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) colf[nt][e] = seg.gpow(R - (8 * nt + 2 * t.tq + e));
-    float* const og = static_cast<float*>(p.o) + row0 * dv + vt * VT + 2 * t.tq;
+    // gamma^(i - R) for this thread's rows (rd.row), gamma^(R - j) for its score columns (rd.col)
+    const RegisterDecays<8> rd(seg.l2g, 0, t);
 
     for (int c = 0; c < nchunks; ++c) {
       const int len = chunk_len(c);
@@ -250,7 +243,7 @@ __device__ __forceinline__ void wgmma_f32_walk(const ScanParams& p, const HeadDe
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int i = 16 * t.wq + t.g + 8 * (e >> 1), j = 8 * kt + 2 * t.tq + (e & 1);
-          const float x = j <= i ? acc[kt][e] * (rowf[e >> 1] * colf[kt][e & 1]) : 0.f;
+          const float x = j <= i ? acc[kt][e] * (rd.row[e >> 1] * rd.col[kt][e & 1]) : 0.f;
           const float hi = tf32_hi<Exact>(x);
           const int a = (e >> 1) | ((e & 1) << 1);  // accumulator (row half, key parity) -> fragment register
           phi[kt][a] = __float_as_uint(hi);
@@ -262,20 +255,9 @@ __device__ __forceinline__ void wgmma_f32_walk(const ScanParams& p, const HeadDe
 #pragma unroll
       for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) oacc[nt][e] = acc[8 + nt][e] * rowf[e >> 1];
+        for (int e = 0; e < 4; ++e) oacc[nt][e] = acc[8 + nt][e] * rd.row[e >> 1];
       f32_key_products<Exact>(oacc, phi, plo, Vhi, Vlo, true);  // O += (S . mask) V
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int i = 16 * t.wq + t.g + 8 * half;
-        if (i < len) {
-          const int64_t row = phys(c0 + i);
-          const float m = p.mu ? p.mu[(static_cast<int64_t>(b) * T + row) * p.H + h] : 1.f;
-          float* const dst = og + row * ld_v;
-#pragma unroll
-          for (int nt = 0; nt < 8; ++nt)
-            *reinterpret_cast<float2*>(dst + 8 * nt) = make_float2(oacc[nt][2 * half] * m, oacc[nt][2 * half + 1] * m);
-        }
-      }
+      store_output_tile<float>(p.o, dv, p, oacc, b, h, c0, len, 16 * t.wq, vt * VT, t.lane);
     }
     return;
   }
