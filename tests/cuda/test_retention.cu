@@ -534,6 +534,7 @@ TEST_CASE("cuda retention sanitizer subset", "[cuda][sanitize]") {
   // Two (batch, head) pairs of 2000 rows: several segments, so the summary walk runs (reversed in the backward), its
   // stages wrapping and the last chunk ragged.
   const Case f{1, 2000, 2, 128, 128, 64, true};
+  const Case g{1, 300, 2, 256, 64, 64, true};  // the float key-256 walk: two key halves per chunk, the last ragged
   const auto geo = retnet::cuda_detail::geometry<__nv_bfloat16, 128>(128, f.B, f.T, f.H, 0, false, false);
   INFO("case f: " << geo.NS << " segments, " << geo.summaries << " summary blocks");
   CHECK(geo.summaries > 0);
@@ -543,6 +544,7 @@ TEST_CASE("cuda retention sanitizer subset", "[cuda][sanitize]") {
   check_case<__nv_bfloat16>(a, Form::chunkwise, Normalization::torchscale, 77);
   check_case<float>(a, Form::chunkwise, Normalization::raw, 78);
   check_case<float>(e, Form::chunkwise, Normalization::torchscale, 86);  // the float wgmma walk (sm_90a builds)
+  check_case<float>(g, Form::chunkwise, Normalization::raw, 87);
   check_case<float>(b, Form::parallel, Normalization::torchscale, 79);
   check_case<__nv_bfloat16>(b, Form::recurrent, Normalization::raw, 80);
   check_case<float>(c, Form::recurrent, Normalization::torchscale, 81);

@@ -13,8 +13,9 @@
 // (chunk_engine_dkdv_kernel): four input tiles and one state update per chunk instead of six and two.
 // Storage float or bf16 (__nv_bfloat16); state, scale and accumulation always float. Both run on
 // chunk_engine_kernel (retention_engine.cuh: bf16 mma.sync m16n8k16, or wgmma with key size 128 or 256 in sm_90a
-// builds (retention_wgmma.cuh); float three tf32 products per product, float accuracy); float with head size 256 on the
-// generic scan_kernel. geometry() picks the segment split and how
+// builds (retention_wgmma.cuh); float three tf32 products per product, float accuracy, and on wgmma with key size 128
+// or 256 (retention_wgmma_f32.cuh); float with key size 256 where the wgmma walks are not built on the generic
+// scan_kernel). geometry() picks the segment split and how
 // many summary blocks sum each segment; on the chunk engine the last segment's outputs blocks write the final
 // state, so that segment needs no summary (a single-segment run has no summary pass, nor a prefix pass where its
 // initial state enters unscaled).
@@ -54,7 +55,7 @@ struct MmaFor<__nv_bfloat16> {
   using type = MmaBf16;
 };
 
-// Rows per chunk: 64, except float with a 256-wide reduction (shared memory).
+// Rows per chunk of the generic scan_kernel: 64, except float with a 256-wide reduction (shared memory).
 template <class E, int DQK>
 inline constexpr int chunk_rows = (std::is_same_v<E, float> && DQK == 256) ? 32 : 64;
 
@@ -118,8 +119,40 @@ inline bool engine_enabled() {
   return v;
 }
 
-// The scan kernel a run uses: the chunk engine with the widest value tile (128 or 64 columns) whose buffers fit,
-// or the generic scan_kernel where none fits (float with head size 256) or on request.
+template <int = 0>
+__global__ void wgmma_probe_kernel(int* built) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  *built = 1;
+#else
+  *built = 0;
+#endif
+}
+
+// Whether this program's kernels run their wgmma walks on the current device: built for sm_90a, running on a
+// compute capability 9.0 device. The host compilation cannot tell (nvcc's __CUDA_ARCH_LIST__ says 900 for both 90 and
+// 90a), so a one-thread kernel asks, once per device, with residency()'s other first-call work (outside capture).
+inline bool wgmma_walks_built() {
+  int dev = 0;
+  RETNET_CUDA_CHECK(cudaGetDevice(&dev));
+  static std::mutex mutex;
+  static std::map<int, bool> known;
+  const std::lock_guard<std::mutex> lock(mutex);
+  if (const auto it = known.find(dev); it != known.end()) return it->second;
+  int* flag = nullptr;
+  int built = 0;
+  RETNET_CUDA_CHECK(cudaMalloc(&flag, sizeof(int)));
+  wgmma_probe_kernel<<<1, 1>>>(flag);
+  const cudaError_t launched = cudaGetLastError();
+  const cudaError_t copied = cudaMemcpy(&built, flag, sizeof(int), cudaMemcpyDeviceToHost);
+  RETNET_CUDA_CHECK(cudaFree(flag));
+  RETNET_CUDA_CHECK(launched);
+  RETNET_CUDA_CHECK(copied);
+  known.emplace(dev, built == 1);
+  return built == 1;
+}
+
+// The scan kernel a run uses: the chunk engine with the widest value tile (128 or 64 columns) whose buffers fit (float
+// with key size 256: chunk_float256_kernel where built), or the generic scan_kernel where none fits or on request.
 struct ScanKernel {
   const void* fn = nullptr;
   int threads = 0, bytes = 0, vt = 0;
@@ -161,10 +194,39 @@ constexpr bool engine_fits() {
          EngineSmem<Ops, DQK, VT, true>::fits;
 }
 
+// Whether float with key size 256 runs on the chunk engine: its summaries on chunk_engine_kernel, its outputs on
+// chunk_float256_kernel (value tile 64), which exists only where the wgmma walks are built.
+template <class E, int DQK>
+bool float256_engine() {
+  if constexpr (std::is_same_v<E, float> && DQK == 256 && kFloat256Walk) return engine_enabled() && wgmma_walks_built();
+  return false;
+}
+
+// Whether a run of (E, DQK) takes the chunk engine, and its rows per chunk.
+template <class E, int DQK>
+bool engine_runs() {
+  return (engine_enabled() && engine_fits<E, DQK, kVTile>()) || float256_engine<E, DQK>();
+}
+template <class E, int DQK>
+int run_chunk_rows() {
+  return float256_engine<E, DQK>() ? kEngineRows : chunk_rows<E, DQK>;
+}
+
 // tf32: float storage with one tf32 product per product (Cuda::allow_tf32); narrow: 64 value columns per block
 // even where 128 fit (more blocks for short runs, see geometry()).
 template <class E, int DQK, bool Summary>
 ScanKernel pick_scan(int dv, bool tf32, bool narrow) {
+  if constexpr (std::is_same_v<E, float> && DQK == 256 && kFloat256Walk) {
+    if (float256_engine<E, DQK>()) {
+      if constexpr (Summary) {
+        return engine_scan_kernel<E, DQK, true, kVTile>(tf32);
+      } else {
+        const void* fn = tf32 ? reinterpret_cast<const void*>(chunk_float256_kernel<EngineOpsTf32>)
+                              : reinterpret_cast<const void*>(chunk_float256_kernel<EngineOps<float>>);
+        return {fn, kEngineThreads, WgmmaF32Smem::bytes, kVTile, true, false};
+      }
+    }
+  }
   if (engine_enabled()) {
     if constexpr (engine_fits<E, DQK, 128>()) {
       if (dv % 128 == 0 && !narrow) return engine_scan_kernel<E, DQK, Summary, 128>(tf32);
@@ -253,38 +315,6 @@ inline Residency residency(const ScanKernel& k) {
   const Residency r{std::max<int64_t>(1, static_cast<int64_t>(per_sm) * sms), std::max(1, sms)};
   known.emplace(std::make_pair(k.fn, dev), r);
   return r;
-}
-
-template <int = 0>
-__global__ void wgmma_probe_kernel(int* built) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  *built = 1;
-#else
-  *built = 0;
-#endif
-}
-
-// Whether this program's kernels run their wgmma walks on the current device: built for sm_90a, running on a
-// compute capability 9.0 device. The host compilation cannot tell (nvcc's __CUDA_ARCH_LIST__ says 900 for both 90 and
-// 90a), so a one-thread kernel asks, once per device, with residency()'s other first-call work (outside capture).
-inline bool wgmma_walks_built() {
-  int dev = 0;
-  RETNET_CUDA_CHECK(cudaGetDevice(&dev));
-  static std::mutex mutex;
-  static std::map<int, bool> known;
-  const std::lock_guard<std::mutex> lock(mutex);
-  if (const auto it = known.find(dev); it != known.end()) return it->second;
-  int* flag = nullptr;
-  int built = 0;
-  RETNET_CUDA_CHECK(cudaMalloc(&flag, sizeof(int)));
-  wgmma_probe_kernel<<<1, 1>>>(flag);
-  const cudaError_t launched = cudaGetLastError();
-  const cudaError_t copied = cudaMemcpy(&built, flag, sizeof(int), cudaMemcpyDeviceToHost);
-  RETNET_CUDA_CHECK(cudaFree(flag));
-  RETNET_CUDA_CHECK(launched);
-  RETNET_CUDA_CHECK(copied);
-  known.emplace(dev, built == 1);
-  return built == 1;
 }
 
 // ScanParams::tma for walks that can load through TMA: 1, or the A/B switch RETNET_CUDA_TMA: 0 turns TMA off, and
@@ -434,7 +464,7 @@ inline int forced_value_tile() {
 // (RetentionSaved), on the same split: one summary pass serves two outputs passes, which favours more segments.
 template <class E, int DQK>
 Geometry geometry(int dval, int64_t B, int64_t T, int H, int fixed_seg, bool tf32, bool fused, bool reused = false) {
-  constexpr int L = chunk_rows<E, DQK>;
+  const int L = run_chunk_rows<E, DQK>();
   Geometry g{L, 0, 0};
   const int64_t chunks = (T + L - 1) / L;
   const int64_t narrow_tiles = B * H * (dval / kVTile);
@@ -443,7 +473,7 @@ Geometry geometry(int dval, int64_t B, int64_t T, int H, int fixed_seg, bool tf3
   const bool split = split_summary_enabled();
   if (fixed_seg > 0) {
     g.seg = fixed_seg;
-  } else if (!engine_fits<E, DQK, kVTile>() || !engine_enabled() || std::getenv("RETNET_CUDA_SCAN_BLOCKS")) {
+  } else if (!engine_runs<E, DQK>() || std::getenv("RETNET_CUDA_SCAN_BLOCKS")) {
     g.seg = static_cast<int>((chunks + cap - 1) / cap * L);
   } else {
     double best = -1;
@@ -581,7 +611,7 @@ void run_output_t(const Cuda& ctx, const Run& r, int64_t B, int64_t T, int H, co
   sp.T = T;
   sp.H = H;
   sp.dv = r.dval;
-  sp.L = std::min(chunk_rows<E, DQK>, geo.seg);  // this run's own chunk (the states may be another run's)
+  sp.L = std::min(run_chunk_rows<E, DQK>(), geo.seg);  // this run's own chunk (the states may be another run's)
   sp.seg = geo.seg;
   sp.NS = geo.NS;
   sp.slots = geo.slots();

@@ -72,17 +72,18 @@ __device__ __forceinline__ void settle_fragments(uint32_t (&a)[N][4]) {
   for (int i = 0; i < N; ++i) asm volatile("" : "+r"(a[i][0]), "+r"(a[i][1]), "+r"(a[i][2]), "+r"(a[i][3]));
 }
 
-// acc (+)= A V over a chunk's 64 keys for a warpgroup: A's hi and lo parts as A fragments from registers (k step kt:
-// keys 8 kt ..), V^T's hi and lo parts from shared memory (F32Tile<64>, columns in key-slot order); three products per
-// k step with Exact, else one (hi hi). accumulate = false starts from zero. Returns with the products done.
-template <bool Exact>
-__device__ __forceinline__ void f32_key_products(float (&acc)[8][4], const uint32_t (&ahi)[8][4],
-                                                 const uint32_t (&alo)[8][4], const float* Vhi, const float* Vlo,
-                                                 bool accumulate) {
+// acc (+)= A V over KT x 8 of a chunk's 64 keys (from key 8 kt0) for a warpgroup: A's hi and lo parts as A fragments
+// from registers (k step kt: keys 8 (kt0 + kt) ..), V^T's hi and lo parts from shared memory (F32Tile<64>, columns in
+// key-slot order); three products per k step with Exact, else one (hi hi). accumulate = false starts from zero.
+// Returns with the products done.
+template <bool Exact, int KT = 8>
+__device__ __forceinline__ void f32_key_products(float (&acc)[8][4], const uint32_t (&ahi)[KT][4],
+                                                 const uint32_t (&alo)[KT][4], const float* Vhi, const float* Vlo,
+                                                 bool accumulate, int kt0 = 0) {
   wgmma_fence();
 #pragma unroll
-  for (int kt = 0; kt < 8; ++kt) {
-    const int o = F32Tile<64>::kstep(kt);
+  for (int kt = 0; kt < KT; ++kt) {
+    const int o = F32Tile<64>::kstep(kt0 + kt);
     wgmma_m64n64k8_tf32_rs(acc, ahi[kt], wgmma_desc(Vhi + o, 0), accumulate || kt > 0);
     if constexpr (Exact) {
       wgmma_m64n64k8_tf32_rs(acc, ahi[kt], wgmma_desc(Vlo + o, 0), 1);
@@ -104,14 +105,21 @@ struct WgmmaF32Smem {
 };
 
 // The outputs walk for float on wgmma (see the top of this file); Exact: three tf32 products per product, else one.
-// grid (dv / 64, NS, B * H), 256 threads.
-template <bool Exact>
+// Key size 256 takes the chunk in two key halves of 128 (the shared-memory tiles of key size 128 hold one half): the
+// scores and the state part of the outputs accumulate over both; the state warpgroup holds all of H and updates the
+// half whose keys are in. grid (dv / 64, NS, B * H), 256 threads.
+template <bool Exact, int DQK = 128>
 __device__ __forceinline__ void wgmma_f32_walk(const ScanParams& p, const HeadDecays& dec, unsigned char* smem_raw) {
   using SM = WgmmaF32Smem;
   using Tile = F32Tile<64>;       // Q, V^T
   using KeysTile = F32Tile<128>;  // [K ; Hc^T]
-  constexpr int LM = kEngineRows, DQK = 128, VT = 64, R = LM / 2, KS = 8;
+  constexpr int LM = kEngineRows, KW = SM::DQK, KH = DQK / KW, VT = 64, R = LM / 2, KS = 8;
+  // Key size 128 factors the decays as gamma^(i - R) gamma^(R - j) (heads of decay >= 2^-3, wgmma_walk_applies);
+  // key size 256 serves every head (nothing else fits its buffers): gamma^(i - j) per score, gamma^(i + 1) per
+  // output row, Hc^T = H^T.
+  constexpr bool kCentred = DQK == 128;
   static_assert(SM::fits, "shared memory of one block");
+  static_assert(DQK == KW || DQK == 2 * KW, "key size 128 or 256");
   float* const smem = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
   float* const Qs = smem + SM::Q;
   float* const Qlo = smem + SM::QLO;
@@ -135,22 +143,27 @@ __device__ __forceinline__ void wgmma_f32_walk(const ScanParams& p, const HeadDe
   const float* const qg = static_cast<const float*>(p.q) + row0 * DQK;
   const float* const kg = static_cast<const float*>(p.k) + row0 * DQK;
 
-  // Q and K of chunk c into Qs and Ks in 16-byte cp.async pieces (8 per tensor and thread; a warp reads one row),
-  // rows past the chunk zero-filled.
-  auto load_qk = [&](int c) {
+  // Key half kh of Q and K of chunk c into Qs and Ks in 16-byte cp.async pieces (8 per tensor and thread; a warp reads
+  // one row), rows past the chunk zero-filled.
+  auto load_qk = [&](int c, int kh) {
     const int64_t c0 = chunk_start(c);
     const int len = chunk_len(c);
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
       const int piece = t.tid + 256 * i, r = piece >> 5, col = (piece & 31) * 4;
       const bool ok = r < len;
-      const int64_t off = ok ? phys(c0 + r) * ld_qk + col : 0;
+      const int64_t off = ok ? phys(c0 + r) * ld_qk + KW * kh + col : 0;
       cp_async16(Qs + Tile::at(r, col), qg + off, ok ? 16 : 0);
       cp_async16(Ks + KeysTile::at(r, col), kg + off, ok ? 16 : 0);
     }
     cp_async_commit();
   };
-  load_qk(0);
+  // The load that follows key half kh of chunk c, if any: the next half, or the next chunk's first.
+  auto load_after = [&](int c, int kh) {
+    if (kh + 1 < KH) return load_qk(c, kh + 1);
+    if (c + 1 < nchunks) load_qk(c + 1, 0);
+  };
+  load_qk(0, 0);
 
   if (t.wg == 0) {
     // ---- the outputs warpgroup ----
@@ -174,67 +187,72 @@ __device__ __forceinline__ void wgmma_f32_walk(const ScanParams& p, const HeadDe
       }
     };
     load_v(0);
-    // gamma^(i - R) for this thread's rows (rd.row), gamma^(R - j) for its score columns (rd.col)
-    const RegisterDecays<8> rd(seg.l2g, 0, t);
+    // kCentred: gamma^(i - R) for this thread's rows (rd.row), gamma^(R - j) for its score columns (rd.col)
+    const RegisterDecays<8> rd(kCentred ? seg.l2g : 0.f, 0, t);
 
     for (int c = 0; c < nchunks; ++c) {
       const int len = chunk_len(c);
       const int64_t c0 = chunk_start(c);
       const bool more = c + 1 < nchunks;
-      cp_async_wait<0>();
-      __syncthreads();  // (1) Q and K of chunk c are in; chunk c - 1's products are done
-      refresh();
-      // (2) the lo parts of Q and K, 16-byte pieces at the same places (K: rows 0-63 of each 128-row atom; without
-      // Exact, Q and K rounded to tf32 in place), and V^T from vr
+      float acc[16][4];  // [S | O] = Q [K ; Hc^T]^T, summed over the key halves
+#pragma unroll
+      for (int kh = 0; kh < KH; ++kh) {
+        cp_async_wait<0>();
+        __syncthreads();  // (1) key half kh of Q and K of chunk c is in; the previous products are done
+        refresh();
+        // (2) the lo parts of Q and K, 16-byte pieces at the same places (K: rows 0-63 of each 128-row atom; without
+        // Exact, Q and K rounded to tf32 in place), and V^T from vr
 #pragma unroll 4
-      for (int i = 0; i < 16; ++i) {
-        const int at = 4 * (t.tid + 128 * i), kat = at + (at / Tile::kAtom) * Tile::kAtom;
-        const float4 q = *reinterpret_cast<const float4*>(Qs + at), k = *reinterpret_cast<const float4*>(Ks + kat);
-        if constexpr (Exact) {
-          *reinterpret_cast<float4*>(Qlo + at) =
-              make_float4(q.x - tf32_hi(q.x), q.y - tf32_hi(q.y), q.z - tf32_hi(q.z), q.w - tf32_hi(q.w));
-          *reinterpret_cast<float4*>(Klo + kat) =
-              make_float4(k.x - tf32_hi(k.x), k.y - tf32_hi(k.y), k.z - tf32_hi(k.z), k.w - tf32_hi(k.w));
-        } else {
-          *reinterpret_cast<float4*>(Qs + at) =
-              make_float4(tf32_hi<false>(q.x), tf32_hi<false>(q.y), tf32_hi<false>(q.z), tf32_hi<false>(q.w));
-          *reinterpret_cast<float4*>(Ks + kat) =
-              make_float4(tf32_hi<false>(k.x), tf32_hi<false>(k.y), tf32_hi<false>(k.z), tf32_hi<false>(k.w));
+        for (int i = 0; i < 16; ++i) {
+          const int at = 4 * (t.tid + 128 * i), kat = at + (at / Tile::kAtom) * Tile::kAtom;
+          const float4 q = *reinterpret_cast<const float4*>(Qs + at), k = *reinterpret_cast<const float4*>(Ks + kat);
+          if constexpr (Exact) {
+            *reinterpret_cast<float4*>(Qlo + at) =
+                make_float4(q.x - tf32_hi(q.x), q.y - tf32_hi(q.y), q.z - tf32_hi(q.z), q.w - tf32_hi(q.w));
+            *reinterpret_cast<float4*>(Klo + kat) =
+                make_float4(k.x - tf32_hi(k.x), k.y - tf32_hi(k.y), k.z - tf32_hi(k.z), k.w - tf32_hi(k.w));
+          } else {
+            *reinterpret_cast<float4*>(Qs + at) =
+                make_float4(tf32_hi<false>(q.x), tf32_hi<false>(q.y), tf32_hi<false>(q.z), tf32_hi<false>(q.w));
+            *reinterpret_cast<float4*>(Ks + kat) =
+                make_float4(tf32_hi<false>(k.x), tf32_hi<false>(k.y), tf32_hi<false>(k.z), tf32_hi<false>(k.w));
+          }
         }
-      }
+        if (kh == 0) {
 #pragma unroll
-      for (int y = 0; y < 4; ++y) {
-        const int slot = f32_key_slot(v_key(y));
+          for (int y = 0; y < 4; ++y) {
+            const int slot = f32_key_slot(v_key(y));
 #pragma unroll
-        for (int x = 0; x < 8; ++x) {
-          const int at = Tile::at(8 * x + (t.lane & 7), slot);
-          const float hi = tf32_hi<Exact>(vr[8 * y + x]);
-          Vhi[at] = hi;
-          if constexpr (Exact) Vlo[at] = vr[8 * y + x] - hi;
+            for (int x = 0; x < 8; ++x) {
+              const int at = Tile::at(8 * x + (t.lane & 7), slot);
+              const float hi = tf32_hi<Exact>(vr[8 * y + x]);
+              Vhi[at] = hi;
+              if constexpr (Exact) Vlo[at] = vr[8 * y + x] - hi;
+            }
+          }
+          if (more) load_v(c + 1);  // in flight through the chunk's products
         }
-      }
-      if (more) load_v(c + 1);  // in flight through the chunk's products
-      fence_proxy_async();      // the tensor cores read these
-      __syncthreads();          // (3) all of the chunk's operands are stored
+        fence_proxy_async();  // the tensor cores read these
+        __syncthreads();      // (3) all of the half's operands are stored
 
-      // (4) [S | O] = Q [K ; Hc^T]^T, three m64 n128 products per k step (n64 products, reading both operands from
-      // shared memory, would need its full bandwidth)
-      float acc[16][4];
-      wgmma_fence();
+        // (4) [S | O] (+)= Q [K ; Hc^T]^T, three m64 n128 products per k step (n64 products, reading both operands
+        // from shared memory, would need its full bandwidth)
+        wgmma_fence();
 #pragma unroll
-      for (int ks = 0; ks < DQK / KS; ++ks) {
-        const int o = Tile::kstep(ks), ko = KeysTile::kstep(ks);
-        wgmma_m64n128k8_tf32_ss(acc, wgmma_desc(Qs + o, 0), wgmma_desc(Ks + ko, 0), ks > 0);
-        if constexpr (Exact) {
-          wgmma_m64n128k8_tf32_ss(acc, wgmma_desc(Qs + o, 0), wgmma_desc(Klo + ko, 0), 1);
-          wgmma_m64n128k8_tf32_ss(acc, wgmma_desc(Qlo + o, 0), wgmma_desc(Ks + ko, 0), 1);
+        for (int ks = 0; ks < KW / KS; ++ks) {
+          const int o = Tile::kstep(ks), ko = KeysTile::kstep(ks);
+          wgmma_m64n128k8_tf32_ss(acc, wgmma_desc(Qs + o, 0), wgmma_desc(Ks + ko, 0), ks > 0 || kh > 0);
+          if constexpr (Exact) {
+            wgmma_m64n128k8_tf32_ss(acc, wgmma_desc(Qs + o, 0), wgmma_desc(Klo + ko, 0), 1);
+            wgmma_m64n128k8_tf32_ss(acc, wgmma_desc(Qlo + o, 0), wgmma_desc(Ks + ko, 0), 1);
+          }
         }
-      }
-      wgmma_commit();
-      wgmma_wait<0>();
-      if (more) {  // the last readers of Q and K are done: the next chunk's may come in
-        named_barrier_sync<1, 256>();
-        load_qk(c + 1);
+        wgmma_commit();
+        wgmma_wait<0>();
+        if (more || kh + 1 < KH) {  // the last readers of Q and K are done: the next ones may come in
+          named_barrier_sync<1, 256>();
+          load_after(c, kh);
+        }
       }
       // The masked scores times gamma^(i - j), as hi and lo A fragments: k step kt holds keys 8 kt ..
       uint32_t phi[8][4], plo[8][4];
@@ -243,7 +261,8 @@ __device__ __forceinline__ void wgmma_f32_walk(const ScanParams& p, const HeadDe
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int i = 16 * t.wq + t.g + 8 * (e >> 1), j = 8 * kt + 2 * t.tq + (e & 1);
-          const float x = j <= i ? acc[kt][e] * (rd.row[e >> 1] * rd.col[kt][e & 1]) : 0.f;
+          const float f = kCentred ? rd.row[e >> 1] * rd.col[kt][e & 1] : seg.gpow(i - j);
+          const float x = j <= i ? acc[kt][e] * f : 0.f;
           const float hi = tf32_hi<Exact>(x);
           const int a = (e >> 1) | ((e & 1) << 1);  // accumulator (row half, key parity) -> fragment register
           phi[kt][a] = __float_as_uint(hi);
@@ -255,7 +274,8 @@ __device__ __forceinline__ void wgmma_f32_walk(const ScanParams& p, const HeadDe
 #pragma unroll
       for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) oacc[nt][e] = acc[8 + nt][e] * rd.row[e >> 1];
+        for (int e = 0; e < 4; ++e)
+          oacc[nt][e] = acc[8 + nt][e] * (kCentred ? rd.row[e >> 1] : seg.gpow(16 * t.wq + t.g + 8 * (e >> 1) + 1));
       f32_key_products<Exact>(oacc, phi, plo, Vhi, Vlo, true);  // O += (S . mask) V
       store_output_tile<float>(p.o, dv, p, oacc, b, h, c0, len, 16 * t.wq, vt * VT, t.lane);
     }
@@ -264,82 +284,141 @@ __device__ __forceinline__ void wgmma_f32_walk(const ScanParams& p, const HeadDe
 
   // ---- the state warpgroup ----
   // H [DQK, VT]: hacc[8 mt + n][e] at row 64 mt + 16 wq + g + 8 (e / 2), column 8 n + 2 tq + e % 2.
-  float hacc[16][4];
-  auto for_each_state = [&](auto&& f) {
+  // MT m64 tiles of H; the update's fragments cover KT k steps at a time (key size 256: half of the chunk's keys,
+  // since all of H takes 128 registers)
+  constexpr int MT = DQK / 64, KT = kCentred ? 8 : 2;
+  float hacc[8 * MT][4];
+  {  // the entering state (as entering_state): element (row, col) at src + row rs + col cs. The pointer passes through
+     // an empty asm per n8 block, so that ptxas computes each block's addresses after the last block's loads (with
+     // all of key size 256's addresses computed first it spilled).
+    const float* src = p.states + state_offset<DQK>(p, seg.bh, seg.s);
+    const int64_t rs = p.states_transposed ? 1 : dv, cs = p.states_transposed ? DQK : 1;
+    src += (16 * t.wq + t.g) * rs + (vt * VT + 2 * t.tq) * cs;
+    const int64_t at[4] = {0, cs, 8 * rs, 8 * rs + cs};  // e = 0 .. 3: columns + e % 2, rows + 8 (e / 2)
 #pragma unroll
-    for (int mt = 0; mt < 2; ++mt)
+    for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-      for (int n = 0; n < 8; ++n)
+      for (int n = 0; n < 8; ++n) {
 #pragma unroll
-        for (int e = 0; e < 4; ++e)
-          f(64 * mt + 16 * t.wq + t.g + 8 * (e >> 1), 8 * n + 2 * t.tq + (e & 1), hacc[8 * mt + n][e]);
-  };
-  for_each_state([&](int row, int col, float& x) { x = entering_state<DQK>(p, seg.bh, seg.s, vt * VT, row, col); });
+        for (int e = 0; e < 4; ++e) hacc[8 * mt + n][e] = src[at[e]];
+        src += n < 7 ? 8 * cs : 64 * rs - 56 * cs;
+        asm volatile("" : "+l"(src));
+      }
+  }
   float* const final_state = final_state_of(p, seg.s);
-  const float copy_factor = seg.gpow(R + 1);
-  float w[8][2];  // gamma^(len - 1 - j) for keys j = 8 kt + 2 tq + e (0 past len)
-  int wlen = -1;
+  const float copy_factor = kCentred ? seg.gpow(R + 1) : 1.f;
   for (int c = 0; c < nchunks; ++c) {
     const int len = chunk_len(c);
     const bool more = c + 1 < nchunks;
-    cp_async_wait<0>();
-    __syncthreads();  // (1)
-    refresh();
-    // (2) the copy Hc^T = gamma^(R + 1) H^T entering chunk c, hi and lo
-    for_each_state([&](int row, int col, float& x) {
-      const float y = x * copy_factor, hi = tf32_hi<Exact>(y);
-      const int at = KeysTile::at(LM + col, row);
-      Ks[at] = hi;
-      if constexpr (Exact) Klo[at] = y - hi;
-    });
-    fence_proxy_async();
-    __syncthreads();                   // (3)
-    if (!more && !final_state) break;  // nobody reads the state after the segment's last chunk
-    if (len != wlen) {
 #pragma unroll
-      for (int kt = 0; kt < 8; ++kt)
+    for (int kh = 0; kh < KH; ++kh) {
+      const bool load_next = more || kh + 1 < KH;
+      cp_async_wait<0>();
+      __syncthreads();  // (1)
+      refresh();
+      // (2) key half kh of the copy Hc^T entering chunk c, hi and lo
+      {
+        // Element e of n8 block n of tile 2 kh + m sits at KeysTile::at(LM + col, row - KW kh) = at[e] + 2 m kAtom +
+        // 256 n (its row is at[e]'s + 8 n, its column at[e]'s + 64 m): four offsets instead of one address each.
+        int at[4];
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int j = 8 * kt + 2 * t.tq + e;
-          w[kt][e] = j < len ? seg.gpow(len - 1 - j) : 0.f;
-        }
-      wlen = len;
-    }
-    const float dl = seg.gpow(len);
-    // (4) H <- gamma^len H + K^T diag(w) V, one m64 tile (64 key dims) at a time, from a fresh accumulator
+        for (int e = 0; e < 4; ++e) at[e] = KeysTile::at(LM + 2 * t.tq + (e & 1), 16 * t.wq + t.g + 8 * (e >> 1));
 #pragma unroll
-    for (int mt = 0; mt < 2; ++mt) {
-      uint32_t ahi[8][4], alo[8][4];
-      const int dk = 64 * mt + 16 * t.wq + t.g;
+        for (int m = 0; m < 2; ++m)
 #pragma unroll
-      for (int kt = 0; kt < 8; ++kt)
+          for (int n = 0; n < 8; ++n)
 #pragma unroll
-        for (int a = 0; a < 4; ++a) {  // fragment register a: row dk + 8 (a % 2), key 8 kt + 2 tq + a / 2
-          const int e = a >> 1;
-          const float x = Ks[KeysTile::at(8 * kt + 2 * t.tq + e, dk + 8 * (a & 1))] * w[kt][e];
-          const float hi = tf32_hi<Exact>(x);
-          ahi[kt][a] = __float_as_uint(hi);
-          alo[kt][a] = __float_as_uint(x - hi);
-        }
-      settle_fragments(ahi);
-      settle_fragments(alo);
-      if (mt == 1 && more) {  // this warpgroup's reads of K are done: the next chunk's Q and K may come in
-        named_barrier_sync<1, 256>();
-        load_qk(c + 1);
+            for (int e = 0; e < 4; ++e) {
+              const float y = hacc[8 * (2 * kh + m) + n][e] * copy_factor, hi = tf32_hi<Exact>(y);
+              const int o = at[e] + 2 * m * KeysTile::kAtom + 256 * n;
+              Ks[o] = hi;
+              if constexpr (Exact) Klo[o] = y - hi;
+            }
       }
-      float dacc[8][4];
-      f32_key_products<Exact>(dacc, ahi, alo, Vhi, Vlo, false);  // K^T diag(w) V, fresh
+      fence_proxy_async();
+      __syncthreads();              // (3)
+      if (!more && !final_state) {  // nobody reads the state after the segment's last chunk
+        if (kh + 1 == KH) break;
+        named_barrier_sync<1, 256>();
+        load_after(c, kh);
+        continue;
+      }
+      const float dl = seg.gpow(len);
+      // (4) H <- gamma^len H + K^T diag(w) V for the half's key dims, one m64 tile (64 key dims) at a time, from a
+      // fresh accumulator
+      // Fragment register a of k step kk holds K (key j = 8 kk + 2 tq + a / 2, key dim 64 m + 16 wq + g + 8 (a % 2)),
+      // at kat[a] + 256 kk + 2 m kAtom in the keys tile (as the copy's offsets above)
+      int kat[4];
 #pragma unroll
-      for (int n = 0; n < 8; ++n)
+      for (int a = 0; a < 4; ++a) kat[a] = KeysTile::at(2 * t.tq + (a >> 1), 16 * t.wq + t.g + 8 * (a & 1));
 #pragma unroll
-        for (int e = 0; e < 4; ++e) hacc[8 * mt + n][e] = hacc[8 * mt + n][e] * dl + dacc[n][e];
+      for (int m = 0; m < 2; ++m) {
+        const int mt = 2 * kh + m;
+        float dacc[8][4];
+#pragma unroll
+        for (int part = 0; part < 8 / KT; ++part) {
+          uint32_t ahi[KT][4], alo[KT][4];
+#pragma unroll
+          for (int kt = 0; kt < KT; ++kt)
+#pragma unroll
+            for (int a = 0; a < 4; ++a) {  // fragment register a: key j (times w = gamma^(len - 1 - j), 0 past len)
+              const int kk = KT * part + kt, j = 8 * kk + 2 * t.tq + (a >> 1);
+              const float x = j < len ? Ks[kat[a] + 256 * kk + 2 * m * KeysTile::kAtom] * seg.gpow(len - 1 - j) : 0.f;
+              const float hi = tf32_hi<Exact>(x);
+              ahi[kt][a] = __float_as_uint(hi);
+              alo[kt][a] = __float_as_uint(x - hi);
+            }
+          settle_fragments(ahi);
+          settle_fragments(alo);
+          if (m == 1 && part + 1 == 8 / KT && load_next) {  // this warpgroup's reads of K are done: the next Q and
+            named_barrier_sync<1, 256>();                   // K may come in
+            load_after(c, kh);
+          }
+          // K^T diag(w) V over the part's keys, into a fresh accumulator
+          f32_key_products<Exact, KT>(dacc, ahi, alo, Vhi, Vlo, part > 0, KT * part);
+        }
+#pragma unroll
+        for (int n = 0; n < 8; ++n)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) hacc[8 * mt + n][e] = hacc[8 * mt + n][e] * dl + dacc[n][e];
+      }
     }
   }
   if (final_state) {  // the last segment: this walk ends the sequence
     const float m = final_state_factor(p, dec, seg.bh, h);
-    float* const dst = final_state + static_cast<int64_t>(seg.bh) * DQK * dv + vt * VT;
-    for_each_state([&](int row, int col, float x) { dst[static_cast<int64_t>(row) * dv + col] = x * m; });
+    // element (row, col) at dst + row dv + col; dst passes through an empty asm per n8 block (as the entering state)
+    float* dst = final_state + static_cast<int64_t>(seg.bh) * DQK * dv + vt * VT + (16 * t.wq + t.g) * dv + 2 * t.tq;
+    const int at[4] = {0, 1, 8 * dv, 8 * dv + 1};
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int n = 0; n < 8; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dst[at[e]] = hacc[8 * mt + n][e] * m;
+        dst += n < 7 ? 8 : 64 * dv - 56;
+        asm volatile("" : "+l"(dst));
+      }
   }
+}
+
+// Whether float with key size 256 has an outputs pass on the chunk engine: chunk_float256_kernel, where the code is
+// built for sm_90a (RETNET_CUDA_AB_F32WALK=0: the generic scan_kernel).
+inline constexpr bool kFloat256Walk = RETNET_CUDA_AB_F32WALK != 0;
+
+// The outputs pass of float with key size 256 (exact float: EngineOps<float>, one tf32 product: EngineOpsTf32), on
+// wgmma_f32_walk only: the mma.sync walk's buffers for key size 256 do not fit in a block's shared memory. The host
+// launches it only where the wgmma walks are built (wgmma_walks_built); elsewhere float with key size 256 runs on the
+// generic scan_kernel. grid (dv / 64, NS, B * H), 256 threads, WgmmaF32Smem::bytes.
+template <class Ops>
+__global__ void __launch_bounds__(kEngineThreads, 1)
+    chunk_float256_kernel(const __grid_constant__ ScanParams p, HeadDecays dec) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  wgmma_f32_walk<Ops::kFreshDelta, 256>(p, dec, smem_raw);
+#else
+  (void)p, (void)dec, (void)smem_raw;
+  __trap();  // not launched: see above
+#endif
 }
 
 }  // namespace retnet::cuda_detail
