@@ -618,7 +618,7 @@ __global__ void __launch_bounds__(kEngineThreads, Summary && !Ops::kFreshDelta ?
   }
   if constexpr (kWgmmaF32Walk<Ops, DQK, VT, Summary>) {
     if (wgmma_walk_applies(p, dec)) {
-      wgmma_f32_walk<Ops::kFreshDelta>(p, dec, smem_raw);  // kFreshDelta: exact float
+      wgmma_f32_walk<Ops::kFreshDelta, DQK>(p, dec, smem_raw);  // kFreshDelta: exact float
       return;
     }
   }

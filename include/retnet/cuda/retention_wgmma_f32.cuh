@@ -1,29 +1,28 @@
 #pragma once
-// Part of retention_engine.cuh (included after retention_wgmma.cuh): the outputs walk of chunk_engine_kernel for
-// float storage (key size 128, value tile 64) on Hopper's warpgroup MMA in tf32, where the code is compiled for sm_90a.
-// Same contract and arithmetic as the mma.sync walk: exact float (EngineOps<float>) makes every product three tf32
-// products, hi hi + hi lo + lo hi (x = hi + lo, hi the upper 19 bits of x), about 1e-6 relative; Cuda::allow_tf32
-// (EngineOpsTf32) one, of operands rounded to tf32. Each chunk's state part is summed in a fresh accumulator and added
-// to the state in float.
+// Part of retention_engine.cuh (included after retention_wgmma.cuh): the outputs walk for float storage on Hopper's
+// warpgroup MMA in tf32, where the code is compiled for sm_90a: chunk_engine_kernel's for key size 128 (value tile
+// 64), and chunk_float256_kernel for key size 256. Same contract and arithmetic as the mma.sync walk: exact float
+// (EngineOps<float>) makes every product three tf32 products, hi hi + hi lo + lo hi (x = hi + lo, hi the upper 19 bits
+// of x), about 1e-6 relative; Cuda::allow_tf32 (EngineOpsTf32) one, of operands rounded to tf32. Each chunk's state
+// part is summed in a fresh accumulator and added to the state in float.
 //
 // tf32 wgmma reads shared-memory operands only K-major (no transposed operands), and every operand needs its lo part
-// beside it, so one chunk's tiles take all of a block's shared memory (WgmmaF32Smem, 224 KiB): Q as loaded and its lo
-// part; the keys tile [K ; Hc^T] (K as loaded, and the state copy Hc^T = gamma^(R + 1) H^T, R = 32) and its lo part;
-// V^T in hi and lo parts. Nothing is double-buffered: the next chunk's Q and K are loaded once the chunk's products
-// that read them are done, and V travels through registers one chunk ahead. Two warpgroups:
-//   the outputs warpgroup (0): [S | O] = Q [K ; Hc^T]^T as m64 n128 products from shared memory, the causal mask and
-//     decays gamma^(i - j) in registers, O's rows times gamma^(i - R), O += (S . mask) V with the masked scores' hi
-//     and lo parts as A fragments from registers (their accumulator layout is the A fragment layout once the keys of
-//     every 8 are permuted: V^T's columns are stored in that order), the outputs stored;
-//   the state warpgroup (1): H [128, 64] in registers (two m64 tiles), H <- gamma^len H + K^T diag(w) V one m64
-//     tile at a time, K^T diag(w)'s fragments from registers, V^T from shared memory; then the copy Hc^T entering
-//     the next chunk.
-// A chunk: (1) block barrier: Q and K have landed, the previous chunk's products are done; (2) the outputs warpgroup
-// stores Q's and K's lo parts (without Exact: rounds Q and K in place) and V^T (from the registers it loaded the
-// chunk's V into), the state warpgroup Hc^T; (3) block barrier; (4) the products; once the last readers of Q and K are
-// done (a 256-thread barrier), the next chunk's Q and K are loaded. On the H200 this walk took exact float from 0.70x
-// to 1.1-1.2x fla's float (tf32) speed (bench/results). RETNET_CUDA_AB_F32WALK=0 (benchmark A/B switch, compile time)
-// keeps float on the mma.sync walk.
+// beside it. So a block's 224 KiB (WgmmaF32Smem) hold a chunk in slices of 64 key dims, two stages of one slice each:
+// Q's slice as loaded and its lo part; the keys slice [K ; Hc^T] (K's slice as loaded, and the state copy Hc^T of the
+// slice's rows of H) and its lo part; and V^T in hi and lo parts, once per chunk (V travels through registers one
+// chunk ahead). Two warpgroups:
+//   the outputs warpgroup (0): [S | O] = Q [K ; Hc^T]^T as m64 n128 products from shared memory, summed over the
+//     slices, the causal mask and decays in registers, O += (S . mask) V with the masked scores' hi and lo parts as A
+//     fragments from registers (their accumulator layout is the A fragment layout once the keys of every 8 are
+//     permuted: V^T's columns are stored in that order), the outputs stored;
+//   the state warpgroup (1): H [DQK, 64] in registers, H's rows of a slice <- gamma^len H + K^T diag(w) V as the
+//     slice's keys are in (K^T diag(w)'s fragments from registers, V^T from shared memory), and the copy Hc^T of the
+//     next slice.
+// The slices are pipelined (wgmma_f32_walk): the next slice loads and its lo parts are stored while the tensor cores
+// run the current one's products. On the H200 the walk took exact float from 0.70x to 1.1-1.2x fla's float (tf32)
+// speed at key size 128, and the pipeline took 4 % (exact) to 17 % (tf32) off the single-buffered walk's forward
+// (bench/results). RETNET_CUDA_AB_F32WALK=0 (benchmark A/B switch, compile time) keeps float on the mma.sync walk and
+// the generic scan_kernel.
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -94,42 +93,48 @@ __device__ __forceinline__ void f32_key_products(float (&acc)[8][4], const uint3
   wgmma_wait<0>();
 }
 
+// The pipelined walk's buffers: two stages, each one slice of 64 key dims of a chunk (Q's slice and its lo part, the
+// keys slice [K ; Hc^T] and its lo part: 96 KiB), and V^T hi and lo (32 KiB).
 struct WgmmaF32Smem {
-  static constexpr int LM = kEngineRows, DQK = 128, VT = 64;
-  static constexpr int QK = LM * DQK, VV = VT * LM;  // floats
-  // Q (as loaded) and its lo part [LM, DQK]; the keys tile [K ; Hc^T] (rows 0-63 K as loaded, rows 64-127 the state
-  // copy Hc^T [VT, DQK]) and its lo part [128, DQK]; V^T hi and lo [VT, LM] (columns in key-slot order)
-  static constexpr int Q = 0, QLO = QK, KEYS = 2 * QK, KEYSLO = 4 * QK, VHI = 6 * QK, VLO = VHI + VV, END = VLO + VV;
+  static constexpr int LM = kEngineRows, SW = 64, VT = 64;
+  static constexpr int QS = LM * SW, KEYS = 2 * LM * SW;  // floats of a Q slice and of a keys slice
+  static constexpr int Q = 0, QLO = QS, K = 2 * QS, KLO = 2 * QS + KEYS, STAGE = 2 * QS + 2 * KEYS;
+  static constexpr int VHI = 2 * STAGE, VLO = VHI + VT * LM, END = VLO + VT * LM;
   static constexpr int bytes = END * 4 + 1024;  // and room to align to 1024 bytes
   static constexpr bool fits = bytes <= 227 * 1024;
 };
 
-// The outputs walk for float on wgmma (see the top of this file); Exact: three tf32 products per product, else one.
-// Key size 256 takes the chunk in two key halves of 128 (the shared-memory tiles of key size 128 hold one half): the
-// scores and the state part of the outputs accumulate over both; the state warpgroup holds all of H and updates the
-// half whose keys are in. grid (dv / 64, NS, B * H), 256 threads.
-template <bool Exact, int DQK = 128>
+// The outputs walk for float on wgmma, pipelined over slices of 64 key dims (DQK / 64 per chunk, in two stages): while
+// the tensor cores run one slice's products, the next slice loads and its lo parts are stored. Per slice g (chunk c,
+// slice q), between block barriers X(g) and X(g + 1):
+//   both warpgroups issue the loads of slice g + 1 (the other stage, free since X(g));
+//   the outputs warpgroup issues [S | O] (+)= Q_q [K_q ; Hc_q^T]^T (async); the state warpgroup updates H's rows of
+//     slice q, H_q <- gamma^len H_q + K_q^T diag(w) V (its products read K_q and V^T of chunk c);
+//   barrier Y(g + 1): slice g + 1 has landed;
+//   the outputs warpgroup stores slice g + 1's lo parts, the state warpgroup its state copy Hc^T (H's rows of that
+//     slice entering its chunk: slice q + 1 is not yet updated in chunk c, slice 0 of chunk c + 1 already is);
+//   after the chunk's last slice, the outputs warpgroup waits for [S | O], masks, computes O += (S . mask) V, stores
+//     O, and stores V^T of chunk c + 1 (the state warpgroup's last reader of V^T(c) finished before Y).
+// Exact: three tf32 products per product, else one. grid (dv / 64, NS, B * H), 256 threads.
+template <bool Exact, int DQK>
 __device__ __forceinline__ void wgmma_f32_walk(const ScanParams& p, const HeadDecays& dec, unsigned char* smem_raw) {
   using SM = WgmmaF32Smem;
-  using Tile = F32Tile<64>;       // Q, V^T
-  using KeysTile = F32Tile<128>;  // [K ; Hc^T]
-  constexpr int LM = kEngineRows, KW = SM::DQK, KH = DQK / KW, VT = 64, R = LM / 2, KS = 8;
+  using Tile = F32Tile<64>;       // Q slices, V^T
+  using KeysTile = F32Tile<128>;  // keys slices [K ; Hc^T]
+  constexpr int LM = kEngineRows, SW = SM::SW, NQ = DQK / SW, VT = 64, R = LM / 2, KS = 8;
   // Key size 128 factors the decays as gamma^(i - R) gamma^(R - j) (heads of decay >= 2^-3, wgmma_walk_applies);
   // key size 256 serves every head (nothing else fits its buffers): gamma^(i - j) per score, gamma^(i + 1) per
   // output row, Hc^T = H^T.
   constexpr bool kCentred = DQK == 128;
   static_assert(SM::fits, "shared memory of one block");
-  static_assert(DQK == KW || DQK == 2 * KW, "key size 128 or 256");
+  static_assert(NQ % 2 == 0, "a chunk's slices fill both stages alike");
   float* const smem = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
-  float* const Qs = smem + SM::Q;
-  float* const Qlo = smem + SM::QLO;
-  float* const Ks = smem + SM::KEYS;
-  float* const Klo = smem + SM::KEYSLO;
+  auto stage = [&](int q) { return smem + (q & 1) * SM::STAGE; };  // slice q of any chunk (NQ is even)
   float* const Vhi = smem + SM::VHI;
   float* const Vlo = smem + SM::VLO;
 
-  // The thread's coordinates pass through an empty asm at every chunk, so that ptxas computes the offsets derived
-  // from them where they are used: hoisted out of the chunk loop they held a register each and spilled.
+  // The thread's coordinates pass through an empty asm at every slice, so that ptxas computes the offsets derived
+  // from them where they are used (hoisted out of the loop they held a register each and spilled).
   WgmmaThread t(threadIdx.x);
   auto refresh = [&] { asm volatile("" : "+r"(t.tid), "+r"(t.lane), "+r"(t.wq), "+r"(t.g), "+r"(t.tq)); };
   const WgmmaSegment seg(p, dec);
@@ -143,27 +148,28 @@ __device__ __forceinline__ void wgmma_f32_walk(const ScanParams& p, const HeadDe
   const float* const qg = static_cast<const float*>(p.q) + row0 * DQK;
   const float* const kg = static_cast<const float*>(p.k) + row0 * DQK;
 
-  // Key half kh of Q and K of chunk c into Qs and Ks in 16-byte cp.async pieces (8 per tensor and thread; a warp reads
-  // one row), rows past the chunk zero-filled.
-  auto load_qk = [&](int c, int kh) {
+  // Slice q of Q and K of chunk c into its stage in 16-byte cp.async pieces (4 per tensor and thread; a warp reads
+  // two rows), rows past the chunk zero-filled.
+  auto load_slice = [&](int c, int q) {
     const int64_t c0 = chunk_start(c);
     const int len = chunk_len(c);
+    float* const st = stage(q);
 #pragma unroll
-    for (int i = 0; i < 8; ++i) {
-      const int piece = t.tid + 256 * i, r = piece >> 5, col = (piece & 31) * 4;
+    for (int i = 0; i < 4; ++i) {
+      const int piece = t.tid + 256 * i, r = piece >> 4, col = (piece & 15) * 4;
       const bool ok = r < len;
-      const int64_t off = ok ? phys(c0 + r) * ld_qk + KW * kh + col : 0;
-      cp_async16(Qs + Tile::at(r, col), qg + off, ok ? 16 : 0);
-      cp_async16(Ks + KeysTile::at(r, col), kg + off, ok ? 16 : 0);
+      const int64_t off = ok ? phys(c0 + r) * ld_qk + SW * q + col : 0;
+      cp_async16(st + SM::Q + Tile::at(r, col), qg + off, ok ? 16 : 0);
+      cp_async16(st + SM::K + KeysTile::at(r, col), kg + off, ok ? 16 : 0);
     }
     cp_async_commit();
   };
-  // The load that follows key half kh of chunk c, if any: the next half, or the next chunk's first.
-  auto load_after = [&](int c, int kh) {
-    if (kh + 1 < KH) return load_qk(c, kh + 1);
-    if (c + 1 < nchunks) load_qk(c + 1, 0);
+  // The slice after slice q of chunk c, if any.
+  auto load_next = [&](int c, int q) {
+    if (q + 1 < NQ) return load_slice(c, q + 1);
+    if (c + 1 < nchunks) load_slice(c + 1, 0);
   };
-  load_qk(0, 0);
+  load_slice(0, 0);
 
   if (t.wg == 0) {
     // ---- the outputs warpgroup ----
@@ -186,108 +192,123 @@ __device__ __forceinline__ void wgmma_f32_walk(const ScanParams& p, const HeadDe
         for (int x = 0; x < 8; ++x) vr[8 * y + x] = j < len ? __ldg(src + 8 * x + (t.lane & 7)) : 0.f;
       }
     };
+    // V^T of the chunk in vr, hi and lo, columns in key-slot order
+    auto store_v = [&] {
+#pragma unroll
+      for (int y = 0; y < 4; ++y) {
+        const int slot = f32_key_slot(v_key(y));
+#pragma unroll
+        for (int x = 0; x < 8; ++x) {
+          const int at = Tile::at(8 * x + (t.lane & 7), slot);
+          const float hi = tf32_hi<Exact>(vr[8 * y + x]);
+          Vhi[at] = hi;
+          if constexpr (Exact) Vlo[at] = vr[8 * y + x] - hi;
+        }
+      }
+    };
+    // The lo parts of slice q's Q and K, 16-byte pieces at the same places (K: rows 0-63 of each 128-row atom);
+    // without Exact, Q and K rounded to tf32 in place.
+    auto store_lo = [&](int q) {
+      float* const st = stage(q);
+      float *const Qs = st + SM::Q, *const Qlo = st + SM::QLO, *const Ks = st + SM::K, *const Klo = st + SM::KLO;
+#pragma unroll 4
+      for (int i = 0; i < 8; ++i) {
+        const int at = 4 * (t.tid + 128 * i), kat = at + (at / Tile::kAtom) * Tile::kAtom;
+        const float4 x = *reinterpret_cast<const float4*>(Qs + at), k = *reinterpret_cast<const float4*>(Ks + kat);
+        if constexpr (Exact) {
+          *reinterpret_cast<float4*>(Qlo + at) =
+              make_float4(x.x - tf32_hi(x.x), x.y - tf32_hi(x.y), x.z - tf32_hi(x.z), x.w - tf32_hi(x.w));
+          *reinterpret_cast<float4*>(Klo + kat) =
+              make_float4(k.x - tf32_hi(k.x), k.y - tf32_hi(k.y), k.z - tf32_hi(k.z), k.w - tf32_hi(k.w));
+        } else {
+          *reinterpret_cast<float4*>(Qs + at) =
+              make_float4(tf32_hi<false>(x.x), tf32_hi<false>(x.y), tf32_hi<false>(x.z), tf32_hi<false>(x.w));
+          *reinterpret_cast<float4*>(Ks + kat) =
+              make_float4(tf32_hi<false>(k.x), tf32_hi<false>(k.y), tf32_hi<false>(k.z), tf32_hi<false>(k.w));
+        }
+      }
+    };
     load_v(0);
     // kCentred: gamma^(i - R) for this thread's rows (rd.row), gamma^(R - j) for its score columns (rd.col)
     const RegisterDecays<8> rd(kCentred ? seg.l2g : 0.f, 0, t);
+
+    cp_async_wait<0>();
+    __syncthreads();  // slice 0 has landed
+    store_lo(0);
+    store_v();
+    if (nchunks > 1) load_v(1);
+    fence_proxy_async();  // the tensor cores read these
+    __syncthreads();      // X(0)
 
     for (int c = 0; c < nchunks; ++c) {
       const int len = chunk_len(c);
       const int64_t c0 = chunk_start(c);
       const bool more = c + 1 < nchunks;
-      float acc[16][4];  // [S | O] = Q [K ; Hc^T]^T, summed over the key halves
+      float acc[16][4];  // [S | O] = Q [K ; Hc^T]^T, summed over the slices
 #pragma unroll
-      for (int kh = 0; kh < KH; ++kh) {
-        cp_async_wait<0>();
-        __syncthreads();  // (1) key half kh of Q and K of chunk c is in; the previous products are done
+      for (int q = 0; q < NQ; ++q) {
         refresh();
-        // (2) the lo parts of Q and K, 16-byte pieces at the same places (K: rows 0-63 of each 128-row atom; without
-        // Exact, Q and K rounded to tf32 in place), and V^T from vr
-#pragma unroll 4
-        for (int i = 0; i < 16; ++i) {
-          const int at = 4 * (t.tid + 128 * i), kat = at + (at / Tile::kAtom) * Tile::kAtom;
-          const float4 q = *reinterpret_cast<const float4*>(Qs + at), k = *reinterpret_cast<const float4*>(Ks + kat);
-          if constexpr (Exact) {
-            *reinterpret_cast<float4*>(Qlo + at) =
-                make_float4(q.x - tf32_hi(q.x), q.y - tf32_hi(q.y), q.z - tf32_hi(q.z), q.w - tf32_hi(q.w));
-            *reinterpret_cast<float4*>(Klo + kat) =
-                make_float4(k.x - tf32_hi(k.x), k.y - tf32_hi(k.y), k.z - tf32_hi(k.z), k.w - tf32_hi(k.w));
-          } else {
-            *reinterpret_cast<float4*>(Qs + at) =
-                make_float4(tf32_hi<false>(q.x), tf32_hi<false>(q.y), tf32_hi<false>(q.z), tf32_hi<false>(q.w));
-            *reinterpret_cast<float4*>(Ks + kat) =
-                make_float4(tf32_hi<false>(k.x), tf32_hi<false>(k.y), tf32_hi<false>(k.z), tf32_hi<false>(k.w));
-          }
-        }
-        if (kh == 0) {
-#pragma unroll
-          for (int y = 0; y < 4; ++y) {
-            const int slot = f32_key_slot(v_key(y));
-#pragma unroll
-            for (int x = 0; x < 8; ++x) {
-              const int at = Tile::at(8 * x + (t.lane & 7), slot);
-              const float hi = tf32_hi<Exact>(vr[8 * y + x]);
-              Vhi[at] = hi;
-              if constexpr (Exact) Vlo[at] = vr[8 * y + x] - hi;
-            }
-          }
-          if (more) load_v(c + 1);  // in flight through the chunk's products
-        }
-        fence_proxy_async();  // the tensor cores read these
-        __syncthreads();      // (3) all of the half's operands are stored
-
-        // (4) [S | O] (+)= Q [K ; Hc^T]^T, three m64 n128 products per k step (n64 products, reading both operands
-        // from shared memory, would need its full bandwidth)
+        const bool next = q + 1 < NQ || more;
+        load_next(c, q);
+        float* const st = stage(q);
         wgmma_fence();
 #pragma unroll
-        for (int ks = 0; ks < KW / KS; ++ks) {
+        for (int ks = 0; ks < SW / KS; ++ks) {
           const int o = Tile::kstep(ks), ko = KeysTile::kstep(ks);
-          wgmma_m64n128k8_tf32_ss(acc, wgmma_desc(Qs + o, 0), wgmma_desc(Ks + ko, 0), ks > 0 || kh > 0);
+          const uint64_t qd = wgmma_desc(st + SM::Q + o, 0), kd = wgmma_desc(st + SM::K + ko, 0);
+          wgmma_m64n128k8_tf32_ss(acc, qd, kd, ks > 0 || q > 0);
           if constexpr (Exact) {
-            wgmma_m64n128k8_tf32_ss(acc, wgmma_desc(Qs + o, 0), wgmma_desc(Klo + ko, 0), 1);
-            wgmma_m64n128k8_tf32_ss(acc, wgmma_desc(Qlo + o, 0), wgmma_desc(Ks + ko, 0), 1);
+            wgmma_m64n128k8_tf32_ss(acc, qd, wgmma_desc(st + SM::KLO + ko, 0), 1);
+            wgmma_m64n128k8_tf32_ss(acc, wgmma_desc(st + SM::QLO + o, 0), kd, 1);
           }
         }
         wgmma_commit();
+        cp_async_wait<0>();
+        __syncthreads();  // Y: the next slice has landed
+        if (next) store_lo((q + 1) % NQ);
         wgmma_wait<0>();
-        if (more || kh + 1 < KH) {  // the last readers of Q and K are done: the next ones may come in
-          named_barrier_sync<1, 256>();
-          load_after(c, kh);
+        if (q + 1 == NQ) {
+          // The masked scores times gamma^(i - j), as hi and lo A fragments: k step kt holds keys 8 kt ..
+          uint32_t phi[8][4], plo[8][4];
+#pragma unroll
+          for (int kt = 0; kt < 8; ++kt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int i = 16 * t.wq + t.g + 8 * (e >> 1), j = 8 * kt + 2 * t.tq + (e & 1);
+              const float f = kCentred ? rd.row[e >> 1] * rd.col[kt][e & 1] : seg.gpow(i - j);
+              const float x = j <= i ? acc[kt][e] * f : 0.f;
+              const float hi = tf32_hi<Exact>(x);
+              const int a = (e >> 1) | ((e & 1) << 1);  // accumulator (row half, key parity) -> fragment register
+              phi[kt][a] = __float_as_uint(hi);
+              plo[kt][a] = __float_as_uint(x - hi);
+            }
+          settle_fragments(phi);
+          settle_fragments(plo);
+          float oacc[8][4];
+#pragma unroll
+          for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e)
+              oacc[nt][e] = acc[8 + nt][e] * (kCentred ? rd.row[e >> 1] : seg.gpow(16 * t.wq + t.g + 8 * (e >> 1) + 1));
+          f32_key_products<Exact>(oacc, phi, plo, Vhi, Vlo, true);  // O += (S . mask) V
+          store_output_tile<float>(p.o, dv, p, oacc, b, h, c0, len, 16 * t.wq, vt * VT, t.lane);
+          if (more) {  // V^T of chunk c + 1: its last readers of chunk c are done
+            store_v();
+            if (c + 2 < nchunks) load_v(c + 2);
+          }
         }
+        fence_proxy_async();
+        __syncthreads();  // X: the next slice's operands are stored, this slice's products done
       }
-      // The masked scores times gamma^(i - j), as hi and lo A fragments: k step kt holds keys 8 kt ..
-      uint32_t phi[8][4], plo[8][4];
-#pragma unroll
-      for (int kt = 0; kt < 8; ++kt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int i = 16 * t.wq + t.g + 8 * (e >> 1), j = 8 * kt + 2 * t.tq + (e & 1);
-          const float f = kCentred ? rd.row[e >> 1] * rd.col[kt][e & 1] : seg.gpow(i - j);
-          const float x = j <= i ? acc[kt][e] * f : 0.f;
-          const float hi = tf32_hi<Exact>(x);
-          const int a = (e >> 1) | ((e & 1) << 1);  // accumulator (row half, key parity) -> fragment register
-          phi[kt][a] = __float_as_uint(hi);
-          plo[kt][a] = __float_as_uint(x - hi);
-        }
-      settle_fragments(phi);
-      settle_fragments(plo);
-      float oacc[8][4];
-#pragma unroll
-      for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e)
-          oacc[nt][e] = acc[8 + nt][e] * (kCentred ? rd.row[e >> 1] : seg.gpow(16 * t.wq + t.g + 8 * (e >> 1) + 1));
-      f32_key_products<Exact>(oacc, phi, plo, Vhi, Vlo, true);  // O += (S . mask) V
-      store_output_tile<float>(p.o, dv, p, oacc, b, h, c0, len, 16 * t.wq, vt * VT, t.lane);
     }
     return;
   }
 
   // ---- the state warpgroup ----
-  // H [DQK, VT]: hacc[8 mt + n][e] at row 64 mt + 16 wq + g + 8 (e / 2), column 8 n + 2 tq + e % 2.
-  // MT m64 tiles of H; the update's fragments cover KT k steps at a time (key size 256: half of the chunk's keys,
-  // since all of H takes 128 registers)
-  constexpr int MT = DQK / 64, KT = kCentred ? 8 : 2;
-  float hacc[8 * MT][4];
+  // H [DQK, VT]: hacc[8 mt + n][e] at row 64 mt + 16 wq + g + 8 (e / 2), column 8 n + 2 tq + e % 2; m64 tile mt is
+  // H's rows of slice mt. The update's fragments cover KT k steps at a time (all of H takes DQK / 2 registers).
+  constexpr int KT = kCentred ? 8 : 4;
+  float hacc[8 * NQ][4];
   {  // the entering state (as entering_state): element (row, col) at src + row rs + col cs. The pointer passes through
      // an empty asm per n8 block, so that ptxas computes each block's addresses after the last block's loads (with
      // all of key size 256's addresses computed first it spilled).
@@ -296,7 +317,7 @@ __device__ __forceinline__ void wgmma_f32_walk(const ScanParams& p, const HeadDe
     src += (16 * t.wq + t.g) * rs + (vt * VT + 2 * t.tq) * cs;
     const int64_t at[4] = {0, cs, 8 * rs, 8 * rs + cs};  // e = 0 .. 3: columns + e % 2, rows + 8 (e / 2)
 #pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
+    for (int mt = 0; mt < NQ; ++mt)
 #pragma unroll
       for (int n = 0; n < 8; ++n) {
 #pragma unroll
@@ -307,81 +328,74 @@ __device__ __forceinline__ void wgmma_f32_walk(const ScanParams& p, const HeadDe
   }
   float* const final_state = final_state_of(p, seg.s);
   const float copy_factor = kCentred ? seg.gpow(R + 1) : 1.f;
+  // The copy Hc^T of H's rows of slice q (times copy_factor), hi and lo, into its stage's keys slice. Element e of n8
+  // block n sits at KeysTile::at(LM + col, row - 64 q) = at[e] + 256 n (its row is at[e]'s + 8 n).
+  auto store_copy = [&](int q) {
+    float* const st = stage(q);
+    int at[4];
+#pragma unroll
+    for (int e = 0; e < 4; ++e) at[e] = KeysTile::at(LM + 2 * t.tq + (e & 1), 16 * t.wq + t.g + 8 * (e >> 1));
+#pragma unroll
+    for (int n = 0; n < 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float y = hacc[8 * q + n][e] * copy_factor, hi = tf32_hi<Exact>(y);
+        st[SM::K + at[e] + 256 * n] = hi;
+        if constexpr (Exact) st[SM::KLO + at[e] + 256 * n] = y - hi;
+      }
+  };
+  // H's rows of slice q <- gamma^len H + K_q^T diag(w) V, from a fresh accumulator. Fragment register a of k step kk
+  // holds K (key j = 8 kk + 2 tq + a / 2, times w = gamma^(len - 1 - j), 0 past len; key dim 16 wq + g + 8 (a % 2) of
+  // the slice), at kat[a] + 256 kk.
+  auto update = [&](int q, int len) {
+    const float* const Ks = stage(q) + SM::K;
+    int kat[4];
+#pragma unroll
+    for (int a = 0; a < 4; ++a) kat[a] = KeysTile::at(2 * t.tq + (a >> 1), 16 * t.wq + t.g + 8 * (a & 1));
+    float dacc[8][4];
+#pragma unroll
+    for (int part = 0; part < 8 / KT; ++part) {
+      uint32_t ahi[KT][4], alo[KT][4];
+#pragma unroll
+      for (int kt = 0; kt < KT; ++kt)
+#pragma unroll
+        for (int a = 0; a < 4; ++a) {
+          const int kk = KT * part + kt, j = 8 * kk + 2 * t.tq + (a >> 1);
+          const float x = j < len ? Ks[kat[a] + 256 * kk] * seg.gpow(len - 1 - j) : 0.f;
+          const float hi = tf32_hi<Exact>(x);
+          ahi[kt][a] = __float_as_uint(hi);
+          alo[kt][a] = __float_as_uint(x - hi);
+        }
+      settle_fragments(ahi);
+      settle_fragments(alo);
+      f32_key_products<Exact, KT>(dacc, ahi, alo, Vhi, Vlo, part > 0, KT * part);
+    }
+    const float dl = seg.gpow(len);
+#pragma unroll
+    for (int n = 0; n < 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) hacc[8 * q + n][e] = hacc[8 * q + n][e] * dl + dacc[n][e];
+  };
+
+  cp_async_wait<0>();
+  __syncthreads();  // slice 0 has landed
+  store_copy(0);
+  fence_proxy_async();
+  __syncthreads();  // X(0)
   for (int c = 0; c < nchunks; ++c) {
     const int len = chunk_len(c);
     const bool more = c + 1 < nchunks;
 #pragma unroll
-    for (int kh = 0; kh < KH; ++kh) {
-      const bool load_next = more || kh + 1 < KH;
-      cp_async_wait<0>();
-      __syncthreads();  // (1)
+    for (int q = 0; q < NQ; ++q) {
       refresh();
-      // (2) key half kh of the copy Hc^T entering chunk c, hi and lo
-      {
-        // Element e of n8 block n of tile 2 kh + m sits at KeysTile::at(LM + col, row - KW kh) = at[e] + 2 m kAtom +
-        // 256 n (its row is at[e]'s + 8 n, its column at[e]'s + 64 m): four offsets instead of one address each.
-        int at[4];
-#pragma unroll
-        for (int e = 0; e < 4; ++e) at[e] = KeysTile::at(LM + 2 * t.tq + (e & 1), 16 * t.wq + t.g + 8 * (e >> 1));
-#pragma unroll
-        for (int m = 0; m < 2; ++m)
-#pragma unroll
-          for (int n = 0; n < 8; ++n)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const float y = hacc[8 * (2 * kh + m) + n][e] * copy_factor, hi = tf32_hi<Exact>(y);
-              const int o = at[e] + 2 * m * KeysTile::kAtom + 256 * n;
-              Ks[o] = hi;
-              if constexpr (Exact) Klo[o] = y - hi;
-            }
-      }
+      const bool next = q + 1 < NQ || more;
+      load_next(c, q);
+      if (more || final_state) update(q, len);  // nobody reads the state after the segment's last chunk
+      cp_async_wait<0>();
+      __syncthreads();  // Y
+      if (next) store_copy((q + 1) % NQ);
       fence_proxy_async();
-      __syncthreads();              // (3)
-      if (!more && !final_state) {  // nobody reads the state after the segment's last chunk
-        if (kh + 1 == KH) break;
-        named_barrier_sync<1, 256>();
-        load_after(c, kh);
-        continue;
-      }
-      const float dl = seg.gpow(len);
-      // (4) H <- gamma^len H + K^T diag(w) V for the half's key dims, one m64 tile (64 key dims) at a time, from a
-      // fresh accumulator
-      // Fragment register a of k step kk holds K (key j = 8 kk + 2 tq + a / 2, key dim 64 m + 16 wq + g + 8 (a % 2)),
-      // at kat[a] + 256 kk + 2 m kAtom in the keys tile (as the copy's offsets above)
-      int kat[4];
-#pragma unroll
-      for (int a = 0; a < 4; ++a) kat[a] = KeysTile::at(2 * t.tq + (a >> 1), 16 * t.wq + t.g + 8 * (a & 1));
-#pragma unroll
-      for (int m = 0; m < 2; ++m) {
-        const int mt = 2 * kh + m;
-        float dacc[8][4];
-#pragma unroll
-        for (int part = 0; part < 8 / KT; ++part) {
-          uint32_t ahi[KT][4], alo[KT][4];
-#pragma unroll
-          for (int kt = 0; kt < KT; ++kt)
-#pragma unroll
-            for (int a = 0; a < 4; ++a) {  // fragment register a: key j (times w = gamma^(len - 1 - j), 0 past len)
-              const int kk = KT * part + kt, j = 8 * kk + 2 * t.tq + (a >> 1);
-              const float x = j < len ? Ks[kat[a] + 256 * kk + 2 * m * KeysTile::kAtom] * seg.gpow(len - 1 - j) : 0.f;
-              const float hi = tf32_hi<Exact>(x);
-              ahi[kt][a] = __float_as_uint(hi);
-              alo[kt][a] = __float_as_uint(x - hi);
-            }
-          settle_fragments(ahi);
-          settle_fragments(alo);
-          if (m == 1 && part + 1 == 8 / KT && load_next) {  // this warpgroup's reads of K are done: the next Q and
-            named_barrier_sync<1, 256>();                   // K may come in
-            load_after(c, kh);
-          }
-          // K^T diag(w) V over the part's keys, into a fresh accumulator
-          f32_key_products<Exact, KT>(dacc, ahi, alo, Vhi, Vlo, part > 0, KT * part);
-        }
-#pragma unroll
-        for (int n = 0; n < 8; ++n)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) hacc[8 * mt + n][e] = hacc[8 * mt + n][e] * dl + dacc[n][e];
-      }
+      __syncthreads();  // X
     }
   }
   if (final_state) {  // the last segment: this walk ends the sequence
@@ -390,7 +404,7 @@ __device__ __forceinline__ void wgmma_f32_walk(const ScanParams& p, const HeadDe
     float* dst = final_state + static_cast<int64_t>(seg.bh) * DQK * dv + vt * VT + (16 * t.wq + t.g) * dv + 2 * t.tq;
     const int at[4] = {0, 1, 8 * dv, 8 * dv + 1};
 #pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
+    for (int mt = 0; mt < NQ; ++mt)
 #pragma unroll
       for (int n = 0; n < 8; ++n) {
 #pragma unroll
