@@ -51,6 +51,11 @@ template <int Id, int Threads>
 __device__ __forceinline__ void named_barrier_sync() {
   asm volatile("bar.sync %0, %1;\n" ::"n"(Id), "n"(Threads) : "memory");
 }
+// Arrives at barrier Id without waiting (the other side syncs).
+template <int Id, int Threads>
+__device__ __forceinline__ void named_barrier_arrive() {
+  asm volatile("bar.arrive %0, %1;\n" ::"n"(Id), "n"(Threads) : "memory");
+}
 
 // A bf16 tile of R rows in the 128-byte-swizzle layout (wgmma.cuh): atoms of 64 columns, R rows of 128 bytes each,
 // back to back. A TileLoader policy.

@@ -106,15 +106,16 @@ struct WgmmaF32Smem {
 
 // The outputs walk for float on wgmma, pipelined over slices of 64 key dims (DQK / 64 per chunk, in two stages): while
 // the tensor cores run one slice's products, the next slice loads and its lo parts are stored. Per slice g (chunk c,
-// slice q), between block barriers X(g) and X(g + 1):
+// slice q), between block barriers X(g) and X(g + 1), the one block barrier per slice:
 //   both warpgroups issue the loads of slice g + 1 (the other stage, free since X(g));
 //   the outputs warpgroup issues [S | O] (+)= Q_q [K_q ; Hc_q^T]^T (async); the state warpgroup updates H's rows of
 //     slice q, H_q <- gamma^len H_q + K_q^T diag(w) V (its products read K_q and V^T of chunk c);
-//   barrier Y(g + 1): slice g + 1 has landed;
-//   the outputs warpgroup stores slice g + 1's lo parts, the state warpgroup its state copy Hc^T (H's rows of that
-//     slice entering its chunk: slice q + 1 is not yet updated in chunk c, slice 0 of chunk c + 1 already is);
+//   every thread waits for its own pieces of slice g + 1 and stores their lo parts (no barrier: each thread splits
+//     what it loaded; a barrier here cost 3-7 % of the float forward); the state warpgroup stores the slice's state
+//     copy Hc^T (H's rows of that slice entering its chunk: slice q + 1 is not yet updated in chunk c, slice 0 of
+//     chunk c + 1 already is);
 //   after the chunk's last slice, the outputs warpgroup waits for [S | O], masks, computes O += (S . mask) V, stores
-//     O, and stores V^T of chunk c + 1 (the state warpgroup's last reader of V^T(c) finished before Y).
+//     O, and, once the state warpgroup's last products of chunk c are done (named barrier 2), stores V^T of c + 1.
 // Exact: three tf32 products per product, else one. grid (dv / 64, NS, B * H), 256 threads.
 template <bool Exact, int DQK>
 __device__ __forceinline__ void wgmma_f32_walk(const ScanParams& p, const HeadDecays& dec, unsigned char* smem_raw) {
@@ -169,6 +170,27 @@ __device__ __forceinline__ void wgmma_f32_walk(const ScanParams& p, const HeadDe
     if (q + 1 < NQ) return load_slice(c, q + 1);
     if (c + 1 < nchunks) load_slice(c + 1, 0);
   };
+  // The lo parts of this thread's own pieces of slice q (as load_slice placed them), at the same places; without
+  // Exact, Q and K rounded to tf32 in place. Each thread's cp.async wait covers its own pieces, so no block barrier
+  // stands between the loads and these stores.
+  auto split_own = [&](int q) {
+    float* const st = stage(q);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int piece = t.tid + 256 * i, r = piece >> 4, col = (piece & 15) * 4;
+#pragma unroll
+      for (int k = 0; k < 2; ++k) {
+        float* const x = st + (k ? SM::K + KeysTile::at(r, col) : SM::Q + Tile::at(r, col));
+        const float4 v = *reinterpret_cast<const float4*>(x);
+        if constexpr (Exact)
+          *reinterpret_cast<float4*>(x + (k ? SM::KLO - SM::K : SM::QLO - SM::Q)) =
+              make_float4(v.x - tf32_hi(v.x), v.y - tf32_hi(v.y), v.z - tf32_hi(v.z), v.w - tf32_hi(v.w));
+        else
+          *reinterpret_cast<float4*>(x) =
+              make_float4(tf32_hi<false>(v.x), tf32_hi<false>(v.y), tf32_hi<false>(v.z), tf32_hi<false>(v.w));
+      }
+    }
+  };
   load_slice(0, 0);
 
   if (t.wg == 0) {
@@ -206,35 +228,12 @@ __device__ __forceinline__ void wgmma_f32_walk(const ScanParams& p, const HeadDe
         }
       }
     };
-    // The lo parts of slice q's Q and K, 16-byte pieces at the same places (K: rows 0-63 of each 128-row atom);
-    // without Exact, Q and K rounded to tf32 in place.
-    auto store_lo = [&](int q) {
-      float* const st = stage(q);
-      float *const Qs = st + SM::Q, *const Qlo = st + SM::QLO, *const Ks = st + SM::K, *const Klo = st + SM::KLO;
-#pragma unroll 4
-      for (int i = 0; i < 8; ++i) {
-        const int at = 4 * (t.tid + 128 * i), kat = at + (at / Tile::kAtom) * Tile::kAtom;
-        const float4 x = *reinterpret_cast<const float4*>(Qs + at), k = *reinterpret_cast<const float4*>(Ks + kat);
-        if constexpr (Exact) {
-          *reinterpret_cast<float4*>(Qlo + at) =
-              make_float4(x.x - tf32_hi(x.x), x.y - tf32_hi(x.y), x.z - tf32_hi(x.z), x.w - tf32_hi(x.w));
-          *reinterpret_cast<float4*>(Klo + kat) =
-              make_float4(k.x - tf32_hi(k.x), k.y - tf32_hi(k.y), k.z - tf32_hi(k.z), k.w - tf32_hi(k.w));
-        } else {
-          *reinterpret_cast<float4*>(Qs + at) =
-              make_float4(tf32_hi<false>(x.x), tf32_hi<false>(x.y), tf32_hi<false>(x.z), tf32_hi<false>(x.w));
-          *reinterpret_cast<float4*>(Ks + kat) =
-              make_float4(tf32_hi<false>(k.x), tf32_hi<false>(k.y), tf32_hi<false>(k.z), tf32_hi<false>(k.w));
-        }
-      }
-    };
     load_v(0);
     // kCentred: gamma^(i - R) for this thread's rows (rd.row), gamma^(R - j) for its score columns (rd.col)
     const RegisterDecays<8> rd(kCentred ? seg.l2g : 0.f, 0, t);
 
     cp_async_wait<0>();
-    __syncthreads();  // slice 0 has landed
-    store_lo(0);
+    split_own(0);
     store_v();
     if (nchunks > 1) load_v(1);
     fence_proxy_async();  // the tensor cores read these
@@ -263,9 +262,8 @@ __device__ __forceinline__ void wgmma_f32_walk(const ScanParams& p, const HeadDe
           }
         }
         wgmma_commit();
-        cp_async_wait<0>();
-        __syncthreads();  // Y: the next slice has landed
-        if (next) store_lo((q + 1) % NQ);
+        cp_async_wait<0>();  // this thread's pieces of the next slice have landed
+        if (next) split_own((q + 1) % NQ);
         wgmma_wait<0>();
         if (q + 1 == NQ) {
           // The masked scores times gamma^(i - j), as hi and lo A fragments: k step kt holds keys 8 kt ..
@@ -292,7 +290,8 @@ __device__ __forceinline__ void wgmma_f32_walk(const ScanParams& p, const HeadDe
               oacc[nt][e] = acc[8 + nt][e] * (kCentred ? rd.row[e >> 1] : seg.gpow(16 * t.wq + t.g + 8 * (e >> 1) + 1));
           f32_key_products<Exact>(oacc, phi, plo, Vhi, Vlo, true);  // O += (S . mask) V
           store_output_tile<float>(p.o, dv, p, oacc, b, h, c0, len, 16 * t.wq, vt * VT, t.lane);
-          if (more) {  // V^T of chunk c + 1: its last readers of chunk c are done
+          if (more) {  // V^T of chunk c + 1, once the state warpgroup's last products of chunk c are done
+            named_barrier_sync<2, 256>();
             store_v();
             if (c + 2 < nchunks) load_v(c + 2);
           }
@@ -378,7 +377,7 @@ __device__ __forceinline__ void wgmma_f32_walk(const ScanParams& p, const HeadDe
   };
 
   cp_async_wait<0>();
-  __syncthreads();  // slice 0 has landed
+  split_own(0);
   store_copy(0);
   fence_proxy_async();
   __syncthreads();  // X(0)
@@ -390,10 +389,13 @@ __device__ __forceinline__ void wgmma_f32_walk(const ScanParams& p, const HeadDe
       refresh();
       const bool next = q + 1 < NQ || more;
       load_next(c, q);
-      if (more || final_state) update(q, len);  // nobody reads the state after the segment's last chunk
+      if (more || final_state) update(q, len);                  // nobody reads the state after the segment's last chunk
+      if (q + 1 == NQ && more) named_barrier_arrive<2, 256>();  // its reads of V^T of chunk c are done
       cp_async_wait<0>();
-      __syncthreads();  // Y
-      if (next) store_copy((q + 1) % NQ);
+      if (next) {
+        split_own((q + 1) % NQ);
+        store_copy((q + 1) % NQ);
+      }
       fence_proxy_async();
       __syncthreads();  // X
     }
