@@ -399,13 +399,14 @@ void launch_scan(const Cuda& ctx, ScanParams sp, int64_t B, int H, HeadDecays de
 // chunks; the summary pass about three plus 0.29 per chunk that its busiest multiprocessor sums. Its two blocks
 // per multiprocessor share the multiprocessor: 192 and 256 blocks of 32 chunks on 132 took 110 and 117 us, so
 // the count that matters is chunks per multiprocessor, not waves of blocks. The generic kernel (float with head size
-// 256) keeps the former rule, about 1024 blocks of 64 value columns (RETNET_CUDA_SCAN_BLOCKS=n: n blocks, for the
-// engine too): its float state sums lose accuracy over long segments (1e-5 at T = 16384 needs short ones). tf32: float
-// with Cuda::allow_tf32. Where both fit, the split is chosen for 128 and for 64 value columns per block, a narrow
-// block's chunk counted as kNarrowChunkCost of a wide one's: short runs with few (batch, head) pairs fill the machine
-// with narrow blocks in one segment rather than wide blocks in several. Measured on the H200 with each width forced
-// (bf16, B = 4, H = 16, D = 128, fwd+bwd): narrow wins at T = 1024 and 2048, loses at 4096 and 16384; the model agrees
-// with all of these for 0.645 < kNarrowChunkCost < 0.70. RETNET_CUDA_VT=64 or 128 forces the width where both exist.
+// 256 where the wgmma walks are not built) keeps the former rule, about 1024 blocks of 64 value columns
+// (RETNET_CUDA_SCAN_BLOCKS=n: n blocks, for the engine too): its float state sums lose accuracy over long segments
+// (1e-5 at T = 16384 needs short ones). tf32: float with Cuda::allow_tf32. Where both fit, the split is chosen for 128
+// and for 64 value columns per block, a narrow block's chunk counted as kNarrowChunkCost of a wide one's: short runs
+// with few (batch, head) pairs fill the machine with narrow blocks in one segment rather than wide blocks in several.
+// Measured on the H200 with each width forced (bf16, B = 4, H = 16, D = 128, fwd+bwd): narrow wins at T = 1024 and
+// 2048, loses at 4096 and 16384; the model agrees with all of these for 0.645 < kNarrowChunkCost < 0.70.
+// RETNET_CUDA_VT=64 or 128 forces the width where both exist.
 inline constexpr double kNarrowChunkCost = 0.67;
 // Where both widths run on wgmma (bf16 with key size 128, wgmma_walks_built), a narrow chunk costs
 // kWgmmaNarrowChunkCost wide ones, kRolesNarrowChunkCost where the narrow blocks take the roles walk (TMA mode 1).

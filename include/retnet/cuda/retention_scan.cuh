@@ -14,8 +14,8 @@
 //      O = diag(gamma^(i+1)) Q H + (Q K^T . Gamma) V, then H <- gamma^L H + K^T diag(gamma^(L-1-j)) V.
 // A `reverse` flag walks time backwards, which turns the same kernels into the backward pass (see
 // retention_chunkwise.cuh). Only the state at segment boundaries touches device memory. Passes 1 and 3 run on
-// chunk_engine_kernel (retention_engine.cuh); scan_kernel serves float with head size 256 (and everything with
-// RETNET_CUDA_ENGINE=scan).
+// chunk_engine_kernel (retention_engine.cuh); scan_kernel serves float with head size 256 where the wgmma walks are
+// not built (and everything with RETNET_CUDA_ENGINE=scan).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
