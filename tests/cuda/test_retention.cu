@@ -534,7 +534,7 @@ TEST_CASE("cuda retention sanitizer subset", "[cuda][sanitize]") {
   // Two (batch, head) pairs of 2000 rows: several segments, so the summary walk runs (reversed in the backward), its
   // stages wrapping and the last chunk ragged.
   const Case f{1, 2000, 2, 128, 128, 64, true};
-  const Case g{1, 300, 2, 256, 64, 64, true};  // the float key-256 walk: two key halves per chunk, the last ragged
+  const Case g{1, 300, 2, 256, 64, 64, true};  // the float key-256 walk: four slices per chunk, the last chunk ragged
   const auto geo = retnet::cuda_detail::geometry<__nv_bfloat16, 128>(128, f.B, f.T, f.H, 0, false, false);
   INFO("case f: " << geo.NS << " segments, " << geo.summaries << " summary blocks");
   CHECK(geo.summaries > 0);

@@ -17,7 +17,8 @@
 // run walks with a role per warpgroup (three warpgroups, too many registers for the others' blocks): the host
 // launches chunk_roles_kernel (outputs pass, key size 128, value tile 64) and chunk_dkdv_roles_kernel (fused
 // backward, key and value size 128) in their place where every head takes the wgmma walks and TMA is on. Float with
-// key size 128 (value tile 64) takes the tf32 wgmma walk of retention_wgmma_f32.cuh in the outputs pass.
+// key size 128 (value tile 64) takes the tf32 wgmma walk of retention_wgmma_f32.cuh in the outputs pass; with key size
+// 256 that walk is a kernel of its own (chunk_float256_kernel), since this kernel's mma.sync buffers would not fit.
 //
 // The storage type picks the arithmetic (EngineOps below):
 //   bf16 : mma.sync m16n8k16, ldmatrix from padded rows.
