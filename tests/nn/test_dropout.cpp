@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "retnet/nn/dropout.hpp"
+#include "retnet/cpu/dropout.hpp"
 #include "retnet/nn/model.hpp"
 #include "retnet/train/trainer.hpp"
 #include "test_util.hpp"
@@ -29,7 +29,7 @@ ModelConfig small_cfg() { return retnet::test::small_model_config(); }
 std::vector<float> mask_of(const DropoutKey& key, int64_t layer, DropoutSite site, double p, double p_path, int64_t B,
                            int64_t Tn, int64_t width, const int64_t* starts = nullptr) {
   std::vector<float> m(static_cast<size_t>(B * Tn * width));
-  fill_dropout_mask(m.data(), key, layer, site, p, p_path, B, Tn, width, starts);
+  fill_dropout_mask(cpu, m.data(), DropoutMaskParams(key, layer, site, p, p_path), B, Tn, width, starts);
   return m;
 }
 

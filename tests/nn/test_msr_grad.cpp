@@ -55,14 +55,15 @@ TEST_CASE("MSR layer gradients (input, weights, initial state) match finite diff
                       wo = randv(d * Vd), kv0 = randv(kvn), R = randv(N * d), S = randv(kvn);
   std::vector<double> sc0 = {3.5, 7.0, 1.0, 2.5};  // [B, H] torchscale decay sums of the history
   const std::vector<int64_t> starts = {3, 11};     // each row continues at its own absolute position
-  RotationTable<double> rot(dm.dk, 0, 11 + c.T);
+  RotationTable<double> table(dm.dk, 0, 11 + c.T);
+  const RotationRows<double> rot{table.sin.data(), table.cos.data(), starts.data()};
   for (Form form : {Form::chunkwise, Form::recurrent, Form::parallel}) {
     INFO(to_string(form));
     auto loss = [&]() {
       Buffers b(dm);
       std::vector<double> out(static_cast<size_t>(N * d), 0.0), kv1(static_cast<size_t>(kvn)), sc1(4);
       msr_forward(cpu, rc, form, 0.0, dm, MsrWeights<double>{wq.data(), wk.data(), wv.data(), wg.data(), wo.data()},
-                  x.data(), b.saved(), out.data(), rot, starts.data(), StatePtrs<double>{kv0.data(), sc0.data()},
+                  x.data(), b.saved(), out.data(), rot, StatePtrs<double>{kv0.data(), sc0.data()},
                   StatePtrs<double>{kv1.data(), sc1.data()});
       double l = 0;
       for (size_t i = 0; i < out.size(); ++i) l += out[i] * R[i];
@@ -72,7 +73,7 @@ TEST_CASE("MSR layer gradients (input, weights, initial state) match finite diff
     Buffers b(dm);
     std::vector<double> out(static_cast<size_t>(N * d), 0.0);
     const MsrWeights<double> w{wq.data(), wk.data(), wv.data(), wg.data(), wo.data()};
-    msr_forward(cpu, rc, form, 0.0, dm, w, x.data(), b.saved(), out.data(), rot, starts.data(),
+    msr_forward(cpu, rc, form, 0.0, dm, w, x.data(), b.saved(), out.data(), rot,
                 StatePtrs<double>{kv0.data(), sc0.data()});
     std::vector<double> gq(wq.size()), gk(wk.size()), gv(wv.size()), gg(wg.size()), go(wo.size()), dx(x.size()),
         dkv0(static_cast<size_t>(kvn)), s1(static_cast<size_t>(N * d)), s2(s1.size()), s3(static_cast<size_t>(N * Vd)),
@@ -80,7 +81,7 @@ TEST_CASE("MSR layer gradients (input, weights, initial state) match finite diff
     msr_backward(cpu, rc, form, dm, w, MsrGrads<double>{gq.data(), gk.data(), gv.data(), gg.data(), go.data()},
                  x.data(), b.saved(),
                  MsrScratch<double>{s1.data(), s2.data(), s3.data(), s4.data(), s5.data(), s6.data()}, R.data(),
-                 dx.data(), rot, starts.data(), StatePtrs<double>{kv0.data(), sc0.data()}, S.data(), dkv0.data());
+                 dx.data(), rot, StatePtrs<double>{kv0.data(), sc0.data()}, S.data(), dkv0.data());
     auto check = [&](std::vector<double>& p, const std::vector<double>& grad, const char* name) {
       INFO(name);
       for (size_t i = 0; i < p.size(); i += 1 + p.size() / 17) {

@@ -119,7 +119,8 @@ TEST_CASE("gradient accumulation equals the full-batch gradient", "[train]") {
   const LossSum la = ta.compute_gradients(xv, yv), lb = tb.compute_gradients(xv, yv);
   CHECK(la.sum == Approx(lb.sum).epsilon(1e-12));
   CHECK(la.count == 39);
-  for (size_t i = 0; i < ta.grads().size(); ++i) REQUIRE(ta.grads()[i] == Approx(tb.grads()[i]).margin(1e-14));
+  for (int64_t i = 0; i < ta.grads().size(); ++i)
+    REQUIRE(ta.grads().data()[i] == Approx(tb.grads().data()[i]).margin(1e-14));
 }
 
 TEST_CASE("training is deterministic, the loss falls, and clipping bounds the update", "[train]") {
@@ -210,7 +211,8 @@ TEST_CASE("with dropout, accumulation equals the full batch and resuming continu
     HostView<const int64_t> xv(x.data(), {4, 10}), yv(y.data(), {4, 10});
     const LossSum la = ta.compute_gradients(xv, yv), lb = tb.compute_gradients(xv, yv);
     CHECK(la.sum == Approx(lb.sum).epsilon(1e-12));
-    for (size_t i = 0; i < ta.grads().size(); ++i) REQUIRE(ta.grads()[i] == Approx(tb.grads()[i]).margin(1e-14));
+    for (int64_t i = 0; i < ta.grads().size(); ++i)
+    REQUIRE(ta.grads().data()[i] == Approx(tb.grads().data()[i]).margin(1e-14));
   }
   const std::string path = retnet::test::temp_path("dropout_train.safetensors");
   TrainerConfig t = tcfg();

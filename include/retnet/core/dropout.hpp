@@ -1,7 +1,7 @@
 #pragma once
 // Dropout and drop-path decisions as a pure function of (seed, step, layer, site, global batch row, absolute
 // position, feature) through a counter-based hash. Both backends compute masks from these functions, so a mask
-// does not depend on the backend, the thread count, segmenting or micro-batching. nn/dropout.hpp says where the
+// does not depend on the backend, the thread count, segmenting or micro-batching. nn/model.hpp says where the
 // masks apply.
 #include <cstdint>
 

@@ -2,12 +2,13 @@
 // Pre-norm RetNet decoder layer (torchscale's DecoderLayer with decoder_normalize_before):
 //   x1 = x + MSR(Norm_ret(x));   x_out = x1 + FFN(Norm_ffn(x1))
 // Norm is RMSNorm with a weight (torchscale) or LayerNorm with weight and bias (option).
-// Training: each branch may be multiplied by a mask (dropout and drop path, nn/dropout.hpp) before the add.
+// Training: each branch may be multiplied by a mask (dropout and drop path, cpu/dropout.hpp) before the add.
 #include <cstdint>
 #include <cstring>
 
 #include "retnet/cpu/norm.hpp"
-#include "retnet/nn/dropout.hpp"
+#include "retnet/cpu/dropout.hpp"
+#include "retnet/cpu/elementwise.hpp"
 #include "retnet/nn/ffn.hpp"
 #include "retnet/nn/msr.hpp"
 
@@ -27,23 +28,23 @@ struct NormGrads {
 };
 
 // y [N, d]; mean [N] (LayerNorm only), rstd [N]
-template <class T>
-void norm_forward(Cpu, const NormSpec& ns, T* y, T* mean, T* rstd, const T* x, const NormWeights<T>& p, int64_t N,
+template <class B, class T>
+void norm_forward(const B& be, const NormSpec& ns, T* y, T* mean, T* rstd, const T* x, const NormWeights<T>& p, int64_t N,
                   int64_t d) {
   if (ns.layernorm)
-    layernorm_forward(cpu, y, mean, rstd, x, p.w, p.b, N, d, ns.eps);
+    layernorm_forward(be, y, mean, rstd, x, p.w, p.b, N, d, ns.eps);
   else
-    rmsnorm_forward(cpu, y, rstd, x, p.w, N, d, ns.eps);
+    rmsnorm_forward(be, y, rstd, x, p.w, N, d, ns.eps);
 }
 
 // dx += (accumulate) or = the input gradient; parameter gradients accumulate.
-template <class T>
-void norm_backward(Cpu, const NormSpec& ns, T* dx, const NormGrads<T>& g, const T* dy, const T* x,
+template <class B, class T>
+void norm_backward(const B& be, const NormSpec& ns, T* dx, const NormGrads<T>& g, const T* dy, const T* x,
                    const NormWeights<T>& p, const T* mean, const T* rstd, int64_t N, int64_t d, bool accumulate) {
   if (ns.layernorm)
-    layernorm_backward(cpu, dx, g.w, g.b, dy, x, p.w, mean, rstd, N, d, accumulate);
+    layernorm_backward(be, dx, g.w, g.b, dy, x, p.w, mean, rstd, N, d, accumulate);
   else
-    rmsnorm_backward(cpu, dx, g.w, dy, x, p.w, rstd, N, d, accumulate);
+    rmsnorm_backward(be, dx, g.w, dy, x, p.w, rstd, N, d, accumulate);
 }
 
 struct BlockSpec {
@@ -87,49 +88,47 @@ struct BlockScratch {
 };
 
 // x [N, d] -> x_out [N, d] (distinct buffers).
-template <class T>
-void block_forward(Cpu, const BlockSpec& bs, Form form, const MsrDims& dm, const BlockWeights<T>& w, const T* x,
-                   const BlockSaved<T>& s, T* x_out, const RotationTable<T>& rot, const int64_t* row_off,
-                   StatePtrs<T> state_in = {}, StatePtrs<T> state_out = {}, bool step = false) {
+template <class B, class T>
+void block_forward(const B& be, const BlockSpec& bs, Form form, const MsrDims& dm, const BlockWeights<T>& w,
+                   const T* x, const BlockSaved<T>& s, T* x_out, const RotationRows<T>& rot, StatePtrs<T> state_in = {},
+                   StatePtrs<T> state_out = {}, bool step = false) {
   const int64_t N = dm.rows(), d = dm.d;
-  const size_t bytes = sizeof(T) * static_cast<size_t>(N * d);
-  norm_forward(cpu, bs.norm, s.n1, s.mean1, s.rstd1, x, w.ret_norm, N, d);
+  norm_forward(be, bs.norm, s.n1, s.mean1, s.rstd1, x, w.ret_norm, N, d);
   // Without a mask the branch accumulates straight onto the residual copy; with one it is computed alone,
   // masked, then added.
   if (s.ret_mask)
-    std::memset(s.x1, 0, bytes);
+    zero_elements(be, s.x1, N * d);
   else
-    std::memcpy(s.x1, x, bytes);
-  msr_forward(cpu, bs.retention, form, bs.group_norm_eps, dm, w.msr, s.n1, s.msr, s.x1, rot, row_off, state_in,
-              state_out, step);
-  if (s.ret_mask) masked_residual_add(s.x1, s.ret_mask, x, N * d);
-  norm_forward(cpu, bs.norm, s.n2, s.mean2, s.rstd2, s.x1, w.ffn_norm, N, d);
+    copy_elements(be, s.x1, x, N * d);
+  msr_forward(be, bs.retention, form, bs.group_norm_eps, dm, w.msr, s.n1, s.msr, s.x1, rot, state_in, state_out, step);
+  if (s.ret_mask) masked_residual_add(be, s.x1, s.ret_mask, x, N * d);
+  norm_forward(be, bs.norm, s.n2, s.mean2, s.rstd2, s.x1, w.ffn_norm, N, d);
   if (s.ffn_mask)
-    std::memset(x_out, 0, bytes);
+    zero_elements(be, x_out, N * d);
   else
-    std::memcpy(x_out, s.x1, bytes);
-  ffn_forward(cpu, bs.act, w.ffn, s.n2, s.ffn, x_out, N, d, bs.ffn_dim);
-  if (s.ffn_mask) masked_residual_add(x_out, s.ffn_mask, s.x1, N * d);
+    copy_elements(be, x_out, s.x1, N * d);
+  ffn_forward(be, bs.act, w.ffn, s.n2, s.ffn, x_out, N, d, bs.ffn_dim);
+  if (s.ffn_mask) masked_residual_add(be, x_out, s.ffn_mask, s.x1, N * d);
 }
 
 // dres [N, d]: on entry the gradient of x_out, on exit the gradient of x.
-template <class T>
-void block_backward(Cpu, const BlockSpec& bs, Form form, const MsrDims& dm, const BlockWeights<T>& w,
+template <class B, class T>
+void block_backward(const B& be, const BlockSpec& bs, Form form, const MsrDims& dm, const BlockWeights<T>& w,
                     const BlockGrads<T>& g, const T* x, const BlockSaved<T>& s, const BlockScratch<T>& sc, T* dres,
-                    const RotationTable<T>& rot, const int64_t* row_off, StatePtrs<T> state_in = {},
-                    const T* d_state_out = nullptr, T* d_state_in = nullptr) {
+                    const RotationRows<T>& rot, StatePtrs<T> state_in = {}, const T* d_state_out = nullptr,
+                    T* d_state_in = nullptr) {
   const int64_t N = dm.rows(), d = dm.d;
   // the gradient reaching a masked branch is the residual gradient times its mask
   auto branch_grad = [&](const T* mask) -> const T* {
     if (!mask) return dres;
-    masked_copy(sc.dbranch, dres, mask, N * d);
+    masked_copy(be, sc.dbranch, dres, mask, N * d);
     return sc.dbranch;
   };
-  ffn_backward(cpu, bs.act, w.ffn, g.ffn, s.n2, s.ffn, sc.ffn, branch_grad(s.ffn_mask), sc.dn, N, d, bs.ffn_dim);
-  norm_backward(cpu, bs.norm, dres, g.ffn_norm, sc.dn, s.x1, w.ffn_norm, s.mean2, s.rstd2, N, d, true);
-  msr_backward(cpu, bs.retention, form, dm, w.msr, g.msr, s.n1, s.msr, sc.msr, branch_grad(s.ret_mask), sc.dn, rot,
-               row_off, state_in, d_state_out, d_state_in);
-  norm_backward(cpu, bs.norm, dres, g.ret_norm, sc.dn, x, w.ret_norm, s.mean1, s.rstd1, N, d, true);
+  ffn_backward(be, bs.act, w.ffn, g.ffn, s.n2, s.ffn, sc.ffn, branch_grad(s.ffn_mask), sc.dn, N, d, bs.ffn_dim);
+  norm_backward(be, bs.norm, dres, g.ffn_norm, sc.dn, s.x1, w.ffn_norm, s.mean2, s.rstd2, N, d, true);
+  msr_backward(be, bs.retention, form, dm, w.msr, g.msr, s.n1, s.msr, sc.msr, branch_grad(s.ret_mask), sc.dn, rot,
+               state_in, d_state_out, d_state_in);
+  norm_backward(be, bs.norm, dres, g.ret_norm, sc.dn, x, w.ret_norm, s.mean1, s.rstd1, N, d, true);
 }
 
 }  // namespace retnet

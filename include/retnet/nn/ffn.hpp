@@ -1,13 +1,14 @@
 #pragma once
 // Feed-forward networks, bias-free: torchscale's GLU  fc2(act(fc1 x) ⊙ gate x)  and the paper's plain
 // MLP  fc2(act(fc1 x)).  Shapes: x [N, d], fc1/gate [F, d], fc2 [d, F].
-// Training: an activation-dropout mask (nn/dropout.hpp) multiplies what fc2 reads.
+// Training: an activation-dropout mask (core/dropout.hpp, cpu/dropout.hpp) multiplies what fc2 reads.
 #include <cstdint>
 
 #include "retnet/cpu/activation.hpp"
 #include "retnet/cpu/linear.hpp"
 #include "retnet/cpu/linear_bf16.hpp"
-#include "retnet/nn/dropout.hpp"
+#include "retnet/nn/msr.hpp"
+#include "retnet/cpu/dropout.hpp"
 
 namespace retnet {
 
@@ -32,33 +33,33 @@ struct FfnScratch {
 };
 
 // out [N, d] += fc2(...)  (the residual add)
-template <class T>
-void ffn_forward(Cpu, Activation act, const FfnWeights<T>& w, const T* x, const FfnSaved<T>& s, T* out, int64_t N,
+template <class B, class T>
+void ffn_forward(const B& be, Activation act, const FfnWeights<T>& w, const T* x, const FfnSaved<T>& s, T* out, int64_t N,
                  int64_t d, int64_t F) {
-  linear_forward_mixed(cpu, s.h, x, w.fc1, w.fc1_16, N, d, F);
+  project(be, s.h, x, w.fc1, w.fc1_16, N, d, F);
   if (w.gate) {
-    linear_forward_mixed(cpu, s.gt, x, w.gate, w.gate16, N, d, F);
-    glu_forward(cpu, act, s.a, s.h, s.gt, N * F);
+    project(be, s.gt, x, w.gate, w.gate16, N, d, F);
+    glu_forward(be, act, s.a, s.h, s.gt, N * F);
   } else {
-    activation_forward(cpu, act, s.a, s.h, N * F);
+    activation_forward(be, act, s.a, s.h, N * F);
   }
-  if (s.act_mask) apply_mask(s.a, s.act_mask, N * F);
-  linear_forward_mixed(cpu, out, s.a, w.fc2, w.fc2_16, N, F, d, /*accumulate=*/true);
+  if (s.act_mask) apply_mask(be, s.a, s.act_mask, N * F);
+  project(be, out, s.a, w.fc2, w.fc2_16, N, F, d, /*accumulate=*/true);
 }
 
 // dx [N, d] (overwrite) from dout [N, d]; weight gradients accumulate.
-template <class T>
-void ffn_backward(Cpu, Activation act, const FfnWeights<T>& w, const FfnGrads<T>& gw, const T* x, const FfnSaved<T>& s,
+template <class B, class T>
+void ffn_backward(const B& be, Activation act, const FfnWeights<T>& w, const FfnGrads<T>& gw, const T* x, const FfnSaved<T>& s,
                   const FfnScratch<T>& sc, const T* dout, T* dx, int64_t N, int64_t d, int64_t F) {
-  linear_backward(cpu, sc.da, gw.fc2, dout, s.a, w.fc2, N, F, d);
-  if (s.act_mask) apply_mask(sc.da, s.act_mask, N * F);
+  linear_backward(be, sc.da, gw.fc2, dout, s.a, w.fc2, N, F, d);
+  if (s.act_mask) apply_mask(be, sc.da, s.act_mask, N * F);
   if (w.gate) {
-    glu_backward(cpu, act, sc.da, sc.dgt, sc.da, s.h, s.gt, N * F);  // sc.da becomes d(fc1 out)
-    linear_backward(cpu, dx, gw.fc1, sc.da, x, w.fc1, N, d, F, GradMode::overwrite);
-    linear_backward(cpu, dx, gw.gate, sc.dgt, x, w.gate, N, d, F, GradMode::accumulate);
+    glu_backward(be, act, sc.da, sc.dgt, sc.da, s.h, s.gt, N * F);  // sc.da becomes d(fc1 out)
+    linear_backward(be, dx, gw.fc1, sc.da, x, w.fc1, N, d, F, GradMode::overwrite);
+    linear_backward(be, dx, gw.gate, sc.dgt, x, w.gate, N, d, F, GradMode::accumulate);
   } else {
-    activation_backward(cpu, act, sc.da, sc.da, s.h, N * F);
-    linear_backward(cpu, dx, gw.fc1, sc.da, x, w.fc1, N, d, F, GradMode::overwrite);
+    activation_backward(be, act, sc.da, sc.da, s.h, N * F);
+    linear_backward(be, dx, gw.fc1, sc.da, x, w.fc1, N, d, F, GradMode::overwrite);
   }
 }
 

@@ -30,6 +30,7 @@
 #include <string>
 #include <vector>
 
+#include "retnet/core/buffer.hpp"
 #include "retnet/core/checked.hpp"
 #include "retnet/core/params.hpp"
 #include "retnet/core/rotation.hpp"
@@ -38,13 +39,16 @@
 #include "retnet/cpu/linear_bf16.hpp"
 #include "retnet/nn/block.hpp"
 #include "retnet/nn/config.hpp"
-#include "retnet/nn/dropout.hpp"
+#include "retnet/cpu/dropout.hpp"
+#include "retnet/cpu/elementwise.hpp"
 
 namespace retnet {
 
-template <class T>
+template <class T, Backend BackendT = Cpu>
 class Model {
  public:
+  using backend_type = BackendT;
+  using space = typename BackendT::space;
   // Offsets of one layer's tensors in the flat buffer (-1: absent).
   struct LayerOffsets {
     int64_t q, k, v, g, out, rn_w, rn_b, fc1, fc2, gate, fn_w, fn_b;
@@ -55,6 +59,7 @@ class Model {
    public:
     Workspace(const Model& m, int64_t batch, int64_t length, bool with_grad = true)
         : batch_(batch), length_(length), with_grad_(with_grad) {
+      const BackendT& be = m.be_;
       require(batch > 0 && length > 0, "Model::Workspace: batch = ", batch, " and length = ", length,
               " must be positive");
       const ModelConfig& c = m.cfg_;
@@ -102,7 +107,10 @@ class Model {
         }
         plan(N * d);  // dbranch
       }
-      buf_.assign(static_cast<size_t>(total), T(0));
+      buf_ = Buffer<T, BackendT>(be, total);
+      tokens_dev_ = Buffer<int64_t, BackendT>(be, N);
+      starts_dev_ = Buffer<int64_t, BackendT>(be, batch);
+      row_off_dev_ = Buffer<int64_t, BackendT>(be, batch);
       size_t i = 0;
       auto next = [&]() { return buf_.data() + offs[i++]; };
       res_.resize(static_cast<size_t>(L + 1));
@@ -149,8 +157,8 @@ class Model {
     }
     int64_t batch() const { return batch_; }
     int64_t length() const { return length_; }
-    // Logits of the last forward_train [batch·length, vocab]; the caller writes the loss gradient into
-    // dlogits() (the same memory) before backward().
+    // Logits of the last forward_train [batch·length, vocab] in the backend's memory; the caller writes the loss
+    // gradient into dlogits() (the same memory) before backward().
     T* logits() { return logits_; }
     const T* logits() const { return logits_; }
     T* dlogits() { return logits_; }
@@ -161,7 +169,7 @@ class Model {
     friend class Model;
     int64_t batch_, length_;
     bool with_grad_;
-    std::vector<T> buf_;
+    Buffer<T, BackendT> buf_;
     std::vector<T*> res_;
     T *emb_, *emb_mean_, *emb_rstd_;
     std::vector<BlockSaved<T>> layers_;
@@ -176,12 +184,15 @@ class Model {
     T* emb_mask_ = nullptr;  // the embedding mask of the last forward_train (null: none)
     // Recorded by forward_train for backward.
     Form form_ = Form::chunkwise;
-    std::vector<int64_t> tokens_, row_off_, starts_;
+    std::vector<int64_t> tokens_, row_off_, starts_;  // host copies
+    Buffer<int64_t, BackendT> tokens_dev_, starts_dev_, row_off_dev_;
     std::unique_ptr<RotationTable<T>> rot_;
+    Buffer<T, BackendT> rot_sin_, rot_cos_;  // the table in backend memory (not used by host backends)
+    RotationRows<T> rot_rows_;
     std::vector<StatePtrs<T>> state_in_;
   };
 
-  explicit Model(ModelConfig cfg) : cfg_(std::move(cfg)), rc_(init_rc(cfg_)) {
+  explicit Model(ModelConfig cfg, const BackendT& backend = BackendT{}) : cfg_(std::move(cfg)), rc_(init_rc(cfg_)), be_(backend) {
     const int64_t d = cfg_.decoder_embed_dim, Vd = cfg_.decoder_value_embed_dim, F = cfg_.decoder_ffn_embed_dim,
                   V = cfg_.vocab_size;
     const bool ln = cfg_.norm_type == "layernorm";
@@ -210,15 +221,17 @@ class Model {
     }
     final_w_ = table_.add("layer_norm.weight", {d}).offset;
     if (ln) final_b_ = table_.add("layer_norm.bias", {d}).offset;
-    params_.assign(static_cast<size_t>(table_.total()), T(0));
+    params_ = Buffer<T, BackendT>(be_, table_.total());
     spec_ = BlockSpec{rc_, NormSpec{ln, cfg_.layernorm_eps}, cfg_.layernorm_eps,
                       activation_from_string(cfg_.activation_fn), F};
     set_norms_to_one();
   }
 
   const ModelConfig& config() const { return cfg_; }
+  const BackendT& backend() const { return be_; }
   const ParamTable& param_table() const { return table_; }
-  // Non-const access may change the parameters, so it marks a bf16 inference copy stale.
+  // The flat parameter buffer in the backend's memory. Non-const access may change the parameters, so it marks a
+  // bf16 inference copy stale.
   T* params() {
     ++params_version_;
     return params_.data();
@@ -227,16 +240,27 @@ class Model {
   const RetentionConfig& retention_config() const { return rc_; }
   const LayerOffsets& layer_offsets(int64_t l) const { return layers_[static_cast<size_t>(l)]; }
 
+  int64_t param_count() const { return params_.size(); }
+  // The parameters through host memory (a copy on device backends).
+  std::vector<T> params_to_host() const { return params_.to_host(); }
+  void params_from_host(const T* src, int64_t n) {
+    require(n == params_.size(), "Model::params_from_host: ", n, " values for ", params_.size(), " parameters");
+    ++params_version_;
+    params_.copy_from_host(src, n);
+  }
+
   // Weights used by forward(), prefill() and step(): float32 (default) uses the parameters themselves; bf16
   // (re)builds a bf16 copy of the current parameters (call again after changing them). Costs 2 bytes per
-  // parameter while on; float32 frees it.
-  void set_inference_weights(WeightPrecision p) {
+  // parameter while on; float32 frees it. CPU only.
+  void set_inference_weights(WeightPrecision p)
+    requires host_backend<BackendT>
+  {
     if (p == WeightPrecision::float32) {
       std::vector<uint16_t>().swap(bf16_);
     } else {
       require(p == WeightPrecision::bf16, "Model::set_inference_weights: unknown precision ", static_cast<int>(p));
       bf16_.resize(params_.size());
-      to_bf16(bf16_.data(), params_.data(), static_cast<int64_t>(params_.size()));
+      to_bf16(bf16_.data(), params_.data(), params_.size());
       bf16_version_ = params_version_;
     }
     precision_ = p;
@@ -245,15 +269,22 @@ class Model {
 
   // torchscale's initialisation (see the class comment of MultiScaleRetention and RetNetDecoder).
   void init_torchscale(uint64_t seed) {
+    std::vector<T> host = params_to_host();
+    init_torchscale(seed, host);
+    params_from_host(host.data(), static_cast<int64_t>(host.size()));
+  }
+
+ private:
+  void init_torchscale(uint64_t seed, std::vector<T>& host) const {
     std::mt19937_64 gen(seed);
     const int64_t d = cfg_.decoder_embed_dim;
     auto uniform = [&](int64_t off, int64_t n, double bound) {
       std::uniform_real_distribution<double> u(-bound, bound);
-      for (int64_t i = 0; i < n; ++i) params_[static_cast<size_t>(off + i)] = static_cast<T>(u(gen));
+      for (int64_t i = 0; i < n; ++i) host[static_cast<size_t>(off + i)] = static_cast<T>(u(gen));
     };
     auto normal = [&](int64_t off, int64_t n, double std) {
       std::normal_distribution<double> nd(0.0, std);
-      for (int64_t i = 0; i < n; ++i) params_[static_cast<size_t>(off + i)] = static_cast<T>(nd(gen));
+      for (int64_t i = 0; i < n; ++i) host[static_cast<size_t>(off + i)] = static_cast<T>(nd(gen));
     };
     for (const ParamInfo& p : table_.entries()) {
       const std::string& n = p.name;
@@ -262,7 +293,7 @@ class Model {
         return n.size() >= e.size() && n.compare(n.size() - e.size(), e.size(), e) == 0;
       };
       if (p.shape.rank() == 1) {
-        std::fill_n(params_.data() + p.offset, p.numel(), ends(".bias") ? T(0) : T(1));
+        std::fill_n(host.data() + p.offset, p.numel(), ends(".bias") ? T(0) : T(1));
       } else if (n == "embed_tokens.weight" || n == "output_projection.weight") {
         normal(p.offset, p.numel(), std::pow(static_cast<double>(d), -0.5));
       } else {
@@ -277,12 +308,14 @@ class Model {
     }
   }
 
+ public:
+
   // ---------------------------------------------------------------- training interface
   // Forward pass keeping activations. tokens [B, T] (B, T = the workspace's). start_positions: absolute
   // position of each row's first token (null: all 0). state_in / state_out: per-layer retention states
   // (empty vectors: none). logits_rows_last_only: compute the head only for each row's last position (the
   // logits land in ws.logits() rows 0..B-1); backward is then not available. dropout: non-null selects
-  // training mode, with the masks a pure function of the key (nn/dropout.hpp); null is evaluation.
+  // training mode, with the masks a pure function of the key (core/dropout.hpp, cpu/dropout.hpp); null is evaluation.
   void forward_train(const int64_t* tokens, Form form, Workspace& ws, const int64_t* start_positions = nullptr,
                      const std::vector<StatePtrs<T>>& state_in = {}, const std::vector<StatePtrs<T>>& state_out = {},
                      bool logits_last_only = false, bool step = false, const DropoutKey* dropout = nullptr) {
@@ -303,24 +336,28 @@ class Model {
     ws.tokens_.assign(tokens, tokens + N);
     ws.starts_.assign(static_cast<size_t>(B), 0);
     if (start_positions) ws.starts_.assign(start_positions, start_positions + B);
+    ws.tokens_dev_.copy_from_host(tokens, N);
+    ws.starts_dev_.copy_from_host(ws.starts_.data(), B);
     prepare_rotation(ws);
     set_masks(ws, train ? dropout : nullptr);
     ws.state_in_ = state_in;
     const T* P = params_.data();
+    const BackendT& be = be_;
+    const int64_t* tok = ws.tokens_dev_.data();
     const T scale = cfg_.no_scale_embedding ? T(1) : static_cast<T>(std::sqrt(static_cast<double>(d)));
     const NormSpec ns = spec_.norm;
     if (cfg_.layernorm_embedding) {
-      embedding_forward(cpu, ws.emb_, tokens, P + embed_, N, d, scale);
-      norm_forward(cpu, ns, ws.res_[0], ws.emb_mean_, ws.emb_rstd_, ws.emb_, norm_w(emb_norm_w_, emb_norm_b_), N, d);
+      embedding_forward(be, ws.emb_, tok, P + embed_, N, d, scale);
+      norm_forward(be, ns, ws.res_[0], ws.emb_mean_, ws.emb_rstd_, ws.emb_, norm_w(emb_norm_w_, emb_norm_b_), N, d);
     } else {
-      embedding_forward(cpu, ws.res_[0], tokens, P + embed_, N, d, scale);
+      embedding_forward(be, ws.res_[0], tok, P + embed_, N, d, scale);
     }
-    if (ws.emb_mask_) apply_mask(ws.res_[0], ws.emb_mask_, N * d);
+    if (ws.emb_mask_) apply_mask(be, ws.res_[0], ws.emb_mask_, N * d);
     const MsrDims dm = dims(B, Tn);
     for (int64_t l = 0; l < cfg_.decoder_layers; ++l) {
       const size_t li = static_cast<size_t>(l);
-      block_forward(cpu, spec_, form, dm, bf16 ? weights_bf16(l) : weights(l), ws.res_[li], ws.layers_[li],
-                    ws.res_[li + 1], *ws.rot_, ws.row_off_.data(), state_in.empty() ? StatePtrs<T>{} : state_in[li],
+      block_forward(be, spec_, form, dm, bf16 ? weights_bf16(l) : weights(l), ws.res_[li], ws.layers_[li],
+                    ws.res_[li + 1], ws.rot_rows_, state_in.empty() ? StatePtrs<T>{} : state_in[li],
                     state_out.empty() ? StatePtrs<T>{} : state_out[li], step);
     }
     const T* xf = ws.res_.back();
@@ -328,17 +365,18 @@ class Model {
     if (logits_last_only && Tn > 1) {
       // gather each row's last position into nf (as scratch input), then normalise in place
       for (int64_t b = 0; b < B; ++b)
-        std::memcpy(ws.nf_ + b * d, xf + (b * Tn + Tn - 1) * d, sizeof(T) * static_cast<size_t>(d));
+        copy_elements(be, ws.nf_ + b * d, xf + (b * Tn + Tn - 1) * d, d);
       xf = ws.nf_;
       rows = B;
     }
-    norm_forward(cpu, ns, ws.nf_, ws.meanf_, ws.rstdf_, xf, norm_w(final_w_, final_b_), rows, d);
-    linear_forward_mixed(cpu, ws.logits_, ws.nf_, P + head_offset(), bf16 ? bf16_.data() + head_offset() : nullptr,
-                         rows, d, V);
-    if (checked()) check_finite("Model::forward", "logits", ws.logits_, Shape{rows, V});
+    norm_forward(be, ns, ws.nf_, ws.meanf_, ws.rstdf_, xf, norm_w(final_w_, final_b_), rows, d);
+    project(be, ws.logits_, ws.nf_, P + head_offset(), bf16 ? bf16_.data() + head_offset() : nullptr, rows, d, V);
+    if constexpr (host_backend<BackendT>)
+      if (checked()) check_finite("Model::forward", "logits", ws.logits_, Shape{rows, V});
   }
   // True when the inference calls use the bf16 copy; rejects a stale copy.
   bool use_bf16(const char* op) const {
+    if constexpr (!host_backend<BackendT>) return false;
     if (precision_ != WeightPrecision::bf16) return false;
     require(bf16_version_ == params_version_, op,
             ": the parameters may have changed since set_inference_weights(WeightPrecision::bf16) built the bf16 "
@@ -366,26 +404,27 @@ class Model {
     const NormSpec ns = spec_.norm;
     T* dres = ws.dres_;
     T* dn = ws.sc_.dn;
+    const BackendT& be = be_;
     // head
-    linear_backward(cpu, dn, grads + head_offset(), ws.logits_, ws.nf_, P + head_offset(), N, d, V);
-    norm_backward(cpu, ns, dres, norm_g(grads, final_w_, final_b_), dn, ws.res_.back(), norm_w(final_w_, final_b_),
+    linear_backward(be, dn, grads + head_offset(), ws.logits_, ws.nf_, P + head_offset(), N, d, V);
+    norm_backward(be, ns, dres, norm_g(grads, final_w_, final_b_), dn, ws.res_.back(), norm_w(final_w_, final_b_),
                   ws.meanf_, ws.rstdf_, N, d, false);
     const MsrDims dm = dims(B, Tn);
     for (int64_t l = cfg_.decoder_layers - 1; l >= 0; --l) {
       const size_t li = static_cast<size_t>(l);
-      block_backward(cpu, spec_, ws.form_, dm, weights(l), grads_of(grads, l), ws.res_[li], ws.layers_[li], ws.sc_,
-                     dres, *ws.rot_, ws.row_off_.data(), ws.state_in_.empty() ? StatePtrs<T>{} : ws.state_in_[li],
+      block_backward(be, spec_, ws.form_, dm, weights(l), grads_of(grads, l), ws.res_[li], ws.layers_[li], ws.sc_,
+                     dres, ws.rot_rows_, ws.state_in_.empty() ? StatePtrs<T>{} : ws.state_in_[li],
                      d_state_out.empty() ? nullptr : d_state_out[li], d_state_in.empty() ? nullptr : d_state_in[li]);
     }
-    if (ws.emb_mask_) apply_mask(dres, ws.emb_mask_, N * d);
+    if (ws.emb_mask_) apply_mask(be, dres, ws.emb_mask_, N * d);
     const T scale = cfg_.no_scale_embedding ? T(1) : static_cast<T>(std::sqrt(static_cast<double>(d)));
     const T* demb = dres;
     if (cfg_.layernorm_embedding) {
-      norm_backward(cpu, ns, dn, norm_g(grads, emb_norm_w_, emb_norm_b_), dres, ws.emb_,
+      norm_backward(be, ns, dn, norm_g(grads, emb_norm_w_, emb_norm_b_), dres, ws.emb_,
                     norm_w(emb_norm_w_, emb_norm_b_), ws.emb_mean_, ws.emb_rstd_, N, d, false);
       demb = dn;
     }
-    embedding_backward(cpu, grads + embed_, demb, ws.tokens_.data(), N, d, scale);
+    embedding_backward(be, grads + embed_, demb, ws.tokens_dev_.data(), N, d, scale);
   }
 
   // ---------------------------------------------------------------- inference interface
@@ -397,7 +436,7 @@ class Model {
     Workspace ws(*this, tokens.size(0), tokens.size(1), /*with_grad=*/false);
     forward_impl(tokens.data(), form, ws, nullptr, {}, {}, false, false, nullptr, bf16);
     Tensor<T> out({tokens.size(0), tokens.size(1), cfg_.vocab_size});
-    std::memcpy(out.data(), ws.logits(), sizeof(T) * static_cast<size_t>(out.numel()));
+    be_.copy_to_host(out.data(), ws.logits(), sizeof(T) * static_cast<size_t>(out.numel()));
     return out;
   }
 
@@ -408,7 +447,10 @@ class Model {
     int64_t batch() const { return static_cast<int64_t>(positions.size()); }
   };
 
-  State make_state(int64_t batch) const {
+  // Recurrent inference (prefill, step) keeps its state in host memory: CPU backends only.
+  State make_state(int64_t batch) const
+    requires host_backend<BackendT>
+  {
     require(batch > 0, "Model::make_state: batch = ", batch, " must be positive");
     State s;
     const int64_t H = cfg_.decoder_retention_heads;
@@ -421,7 +463,9 @@ class Model {
   }
 
   // Runs the prompt with `form`, continuing from and updating `state`; logits of each row's last token [B, V].
-  Tensor<T> prefill(HostView<const int64_t> tokens, State& state, Form form = Form::chunkwise) {
+  Tensor<T> prefill(HostView<const int64_t> tokens, State& state, Form form = Form::chunkwise)
+    requires host_backend<BackendT>
+  {
     require(tokens.rank() == 2, "Model::prefill: tokens has shape ", tokens.shape().to_string(),
             ", expected [batch, length]");
     const int64_t B = tokens.size(0), Tn = tokens.size(1), V = cfg_.vocab_size;
@@ -451,7 +495,9 @@ class Model {
   }
 
   // One token per row: logits [B, V]; O(1) work and memory per token.
-  Tensor<T> step(HostView<const int64_t> tokens, State& state) {
+  Tensor<T> step(HostView<const int64_t> tokens, State& state)
+    requires host_backend<BackendT>
+  {
     require(tokens.rank() == 1, "Model::step: tokens has shape ", tokens.shape().to_string(), ", expected [batch]");
     const int64_t B = tokens.size(0), V = cfg_.vocab_size;
     check_state("Model::step", state, B);
@@ -501,8 +547,10 @@ class Model {
   }
   void set_norms_to_one() {
     for (const ParamInfo& p : table_.entries())
-      if (p.shape.rank() == 1 && p.name.size() > 7 && p.name.compare(p.name.size() - 7, 7, ".weight") == 0)
-        std::fill_n(params_.data() + p.offset, p.numel(), T(1));
+      if (p.shape.rank() == 1 && p.name.size() > 7 && p.name.compare(p.name.size() - 7, 7, ".weight") == 0) {
+        const std::vector<T> ones(static_cast<size_t>(p.numel()), T(1));
+        params_.copy_from_host(ones.data(), p.numel(), p.offset);
+      }
   }
   void check_state(const char* op, const State& s, int64_t B) const {
     require(static_cast<int64_t>(s.kv.size()) == cfg_.decoder_layers &&
@@ -526,19 +574,20 @@ class Model {
     for (auto& s : ws.layers_) s.ret_mask = s.ffn_mask = s.ffn.act_mask = nullptr;
     if (!key) return;
     const int64_t B = ws.batch_, Tn = ws.length_, d = cfg_.decoder_embed_dim, F = cfg_.decoder_ffn_embed_dim;
-    const int64_t* starts = ws.starts_.data();
+    const int64_t* starts = ws.starts_dev_.data();
+    auto fill = [&](T* mask, int64_t l, DropoutSite site, double p, double p_path, int64_t width) {
+      fill_dropout_mask(be_, mask, DropoutMaskParams(*key, l, site, p, p_path), B, Tn, width, starts);
+    };
     ws.emb_mask_ = ws.emb_mask_store_;
-    if (ws.emb_mask_)
-      fill_dropout_mask(ws.emb_mask_, *key, 0, DropoutSite::embedding, cfg_.dropout, 0.0, B, Tn, d, starts);
+    if (ws.emb_mask_) fill(ws.emb_mask_, 0, DropoutSite::embedding, cfg_.dropout, 0.0, d);
     for (int64_t l = 0; l < L; ++l) {
       const auto& m = ws.mask_store_[static_cast<size_t>(l)];
       BlockSaved<T>& s = ws.layers_[static_cast<size_t>(l)];
       const double path = drop_path_rate_of(cfg_.drop_path_rate, l, L);
       s.ret_mask = m.ret, s.ffn_mask = m.ffn, s.ffn.act_mask = m.act;
-      if (m.ret) fill_dropout_mask(m.ret, *key, l, DropoutSite::retention, cfg_.dropout, path, B, Tn, d, starts);
-      if (m.ffn) fill_dropout_mask(m.ffn, *key, l, DropoutSite::ffn_output, cfg_.dropout, path, B, Tn, d, starts);
-      if (m.act)
-        fill_dropout_mask(m.act, *key, l, DropoutSite::ffn_activation, cfg_.activation_dropout, 0.0, B, Tn, F, starts);
+      if (m.ret) fill(m.ret, l, DropoutSite::retention, cfg_.dropout, path, d);
+      if (m.ffn) fill(m.ffn, l, DropoutSite::ffn_output, cfg_.dropout, path, d);
+      if (m.act) fill(m.act, l, DropoutSite::ffn_activation, cfg_.activation_dropout, 0.0, F);
     }
   }
   // Rotation rows for every (row, position); one shared range when all rows start together.
@@ -548,8 +597,10 @@ class Model {
     const bool same = std::all_of(st.begin(), st.end(), [&](int64_t s) { return s == st[0]; });
     ws.row_off_.assign(static_cast<size_t>(B), 0);
     if (same) {
-      if (!ws.rot_ || ws.rot_->start != st[0] || ws.rot_->count != Tn)
+      if (!ws.rot_ || ws.rot_->start != st[0] || ws.rot_->count != Tn) {
         ws.rot_ = std::make_unique<RotationTable<T>>(dk, st[0], Tn);
+        bind_rotation(ws);
+      }
       return;
     }
     auto tab = std::make_unique<RotationTable<T>>(dk, 0, 0);
@@ -562,12 +613,31 @@ class Model {
       ws.row_off_[static_cast<size_t>(b)] = b * Tn;
     }
     ws.rot_ = std::move(tab);
+    bind_rotation(ws);
+  }
+  // Points the layers at the workspace's rotation table and row offsets, in backend memory.
+  void bind_rotation(Workspace& ws) const {
+    const int64_t B = ws.batch_;
+    ws.row_off_dev_.copy_from_host(ws.row_off_.data(), B);
+    if constexpr (host_backend<BackendT>) {
+      ws.rot_rows_ = {ws.rot_->sin.data(), ws.rot_->cos.data(), ws.row_off_dev_.data()};
+    } else {
+      const int64_t n = static_cast<int64_t>(ws.rot_->sin.size());
+      if (ws.rot_sin_.size() < n) {
+        ws.rot_sin_ = Buffer<T, BackendT>(be_, n);
+        ws.rot_cos_ = Buffer<T, BackendT>(be_, n);
+      }
+      ws.rot_sin_.copy_from_host(ws.rot_->sin.data(), n);
+      ws.rot_cos_.copy_from_host(ws.rot_->cos.data(), n);
+      ws.rot_rows_ = {ws.rot_sin_.data(), ws.rot_cos_.data(), ws.row_off_dev_.data()};
+    }
   }
 
   ModelConfig cfg_;
   RetentionConfig rc_;
   ParamTable table_;
-  std::vector<T> params_;
+  BackendT be_;
+  Buffer<T, BackendT> params_;
   std::vector<LayerOffsets> layers_;
   int64_t embed_ = -1, head_ = -1, emb_norm_w_ = -1, emb_norm_b_ = -1, final_w_ = -1, final_b_ = -1;
   BlockSpec spec_{RetentionConfig(RetentionOptions{}), {}, 0, Activation::gelu, 0};

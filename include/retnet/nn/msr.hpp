@@ -7,19 +7,23 @@
 //   y = o · rsqrt(mean_dv(o²) + eps)    per (token, head), no affine
 //   z = silu(g) ⊙ y;   out = z Woᵀ  (added to the residual stream)
 // Shapes: x [B·T, d] row-major (batch-major rows), q, k [B, T, H, dk], v, g, o, z [B, T, H, dv].
+// Written once for every backend B: pointers live in B's memory; the ops are B's overloads.
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "retnet/core/config.hpp"
 #include "retnet/core/retention_args.hpp"
 #include "retnet/core/rotation.hpp"
 #include "retnet/cpu/activation.hpp"
+#include "retnet/cpu/group_norm.hpp"
 #include "retnet/cpu/linear.hpp"
 #include "retnet/cpu/linear_bf16.hpp"
 #include "retnet/cpu/norm.hpp"
 #include "retnet/cpu/retention.hpp"
+#include "retnet/cpu/rotation.hpp"
 
 namespace retnet {
 
@@ -60,129 +64,112 @@ struct StatePtrs {
 };
 
 // The retention op's inputs over the saved (rotated, scaled) q, k and v, with the optional initial state.
-template <class T>
-RetentionInputs<T> msr_retention_inputs(const MsrDims& dm, const MsrSaved<T>& s, StatePtrs<T> state_in) {
+template <class Space, class T>
+RetentionInputs<T, Space, T> msr_retention_inputs(const MsrDims& dm, const MsrSaved<T>& s, StatePtrs<T> state_in) {
+  using CView = TensorView<const T, Space>;
   const Shape qk{dm.batch, dm.length, dm.heads, dm.dk}, vo{dm.batch, dm.length, dm.heads, dm.dv};
-  RetentionInputs<T> in;
-  in.q = HostView<const T>(s.q, qk);
-  in.k = HostView<const T>(s.k, qk);
-  in.v = HostView<const T>(s.v, vo);
-  if (state_in.kv) in.state_kv = HostView<const T>(state_in.kv, {dm.batch, dm.heads, dm.dk, dm.dv});
-  if (state_in.scale) in.state_scale = HostView<const T>(state_in.scale, {dm.batch, dm.heads});
+  RetentionInputs<T, Space, T> in;
+  in.q = CView(s.q, qk);
+  in.k = CView(s.k, qk);
+  in.v = CView(s.v, vo);
+  if (state_in.kv) in.state_kv = CView(state_in.kv, {dm.batch, dm.heads, dm.dk, dm.dv});
+  if (state_in.scale) in.state_scale = CView(state_in.scale, {dm.batch, dm.heads});
   return in;
 }
 
-// x [B, T, H, dk] in place: row (b, t) uses table row row_off[b] + t; inverse applies the transpose.
+// Rotation rows of one call: sin/cos [rows, dk/2] and the first table row of each batch row, in backend memory.
 template <class T>
-void rotate_heads(T* x, const MsrDims& dm, const RotationTable<T>& tab, const int64_t* row_off, bool inverse) {
-  const int64_t half = dm.dk / 2;
-#pragma omp parallel for schedule(static) if (dm.rows() * dm.d > 32768)
-  for (int64_t r = 0; r < dm.rows(); ++r) {
-    const int64_t b = r / dm.length, t = r % dm.length;
-    const int64_t pos = row_off[b] + t;
-    const T* s = tab.sin.data() + pos * half;
-    const T* c = tab.cos.data() + pos * half;
-    for (int64_t h = 0; h < dm.heads; ++h) rotate_row(x + (r * dm.heads + h) * dm.dk, s, c, half, inverse);
+struct RotationRows {
+  const T *sin = nullptr, *cos = nullptr;
+  const int64_t* row_off = nullptr;  // [batch]
+};
+
+// y (+)= x wᵀ; on the CPU a bf16 inference copy w16 (when set) replaces w.
+template <class B, class T>
+void project(const B& be, T* y, const T* x, const T* w, const uint16_t* w16, int64_t n, int64_t in, int64_t out,
+             bool accumulate = false) {
+  if constexpr (std::is_same_v<B, Cpu>) {
+    linear_forward_mixed(be, y, x, w, w16, n, in, out, accumulate);
+  } else {
+    require(w16 == nullptr, "bf16 inference weights are a CPU feature");
+    linear_forward(be, y, x, w, n, in, out, accumulate);
   }
 }
 
 // Forward. out [N, d] receives += z Woᵀ (the residual add). state_in / state_out: per-layer retention state
 // (torchscale storage); step = true (length 1, recurrent) updates state_in in place with the recurrent step.
-template <class T>
-void msr_forward(Cpu, const RetentionConfig& rc, Form form, double eps, const MsrDims& dm, const MsrWeights<T>& w,
-                 const T* x, const MsrSaved<T>& s, T* out, const RotationTable<T>& rot, const int64_t* row_off,
+template <class B, class T>
+void msr_forward(const B& be, const RetentionConfig& rc, Form form, double eps, const MsrDims& dm,
+                 const MsrWeights<T>& w, const T* x, const MsrSaved<T>& s, T* out, const RotationRows<T>& rot,
                  StatePtrs<T> state_in = {}, StatePtrs<T> state_out = {}, bool step = false) {
+  using Space = typename B::space;
   const int64_t N = dm.rows(), d = dm.d, Vd = dm.vd();
-  linear_forward_mixed(cpu, s.q, x, w.q, w.q16, N, d, d);
-  linear_forward_mixed(cpu, s.k, x, w.k, w.k16, N, d, d);
-  linear_forward_mixed(cpu, s.v, x, w.v, w.v16, N, d, Vd);
-  linear_forward_mixed(cpu, s.g, x, w.g, w.g16, N, d, Vd);
+  project(be, s.q, x, w.q, w.q16, N, d, d);
+  project(be, s.k, x, w.k, w.k16, N, d, d);
+  project(be, s.v, x, w.v, w.v16, N, d, Vd);
+  project(be, s.g, x, w.g, w.g16, N, d, Vd);
   const T scaling = T(1) / std::sqrt(T(dm.dk));
-#pragma omp parallel for schedule(static) if (N * d > 32768)
-  for (int64_t i = 0; i < N * d; ++i) s.k[i] *= scaling;
-  rotate_heads(s.q, dm, rot, row_off, false);
-  rotate_heads(s.k, dm, rot, row_off, false);
+  rotate_heads(be, s.q, rot.sin, rot.cos, rot.row_off, dm.batch, dm.length, dm.heads, dm.dk, T(1), false);
+  rotate_heads(be, s.k, rot.sin, rot.cos, rot.row_off, dm.batch, dm.length, dm.heads, dm.dk, scaling, false);
 
   const Shape vo{dm.batch, dm.length, dm.heads, dm.dv};
   const Shape skv{dm.batch, dm.heads, dm.dk, dm.dv}, ssc{dm.batch, dm.heads};
+  using View = TensorView<T, Space>;
+  using CView = TensorView<const T, Space>;
   if (step) {
-    retention_recurrent_step(cpu, rc, HostView<const T>(s.q, {dm.batch, dm.heads, dm.dk}),
-                             HostView<const T>(s.k, {dm.batch, dm.heads, dm.dk}),
-                             HostView<const T>(s.v, {dm.batch, dm.heads, dm.dv}), HostView<T>(state_in.kv, skv),
-                             HostView<T>(state_in.scale, ssc), HostView<T>(s.o, {dm.batch, dm.heads, dm.dv}));
+    retention_recurrent_step(be, rc, CView(s.q, {dm.batch, dm.heads, dm.dk}), CView(s.k, {dm.batch, dm.heads, dm.dk}),
+                             CView(s.v, {dm.batch, dm.heads, dm.dv}), View(state_in.kv, skv),
+                             View(state_in.scale, ssc), View(s.o, {dm.batch, dm.heads, dm.dv}));
   } else {
-    const RetentionInputs<T> in = msr_retention_inputs(dm, s, state_in);
-    RetentionOutputs<T> o;
-    o.o = HostView<T>(s.o, vo);
-    if (state_out.kv) o.state_kv = HostView<T>(state_out.kv, skv);
-    if (state_out.scale) o.state_scale = HostView<T>(state_out.scale, ssc);
-    retention_forward(cpu, form, rc, in, o);
+    const RetentionInputs<T, Space, T> in = msr_retention_inputs<Space>(dm, s, state_in);
+    RetentionOutputs<T, Space, T> o;
+    o.o = View(s.o, vo);
+    if (state_out.kv) o.state_kv = View(state_out.kv, skv);
+    if (state_out.scale) o.state_scale = View(state_out.scale, ssc);
+    retention_forward(be, form, rc, in, o);
   }
-  // Group norm (per token and head over dv, no affine) and swish gate.
-  const int64_t dv = dm.dv, H = dm.heads;
-#pragma omp parallel for schedule(static) if (N * Vd > 32768)
-  for (int64_t r = 0; r < N * H; ++r) {
-    const T* orow = s.o + r * dv;
-    T ss = 0;
-    for (int64_t j = 0; j < dv; ++j) ss += orow[j] * orow[j];
-    const T rs = T(1) / std::sqrt(ss / T(dv) + T(eps));
-    s.gn_rstd[r] = rs;
-    const T* grow = s.g + r * dv;
-    T* zrow = s.z + r * dv;
-    for (int64_t j = 0; j < dv; ++j) zrow[j] = activate(Activation::swish, grow[j]) * orow[j] * rs;
-  }
-  linear_forward_mixed(cpu, out, s.z, w.out, w.out16, N, Vd, d, /*accumulate=*/true);
+  group_norm_gate_forward(be, s.z, s.gn_rstd, s.o, s.g, N * dm.heads, dm.dv, eps);
+  project(be, out, s.z, w.out, w.out16, N, Vd, d, /*accumulate=*/true);
 }
 
 // Backward. dout [N, d]: gradient of the layer output. Writes dx [N, d] (overwrite) = gradient of the
 // layer input x, accumulates the weight gradients, and handles the state gradients: d_state_out (gradient
 // of the final state, may be null) and d_state_in (written: gradient of the initial state, may be null).
-template <class T>
-void msr_backward(Cpu, const RetentionConfig& rc, Form form, const MsrDims& dm, const MsrWeights<T>& w,
+template <class B, class T>
+void msr_backward(const B& be, const RetentionConfig& rc, Form form, const MsrDims& dm, const MsrWeights<T>& w,
                   const MsrGrads<T>& gw, const T* x, const MsrSaved<T>& s, const MsrScratch<T>& sc, const T* dout,
-                  T* dx, const RotationTable<T>& rot, const int64_t* row_off, StatePtrs<T> state_in = {},
-                  const T* d_state_out = nullptr, T* d_state_in = nullptr) {
-  const int64_t N = dm.rows(), d = dm.d, Vd = dm.vd(), dv = dm.dv, H = dm.heads;
+                  T* dx, const RotationRows<T>& rot, StatePtrs<T> state_in = {}, const T* d_state_out = nullptr,
+                  T* d_state_in = nullptr) {
+  using Space = typename B::space;
+  const int64_t N = dm.rows(), d = dm.d, Vd = dm.vd();
   // out = z Woᵀ
-  linear_backward(cpu, sc.dz, gw.out, dout, s.z, w.out, N, Vd, d);
-  // z = silu(g) ⊙ o·r :  dy (into dz) and dg
-#pragma omp parallel for schedule(static) if (N * Vd > 32768)
-  for (int64_t r = 0; r < N * H; ++r) {
-    const T rs = s.gn_rstd[r];
-    for (int64_t j = 0; j < dv; ++j) {
-      const int64_t i = r * dv + j;
-      const T gz = sc.dz[i], gv = s.g[i];
-      const T y = s.o[i] * rs;
-      sc.dg[i] = gz * y * activate_grad(Activation::swish, gv);
-      sc.dz[i] = gz * activate(Activation::swish, gv);
-    }
-  }
-  // group norm backward (no affine): do_ from dy
-  rmsnorm_backward<T>(cpu, sc.do_, nullptr, sc.dz, s.o, nullptr, s.gn_rstd, N * H, dv);
+  linear_backward(be, sc.dz, gw.out, dout, s.z, w.out, N, Vd, d);
+  // z = silu(g) ⊙ groupnorm(o)
+  group_norm_gate_backward(be, sc.do_, sc.dg, sc.dz, s.o, s.g, s.gn_rstd, N * dm.heads, dm.dv);
   // retention backward
   const Shape qk{dm.batch, dm.length, dm.heads, dm.dk}, vo{dm.batch, dm.length, dm.heads, dm.dv};
   const Shape skv{dm.batch, dm.heads, dm.dk, dm.dv};
-  const RetentionInputs<T> in = msr_retention_inputs(dm, s, state_in);
-  RetentionOutputGrads<T> go;
-  go.d_o = HostView<const T>(sc.do_, vo);
-  if (d_state_out) go.d_state_kv = HostView<const T>(d_state_out, skv);
-  RetentionInputGrads<T> gi;
-  gi.dq = HostView<T>(sc.dq, qk);
-  gi.dk = HostView<T>(sc.dk, qk);
-  gi.dv = HostView<T>(sc.dv, vo);
-  if (d_state_in) gi.d_state_kv = HostView<T>(d_state_in, skv);
-  retention_backward(cpu, form, rc, in, go, gi);
+  using View = TensorView<T, Space>;
+  using CView = TensorView<const T, Space>;
+  const RetentionInputs<T, Space, T> in = msr_retention_inputs<Space>(dm, s, state_in);
+  RetentionOutputGrads<T, Space, T> go;
+  go.d_o = CView(sc.do_, vo);
+  if (d_state_out) go.d_state_kv = CView(d_state_out, skv);
+  RetentionInputGrads<T, Space, T> gi;
+  gi.dq = View(sc.dq, qk);
+  gi.dk = View(sc.dk, qk);
+  gi.dv = View(sc.dv, vo);
+  if (d_state_in) gi.d_state_kv = View(d_state_in, skv);
+  retention_backward(be, form, rc, in, go, gi);
   // un-rotate, undo the key scaling
-  rotate_heads(sc.dq, dm, rot, row_off, true);
-  rotate_heads(sc.dk, dm, rot, row_off, true);
   const T scaling = T(1) / std::sqrt(T(dm.dk));
-#pragma omp parallel for schedule(static) if (N * d > 32768)
-  for (int64_t i = 0; i < N * d; ++i) sc.dk[i] *= scaling;
+  rotate_heads(be, sc.dq, rot.sin, rot.cos, rot.row_off, dm.batch, dm.length, dm.heads, dm.dk, T(1), true);
+  rotate_heads(be, sc.dk, rot.sin, rot.cos, rot.row_off, dm.batch, dm.length, dm.heads, dm.dk, scaling, true);
   // projections
-  linear_backward(cpu, dx, gw.q, sc.dq, x, w.q, N, d, d, GradMode::overwrite);
-  linear_backward(cpu, dx, gw.k, sc.dk, x, w.k, N, d, d, GradMode::accumulate);
-  linear_backward(cpu, dx, gw.v, sc.dv, x, w.v, N, d, Vd, GradMode::accumulate);
-  linear_backward(cpu, dx, gw.g, sc.dg, x, w.g, N, d, Vd, GradMode::accumulate);
+  linear_backward(be, dx, gw.q, sc.dq, x, w.q, N, d, d, GradMode::overwrite);
+  linear_backward(be, dx, gw.k, sc.dk, x, w.k, N, d, d, GradMode::accumulate);
+  linear_backward(be, dx, gw.v, sc.dv, x, w.v, N, d, Vd, GradMode::accumulate);
+  linear_backward(be, dx, gw.g, sc.dg, x, w.g, N, d, Vd, GradMode::accumulate);
 }
 
 }  // namespace retnet

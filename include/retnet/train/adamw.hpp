@@ -6,8 +6,11 @@
 #include <cstdint>
 #include <vector>
 
+#include "retnet/core/backend.hpp"
+#include "retnet/core/buffer.hpp"
 #include "retnet/core/error.hpp"
 #include "retnet/core/params.hpp"
+#include "retnet/cpu/adamw.hpp"
 
 namespace retnet {
 
@@ -27,55 +30,44 @@ struct AdamWConfig {
   }
 };
 
-template <class T>
+template <class T, Backend BackendT = Cpu>
 class AdamW {
  public:
-  AdamW(const ParamTable& table, AdamWConfig cfg)
-      : cfg_(cfg), m_(static_cast<size_t>(table.total()), T(0)), v_(static_cast<size_t>(table.total()), T(0)) {
+  AdamW(const ParamTable& table, AdamWConfig cfg, const BackendT& backend = BackendT{})
+      : cfg_(cfg), be_(backend), m_(backend, table.total()), v_(backend, table.total()) {
     cfg_.validate();
-    for (const ParamInfo& p : table.entries()) ranges_.push_back({p.offset, p.numel(), p.shape.rank() >= 2});
+    std::vector<AdamWRange> ranges;
+    for (const ParamInfo& p : table.entries()) ranges.push_back({p.offset, p.numel(), p.shape.rank() >= 2 ? 1 : 0});
+    ranges_ = Buffer<AdamWRange, BackendT>(backend, static_cast<int64_t>(ranges.size()));
+    ranges_.copy_from_host(ranges.data(), ranges_.size());
   }
 
-  // One update with learning rate lr (already scheduled).
+  // One update with learning rate lr (already scheduled); params and grads in the backend's memory.
   void step(T* params, const T* grads, double lr) {
     ++t_;
-    const double b1 = cfg_.beta1, b2 = cfg_.beta2;
-    const double bc1 = 1.0 - std::pow(b1, static_cast<double>(t_));
-    const double bc2 = 1.0 - std::pow(b2, static_cast<double>(t_));
-    const T step_size = static_cast<T>(lr / bc1), inv_sqrt_bc2 = static_cast<T>(1.0 / std::sqrt(bc2));
-    const T eps = static_cast<T>(cfg_.eps);
-    for (const Range& r : ranges_) {
-      const T decay = r.decay ? static_cast<T>(1.0 - lr * cfg_.weight_decay) : T(1);
-      T* p = params + r.offset;
-      const T* g = grads + r.offset;
-      T* m = m_.data() + r.offset;
-      T* v = v_.data() + r.offset;
-#pragma omp parallel for schedule(static) if (r.numel > 65536)
-      for (int64_t i = 0; i < r.numel; ++i) {
-        m[i] = static_cast<T>(b1) * m[i] + static_cast<T>(1 - b1) * g[i];
-        v[i] = static_cast<T>(b2) * v[i] + static_cast<T>(1 - b2) * g[i] * g[i];
-        p[i] = p[i] * decay - step_size * m[i] / (std::sqrt(v[i]) * inv_sqrt_bc2 + eps);
-      }
-    }
+    const AdamWStepScalars s{lr, cfg_.beta1, cfg_.beta2, cfg_.eps, cfg_.weight_decay, t_};
+    adamw_update(be_, params, grads, m_.data(), v_.data(), ranges_.data(), ranges_.size(), s);
   }
 
   const AdamWConfig& config() const { return cfg_; }
   AdamWConfig& config() { return cfg_; }
   int64_t steps() const { return t_; }
   void set_steps(int64_t t) { t_ = t; }
+  // The moments in the backend's memory, laid out like the parameters.
   T* exp_avg() { return m_.data(); }
   T* exp_avg_sq() { return v_.data(); }
   const T* exp_avg() const { return m_.data(); }
   const T* exp_avg_sq() const { return v_.data(); }
+  Buffer<T, BackendT>& exp_avg_buffer() { return m_; }
+  Buffer<T, BackendT>& exp_avg_sq_buffer() { return v_; }
+  const Buffer<T, BackendT>& exp_avg_buffer() const { return m_; }
+  const Buffer<T, BackendT>& exp_avg_sq_buffer() const { return v_; }
 
  private:
-  struct Range {
-    int64_t offset, numel;
-    bool decay;
-  };
   AdamWConfig cfg_;
-  std::vector<T> m_, v_;
-  std::vector<Range> ranges_;
+  BackendT be_;
+  Buffer<T, BackendT> m_, v_;
+  Buffer<AdamWRange, BackendT> ranges_;
   int64_t t_ = 0;
 };
 

@@ -20,55 +20,78 @@
 #include <vector>
 
 #include "retnet/nn/model.hpp"
+#include "retnet/core/buffer.hpp"
+#include "retnet/cpu/elementwise.hpp"
 #include "retnet/train/adamw.hpp"
 #include "retnet/train/loss.hpp"
 #include "retnet/train/schedule.hpp"
 
 namespace retnet {
 
-// Keeps workspaces for the shapes a training run uses.
-template <class T>
+// Keeps workspaces (and the targets they are scored against) for the shapes a training run uses.
+template <class T, Backend BackendT = Cpu>
 class GradContext {
  public:
-  typename Model<T>::Workspace& workspace(const Model<T>& m, int64_t batch, int64_t length) {
+  using ModelType = Model<T, BackendT>;
+  typename ModelType::Workspace& workspace(const ModelType& m, int64_t batch, int64_t length) {
     auto& p = ws_[{batch, length}];
-    if (!p) p = std::make_unique<typename Model<T>::Workspace>(m, batch, length, true);
+    if (!p) p = std::make_unique<typename ModelType::Workspace>(m, batch, length, true);
     return *p;
+  }
+  // The targets [n] in the backend's memory (a copy on device backends).
+  const int64_t* targets(const ModelType& m, const int64_t* host_targets, int64_t n) {
+    if constexpr (host_backend<BackendT>) {
+      return host_targets;
+    } else {
+      for (int64_t i = 0; i < n; ++i)
+        require(host_targets[i] == kIgnoreIndex || (host_targets[i] >= 0 && host_targets[i] < m.config().vocab_size),
+                "cross_entropy: target ", host_targets[i], " at row ", i, " is out of range; expected an id in [0, ",
+                m.config().vocab_size, ") or the ignore index ", kIgnoreIndex);
+      if (targets_.size() < n) targets_ = Buffer<int64_t, BackendT>(m.backend(), n);
+      targets_.copy_from_host(host_targets, n);
+      return targets_.data();
+    }
   }
   void clear() { ws_.clear(); }
 
  private:
-  std::map<std::pair<int64_t, int64_t>, std::unique_ptr<typename Model<T>::Workspace>> ws_;
+  std::map<std::pair<int64_t, int64_t>, std::unique_ptr<typename ModelType::Workspace>> ws_;
+  Buffer<int64_t, BackendT> targets_;
 };
 
 // Loss of tokens [B, T] against targets [B, T] (kIgnoreIndex skips a position) and its gradient, added to
-// grads scaled by grad_scale (typically 1 / tokens counted in the optimizer step). dropout: training-mode
-// key (null: no dropout).
-template <class T>
-LossSum loss_and_grad(Model<T>& model, GradContext<T>& ctx, const int64_t* tokens, const int64_t* targets, int64_t B,
-                      int64_t Tn, Form form, T* grads, double grad_scale, int64_t segment_length = 0,
-                      const DropoutKey* dropout = nullptr) {
+// grads (backend memory) scaled by grad_scale (typically 1 / tokens counted in the optimizer step). dropout:
+// training-mode key (null: no dropout).
+template <class T, Backend BackendT>
+LossSum loss_and_grad(Model<T, BackendT>& model, GradContext<T, BackendT>& ctx, const int64_t* tokens,
+                      const int64_t* targets, int64_t B, int64_t Tn, Form form, T* grads, double grad_scale,
+                      int64_t segment_length = 0, const DropoutKey* dropout = nullptr) {
   const ModelConfig& c = model.config();
+  const BackendT& be = model.backend();
   const int64_t V = c.vocab_size, L = c.decoder_layers;
   const int64_t seg = segment_length > 0 ? std::min(segment_length, Tn) : Tn;
   const int64_t S = (Tn + seg - 1) / seg;
+  auto loss = [&](auto& ws, const int64_t* tgt, int64_t rows, T* dlogits) {
+    return cross_entropy_forward_backward(be, ws.logits(), ctx.targets(model, tgt, rows), rows, V, dlogits,
+                                          grad_scale);
+  };
   if (S == 1) {
     auto& ws = ctx.workspace(model, B, Tn);
     model.forward_train(tokens, form, ws, nullptr, {}, {}, false, false, dropout);
-    LossSum r = cross_entropy_forward_backward(cpu, ws.logits(), targets, B * Tn, V, ws.dlogits(), grad_scale);
+    LossSum r = loss(ws, targets, B * Tn, ws.dlogits());
     model.backward(ws, grads);
     return r;
   }
   const int64_t H = c.decoder_retention_heads;
   const int64_t kv_n = B * H * c.key_dim() * c.value_dim(), sc_n = B * H;
   // states[s]: the state entering segment s (s = 1 .. S-1; segment 0 starts empty)
-  std::vector<std::vector<T>> kv(static_cast<size_t>(S * L)), sc(static_cast<size_t>(S * L));
+  std::vector<Buffer<T, BackendT>> kv(static_cast<size_t>(S * L)), sc(static_cast<size_t>(S * L));
   auto state_ptrs = [&](int64_t s) {
     std::vector<StatePtrs<T>> v;
     for (int64_t l = 0; l < L; ++l) {
       auto& a = kv[static_cast<size_t>(s * L + l)];
       auto& b = sc[static_cast<size_t>(s * L + l)];
-      if (a.empty()) a.assign(static_cast<size_t>(kv_n), T(0)), b.assign(static_cast<size_t>(sc_n), T(0));
+      if (a.empty()) a = Buffer<T, BackendT>(be, kv_n), b = Buffer<T, BackendT>(be, sc_n);
       v.push_back({a.data(), b.data()});
     }
     return v;
@@ -95,13 +118,13 @@ LossSum loss_and_grad(Model<T>& model, GradContext<T>& ctx, const int64_t* token
     const std::vector<StatePtrs<T>> out = s + 1 < S ? state_ptrs(s + 1) : std::vector<StatePtrs<T>>{};
     model.forward_train(seg_tok.data(), form, ws, starts.data(), in, out, false, false, dropout);
     const bool last = s + 1 == S;
-    LossSum r = cross_entropy_forward_backward(cpu, ws.logits(), seg_tgt.data(), B * len, V,
-                                               last ? ws.dlogits() : static_cast<T*>(nullptr), grad_scale);
+    LossSum r = loss(ws, seg_tgt.data(), B * len, last ? ws.dlogits() : static_cast<T*>(nullptr));
     total.sum += r.sum;
     total.count += r.count;
   }
   // backward pass, segments in reverse, passing the state gradient back
-  std::vector<std::vector<T>> dcur(static_cast<size_t>(L), std::vector<T>(static_cast<size_t>(kv_n))), dprev = dcur;
+  std::vector<Buffer<T, BackendT>> dcur, dprev;
+  for (int64_t l = 0; l < L; ++l) dcur.emplace_back(be, kv_n), dprev.emplace_back(be, kv_n);
   for (int64_t s = S - 1; s >= 0; --s) {
     const int64_t len = seg_len(s);
     auto& ws = ctx.workspace(model, B, len);
@@ -109,7 +132,7 @@ LossSum loss_and_grad(Model<T>& model, GradContext<T>& ctx, const int64_t* token
     if (s + 1 < S) {  // recompute
       slice(s, len);
       model.forward_train(seg_tok.data(), form, ws, starts.data(), in, {}, false, false, dropout);
-      cross_entropy_forward_backward(cpu, ws.logits(), seg_tgt.data(), B * len, V, ws.dlogits(), grad_scale);
+      loss(ws, seg_tgt.data(), B * len, ws.dlogits());
     }
     std::vector<const T*> d_out;
     std::vector<T*> d_in;
@@ -140,14 +163,15 @@ struct StepStats {
   int64_t tokens = 0;
 };
 
-template <class T>
+template <class T, Backend BackendT = Cpu>
 class Trainer {
  public:
-  Trainer(Model<T>& model, TrainerConfig cfg)
+  using ModelType = Model<T, BackendT>;
+  Trainer(ModelType& model, TrainerConfig cfg)
       : model_(model),
         cfg_(cfg),
-        opt_(model.param_table(), cfg.adamw),
-        grads_(static_cast<size_t>(model.param_table().total()), T(0)) {
+        opt_(model.param_table(), cfg.adamw, model.backend()),
+        grads_(model.backend(), model.param_table().total()) {
     require(cfg_.accumulation_steps > 0, "TrainerConfig: accumulation_steps = ", cfg_.accumulation_steps,
             " must be positive");
   }
@@ -158,7 +182,7 @@ class Trainer {
             " and targets ", targets.shape().to_string(), " must both be [batch, length]");
     const int64_t B = inputs.size(0), Tn = inputs.size(1), A = cfg_.accumulation_steps;
     require(B % A == 0, "Trainer: batch ", B, " is not divisible by accumulation_steps = ", A);
-    std::fill(grads_.begin(), grads_.end(), T(0));
+    grads_.zero();
     const int64_t count = count_targets(targets.data(), B * Tn);
     const double scale = count ? 1.0 / static_cast<double>(count) : 0.0;
     LossSum total;
@@ -179,12 +203,11 @@ class Trainer {
     StepStats st;
     st.loss = l.mean();
     st.tokens = inputs.numel();
-    double ss = 0;
-    for (T g : grads_) ss += static_cast<double>(g) * static_cast<double>(g);
-    st.grad_norm = std::sqrt(ss);
+    const BackendT& be = model_.backend();
+    st.grad_norm = std::sqrt(sum_squares(be, grads_.data(), grads_.size()));
     if (cfg_.grad_clip > 0 && st.grad_norm > cfg_.grad_clip) {
       const T f = static_cast<T>(cfg_.grad_clip / (st.grad_norm + 1e-6));
-      for (T& g : grads_) g *= f;
+      scale_elements(be, grads_.data(), f, grads_.size());
     }
     st.lr = cfg_.adamw.lr * cfg_.schedule.factor(step_);
     opt_.step(model_.params(), grads_.data(), st.lr);
@@ -197,19 +220,20 @@ class Trainer {
     step_ = s;
     opt_.set_steps(s);
   }
-  AdamW<T>& optimizer() { return opt_; }
-  const AdamW<T>& optimizer() const { return opt_; }
-  const std::vector<T>& grads() const { return grads_; }
-  Model<T>& model() { return model_; }
-  const Model<T>& model() const { return model_; }
+  AdamW<T, BackendT>& optimizer() { return opt_; }
+  const AdamW<T, BackendT>& optimizer() const { return opt_; }
+  // The gradient of the last compute_gradients/step (before clipping for compute_gradients), backend memory.
+  const Buffer<T, BackendT>& grads() const { return grads_; }
+  ModelType& model() { return model_; }
+  const ModelType& model() const { return model_; }
   const TrainerConfig& config() const { return cfg_; }
 
  private:
-  Model<T>& model_;
+  ModelType& model_;
   TrainerConfig cfg_;
-  AdamW<T> opt_;
-  std::vector<T> grads_;
-  GradContext<T> ctx_;
+  AdamW<T, BackendT> opt_;
+  Buffer<T, BackendT> grads_;
+  GradContext<T, BackendT> ctx_;
   int64_t step_ = 0;
 };
 
