@@ -7,16 +7,9 @@
 
 #include "retnet/core/backend.hpp"
 #include "retnet/core/error.hpp"
+#include "retnet/core/op_types.hpp"
 
 namespace retnet {
-
-enum class Activation { gelu, swish };
-
-inline Activation activation_from_string(const std::string& s) {
-  if (s == "gelu") return Activation::gelu;
-  if (s == "swish" || s == "silu") return Activation::swish;
-  fail("activation '", s, "' is not supported; expected 'gelu' or 'swish'");
-}
 
 template <class T>
 inline T sigmoid(T x) {

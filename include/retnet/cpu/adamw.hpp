@@ -4,20 +4,9 @@
 #include <cstdint>
 
 #include "retnet/core/backend.hpp"
+#include "retnet/core/op_types.hpp"
 
 namespace retnet {
-
-// One tensor of the flat buffer; decay: whether weight decay applies (matrices, not norm weights or biases).
-struct AdamWRange {
-  int64_t offset = 0, numel = 0;
-  int64_t decay = 0;
-};
-
-// The scalars of one update, computed once on the host: t is the step count after this update (>= 1).
-struct AdamWStepScalars {
-  double lr = 0, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0;
-  int64_t t = 1;
-};
 
 // m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g²;  p = p (1 - lr wd) - (lr / bc1) m / (sqrt(v) / sqrt(bc2) + eps)
 // for every element of every range; ranges [count] live in the backend's memory (here: the host).

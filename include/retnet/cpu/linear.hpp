@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "retnet/core/backend.hpp"
+#include "retnet/core/op_types.hpp"
 #include "retnet/cpu/eigen.hpp"
 
 #ifdef _OPENMP
@@ -14,8 +15,6 @@
 #endif
 
 namespace retnet {
-
-enum class GradMode { ignore, overwrite, accumulate };
 
 namespace cpu_detail {
 template <class T>

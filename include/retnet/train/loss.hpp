@@ -7,16 +7,9 @@
 
 #include "retnet/core/backend.hpp"
 #include "retnet/core/error.hpp"
+#include "retnet/core/op_types.hpp"
 
 namespace retnet {
-
-inline constexpr int64_t kIgnoreIndex = -100;  // PyTorch's default
-
-struct LossSum {
-  double sum = 0;     // Σ over counted rows of −log softmax(logits)[target]
-  int64_t count = 0;  // rows whose target is not the ignore index
-  double mean() const { return count ? sum / static_cast<double>(count) : 0.0; }
-};
 
 inline int64_t count_targets(const int64_t* targets, int64_t n, int64_t ignore_index = kIgnoreIndex) {
   int64_t c = 0;
