@@ -414,7 +414,8 @@ class Tokenizer {
   std::vector<int> byte_value_;
   std::unordered_map<std::string, std::int32_t, tokenizer_detail::StringHash, std::equal_to<>> vocab_;  // model's
   std::unordered_map<std::uint64_t, Merge> merges_;
-  std::array<std::int32_t, 256> byte_ids_{};  // <0xXX> ids for byte fallback, -1 when absent
+  std::array<std::int32_t, 256> byte_ids_{};   // <0xXX> ids for byte fallback, -1 when absent
+  std::array<std::int32_t, 128> ascii_ids_{};  // ids of the one-character ASCII tokens, -1 when absent
   bool byte_fallback_ = false;
   bool fuse_unk_ = false;
   bool ignore_merges_ = false;
@@ -500,6 +501,12 @@ class Tokenizer {
       const auto it = vocab_.find(name);
       require(it != vocab_.end(), w, ".unk_token = \"", name, "\" is not in the vocabulary");
       unk_id_ = it->second;
+    }
+    ascii_ids_.fill(-1);
+    for (int c = 0; c < 128; ++c) {
+      const char ch = static_cast<char>(c);
+      const auto it = vocab_.find(std::string_view(&ch, 1));
+      if (it != vocab_.end()) ascii_ids_[static_cast<std::size_t>(c)] = it->second;
     }
     byte_ids_.fill(-1);
     if (byte_fallback_) {
@@ -860,9 +867,15 @@ class Tokenizer {
     for (std::size_t i = 0; i < word.size();) {
       const std::size_t n = utf8_char(word, i, &cp);
       require(n > 0, "tokenizer: invalid UTF-8 at byte ", i, " of a normalized word");  // input was validated
-      const auto it = vocab_.find(word.substr(i, n));
-      if (it != vocab_.end()) {
-        add(it->second);
+      std::int32_t id = -1;
+      if (n == 1) {
+        id = ascii_ids_[static_cast<unsigned char>(word[i])];
+      } else {
+        const auto it = vocab_.find(word.substr(i, n));
+        if (it != vocab_.end()) id = it->second;
+      }
+      if (id >= 0) {
+        add(id);
         last_was_unk = false;
       } else {
         bool all_bytes = byte_fallback_;
@@ -881,38 +894,41 @@ class Tokenizer {
       i += n;
     }
 
-    struct Candidate {
-      std::int32_t rank, pos, new_id;
-      bool operator<(const Candidate& o) const {  // priority_queue pops the largest: lowest rank, then leftmost
-        return rank != o.rank ? rank > o.rank : pos > o.pos;
-      }
-    };
-    std::vector<Candidate> storage;
-    storage.reserve(sym.size());
-    std::priority_queue<Candidate> heap(std::less<Candidate>(), std::move(storage));
-    const auto consider = [&](std::int32_t pos) {
+    // Queued pairs as rank << 32 | position: the smallest is the lowest rank, leftmost among equal ranks. Eight
+    // bytes an entry keeps the heap compact; ranks identify merges uniquely, so an entry is stale exactly when
+    // the pair now at its position has another rank (or none).
+    std::vector<std::uint64_t> storage;
+    storage.reserve(2 * sym.size());
+    std::priority_queue<std::uint64_t, std::vector<std::uint64_t>, std::greater<>> heap(std::greater<>(),
+                                                                                        std::move(storage));
+    const auto merge_at = [&](std::int32_t pos) -> const Merge* {
       const std::int32_t nx = sym[static_cast<std::size_t>(pos)].next;
-      if (nx < 0) return;
+      if (nx < 0) return nullptr;
       const auto m =
           merges_.find(pair_key(sym[static_cast<std::size_t>(pos)].id, sym[static_cast<std::size_t>(nx)].id));
-      if (m != merges_.end()) heap.push(Candidate{m->second.rank, pos, m->second.new_id});
+      return m == merges_.end() ? nullptr : &m->second;
+    };
+    const auto consider = [&](std::int32_t pos) {
+      if (const Merge* m = merge_at(pos))
+        heap.push(static_cast<std::uint64_t>(m->rank) << 32 | static_cast<std::uint32_t>(pos));
     };
     for (std::size_t p = 0; p + 1 < sym.size(); ++p) consider(static_cast<std::int32_t>(p));
     while (!heap.empty()) {
-      const Candidate c = heap.top();
+      const std::uint64_t top = heap.top();
       heap.pop();
-      Symbol& left = sym[static_cast<std::size_t>(c.pos)];
-      if (!left.alive || left.next < 0) continue;
+      const auto rank = static_cast<std::int32_t>(top >> 32);
+      const auto pos = static_cast<std::int32_t>(top & 0xffffffffu);
+      Symbol& left = sym[static_cast<std::size_t>(pos)];
+      if (!left.alive) continue;
+      const Merge* m = merge_at(pos);
+      if (m == nullptr || m->rank != rank) continue;  // stale: the pair at pos changed since it was queued
       Symbol& right = sym[static_cast<std::size_t>(left.next)];
-      // Stale entries: the pair at pos changed since it was queued.
-      const auto m = merges_.find(pair_key(left.id, right.id));
-      if (m == merges_.end() || m->second.new_id != c.new_id) continue;
-      left.id = c.new_id;
+      left.id = m->new_id;
       right.alive = false;
       left.next = right.next;
-      if (right.next >= 0) sym[static_cast<std::size_t>(right.next)].prev = c.pos;
+      if (right.next >= 0) sym[static_cast<std::size_t>(right.next)].prev = pos;
       if (left.prev >= 0) consider(left.prev);
-      consider(c.pos);
+      consider(pos);
     }
     for (std::int32_t p = 0; p >= 0; p = sym[static_cast<std::size_t>(p)].next)
       out.push_back(sym[static_cast<std::size_t>(p)].id);
