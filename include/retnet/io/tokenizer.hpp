@@ -535,7 +535,8 @@ class Tokenizer {
         a = s.substr(0, sp);
         b = s.substr(sp + 1);
       } else {
-        require(e.is_array() && e.size() == 2, at, ": expected \"a b\" or [\"a\", \"b\"], got ", e.dump());
+        require(e.is_array() && e.size() == 2, at, ": expected \"a b\" or [\"a\", \"b\"], got ", e.type_name(),
+                e.is_array() ? " of size " + std::to_string(e.size()) : std::string());
         a = get_string(e[0], at + "[0]");
         b = get_string(e[1], at + "[1]");
       }
