@@ -41,6 +41,7 @@
 #include <sstream>
 #include <string>
 #include <string_view>
+#include <system_error>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -266,7 +267,8 @@ class Tokenizer {
     const std::filesystem::path d(dir);
     Tokenizer t = from_file((d / "tokenizer.json").string());
     const std::filesystem::path cfg = d / "tokenizer_config.json";
-    if (std::filesystem::exists(cfg)) {
+    std::error_code ec;
+    if (std::filesystem::exists(cfg, ec)) {
       std::ifstream f(cfg, std::ios::binary);
       require(f.good(), "tokenizer: cannot open \"", cfg.string(), "\"");
       nlohmann::json j;
@@ -1024,8 +1026,8 @@ class Tokenizer {
 // UTF-8 come out as U+FFFD. The concatenated output equals Tokenizer::decode of all ids whenever every run of
 // byte tokens is valid UTF-8 (the case for any text the tokenizer encoded).
 //
-// It decodes a short window (the previous token or character plus the new ids) and returns what the new ids
-// added, so each step costs O(1) decoder work regardless of how much has been generated.
+// The tokenizer must outlive the decoder. It decodes a short window (the previous token or character plus the new ids)
+// and returns what the new ids added, so each step costs O(1) decoder work regardless of how much has been generated.
 class StreamDecoder {
  public:
   explicit StreamDecoder(const Tokenizer& tokenizer, bool skip_special = true)
