@@ -21,7 +21,7 @@
 #include "retnet/nn/ffn.hpp"
 #include "retnet/nn/block.hpp"
 #include "retnet/nn/model.hpp"
-#include "retnet/train/loss.hpp"
+#include "retnet/cpu/loss.hpp"
 #include "retnet/train/adamw.hpp"
 #include "retnet/train/schedule.hpp"
 #include "retnet/train/trainer.hpp"

@@ -11,7 +11,7 @@
 #include "retnet/cpu/linear.hpp"
 #include "retnet/cpu/norm.hpp"
 #include "retnet/cpu/rotation.hpp"
-#include "retnet/train/loss.hpp"
+#include "retnet/cpu/loss.hpp"
 
 namespace ops_ref {
 

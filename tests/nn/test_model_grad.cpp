@@ -9,7 +9,7 @@
 #include "retnet/cpu/activation.hpp"
 #include "retnet/cpu/norm.hpp"
 #include "retnet/nn/model.hpp"
-#include "retnet/train/loss.hpp"
+#include "retnet/cpu/loss.hpp"
 #include "retnet/train/trainer.hpp"
 
 using namespace retnet;

@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "retnet/nn/model.hpp"
-#include "retnet/train/loss.hpp"
+#include "retnet/cpu/loss.hpp"
 #include "test_util.hpp"
 
 using namespace retnet;

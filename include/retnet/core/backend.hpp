@@ -16,9 +16,9 @@ namespace retnet {
 
 struct Cpu {
   using space = Host;
-  void* allocate(size_t bytes) const { return bytes ? ::operator new(bytes, std::align_val_t{64}) : nullptr; }
+  void* allocate(size_t bytes) const { return bytes ? ::operator new (bytes, std::align_val_t{64}) : nullptr; }
   void release(void* p) const {
-    if (p) ::operator delete(p, std::align_val_t{64});
+    if (p) ::operator delete (p, std::align_val_t{64});
   }
   void zero(void* p, size_t bytes) const {
     if (bytes) std::memset(p, 0, bytes);

@@ -3,11 +3,11 @@
 // Long-lived: models, workspaces, optimizer state and carried states allocate once and reuse, so no allocation
 // happens inside a training or decoding step.
 #include <cstdint>
+#include <limits>
 #include <utility>
 #include <vector>
 
 #include "retnet/core/backend.hpp"
-#include <limits>
 #include "retnet/core/error.hpp"
 #include "retnet/core/tensor.hpp"
 
@@ -63,8 +63,8 @@ class Buffer {
     be_.copy_from_host(data_ + offset, src, sizeof(T) * static_cast<size_t>(n));
   }
   void copy_to_host(T* dst, int64_t n, int64_t offset = 0) const {
-    require(offset >= 0 && n >= 0 && offset + n <= n_, "Buffer::copy_to_host: ", n, " elements at ", offset,
-            " exceed ", n_);
+    require(offset >= 0 && n >= 0 && offset + n <= n_, "Buffer::copy_to_host: ", n, " elements at ", offset, " exceed ",
+            n_);
     be_.copy_to_host(dst, data_ + offset, sizeof(T) * static_cast<size_t>(n));
   }
   std::vector<T> to_host() const {

@@ -39,7 +39,9 @@ inline uint64_t dropout_stream(const DropoutKey& key, int64_t layer, DropoutSite
 }
 
 // The stream of the whole-row (drop-path) decisions, independent of the element decisions.
-RETNET_HD uint64_t dropout_path_stream(uint64_t elem_stream) { return dropout_mix(elem_stream ^ 0xD1B54A32D192ED03ULL); }
+RETNET_HD uint64_t dropout_path_stream(uint64_t elem_stream) {
+  return dropout_mix(elem_stream ^ 0xD1B54A32D192ED03ULL);
+}
 
 RETNET_HD uint64_t dropout_row_hash(uint64_t stream, int64_t global_row) {
   return dropout_mix(stream ^ dropout_mix(static_cast<uint64_t>(global_row) + 0x632BE59BD9B4E019ULL));

@@ -79,8 +79,7 @@ RetentionDims validate_inputs(const char* op, const RetentionConfig& cfg, const 
   detail::expect_present(op, "q", in.q);
   detail::expect_present(op, "k", in.k);
   detail::expect_present(op, "v", in.v);
-  require(in.q.rank() == 4, op, ": q has shape ", in.q.shape(),
-          ", expected rank 4 [batch, length, heads, key_dim]");
+  require(in.q.rank() == 4, op, ": q has shape ", in.q.shape(), ", expected rank 4 [batch, length, heads, key_dim]");
   const RetentionDims d{in.q.size(0), in.q.size(1), cfg.heads(), cfg.key_dim(), cfg.value_dim()};
   require(d.batch > 0, op, ": batch = ", d.batch, " (from q ", in.q.shape(), ") must be positive");
   require(d.length > 0, op, ": length = ", d.length, " (from q ", in.q.shape(), ") must be positive");

@@ -110,8 +110,7 @@ class Tensor {
 
   // Same data, another shape of equal element count.
   void reshape(Shape shape) {
-    require(shape.numel() == shape_.numel(), "Tensor::reshape: ", shape_, " to ", shape,
-            " changes the element count");
+    require(shape.numel() == shape_.numel(), "Tensor::reshape: ", shape_, " to ", shape, " changes the element count");
     shape_ = shape;
   }
 

@@ -4,15 +4,9 @@
 
 #include "retnet/core/backend.hpp"
 #include "retnet/core/error.hpp"
+#include "retnet/core/tokens.hpp"
 
 namespace retnet {
-
-// Throws retnet::Error naming the first token id outside [0, vocab) and its position [row, column].
-inline void validate_tokens(const char* op, const int64_t* tokens, int64_t rows, int64_t cols, int64_t vocab) {
-  for (int64_t i = 0; i < rows * cols; ++i)
-    require(tokens[i] >= 0 && tokens[i] < vocab, op, ": token id ", tokens[i], " at position [", i / cols, ", ",
-            i % cols, "] is out of range; ids must lie in [0, ", vocab, ")");
-}
 
 // out [n, d] = scale · E[tokens[i]],  E [vocab, d]
 template <class T>

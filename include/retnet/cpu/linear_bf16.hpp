@@ -27,7 +27,6 @@
 namespace retnet {
 
 // Which copy of the weights Model's inference calls (forward, prefill, step) multiply with.
-enum class WeightPrecision { float32, bf16 };
 
 // float -> bf16 bits, round to nearest even; NaN stays a (quiet) NaN, infinities stay infinite.
 inline uint16_t float_to_bf16_bits(float f) {

@@ -23,12 +23,23 @@
 namespace retnet {
 
 struct Cuda {
+  using space = Device;
   cudaStream_t stream = nullptr;
   cublasHandle_t cublas = nullptr;
   // Float storage: false keeps float accuracy (retention's matrix products as three tf32 products each, about
-  // 1e-6 relative); true runs them as one tf32 product (about 1e-3 relative, as PyTorch's allow_tf32 and fla's
-  // float kernels), about 1.75 times faster on the H200 (fwd+bwd, (8, 4096, 16, 128)). bf16 is not affected.
+  // 1e-6 relative; dense layers in exact float); true runs them as one tf32 product (about 1e-3 relative, as
+  // PyTorch's allow_tf32 and fla's float kernels), about 1.75 times faster on the H200 (retention fwd+bwd,
+  // (8, 4096, 16, 128)). bf16 is not affected.
   bool allow_tf32 = false;
+
+  // Raw memory for long-lived buffers (Buffer<T, Cuda>): allocated on the current device outside any step.
+  void* allocate(size_t bytes) const;
+  void release(void* p) const;
+  // Stream-ordered; copy_to_host and copy_from_host return once the copy is complete.
+  void zero(void* p, size_t bytes) const;
+  void copy_to_host(void* dst, const void* src, size_t bytes) const;
+  void copy_from_host(void* dst, const void* src, size_t bytes) const;
+  void sync() const;
 };
 
 namespace cuda_detail {
@@ -48,6 +59,29 @@ inline void check_cublas(cublasStatus_t s, const char* what, const char* file, i
 #define RETNET_CUDA_CHECK(call) ::retnet::cuda_detail::check_cuda((call), #call, __FILE__, __LINE__)
 #define RETNET_CUDA_CHECK_LAUNCH(name) ::retnet::cuda_detail::check_cuda(cudaGetLastError(), name, __FILE__, __LINE__)
 #define RETNET_CUBLAS_CHECK(call) ::retnet::cuda_detail::check_cublas((call), #call, __FILE__, __LINE__)
+
+inline void* Cuda::allocate(size_t bytes) const {
+  void* p = nullptr;
+  if (bytes) RETNET_CUDA_CHECK(cudaMalloc(&p, bytes));
+  return p;
+}
+inline void Cuda::release(void* p) const {
+  if (p) (void)cudaFree(p);  // never throws from a destructor
+}
+inline void Cuda::zero(void* p, size_t bytes) const {
+  if (bytes) RETNET_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, stream));
+}
+inline void Cuda::copy_to_host(void* dst, const void* src, size_t bytes) const {
+  if (!bytes) return;
+  RETNET_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream));
+  RETNET_CUDA_CHECK(cudaStreamSynchronize(stream));
+}
+inline void Cuda::copy_from_host(void* dst, const void* src, size_t bytes) const {
+  if (!bytes) return;
+  RETNET_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream));
+  RETNET_CUDA_CHECK(cudaStreamSynchronize(stream));  // the source may be released as soon as this returns
+}
+inline void Cuda::sync() const { RETNET_CUDA_CHECK(cudaStreamSynchronize(stream)); }
 
 namespace cuda_detail {
 

@@ -1,5 +1,5 @@
 #pragma once
-// Softmax cross-entropy with an ignore index, fused with its gradient, on the GPU: the CUDA side of train/loss.hpp.
+// Softmax cross-entropy with an ignore index, fused with its gradient, on the GPU: the CUDA side of cpu/loss.hpp.
 //
 // Each row is cut into `splits` chunks (one chunk per block; several when there are few rows and a large vocab).
 // Pass 1 finds each chunk's max and Σ exp(x − max) in float (online, one read) and saves the target's logit; pass 2

@@ -1,6 +1,6 @@
 #pragma once
 // Every element-wise, row-wise and dense op of the CUDA backend (the GPU overloads of the CPU ops in retnet/cpu/ and
-// the loss in retnet/train/loss.hpp, with const Cuda& as the backend tag).
+// the loss in retnet/cpu/loss.hpp, with const Cuda& as the backend tag).
 #include "retnet/cuda/activation.cuh"
 #include "retnet/cuda/adamw.cuh"
 #include "retnet/cuda/context.cuh"

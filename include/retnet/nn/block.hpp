@@ -6,9 +6,7 @@
 #include <cstdint>
 #include <cstring>
 
-#include "retnet/cpu/norm.hpp"
-#include "retnet/cpu/dropout.hpp"
-#include "retnet/cpu/elementwise.hpp"
+#include "retnet/nn/backend_ops.hpp"
 #include "retnet/nn/ffn.hpp"
 #include "retnet/nn/msr.hpp"
 
@@ -29,8 +27,8 @@ struct NormGrads {
 
 // y [N, d]; mean [N] (LayerNorm only), rstd [N]
 template <class B, class T>
-void norm_forward(const B& be, const NormSpec& ns, T* y, T* mean, T* rstd, const T* x, const NormWeights<T>& p, int64_t N,
-                  int64_t d) {
+void norm_forward(const B& be, const NormSpec& ns, T* y, T* mean, T* rstd, const T* x, const NormWeights<T>& p,
+                  int64_t N, int64_t d) {
   if (ns.layernorm)
     layernorm_forward(be, y, mean, rstd, x, p.w, p.b, N, d, ns.eps);
   else
@@ -89,8 +87,8 @@ struct BlockScratch {
 
 // x [N, d] -> x_out [N, d] (distinct buffers).
 template <class B, class T>
-void block_forward(const B& be, const BlockSpec& bs, Form form, const MsrDims& dm, const BlockWeights<T>& w,
-                   const T* x, const BlockSaved<T>& s, T* x_out, const RotationRows<T>& rot, StatePtrs<T> state_in = {},
+void block_forward(const B& be, const BlockSpec& bs, Form form, const MsrDims& dm, const BlockWeights<T>& w, const T* x,
+                   const BlockSaved<T>& s, T* x_out, const RotationRows<T>& rot, StatePtrs<T> state_in = {},
                    StatePtrs<T> state_out = {}, bool step = false) {
   const int64_t N = dm.rows(), d = dm.d;
   norm_forward(be, bs.norm, s.n1, s.mean1, s.rstd1, x, w.ret_norm, N, d);

@@ -4,11 +4,8 @@
 // Training: an activation-dropout mask (core/dropout.hpp, cpu/dropout.hpp) multiplies what fc2 reads.
 #include <cstdint>
 
-#include "retnet/cpu/activation.hpp"
-#include "retnet/cpu/linear.hpp"
-#include "retnet/cpu/linear_bf16.hpp"
+#include "retnet/nn/backend_ops.hpp"
 #include "retnet/nn/msr.hpp"
-#include "retnet/cpu/dropout.hpp"
 
 namespace retnet {
 
@@ -34,8 +31,8 @@ struct FfnScratch {
 
 // out [N, d] += fc2(...)  (the residual add)
 template <class B, class T>
-void ffn_forward(const B& be, Activation act, const FfnWeights<T>& w, const T* x, const FfnSaved<T>& s, T* out, int64_t N,
-                 int64_t d, int64_t F) {
+void ffn_forward(const B& be, Activation act, const FfnWeights<T>& w, const T* x, const FfnSaved<T>& s, T* out,
+                 int64_t N, int64_t d, int64_t F) {
   project(be, s.h, x, w.fc1, w.fc1_16, N, d, F);
   if (w.gate) {
     project(be, s.gt, x, w.gate, w.gate16, N, d, F);
@@ -49,8 +46,9 @@ void ffn_forward(const B& be, Activation act, const FfnWeights<T>& w, const T* x
 
 // dx [N, d] (overwrite) from dout [N, d]; weight gradients accumulate.
 template <class B, class T>
-void ffn_backward(const B& be, Activation act, const FfnWeights<T>& w, const FfnGrads<T>& gw, const T* x, const FfnSaved<T>& s,
-                  const FfnScratch<T>& sc, const T* dout, T* dx, int64_t N, int64_t d, int64_t F) {
+void ffn_backward(const B& be, Activation act, const FfnWeights<T>& w, const FfnGrads<T>& gw, const T* x,
+                  const FfnSaved<T>& s, const FfnScratch<T>& sc, const T* dout, T* dx, int64_t N, int64_t d,
+                  int64_t F) {
   linear_backward(be, sc.da, gw.fc2, dout, s.a, w.fc2, N, F, d);
   if (s.act_mask) apply_mask(be, sc.da, s.act_mask, N * F);
   if (w.gate) {

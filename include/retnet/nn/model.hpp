@@ -35,12 +35,9 @@
 #include "retnet/core/params.hpp"
 #include "retnet/core/rotation.hpp"
 #include "retnet/core/tensor.hpp"
-#include "retnet/cpu/embedding.hpp"
-#include "retnet/cpu/linear_bf16.hpp"
+#include "retnet/nn/backend_ops.hpp"
 #include "retnet/nn/block.hpp"
 #include "retnet/nn/config.hpp"
-#include "retnet/cpu/dropout.hpp"
-#include "retnet/cpu/elementwise.hpp"
 
 namespace retnet {
 
@@ -192,7 +189,8 @@ class Model {
     std::vector<StatePtrs<T>> state_in_;
   };
 
-  explicit Model(ModelConfig cfg, const BackendT& backend = BackendT{}) : cfg_(std::move(cfg)), rc_(init_rc(cfg_)), be_(backend) {
+  explicit Model(ModelConfig cfg, const BackendT& backend = BackendT{})
+      : cfg_(std::move(cfg)), rc_(init_rc(cfg_)), be_(backend) {
     const int64_t d = cfg_.decoder_embed_dim, Vd = cfg_.decoder_value_embed_dim, F = cfg_.decoder_ffn_embed_dim,
                   V = cfg_.vocab_size;
     const bool ln = cfg_.norm_type == "layernorm";
@@ -252,9 +250,7 @@ class Model {
   // Weights used by forward(), prefill() and step(): float32 (default) uses the parameters themselves; bf16
   // (re)builds a bf16 copy of the current parameters (call again after changing them). Costs 2 bytes per
   // parameter while on; float32 frees it. CPU only.
-  void set_inference_weights(WeightPrecision p)
-    requires host_backend<BackendT>
-  {
+  void set_inference_weights(WeightPrecision p) requires host_backend<BackendT> {
     if (p == WeightPrecision::float32) {
       std::vector<uint16_t>().swap(bf16_);
     } else {
@@ -309,7 +305,6 @@ class Model {
   }
 
  public:
-
   // ---------------------------------------------------------------- training interface
   // Forward pass keeping activations. tokens [B, T] (B, T = the workspace's). start_positions: absolute
   // position of each row's first token (null: all 0). state_in / state_out: per-layer retention states
@@ -364,8 +359,7 @@ class Model {
     int64_t rows = N;
     if (logits_last_only && Tn > 1) {
       // gather each row's last position into nf (as scratch input), then normalise in place
-      for (int64_t b = 0; b < B; ++b)
-        copy_elements(be, ws.nf_ + b * d, xf + (b * Tn + Tn - 1) * d, d);
+      for (int64_t b = 0; b < B; ++b) copy_elements(be, ws.nf_ + b * d, xf + (b * Tn + Tn - 1) * d, d);
       xf = ws.nf_;
       rows = B;
     }
@@ -412,8 +406,8 @@ class Model {
     const MsrDims dm = dims(B, Tn);
     for (int64_t l = cfg_.decoder_layers - 1; l >= 0; --l) {
       const size_t li = static_cast<size_t>(l);
-      block_backward(be, spec_, ws.form_, dm, weights(l), grads_of(grads, l), ws.res_[li], ws.layers_[li], ws.sc_,
-                     dres, ws.rot_rows_, ws.state_in_.empty() ? StatePtrs<T>{} : ws.state_in_[li],
+      block_backward(be, spec_, ws.form_, dm, weights(l), grads_of(grads, l), ws.res_[li], ws.layers_[li], ws.sc_, dres,
+                     ws.rot_rows_, ws.state_in_.empty() ? StatePtrs<T>{} : ws.state_in_[li],
                      d_state_out.empty() ? nullptr : d_state_out[li], d_state_in.empty() ? nullptr : d_state_in[li]);
     }
     if (ws.emb_mask_) apply_mask(be, dres, ws.emb_mask_, N * d);
@@ -448,9 +442,7 @@ class Model {
   };
 
   // Recurrent inference (prefill, step) keeps its state in host memory: CPU backends only.
-  State make_state(int64_t batch) const
-    requires host_backend<BackendT>
-  {
+  State make_state(int64_t batch) const requires host_backend<BackendT> {
     require(batch > 0, "Model::make_state: batch = ", batch, " must be positive");
     State s;
     const int64_t H = cfg_.decoder_retention_heads;
@@ -463,9 +455,8 @@ class Model {
   }
 
   // Runs the prompt with `form`, continuing from and updating `state`; logits of each row's last token [B, V].
-  Tensor<T> prefill(HostView<const int64_t> tokens, State& state, Form form = Form::chunkwise)
-    requires host_backend<BackendT>
-  {
+  Tensor<T> prefill(HostView<const int64_t> tokens, State& state,
+                    Form form = Form::chunkwise) requires host_backend<BackendT> {
     require(tokens.rank() == 2, "Model::prefill: tokens has shape ", tokens.shape().to_string(),
             ", expected [batch, length]");
     const int64_t B = tokens.size(0), Tn = tokens.size(1), V = cfg_.vocab_size;
@@ -495,9 +486,7 @@ class Model {
   }
 
   // One token per row: logits [B, V]; O(1) work and memory per token.
-  Tensor<T> step(HostView<const int64_t> tokens, State& state)
-    requires host_backend<BackendT>
-  {
+  Tensor<T> step(HostView<const int64_t> tokens, State& state) requires host_backend<BackendT> {
     require(tokens.rank() == 1, "Model::step: tokens has shape ", tokens.shape().to_string(), ", expected [batch]");
     const int64_t B = tokens.size(0), V = cfg_.vocab_size;
     check_state("Model::step", state, B);

@@ -17,13 +17,7 @@
 #include "retnet/core/config.hpp"
 #include "retnet/core/retention_args.hpp"
 #include "retnet/core/rotation.hpp"
-#include "retnet/cpu/activation.hpp"
-#include "retnet/cpu/group_norm.hpp"
-#include "retnet/cpu/linear.hpp"
-#include "retnet/cpu/linear_bf16.hpp"
-#include "retnet/cpu/norm.hpp"
-#include "retnet/cpu/retention.hpp"
-#include "retnet/cpu/rotation.hpp"
+#include "retnet/nn/backend_ops.hpp"
 
 namespace retnet {
 
@@ -118,8 +112,8 @@ void msr_forward(const B& be, const RetentionConfig& rc, Form form, double eps, 
   using CView = TensorView<const T, Space>;
   if (step) {
     retention_recurrent_step(be, rc, CView(s.q, {dm.batch, dm.heads, dm.dk}), CView(s.k, {dm.batch, dm.heads, dm.dk}),
-                             CView(s.v, {dm.batch, dm.heads, dm.dv}), View(state_in.kv, skv),
-                             View(state_in.scale, ssc), View(s.o, {dm.batch, dm.heads, dm.dv}));
+                             CView(s.v, {dm.batch, dm.heads, dm.dv}), View(state_in.kv, skv), View(state_in.scale, ssc),
+                             View(s.o, {dm.batch, dm.heads, dm.dv}));
   } else {
     const RetentionInputs<T, Space, T> in = msr_retention_inputs<Space>(dm, s, state_in);
     RetentionOutputs<T, Space, T> o;

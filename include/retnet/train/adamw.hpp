@@ -10,7 +10,7 @@
 #include "retnet/core/buffer.hpp"
 #include "retnet/core/error.hpp"
 #include "retnet/core/params.hpp"
-#include "retnet/cpu/adamw.hpp"
+#include "retnet/nn/backend_ops.hpp"
 
 namespace retnet {
 

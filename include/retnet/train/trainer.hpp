@@ -19,11 +19,10 @@
 #include <utility>
 #include <vector>
 
-#include "retnet/nn/model.hpp"
 #include "retnet/core/buffer.hpp"
-#include "retnet/cpu/elementwise.hpp"
+#include "retnet/nn/backend_ops.hpp"
+#include "retnet/nn/model.hpp"
 #include "retnet/train/adamw.hpp"
-#include "retnet/train/loss.hpp"
 #include "retnet/train/schedule.hpp"
 
 namespace retnet {
@@ -72,8 +71,7 @@ LossSum loss_and_grad(Model<T, BackendT>& model, GradContext<T, BackendT>& ctx, 
   const int64_t seg = segment_length > 0 ? std::min(segment_length, Tn) : Tn;
   const int64_t S = (Tn + seg - 1) / seg;
   auto loss = [&](auto& ws, const int64_t* tgt, int64_t rows, T* dlogits) {
-    return cross_entropy_forward_backward(be, ws.logits(), ctx.targets(model, tgt, rows), rows, V, dlogits,
-                                          grad_scale);
+    return cross_entropy_forward_backward(be, ws.logits(), ctx.targets(model, tgt, rows), rows, V, dlogits, grad_scale);
   };
   if (S == 1) {
     auto& ws = ctx.workspace(model, B, Tn);

@@ -8,14 +8,9 @@
 #include "retnet/core/backend.hpp"
 #include "retnet/core/error.hpp"
 #include "retnet/core/op_types.hpp"
+#include "retnet/core/tokens.hpp"
 
 namespace retnet {
-
-inline int64_t count_targets(const int64_t* targets, int64_t n, int64_t ignore_index = kIgnoreIndex) {
-  int64_t c = 0;
-  for (int64_t i = 0; i < n; ++i) c += targets[i] != ignore_index;
-  return c;
-}
 
 // logits [n, vocab], targets [n] (ids or ignore_index). Returns the summed loss and count.
 // If dlogits is given, writes dlogits [n, vocab] = grad_scale · (softmax − onehot) for counted rows, 0 for
