@@ -3,7 +3,7 @@
 # repository's corpus is not changed). Fails on the first finding. Usage: tests/fuzz/run.sh BUILD_DIR [SECONDS]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-build=$1
+build=$(cd "$1" && pwd)
 seconds=${2:-60}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
