@@ -2,6 +2,7 @@
 // and devices where files are expected, sizes that overflow or would allocate terabytes.
 #include <atomic>
 #include <catch2/catch.hpp>
+#include <chrono>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -28,11 +29,13 @@ bool has(const std::string& err, const std::string& what) {
   return false;
 }
 
+const char* const kNames[8] = {"t0", "t1", "t2", "t3", "t4", "t5", "t6", "t7"};
+
 // Version k of a file: several tensors all filled with k, and k in the metadata.
 io::SafetensorsWriter version(int k) {
   io::SafetensorsWriter w;
   const std::vector<float> v(4096, static_cast<float>(k));
-  for (int t = 0; t < 8; ++t) w.add("t" + std::to_string(t), {64, 64}, v.data());
+  for (const char* name : kNames) w.add(name, {64, 64}, v.data());
   w.set_metadata("version", std::to_string(k));
   return w;
 }
@@ -64,9 +67,9 @@ TEST_CASE("a safetensors file replaced while it is read is read whole from one v
   while (loads < 300 && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(3)) {
     const auto f = io::SafetensorsFile::open(path);
     const float want = static_cast<float>(std::stoi(f.metadata().at("version")));
-    for (int t = 0; t < 8; ++t) {
+    for (const char* name : kNames) {
       std::this_thread::yield();  // gives the writer a chance to replace the file between tensors
-      f.read("t" + std::to_string(t), buf.data(), {64, 64});
+      f.read(name, buf.data(), {64, 64});
       for (float x : buf)
         if (x != want) {
           ++torn;
