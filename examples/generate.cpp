@@ -6,11 +6,13 @@
 //            [--seed 1] [--samples 1] [--stop BYTE] [--dtype float|double] [--bf16]
 //            [--save-state S.safetensors] [--resume-state S.safetensors]
 //
+// generate --help lists the options; errors are one line on stderr (exit 2: bad command line, 1: other).
 // The configuration comes from --config, else from the checkpoint's "config" metadata (train_lm writes it), else
 // from config.json beside the checkpoint. --prompt is taken as bytes (byte-level models, vocab >= 256); --tokens
-// gives token ids directly (any vocabulary). The prompt is prefilled with the chunkwise form, then tokens are
-// decoded with recurrent steps; --samples N continues the same prompt N times in one batch (each with its own
-// random stream). Output: the continuation as text for byte-level models, else as token ids.
+// gives token ids directly (any vocabulary), as a comma list or an int .npy file (as retnet-logits takes them). The
+// prompt is prefilled with the chunkwise form, then tokens are decoded with recurrent steps; --samples N continues the
+// same prompt N times in one batch (each with its own random stream). Output: the continuation as text for byte-level
+// models, else as token ids.
 // --save-state writes the recurrent state (one row per sample) after everything but the last generated token,
 // which is stored in the file's metadata; --resume-state continues from such a state instead of a prompt.
 // --bf16 multiplies with a bf16 copy of the weight matrices (Model::set_inference_weights): decoding streams half
@@ -25,8 +27,10 @@
 #include <string>
 #include <vector>
 
+#include "cli.hpp"
 #include "retnet/io/config_json.hpp"
 #include "retnet/io/model_io.hpp"
+#include "retnet/io/npy.hpp"
 #include "retnet/retnet.hpp"
 
 using namespace retnet;
@@ -40,12 +44,7 @@ struct Options {
   SamplingOptions sampling{.temperature = 0.8, .top_k = 40, .top_p = 0.95, .seed = 1};
 };
 
-const char* kUsage =
-    "usage: generate --weights M.safetensors [--config C.json] (--prompt TEXT | --tokens 1,2,3 | --resume-state S)\n"
-    "                [--max-new N] [--temperature T] [--top-k K] [--top-p P] [--greedy] [--seed S] [--samples N]\n"
-    "                [--stop TOKEN] [--dtype float|double] [--bf16] [--save-state S.safetensors]\n"
-    "  --bf16: bf16 copy of the weight matrices for inference (half the weight bytes: faster decoding; the logits "
-    "change slightly)\n";
+constexpr int64_t kMaxNew = int64_t{1} << 24, kMaxSamples = int64_t{1} << 16, kMaxToken = int64_t{1} << 24;
 
 int64_t to_int(const std::string& k, const std::string& v) {
   try {
@@ -54,76 +53,65 @@ int64_t to_int(const std::string& k, const std::string& v) {
     if (n == v.size()) return x;
   } catch (const std::exception&) {
   }
-  fail("generate: ", k, " expects an integer, got '", v, "'");
-}
-double to_double(const std::string& k, const std::string& v) {
-  try {
-    size_t n = 0;
-    const double x = std::stod(v, &n);
-    if (n == v.size()) return x;
-  } catch (const std::exception&) {
-  }
-  fail("generate: ", k, " expects a number, got '", v, "'");
+  fail(k, " expects an integer, got '", v, "'");
 }
 
 Options parse(int argc, char** argv) {
   Options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string k = argv[i];
-    if (k == "-h" || k == "--help") {
-      std::cout << kUsage;
-      std::exit(0);
-    }
-    if (k == "--greedy") {
-      o.sampling.greedy = true;
-      continue;
-    }
-    if (k == "--bf16") {
-      o.bf16 = true;
-      continue;
-    }
-    require(i + 1 < argc, "generate: option ", k, " needs a value\n", kUsage);
-    const std::string v = argv[++i];
-    if (k == "--weights")
-      o.weights = v;
-    else if (k == "--config")
-      o.config = v;
-    else if (k == "--prompt") {
-      o.prompt = v;
-      o.have_prompt = true;
-    } else if (k == "--tokens")
-      o.tokens = v;
-    else if (k == "--max-new")
-      o.max_new = to_int(k, v);
-    else if (k == "--temperature")
-      o.sampling.temperature = to_double(k, v);
-    else if (k == "--top-k")
-      o.sampling.top_k = to_int(k, v);
-    else if (k == "--top-p")
-      o.sampling.top_p = to_double(k, v);
-    else if (k == "--seed")
-      o.sampling.seed = static_cast<uint64_t>(to_int(k, v));
-    else if (k == "--samples")
-      o.samples = to_int(k, v);
-    else if (k == "--stop")
-      o.stop = to_int(k, v);
-    else if (k == "--dtype")
-      o.dtype = v;
-    else if (k == "--save-state")
-      o.save_state = v;
-    else if (k == "--resume-state")
-      o.resume_state = v;
-    else
-      fail("generate: unknown option '", k, "'\n", kUsage);
-  }
-  require(!o.weights.empty(), "generate: --weights is required\n", kUsage);
-  require(o.have_prompt + !o.tokens.empty() + !o.resume_state.empty() == 1,
-          "generate: give exactly one of --prompt, --tokens and --resume-state\n", kUsage);
-  require(o.samples >= 1, "generate: --samples must be at least 1");
-  require(o.max_new >= (o.save_state.empty() ? 0 : 1), "generate: --max-new must be >= 0 (>= 1 with --save-state)");
-  require(o.dtype == "float" || o.dtype == "double", "generate: --dtype must be float or double");
+  CLI::App app(
+      "Continues a prompt with a RetNet checkpoint (train_lm's, io::save_weights', or torchscale's state_dict as "
+      "safetensors).",
+      "generate");
+  retnet_examples::setup_app(app);
+  app.add_option("--weights", o.weights, "model weights or training checkpoint (safetensors)")->required();
+  app.add_option("--config", o.config,
+                 "model configuration (JSON); default: the checkpoint's or config.json beside it");
+  auto* prompt = app.add_option("--prompt", o.prompt, "prompt text, as bytes (byte-level models)");
+  auto* tokens = app.add_option("--tokens", o.tokens,
+                                "prompt token ids: a comma list (1,2,3) or an int .npy [length] / [1, length]");
+  auto* resume = app.add_option("--resume-state", o.resume_state, "continue a state saved by --save-state");
+  prompt->excludes(tokens)->excludes(resume);
+  tokens->excludes(resume);
+  app.add_option("--max-new", o.max_new, "tokens to generate")->check(CLI::Range(int64_t{0}, kMaxNew));
+  app.add_option("--temperature", o.sampling.temperature, "sampling temperature (0: greedy)")
+      ->check(retnet_examples::finite_in(0, 1e6));
+  app.add_option("--top-k", o.sampling.top_k, "sample among the k most likely tokens (0: all)")
+      ->check(CLI::Range(int64_t{0}, int64_t{1} << 24));
+  app.add_option("--top-p", o.sampling.top_p, "nucleus sampling mass, in (0, 1]")
+      ->check(retnet_examples::finite_in(1e-9, 1));
+  app.add_flag("--greedy", o.sampling.greedy, "always take the most likely token");
+  app.add_option("--seed", o.sampling.seed, "random seed");
+  app.add_option("--samples", o.samples, "continuations of the prompt, in one batch")
+      ->check(CLI::Range(int64_t{1}, kMaxSamples));
+  app.add_option("--stop", o.stop, "stop a row at this token (-1: never)")->check(CLI::Range(int64_t{-1}, kMaxToken));
+  app.add_option("--dtype", o.dtype, "precision")->check(CLI::IsMember({"float", "double"}));
+  app.add_flag("--bf16", o.bf16,
+               "multiply with a bf16 copy of the weight matrices (faster decoding; logits change slightly)");
+  app.add_option("--save-state", o.save_state, "write the recurrent state at the end (safetensors)");
+  retnet_examples::parse_args(app, retnet_examples::args_of(argc, argv));
+  o.have_prompt = prompt->count() > 0;
+  if (o.have_prompt + tokens->count() + resume->count() != 1)
+    throw retnet_examples::UsageError(
+        "give exactly one of --prompt, --tokens and --resume-state (see generate --help)");
+  if (!o.save_state.empty() && o.max_new < 1)
+    throw retnet_examples::UsageError("--max-new must be >= 1 with --save-state");
   o.sampling.validate();
   return o;
+}
+
+// The prompt of --tokens: a comma list of ids, or a .npy file of them.
+std::vector<int64_t> prompt_tokens(const std::string& arg) {
+  std::vector<int64_t> prompt;
+  if (arg.size() > 4 && arg.compare(arg.size() - 4, 4, ".npy") == 0) {
+    const Tensor<int64_t> t = io::read_npy<int64_t>(arg);
+    require(t.shape().rank() == 1 || (t.shape().rank() == 2 && t.size(0) == 1), arg,
+            ": --tokens expects an int array [length] or [1, length], got shape ", t.shape().to_string());
+    prompt.assign(t.storage().begin(), t.storage().end());
+  } else {
+    std::istringstream in(arg);
+    for (std::string x; std::getline(in, x, ',');) prompt.push_back(to_int("--tokens", x));
+  }
+  return prompt;
 }
 
 ModelConfig find_config(const Options& o, const io::SafetensorsFile& f) {
@@ -131,8 +119,8 @@ ModelConfig find_config(const Options& o, const io::SafetensorsFile& f) {
   auto it = f.metadata().find("config");
   if (it != f.metadata().end()) return io::config_from_json_string(it->second, nullptr, o.weights + " (metadata)");
   const auto beside = std::filesystem::path(o.weights).parent_path() / "config.json";
-  require(std::filesystem::exists(beside), "generate: no --config given, no 'config' metadata in ", o.weights,
-          " and no ", beside.string());
+  require(std::filesystem::exists(beside), "no --config given, no 'config' metadata in ", o.weights, " and no ",
+          beside.string());
   return io::load_config(beside.string());
 }
 
@@ -154,6 +142,21 @@ template <class T>
 int run(const Options& o) {
   const auto file = io::SafetensorsFile::open(o.weights);
   const ModelConfig cfg = find_config(o, file);
+  require(o.stop < cfg.vocab_size, "--stop ", o.stop, " is outside the vocabulary [0, ", cfg.vocab_size, ")");
+  {
+    // Parameters (and the bf16 copy), then per sample the recurrent state (layers x H x dk x dv), the logits
+    // and the generated tokens.
+    const double sz = sizeof(T), L = static_cast<double>(cfg.decoder_layers);
+    const double state = L * static_cast<double>(cfg.decoder_embed_dim) *
+                         static_cast<double>(cfg.decoder_value_embed_dim) /
+                         static_cast<double>(cfg.decoder_retention_heads);
+    const double per_sample =
+        sz * (state + 4.0 * static_cast<double>(cfg.vocab_size)) + 8.0 * static_cast<double>(o.max_new);
+    retnet_examples::require_memory(
+        (sz + (o.bf16 ? 2.0 : 0.0)) * static_cast<double>(io::estimated_parameter_count(cfg)) +
+            static_cast<double>(o.samples) * per_sample,
+        "--samples " + std::to_string(o.samples) + " --max-new " + std::to_string(o.max_new) + " with this model");
+  }
   Model<T> model(cfg);
   io::load_weights(model, file);
   if (o.bf16) model.set_inference_weights(WeightPrecision::bf16);  // after loading: the copy is a snapshot
@@ -192,14 +195,12 @@ int run(const Options& o) {
   } else {
     std::vector<int64_t> prompt;
     if (o.have_prompt) {
-      require(V >= 256, "generate: --prompt is byte-level and needs vocab_size >= 256 (this model has ", V,
-              "); use --tokens");
+      require(V >= 256, "--prompt is byte-level and needs vocab_size >= 256 (this model has ", V, "); use --tokens");
       for (unsigned char c : o.prompt) prompt.push_back(c);
     } else {
-      std::istringstream in(o.tokens);
-      for (std::string x; std::getline(in, x, ',');) prompt.push_back(to_int("--tokens", x));
+      prompt = prompt_tokens(o.tokens);
     }
-    require(!prompt.empty(), "generate: the prompt is empty");
+    require(!prompt.empty(), "the prompt is empty");
     const std::vector<std::vector<int64_t>> prompts(static_cast<size_t>(o.samples), prompt);
     out = infer::generate(model, prompts, g, {}, o.save_state.empty() ? nullptr : &state);
     for (const auto& seq : out) last.push_back(seq.empty() ? prompt.back() : seq.back());
@@ -230,11 +231,8 @@ int run(const Options& o) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
+  return retnet_examples::guarded_main("generate", [&] {
     const Options o = parse(argc, argv);
     return o.dtype == "double" ? run<double>(o) : run<float>(o);
-  } catch (const std::exception& e) {
-    std::cerr << e.what() << "\n";
-    return 1;
-  }
+  });
 }

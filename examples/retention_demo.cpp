@@ -1,6 +1,6 @@
 // The three retention forms on one long sequence: they agree (exactly in raw mode, after a per-head RMS
 // normalisation in torchscale mode), a chunkwise prefill hands its state to the decoding step, and each form
-// is timed. Usage: retention_demo [length=4096] [heads=8] [head_dim=64] [chunk=64]
+// is timed. Usage: retention_demo [length=4096] [heads=8] [head_dim=64] [chunk=64] (--help)
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -8,6 +8,7 @@
 #include <random>
 #include <string>
 
+#include "cli.hpp"
 #include "retnet/retnet.hpp"
 
 using namespace retnet;
@@ -40,9 +41,19 @@ double rel_diff(const Tensor<double>& a, const Tensor<double>& b) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    const int64_t T = argc > 1 ? std::atoll(argv[1]) : 4096, H = argc > 2 ? std::atoll(argv[2]) : 8;
-    const int64_t D = argc > 3 ? std::atoll(argv[3]) : 64, C = argc > 4 ? std::atoll(argv[4]) : 64;
+  return retnet_examples::guarded_main("retention_demo", [&] {
+    int64_t T = 4096, H = 8, D = 64, C = 64;
+    CLI::App app("The three retention forms on one long sequence: agreement and timings.", "retention_demo");
+    retnet_examples::setup_app(app);
+    app.add_option("length", T, "sequence length")->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
+    app.add_option("heads", H, "heads")->check(CLI::Range(int64_t{1}, int64_t{1} << 10));
+    app.add_option("head_dim", D, "head size (even)")->check(CLI::Range(int64_t{2}, int64_t{1} << 12));
+    app.add_option("chunk", C, "chunk size")->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
+    retnet_examples::parse_args(app, retnet_examples::args_of(argc, argv));
+    retnet_examples::require_memory(
+        8.0 * 8.0 * static_cast<double>(T) * static_cast<double>(H) * static_cast<double>(D) +
+            8.0 * static_cast<double>(H) * static_cast<double>(T) * static_cast<double>(T),
+        "retention_demo with these sizes");
     const int64_t B = 1;
     std::printf("retention demo: batch %lld, length %lld, %lld heads, head size %lld, chunk %lld (double)\n",
                 static_cast<long long>(B), static_cast<long long>(T), static_cast<long long>(H),
@@ -103,8 +114,5 @@ int main(int argc, char** argv) {
     }
     std::printf("\n%s\n", ok ? "the three forms agree" : "MISMATCH");
     return ok ? 0 : 1;
-  } catch (const Error& e) {
-    std::fprintf(stderr, "retention_demo: %s\n", e.what());
-    return 2;
-  }
+  });
 }

@@ -7,11 +7,13 @@
 // (--dtype float, the default) or float64 (--dtype double), computed in that precision. `recurrent` feeds the
 // tokens one at a time as torchscale's incremental decoding does; `chunkwise` uses the configuration's
 // recurrent_chunk_size. scripts/make_torchscale_golden.py check compares the output with torchscale.
+// retnet-logits --help lists the options; errors are one line on stderr (exit 2: bad command line, 1: other).
 #include <cstdio>
 #include <iostream>
 #include <string>
 #include <vector>
 
+#include "cli.hpp"
 #include "retnet/infer/generate.hpp"
 #include "retnet/io/config_json.hpp"
 #include "retnet/io/model_io.hpp"
@@ -24,39 +26,22 @@ struct Args {
   std::string config, weights, tokens, out, mode, dtype = "float";
 };
 
-inline const char* usage() {
-  return "usage: retnet-logits --config C.json --weights M.safetensors --tokens T.npy\n"
-         "                     --mode parallel|chunkwise|recurrent --out L.npy [--dtype float|double]\n";
-}
-
+// Parses the arguments (without the program name). A bad command line is a retnet_examples::UsageError;
+// --help and --version print and throw retnet_examples::Exit.
 inline Args parse(const std::vector<std::string>& argv) {
   Args a;
-  for (size_t i = 0; i < argv.size(); ++i) {
-    const std::string& k = argv[i];
-    if (k == "-h" || k == "--help") throw retnet::Error(usage());
-    retnet::require(i + 1 < argv.size(), "retnet-logits: option ", k, " needs a value\n", usage());
-    const std::string& v = argv[++i];
-    if (k == "--config")
-      a.config = v;
-    else if (k == "--weights")
-      a.weights = v;
-    else if (k == "--tokens")
-      a.tokens = v;
-    else if (k == "--out")
-      a.out = v;
-    else if (k == "--mode")
-      a.mode = v;
-    else if (k == "--dtype")
-      a.dtype = v;
-    else
-      retnet::fail("retnet-logits: unknown option '", k, "'\n", usage());
-  }
-  retnet::require(!a.config.empty() && !a.weights.empty() && !a.tokens.empty() && !a.out.empty() && !a.mode.empty(),
-                  "retnet-logits: --config, --weights, --tokens, --mode and --out are required\n", usage());
-  retnet::require(a.mode == "parallel" || a.mode == "chunkwise" || a.mode == "recurrent", "retnet-logits: --mode '",
-                  a.mode, "' is not one of parallel, chunkwise, recurrent");
-  retnet::require(a.dtype == "float" || a.dtype == "double", "retnet-logits: --dtype '", a.dtype,
-                  "' is not float or double");
+  CLI::App app("The logits of a RetNet checkpoint (ours or torchscale's) on given tokens.", "retnet-logits");
+  retnet_examples::setup_app(app);
+  app.add_option("--config", a.config, "model configuration (JSON)")->required();
+  app.add_option("--weights", a.weights, "model weights (safetensors)")->required();
+  app.add_option("--tokens", a.tokens, "token ids: int .npy [batch, length]")->required();
+  app.add_option("--mode", a.mode, "the form the logits are computed in")
+      ->required()
+      ->check(CLI::IsMember({"parallel", "chunkwise", "recurrent"}));
+  app.add_option("--out", a.out, "output .npy [batch, length, vocab]")->required();
+  app.add_option("--dtype", a.dtype, "precision of the computation and of the output")
+      ->check(CLI::IsMember({"float", "double"}));
+  retnet_examples::parse_args(app, argv);
   return a;
 }
 
@@ -70,11 +55,22 @@ inline retnet::Form form_of(const std::string& m) {
 template <class T>
 retnet::Tensor<T> compute(const Args& a) {
   const retnet::ModelConfig cfg = retnet::io::load_config(a.config);
-  retnet::Model<T> model(cfg);
-  retnet::io::load_weights(model, a.weights);
   const retnet::Tensor<int64_t> tokens = retnet::io::read_npy<int64_t>(a.tokens);
   retnet::require(tokens.shape().rank() == 2 && tokens.size(0) > 0 && tokens.size(1) > 0, a.tokens,
                   ": tokens must be a non-empty int array [batch, length], got shape ", tokens.shape().to_string());
+  {
+    // Parameters, the output logits and per token and layer a few activations of the model's widths.
+    const double n = static_cast<double>(tokens.numel()), sz = sizeof(T);
+    const double per_token = 2.0 * static_cast<double>(cfg.vocab_size) +
+                             static_cast<double>(cfg.decoder_layers) *
+                                 (4.0 * static_cast<double>(cfg.decoder_embed_dim + cfg.decoder_value_embed_dim) +
+                                  2.0 * static_cast<double>(cfg.decoder_ffn_embed_dim));
+    retnet_examples::require_memory(
+        sz * (static_cast<double>(retnet::io::estimated_parameter_count(cfg)) + n * per_token),
+        "retnet-logits: " + tokens.shape().to_string() + " tokens through this model");
+  }
+  retnet::Model<T> model(cfg);
+  retnet::io::load_weights(model, a.weights);
   for (int64_t i = 0; i < tokens.numel(); ++i)
     retnet::require(tokens[i] >= 0 && tokens[i] < cfg.vocab_size, a.tokens, ": token ", tokens[i], " at flat index ", i,
                     " is outside the vocabulary [0, ", cfg.vocab_size, ")");
@@ -92,15 +88,9 @@ inline void run(const Args& a) {
 
 #ifndef RETNET_LOGITS_NO_MAIN
 int main(int argc, char** argv) {
-  try {
-    retnet_logits::run(retnet_logits::parse(std::vector<std::string>(argv + 1, argv + argc)));
-  } catch (const retnet::Error& e) {
-    std::cerr << e.what() << "\n";
-    return 1;
-  } catch (const std::exception& e) {
-    std::cerr << "retnet-logits: " << e.what() << "\n";
-    return 1;
-  }
-  return 0;
+  return retnet_examples::guarded_main("retnet-logits", [&] {
+    retnet_logits::run(retnet_logits::parse(retnet_examples::args_of(argc, argv)));
+    return 0;
+  });
 }
 #endif

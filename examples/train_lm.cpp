@@ -4,148 +4,244 @@
 //            [--value-dim V] [--ffn F] [--chunk C] [--lr LR] [--warmup W] [--decay cosine|linear|constant]
 //            [--weight-decay WD] [--clip C] [--accum A] [--segment S] [--form chunkwise|parallel|recurrent]
 //            [--dropout P] [--seed S] [--out DIR] [--ckpt-every N] [--eval-every N] [--resume [FILE]]
-//            [--sample-len N] [--temperature T] [--prompt TEXT]
+//            [--max-new N] [--temperature T] [--top-k K] [--top-p P] [--prompt TEXT]
 //
-// Without --data it trains on the public-domain text embedded in examples/corpus.hpp. Writes DIR/loss.csv
-// (and DIR/loss.png when gnuplot is installed), DIR/config.json, DIR/checkpoint.safetensors (parameters
-// with torchscale's names + AdamW state; loads as a model file too). --resume continues from the checkpoint
-// with exactly the losses an uninterrupted run would have had: batch s is a pure function of (seed, s).
-// --dropout P (default 0) sets torchscale's `dropout` (embedding, retention and FFN outputs) for training;
-// the held-out loss and the sample run without it. Its masks are a pure function of (seed, step) too.
+// train_lm --help lists the options with their defaults and limits. Errors are one line on stderr (exit 2: bad
+// command line, 1: anything else). Without --data it trains on the public-domain text embedded in
+// examples/corpus.hpp. Writes into DIR: loss.csv (flushed at every checkpoint; on --resume, rows past the
+// checkpoint's step are dropped), loss.png (when gnuplot is installed; run without a shell), config.json,
+// checkpoint.safetensors (parameters with torchscale's names + AdamW state; loads as a model file too) and
+// best.safetensors (the checkpoint with the lowest held-out loss so far; its metadata names the step and loss).
+// DIR is locked (DIR/.lock) for the run: a second train_lm on the same DIR is refused. Temporary files a killed
+// run left behind are removed when the next run takes the lock.
+// --resume continues from the checkpoint with exactly the losses an uninterrupted run would have had: batch s
+// is a pure function of (seed, s). --dropout P (default 0) sets torchscale's `dropout` (embedding, retention
+// and FFN outputs) for training; the held-out loss and the sample run without it. Its masks are a pure function
+// of (seed, step) too. Sizes are bounded (see --help) and the memory a run needs is estimated and refused
+// before anything is allocated when it exceeds the machine's.
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <optional>
 #include <random>
 #include <sstream>
 #include <string>
+#include <system_error>
 #include <vector>
 
+#include "cli.hpp"
 #include "corpus.hpp"
+#include "retnet/infer/sampler.hpp"
 #include "retnet/io/config_json.hpp"
 #include "retnet/retnet.hpp"
 #include "retnet/train/checkpoint.hpp"
 
 namespace {
 
+using retnet::fail;
+using retnet::require;
+using retnet_examples::UsageError;
+
+constexpr int64_t kMaxData = int64_t{1} << 32;  // bytes of --data
+
 struct Options {
   std::string data, out = "train_lm_out", resume, prompt = "The ", form = "chunkwise", decay = "cosine";
   bool do_resume = false;
   int64_t steps = 300, batch = 16, seq = 128, layers = 4, dim = 128, heads = 2, value_dim = 256, ffn = 256, chunk = 64,
-          warmup = 30, accum = 1, segment = 0, ckpt_every = 200, eval_every = 100, sample_len = 400;
-  double lr = 3e-3, weight_decay = 0.05, clip = 1.0, temperature = 0.7, dropout = 0.0;
+          warmup = 30, accum = 1, segment = 0, ckpt_every = 200, eval_every = 100, max_new = 400, top_k = 0;
+  double lr = 3e-3, weight_decay = 0.05, clip = 1.0, temperature = 0.7, top_p = 1.0, dropout = 0.0;
   uint64_t seed = 1234;
 };
 
-[[noreturn]] void usage(const std::string& msg) {
-  std::cerr << "train_lm: " << msg << "\n(see the comment at the top of examples/train_lm.cpp for the options)\n";
-  std::exit(2);
-}
-
 Options parse(int argc, char** argv) {
   Options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto val = [&]() -> std::string {
-      if (i + 1 >= argc) usage("option " + a + " needs a value");
-      return argv[++i];
-    };
-    auto num = [&]() {
-      const std::string v = val();
-      try {
-        size_t used = 0;
-        const long long n = std::stoll(v, &used);
-        if (used != v.size() || n < 0) throw 0;
-        return static_cast<int64_t>(n);
-      } catch (...) {
-        usage("option " + a + " expects a non-negative integer, got '" + v + "'");
-      }
-    };
-    auto real = [&]() {
-      const std::string v = val();
-      try {
-        size_t used = 0;
-        const double d = std::stod(v, &used);
-        if (used != v.size()) throw 0;
-        return d;
-      } catch (...) {
-        usage("option " + a + " expects a number, got '" + v + "'");
-      }
-    };
-    if (a == "--data")
-      o.data = val();
-    else if (a == "--out")
-      o.out = val();
-    else if (a == "--prompt")
-      o.prompt = val();
-    else if (a == "--form")
-      o.form = val();
-    else if (a == "--decay")
-      o.decay = val();
-    else if (a == "--resume") {
-      o.do_resume = true;
-      if (i + 1 < argc && std::string(argv[i + 1]).rfind("--", 0) != 0) o.resume = argv[++i];
-    } else if (a == "--steps")
-      o.steps = num();
-    else if (a == "--batch")
-      o.batch = num();
-    else if (a == "--seq")
-      o.seq = num();
-    else if (a == "--layers")
-      o.layers = num();
-    else if (a == "--dim")
-      o.dim = num();
-    else if (a == "--heads")
-      o.heads = num();
-    else if (a == "--value-dim")
-      o.value_dim = num();
-    else if (a == "--ffn")
-      o.ffn = num();
-    else if (a == "--chunk")
-      o.chunk = num();
-    else if (a == "--warmup")
-      o.warmup = num();
-    else if (a == "--accum")
-      o.accum = num();
-    else if (a == "--segment")
-      o.segment = num();
-    else if (a == "--ckpt-every")
-      o.ckpt_every = num();
-    else if (a == "--eval-every")
-      o.eval_every = num();
-    else if (a == "--sample-len")
-      o.sample_len = num();
-    else if (a == "--seed")
-      o.seed = static_cast<uint64_t>(num());
-    else if (a == "--lr")
-      o.lr = real();
-    else if (a == "--weight-decay")
-      o.weight_decay = real();
-    else if (a == "--clip")
-      o.clip = real();
-    else if (a == "--temperature")
-      o.temperature = real();
-    else if (a == "--dropout")
-      o.dropout = real();
-    else if (a == "--help" || a == "-h")
-      usage("help");
-    else
-      usage("unknown option " + a);
-  }
+  CLI::App app("Trains a byte-level RetNet language model on the CPU and writes a sample at the end.", "train_lm");
+  retnet_examples::setup_app(app);
+  using retnet::io::ConfigLimits;
+  using retnet_examples::finite_in;
+  auto range = [](int64_t lo, int64_t hi) { return CLI::Range(lo, hi); };
+  const int64_t big = int64_t{1} << 40;
+  app.add_option("--data", o.data, "training text (a regular file, read as bytes; default: the embedded corpus)");
+  app.add_option("--out", o.out, "output directory");
+  auto* resume =
+      app.add_option("--resume", o.resume, "continue from a checkpoint (default: DIR/checkpoint.safetensors)")
+          ->expected(0, 1);
+  app.add_option("--steps", o.steps, "optimizer steps in all (with --resume: including the checkpoint's)")
+      ->check(range(1, big));
+  app.add_option("--batch", o.batch, "sequences per step")->check(range(1, int64_t{1} << 20));
+  app.add_option("--seq", o.seq, "tokens per sequence")->check(range(1, int64_t{1} << 20));
+  app.add_option("--layers", o.layers, "decoder layers")->check(range(1, ConfigLimits::max_layers));
+  app.add_option("--dim", o.dim, "embedding width")->check(range(1, ConfigLimits::max_embed_dim));
+  app.add_option("--heads", o.heads, "retention heads")->check(range(1, ConfigLimits::max_heads));
+  app.add_option("--value-dim", o.value_dim, "total value width")->check(range(1, ConfigLimits::max_value_embed_dim));
+  app.add_option("--ffn", o.ffn, "FFN width")->check(range(1, ConfigLimits::max_ffn_embed_dim));
+  app.add_option("--chunk", o.chunk, "chunk size of the chunkwise form")->check(range(1, ConfigLimits::max_chunk_size));
+  app.add_option("--form", o.form, "retention form for training")
+      ->check(CLI::IsMember({"chunkwise", "parallel", "recurrent"}));
+  app.add_option("--lr", o.lr, "peak learning rate")->check(finite_in(0, 1e3));
+  app.add_option("--warmup", o.warmup, "warm-up steps")->check(range(0, big));
+  app.add_option("--decay", o.decay, "learning-rate decay")->check(CLI::IsMember({"cosine", "linear", "constant"}));
+  app.add_option("--weight-decay", o.weight_decay, "AdamW weight decay")->check(finite_in(0, 1e3));
+  app.add_option("--clip", o.clip, "gradient-norm clip (0: off)")->check(finite_in(0, 1e9));
+  app.add_option("--accum", o.accum, "micro-batches per step (divides --batch)")->check(range(1, int64_t{1} << 20));
+  app.add_option("--segment", o.segment, "truncated backpropagation segment length (0: whole sequence)")
+      ->check(range(0, int64_t{1} << 20));
+  app.add_option("--dropout", o.dropout, "dropout rate for training")->check(finite_in(0, 1, true));
+  app.add_option("--seed", o.seed, "random seed (data order, initialisation, dropout, sampling)");
+  app.add_option("--ckpt-every", o.ckpt_every, "steps between checkpoints (0: only at the end)")->check(range(0, big));
+  app.add_option("--eval-every", o.eval_every, "steps between held-out evaluations (0: only at the end)")
+      ->check(range(0, big));
+  app.add_option("--max-new,--sample-len", o.max_new, "bytes to sample at the end (0: none)")
+      ->check(range(0, int64_t{1} << 24));
+  app.add_option("--temperature", o.temperature, "sampling temperature (0: greedy)")->check(finite_in(0, 1e6));
+  app.add_option("--top-k", o.top_k, "sample among the k most likely bytes (0: all)")->check(range(0, 256));
+  app.add_option("--top-p", o.top_p, "nucleus sampling mass, in (0, 1]")->check(finite_in(1e-9, 1));
+  app.add_option("--prompt", o.prompt, "prompt of the sample");
+  retnet_examples::parse_args(app, retnet_examples::args_of(argc, argv));
+  o.do_resume = resume->count() > 0;
+  if (o.batch % o.accum != 0)
+    throw UsageError("--batch " + std::to_string(o.batch) + " is not divisible by --accum " + std::to_string(o.accum));
   return o;
 }
 
 retnet::Form parse_form(const std::string& s) {
-  if (s == "chunkwise") return retnet::Form::chunkwise;
   if (s == "parallel") return retnet::Form::parallel;
   if (s == "recurrent") return retnet::Form::recurrent;
-  usage("--form must be chunkwise, parallel or recurrent, got '" + s + "'");
+  return retnet::Form::chunkwise;
+}
+
+// Reads --data: a regular file of at most kMaxData bytes.
+std::string read_data(const std::string& path) {
+  int64_t size = 0;
+  const int fd = retnet::io::detail::open_regular_file(path, "a text file for --data", size);
+  std::string raw;
+  bool ok = size <= kMaxData;
+  if (ok) {
+    raw.resize(static_cast<size_t>(size));
+    ok = retnet::io::detail::pread_all(fd, raw.data(), raw.size(), 0);
+  }
+  ::close(fd);
+  require(size <= kMaxData, "--data ", path, ": ", size, " bytes is more than the supported ", kMaxData);
+  require(ok, "--data ", path, ": read failed: ", std::strerror(errno));
+  return raw;
+}
+
+// Creates DIR (and its parents) and takes an exclusive lock on DIR/.lock for the rest of the process (the
+// kernel drops it when the process ends, however it ends).
+void lock_output_dir(const std::string& dir) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  require(!ec, "--out ", dir, ": cannot create the output directory: ", ec.message());
+  require(std::filesystem::is_directory(dir, ec), "--out ", dir, ": is not a directory");
+  const std::string lock = dir + "/.lock";
+  const int fd = ::open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  require(fd >= 0, "--out ", dir, ": cannot create the lock file ", lock, ": ", std::strerror(errno));
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    const int e = errno;
+    ::close(fd);
+    require(e != EWOULDBLOCK, "--out ", dir, ": another train_lm run is using this directory (", lock,
+            " is locked); wait for it or choose another --out");
+    fail("--out ", dir, ": cannot lock ", lock, ": ", std::strerror(e));
+  }
+  // fd stays open on purpose: the lock lives as long as the process.
+}
+
+// Removes temporary files of interrupted writes (atomic writes go through NAME.tmp.*); safe under the lock.
+int remove_stale_temporaries(const std::string& dir) {
+  int removed = 0;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename().string();
+    for (const char* stem :
+         {"checkpoint.safetensors.tmp.", "best.safetensors.tmp.", "config.json.tmp.", "loss.csv.tmp."})
+      if (name.rfind(stem, 0) == 0 && e.is_regular_file(ec)) {
+        removed += std::filesystem::remove(e.path(), ec) ? 1 : 0;
+        break;
+      }
+  }
+  return removed;
+}
+
+// loss.csv on resume: keeps the header and the complete rows of steps up to `upto` (a killed run may have
+// written rows past its last checkpoint, or half a row), written back atomically.
+void trim_loss_csv(const std::string& path, int64_t upto) {
+  std::ifstream in(path, std::ios::binary);
+  std::string out = "step,loss,val_loss,lr,grad_norm,tokens_per_s,elapsed_s\n";
+  if (in) {
+    const std::string text{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+    size_t pos = 0;
+    for (size_t nl; (nl = text.find('\n', pos)) != std::string::npos; pos = nl + 1) {
+      const std::string row = text.substr(pos, nl - pos);
+      if (std::count(row.begin(), row.end(), ',') != 6) continue;
+      char* end = nullptr;
+      const long long step = std::strtoll(row.c_str(), &end, 10);
+      if (end == row.c_str() || *end != ',' || step < 1 || step > upto) continue;
+      out += row + '\n';
+    }
+  }
+  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  {
+    std::ofstream o(tmp, std::ios::binary | std::ios::trunc);
+    o << out;
+    o.flush();
+    require(o.good(), tmp, ": write failed");
+  }
+  require(std::rename(tmp.c_str(), path.c_str()) == 0, path, ": cannot replace: ", std::strerror(errno));
+}
+
+// Plots loss.csv into loss.png with gnuplot when it is installed. gnuplot runs in DIR on fixed relative
+// names, without a shell, so no path reaches a command line or the gnuplot script.
+bool plot_loss(const std::string& dir) {
+  {
+    std::ofstream g(dir + "/loss.gp", std::ios::trunc);
+    g << "set terminal pngcairo size 900,500\nset output 'loss.png'\nset datafile separator ','\n"
+         "set key autotitle columnhead\nset xlabel 'step'\nset ylabel 'loss (nats/byte)'\nset grid\n"
+         "plot 'loss.csv' using 1:2 with lines title 'train', 'loss.csv' using 1:3 with linespoints title "
+         "'held-out'\n";
+    if (!g.good()) return false;
+  }
+  std::fflush(nullptr);
+  const pid_t pid = ::fork();
+  if (pid < 0) return false;
+  if (pid == 0) {
+    const int null = ::open("/dev/null", O_WRONLY);
+    if (null >= 0) {
+      ::dup2(null, 1);
+      ::dup2(null, 2);
+    }
+    if (::chdir(dir.c_str()) == 0) ::execlp("gnuplot", "gnuplot", "loss.gp", static_cast<char*>(nullptr));
+    ::_exit(127);  // no gnuplot: no plot
+  }
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
+// Rough memory need of a run in bytes (double: cannot wrap): parameters, gradients and the two AdamW moments;
+// per token of a step, a few activations of each layer's widths and the logits; the parallel form's
+// [T, T] score matrices; the text (a byte and an int64 per byte).
+double estimate_memory(const Options& o, const retnet::ModelConfig& c, int64_t data_bytes) {
+  const double P = static_cast<double>(retnet::io::estimated_parameter_count(c));
+  const double L = static_cast<double>(c.decoder_layers), d = static_cast<double>(c.decoder_embed_dim);
+  const double vd = static_cast<double>(c.decoder_value_embed_dim), f = static_cast<double>(c.decoder_ffn_embed_dim);
+  const double tokens = static_cast<double>(o.batch) / static_cast<double>(o.accum) * static_cast<double>(o.seq);
+  double act = tokens * (L * (6 * d + 4 * vd + 4 * f) + 3 * static_cast<double>(c.vocab_size));
+  if (o.form == "parallel")
+    act += static_cast<double>(o.batch) / static_cast<double>(o.accum) *
+           static_cast<double>(c.decoder_retention_heads) * static_cast<double>(o.seq) * static_cast<double>(o.seq) * L;
+  return 4.0 * (4.0 * P + act) + 9.0 * static_cast<double>(data_bytes);
 }
 
 std::string fmt_time(double s) {
@@ -199,25 +295,21 @@ std::string printable(const std::string& s) {
 
 int main(int argc, char** argv) {
   using namespace retnet;
-  const Options o = parse(argc, argv);
-  try {
+  return retnet_examples::guarded_main("train_lm", [&] {
+    const Options o = parse(argc, argv);
     // ---- data
-    std::string raw;
-    if (o.data.empty()) {
-      raw = retnet_examples::default_corpus();
-    } else {
-      std::ifstream f(o.data, std::ios::binary);
-      require(static_cast<bool>(f), "cannot open --data file '", o.data, "'");
-      std::ostringstream ss;
-      ss << f.rdbuf();
-      raw = ss.str();
-    }
-    std::vector<int64_t> text(raw.size());
-    for (size_t i = 0; i < raw.size(); ++i) text[i] = static_cast<unsigned char>(raw[i]);
-    const int64_t n = static_cast<int64_t>(text.size());
+    const std::string raw = o.data.empty() ? retnet_examples::default_corpus() : read_data(o.data);
+    const int64_t n = static_cast<int64_t>(raw.size());
     const int64_t train_end = n - std::max<int64_t>(n / 10, o.seq + 2);
     require(train_end > o.seq + 2, "the text has ", n, " bytes; it needs more than ", 2 * (o.seq + 2), " for --seq ",
             o.seq, " (10 % is held out)");
+
+    // ---- output directory: locked before anything in it is read or written
+    const std::string ckpt = o.out + "/checkpoint.safetensors", best_path = o.out + "/best.safetensors",
+                      csv_path = o.out + "/loss.csv";
+    lock_output_dir(o.out);
+    if (const int stale = remove_stale_temporaries(o.out))
+      std::printf("removed %d temporary file(s) an interrupted run left in %s\n", stale, o.out.c_str());
 
     // ---- model
     ModelConfig cfg;
@@ -230,9 +322,21 @@ int main(int argc, char** argv) {
     cfg.recurrent_chunk_size = o.chunk;
     cfg.activation_fn = "swish";
     cfg.dropout = o.dropout;
-    const std::string ckpt = o.out + "/checkpoint.safetensors", csv_path = o.out + "/loss.csv";
     const std::string resume_path = o.resume.empty() ? ckpt : o.resume;
-    if (o.do_resume) cfg = read_training_checkpoint_info(resume_path).config;  // the checkpoint's model wins
+    // One open file for the whole resume: the configuration and the tensors come from the same checkpoint.
+    std::optional<io::SafetensorsFile> resume_file;
+    if (o.do_resume) {
+      resume_file = io::SafetensorsFile::open(resume_path);
+      cfg = read_training_checkpoint_info(*resume_file).config;  // the checkpoint's model wins
+      require(cfg.vocab_size == 256, resume_path, ": vocab_size ", cfg.vocab_size,
+              " is not a byte-level model (train_lm trains vocab_size 256)");
+    }
+    io::check_config_limits(cfg, "model");
+    cfg.validate();
+    retnet_examples::require_memory(estimate_memory(o, cfg, n), "this run (model, batch " + std::to_string(o.batch) +
+                                                                    " x seq " + std::to_string(o.seq) + ", data)");
+    std::vector<int64_t> text(raw.size());
+    for (size_t i = 0; i < raw.size(); ++i) text[i] = static_cast<unsigned char>(raw[i]);
     Model<float> model(cfg);
     model.init_torchscale(o.seed);
     TrainerConfig tc;
@@ -246,13 +350,29 @@ int main(int argc, char** argv) {
     tc.dropout_seed = o.seed;
     Trainer<float> trainer(model, tc);
 
-    std::filesystem::create_directories(o.out);
     io::save_config(cfg, o.out + "/config.json");
     int64_t start = 0;
     if (o.do_resume) {
-      const TrainingCheckpointInfo info = load_training_checkpoint(resume_path, trainer);
+      const TrainingCheckpointInfo info = load_training_checkpoint(*resume_file, trainer);
       start = info.step;
+      resume_file.reset();
       std::printf("resumed from %s at step %lld\n", resume_path.c_str(), static_cast<long long>(start));
+    }
+    // The best checkpoint so far (a resumed run continues the comparison).
+    double best_val = INFINITY;
+    int64_t best_step = 0;
+    if (o.do_resume && std::filesystem::exists(best_path)) {
+      try {
+        const auto bf = io::SafetensorsFile::open(best_path);
+        best_val = std::stod(bf.metadata().at("val_loss"));
+        best_step = std::stoll(bf.metadata().at("step"));
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "train_lm: warning: ignoring %s (%s); it will be replaced\n", best_path.c_str(), e.what());
+      }
+    }
+    if (start >= o.steps) {
+      std::printf("train_lm: the checkpoint is at step %lld and --steps is %lld: nothing left to train\n",
+                  static_cast<long long>(start), static_cast<long long>(o.steps));
     }
     int64_t params = 0;
     for (const auto& p : model.param_table().entries()) params += p.numel();
@@ -279,8 +399,15 @@ int main(int argc, char** argv) {
       return cross_entropy_forward_backward(cpu, lg.data(), y.data(), B * T, 256).mean();
     };
 
-    std::ofstream csv(csv_path, start > 0 ? std::ios::app : std::ios::trunc);
-    if (start == 0) csv << "step,loss,val_loss,lr,grad_norm,tokens_per_s,elapsed_s\n";
+    if (start > 0) trim_loss_csv(csv_path, start);
+    std::FILE* csv = std::fopen(csv_path.c_str(), start > 0 ? "ab" : "wb");
+    require(csv != nullptr, csv_path, ": cannot open for writing: ", std::strerror(errno));
+    if (start == 0) std::fputs("step,loss,val_loss,lr,grad_norm,tokens_per_s,elapsed_s\n", csv);
+    // Rows reach the disk before the checkpoint that covers them, so a resumed run finds them all.
+    auto sync_csv = [&] {
+      require(std::fflush(csv) == 0, csv_path, ": write failed: ", std::strerror(errno));
+      ::fsync(::fileno(csv));
+    };
     const bool tty = isatty(1);
     std::vector<int64_t> x, y;
     const auto t0 = std::chrono::steady_clock::now();
@@ -294,13 +421,13 @@ int main(int argc, char** argv) {
       ema = s == start ? st.loss : 0.9 * ema + 0.1 * st.loss;
       if (s == start) first_loss = st.loss;
       const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      const double tps = static_cast<double>(tokens) / el;
+      const double tps = el > 0 ? static_cast<double>(tokens) / el : 0.0;
       const double eta = el / static_cast<double>(s + 1 - start) * static_cast<double>(o.steps - s - 1);
       double val = std::nan("");
       const bool last = s + 1 == o.steps;
       if ((o.eval_every > 0 && (s + 1) % o.eval_every == 0) || last) val = eval();
-      csv << s + 1 << ',' << st.loss << ',' << (std::isnan(val) ? std::string() : std::to_string(val)) << ',' << st.lr
-          << ',' << st.grad_norm << ',' << tps << ',' << el << '\n';
+      std::fprintf(csv, "%lld,%g,%s,%g,%g,%g,%g\n", static_cast<long long>(s + 1), st.loss,
+                   std::isnan(val) ? "" : std::to_string(val).c_str(), st.lr, st.grad_norm, tps, el);
       if (tty) {
         const int width = 30, done = static_cast<int>(width * (s + 1) / o.steps);
         std::printf("\r[%s%s] step %lld/%lld  loss %.3f  %.0f tok/s  ETA %s ", std::string(done, '#').c_str(),
@@ -316,58 +443,47 @@ int main(int argc, char** argv) {
                     fmt_time(el).c_str(), fmt_time(eta).c_str());
         std::fflush(stdout);
       }
-      if ((o.ckpt_every > 0 && (s + 1) % o.ckpt_every == 0) || last)
-        save_training_checkpoint(ckpt, trainer, (s + 1) * o.batch * o.seq);
+      const int64_t position = (s + 1) * o.batch * o.seq;
+      if (!std::isnan(val) && val < best_val) {
+        best_val = val;
+        best_step = s + 1;
+        save_training_checkpoint(best_path, trainer, position, {{"val_loss", std::to_string(val)}});
+      }
+      if ((o.ckpt_every > 0 && (s + 1) % o.ckpt_every == 0) || last) {
+        sync_csv();
+        save_training_checkpoint(ckpt, trainer, position);
+      }
     }
-    csv.close();
+    sync_csv();
+    std::fclose(csv);
     if (o.steps > start)
       std::printf("\nloss %.3f -> %.3f over steps %lld..%lld; checkpoint %s\n", first_loss, ema,
                   static_cast<long long>(start + 1), static_cast<long long>(o.steps), ckpt.c_str());
+    if (best_step > 0)
+      std::printf("best held-out loss %.4f at step %lld: %s\n", best_val, static_cast<long long>(best_step),
+                  best_path.c_str());
 
     // ---- loss curve
-    if (std::system("command -v gnuplot > /dev/null 2>&1") == 0) {
-      const std::string gp = o.out + "/loss.gp";
-      std::ofstream g(gp);
-      g << "set terminal pngcairo size 900,500\nset output '" << o.out << "/loss.png'\n"
-        << "set datafile separator ','\nset key autotitle columnhead\nset xlabel 'step'\nset ylabel 'loss "
-           "(nats/byte)'\n"
-        << "set grid\nplot '" << csv_path << "' using 1:2 with lines title 'train', '" << csv_path
-        << "' using 1:3 with linespoints title 'held-out'\n";
-      g.close();
-      if (std::system(("gnuplot '" + gp + "' 2>/dev/null").c_str()) == 0)
-        std::printf("loss curve: %s/loss.png\n", o.out.c_str());
-    }
+    if (plot_loss(o.out)) std::printf("loss curve: %s/loss.png\n", o.out.c_str());
 
     // ---- sample: chunkwise prefill of the prompt, then one recurrent step per byte
-    if (o.sample_len > 0) {
+    if (o.max_new > 0) {
       std::vector<int64_t> prompt;
       for (unsigned char c : o.prompt) prompt.push_back(c);
       if (prompt.empty()) prompt.push_back('\n');
       auto state = model.make_state(1);
       Tensor<float> logits =
           model.prefill(HostView<const int64_t>(prompt.data(), {1, static_cast<int64_t>(prompt.size())}), state);
-      std::mt19937_64 g(o.seed + 7);
+      Sampler sampler(
+          SamplingOptions{.temperature = o.temperature, .top_k = o.top_k, .top_p = o.top_p, .seed = o.seed + 7});
       std::string out = o.prompt;
-      std::vector<double> p(256);
-      for (int64_t i = 0; i < o.sample_len; ++i) {
-        int64_t next = 0;
-        if (o.temperature <= 0) {
-          next = std::max_element(logits.data(), logits.data() + 256) - logits.data();
-        } else {
-          const float mx = *std::max_element(logits.data(), logits.data() + 256);
-          double sum = 0;
-          for (int v = 0; v < 256; ++v) sum += p[static_cast<size_t>(v)] = std::exp((logits[v] - mx) / o.temperature);
-          double r = std::uniform_real_distribution<double>(0, sum)(g);
-          for (next = 0; next < 255 && r >= p[static_cast<size_t>(next)]; ++next) r -= p[static_cast<size_t>(next)];
-        }
+      for (int64_t i = 0; i < o.max_new; ++i) {
+        const int64_t next = sampler.sample(logits.data(), 256);
         out += static_cast<char>(next);
         logits = model.step(HostView<const int64_t>(&next, {1}), state);
       }
       std::printf("\n--- sample (temperature %.2f) ---\n%s\n---\n", o.temperature, printable(out).c_str());
     }
-  } catch (const Error& e) {
-    std::fprintf(stderr, "train_lm: %s\n", e.what());
-    return 1;
-  }
-  return 0;
+    return 0;
+  });
 }

@@ -5,6 +5,7 @@
 #include <array>
 #include <cstdint>
 #include <initializer_list>
+#include <new>
 #include <ostream>
 #include <string>
 #include <type_traits>
@@ -16,6 +17,18 @@ namespace retnet {
 
 struct Host {};
 struct Device {};
+
+// Size arithmetic that cannot wrap: a product or sum of sizes past int64 is a retnet::Error naming `what`.
+inline int64_t checked_mul(int64_t a, int64_t b, const char* what) {
+  int64_t r = 0;
+  require(!__builtin_mul_overflow(a, b, &r), what, ": size ", a, " x ", b, " overflows 64-bit integers");
+  return r;
+}
+inline int64_t checked_add(int64_t a, int64_t b, const char* what) {
+  int64_t r = 0;
+  require(!__builtin_add_overflow(a, b, &r), what, ": size ", a, " + ", b, " overflows 64-bit integers");
+  return r;
+}
 
 class Shape {
  public:
@@ -33,9 +46,12 @@ class Shape {
 
   int rank() const { return rank_; }
   int64_t operator[](int i) const { return dims_[static_cast<size_t>(i)]; }
+  // Element count; a product past int64 (a corrupted or hostile size) is a retnet::Error, not a wrapped value.
   int64_t numel() const {
     int64_t n = 1;
-    for (int i = 0; i < rank_; ++i) n *= dims_[static_cast<size_t>(i)];
+    for (int i = 0; i < rank_; ++i)
+      if (__builtin_mul_overflow(n, dims_[static_cast<size_t>(i)], &n))
+        fail("Shape ", to_string(), ": the element count overflows 64-bit integers");
     return n;
   }
   std::vector<int64_t> to_vector() const { return {dims_.begin(), dims_.begin() + rank_}; }
@@ -83,14 +99,24 @@ using HostView = TensorView<T, Host>;
 template <class T>
 using DeviceView = TensorView<T, Device>;
 
-// Owning host tensor, zero-initialised.
+// Owning host tensor, zero-initialised. At most max_bytes bytes (1 TiB); a larger shape, or an allocation the
+// system refuses, is a retnet::Error naming the shape.
 template <class T>
 class Tensor {
  public:
+  static constexpr int64_t max_bytes = int64_t{1} << 40;
+
   Tensor() = default;
   explicit Tensor(Shape shape) : shape_(shape) {
     for (int i = 0; i < shape.rank(); ++i) require(shape[i] >= 0, "Tensor: negative size in shape ", shape);
-    data_.assign(static_cast<size_t>(shape.numel()), T{});
+    const int64_t n = shape.numel();
+    require(n <= max_bytes / static_cast<int64_t>(sizeof(T)), "Tensor: shape ", shape, " needs ", n, " elements of ",
+            sizeof(T), " bytes, more than the limit of ", max_bytes, " bytes");
+    try {
+      data_.assign(static_cast<size_t>(n), T{});
+    } catch (const std::bad_alloc&) {
+      fail("Tensor: out of memory allocating ", n * static_cast<int64_t>(sizeof(T)), " bytes for shape ", shape);
+    }
   }
   Tensor(Shape shape, T fill) : Tensor(shape) { std::fill(data_.begin(), data_.end(), fill); }
 

@@ -15,6 +15,8 @@
 //   * torchscale features that change the model and are not supported (deepnorm, multiway, MoE layers,
 //     no_output_layer) are errors when switched on;
 //   * any other field is reported in ConfigReport::unknown.
+// Sizes are bounded (ConfigLimits) before anything is allocated: a configuration claiming dim 2^40 or an
+// estimated parameter count past 2^36 is an error, not an attempt to allocate it.
 // Writing produces every RetNetConfig field (so RetNetConfig(**json) rebuilds the model in Python) plus this
 // library's extensions (ffn_type, norm_type, decay_schedule, decays, retention_normalization) when they are
 // not the defaults.
@@ -29,6 +31,8 @@
 #include <vector>
 
 #include "retnet/core/error.hpp"
+#include "retnet/core/tensor.hpp"
+#include "retnet/io/safetensors.hpp"  // open_regular_file, pread_all
 #include "retnet/nn/config.hpp"
 
 namespace retnet::io {
@@ -67,6 +71,56 @@ inline const std::set<std::string>& torchscale_ignored_fields() {
 inline std::string type_name(const nlohmann::json& v) { return v.type_name(); }
 
 }  // namespace detail
+
+// Upper bounds on a model configuration's sizes: far above any model this library is meant for, low enough
+// that the products below stay in int64 and a hostile file cannot make it allocate terabytes.
+struct ConfigLimits {
+  static constexpr int64_t max_embed_dim = int64_t{1} << 16;
+  static constexpr int64_t max_value_embed_dim = int64_t{1} << 17;
+  static constexpr int64_t max_ffn_embed_dim = int64_t{1} << 18;
+  static constexpr int64_t max_heads = int64_t{1} << 12;
+  static constexpr int64_t max_layers = int64_t{1} << 12;
+  static constexpr int64_t max_vocab_size = int64_t{1} << 24;
+  static constexpr int64_t max_chunk_size = int64_t{1} << 20;
+  static constexpr int64_t max_parameters = int64_t{1} << 36;
+  static constexpr int64_t max_file_bytes = int64_t{16} << 20;  // a configuration file
+};
+
+// An upper estimate of the parameter count (embedding, output projection, per layer the retention and FFN
+// matrices and the norms), in checked arithmetic.
+inline int64_t estimated_parameter_count(const ModelConfig& c) {
+  const char* what = "estimated_parameter_count";
+  const int64_t d = c.decoder_embed_dim, vd = c.decoder_value_embed_dim, f = c.decoder_ffn_embed_dim;
+  int64_t layer = checked_mul(2, checked_mul(d, d, what), what);                     // q, k
+  layer = checked_add(layer, checked_mul(3, checked_mul(d, vd, what), what), what);  // v, g, out
+  layer = checked_add(layer, checked_mul(3, checked_mul(d, f, what), what), what);   // FFN (GLU: 3 matrices)
+  layer = checked_add(layer, checked_add(checked_mul(8, d, what), checked_add(f, vd, what), what), what);
+  int64_t n = checked_mul(layer, c.decoder_layers, what);
+  n = checked_add(n, checked_mul(2, checked_mul(c.vocab_size, d, what), what), what);
+  return checked_add(n, checked_mul(4, d, what), what);
+}
+
+// Throws a retnet::Error (prefixed by `where`) when a size is past ConfigLimits. Negative or zero sizes are
+// left to ModelConfig::validate.
+inline void check_config_limits(const ModelConfig& c, const std::string& where = "config") {
+  auto at_most = [&](const char* field, int64_t v, int64_t limit) {
+    require(v <= limit, where, ": field '", field, "' = ", v, " exceeds the supported maximum ", limit);
+  };
+  at_most("decoder_embed_dim", c.decoder_embed_dim, ConfigLimits::max_embed_dim);
+  at_most("decoder_value_embed_dim", c.decoder_value_embed_dim, ConfigLimits::max_value_embed_dim);
+  at_most("decoder_ffn_embed_dim", c.decoder_ffn_embed_dim, ConfigLimits::max_ffn_embed_dim);
+  at_most("decoder_retention_heads", c.decoder_retention_heads, ConfigLimits::max_heads);
+  at_most("decoder_layers", c.decoder_layers, ConfigLimits::max_layers);
+  at_most("vocab_size", c.vocab_size, ConfigLimits::max_vocab_size);
+  at_most("recurrent_chunk_size", c.recurrent_chunk_size, ConfigLimits::max_chunk_size);
+  at_most("decays (count)", static_cast<int64_t>(c.decays.size()), ConfigLimits::max_heads);
+  if (c.decoder_embed_dim > 0 && c.decoder_value_embed_dim > 0 && c.decoder_ffn_embed_dim > 0 && c.decoder_layers > 0 &&
+      c.vocab_size > 0) {
+    const int64_t n = estimated_parameter_count(c);
+    require(n <= ConfigLimits::max_parameters, where, ": the model would have about ", n,
+            " parameters, more than the supported maximum ", ConfigLimits::max_parameters);
+  }
+}
 
 // Parses a JSON object into a validated ModelConfig. `report` (optional) receives the ignored/unknown fields.
 inline ModelConfig config_from_json(const nlohmann::json& j, ConfigReport* report = nullptr,
@@ -182,6 +236,7 @@ inline ModelConfig config_from_json(const nlohmann::json& j, ConfigReport* repor
     else
       r.unknown.push_back(it.key());
   }
+  check_config_limits(c, where);  // before validate(), which allocates per head
   try {
     c.validate();
   } catch (const Error& e) {
@@ -202,10 +257,20 @@ inline ModelConfig config_from_json_string(const std::string& text, ConfigReport
   return config_from_json(j, report, where);
 }
 
+// Reads a configuration file: a regular file of at most ConfigLimits::max_file_bytes.
 inline ModelConfig load_config(const std::string& path, ConfigReport* report = nullptr) {
-  std::ifstream in(path, std::ios::binary);
-  require(in.good(), path, ": cannot open the configuration file");
-  const std::string text{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  int64_t size = 0;
+  const int fd = detail::open_regular_file(path, "a configuration file (JSON)", size);
+  std::string text;
+  bool ok = size <= ConfigLimits::max_file_bytes;
+  if (ok) {
+    text.resize(static_cast<size_t>(size));
+    ok = detail::pread_all(fd, text.data(), text.size(), 0);
+  }
+  ::close(fd);
+  require(size <= ConfigLimits::max_file_bytes, path, ": ", size,
+          " bytes is too large for a configuration file (at most ", ConfigLimits::max_file_bytes, ")");
+  require(ok, path, ": cannot read the configuration file: ", detail::errno_text());
   return config_from_json_string(text, report, path);
 }
 

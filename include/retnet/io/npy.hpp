@@ -10,10 +10,10 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cstdint>
 #include <cstring>
-#include <fstream>
 #include <limits>
 #include <string>
 #include <type_traits>
@@ -132,30 +132,40 @@ constexpr const char* npy_descr() {
 
 }  // namespace detail
 
-// Reads a .npy file into a Tensor<T> (rank <= 6), converting the element type (floating <-> floating,
-// integer <-> integer with a range check).
-template <class T>
-Tensor<T> read_npy(const std::string& path) {
-  static_assert(std::is_arithmetic_v<T>, "read_npy: T must be arithmetic");
-  std::ifstream in(path, std::ios::binary);
-  require(in.good(), path, ": cannot open .npy file");
-  const std::string raw{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-  require(raw.size() >= 10 && raw.compare(0, 6, "\x93NUMPY") == 0, path, ": not a .npy file (bad magic)");
-  const int major = static_cast<unsigned char>(raw[6]);
+namespace detail {
+
+// Where the data of a .npy file lies and what it holds, from its first bytes (`head`, at least the whole
+// header) and the file's total size, which must match the header exactly.
+struct NpyLayout {
+  NpyHeader header;
+  std::string dtype;  // normalised, e.g. "f4"
+  int64_t esize = 0, numel = 0;
+  size_t data_start = 0;
+};
+
+inline constexpr size_t kNpyMaxHeader = size_t{1} << 20;  // numpy writes a few hundred bytes
+
+inline NpyLayout npy_layout(const std::string& head, int64_t total, const std::string& path) {
+  NpyLayout l;
+  require(head.size() >= 10 && head.compare(0, 6, "\x93NUMPY") == 0, path, ": not a .npy file (bad magic)");
+  const int major = static_cast<unsigned char>(head[6]);
   require(major >= 1 && major <= 3, path, ": unsupported .npy format version ", major);
   size_t hlen = 0, hstart = 0;
   if (major == 1) {
-    hlen = static_cast<unsigned char>(raw[8]) | (static_cast<size_t>(static_cast<unsigned char>(raw[9])) << 8);
+    hlen = static_cast<unsigned char>(head[8]) | (static_cast<size_t>(static_cast<unsigned char>(head[9])) << 8);
     hstart = 10;
   } else {
-    require(raw.size() >= 12, path, ": truncated .npy header");
+    require(head.size() >= 12, path, ": truncated .npy header");
     uint32_t n;
-    std::memcpy(&n, raw.data() + 8, 4);
+    std::memcpy(&n, head.data() + 8, 4);
     hlen = n;
     hstart = 12;
   }
-  require(hlen <= raw.size() - hstart, path, ": truncated .npy header (", hlen, " bytes claimed)");
-  const detail::NpyHeader h = detail::parse_npy_dict(raw.substr(hstart, hlen), path);
+  require(hlen <= kNpyMaxHeader, path, ": .npy header length ", hlen, " is implausible (at most ", kNpyMaxHeader,
+          " bytes)");
+  require(hlen <= head.size() - hstart, path, ": truncated .npy header (", hlen, " bytes claimed)");
+  l.header = parse_npy_dict(head.substr(hstart, hlen), path);
+  const NpyHeader& h = l.header;
   require(!h.fortran_order, path, ": Fortran-order arrays are not supported; save with C order");
   require(h.shape.size() <= static_cast<size_t>(Shape::max_rank), path, ": rank ", h.shape.size(),
           " exceeds the supported maximum ", Shape::max_rank);
@@ -164,24 +174,32 @@ Tensor<T> read_npy(const std::string& path) {
     require(d == 0 || numel <= (int64_t{1} << 48) / d, path, ": array too large");
     numel *= d;
   }
-  const std::string dt = detail::npy_descr_normalised(h.descr, path);
-  int64_t esize = 0;
+  l.numel = numel;
+  l.dtype = npy_descr_normalised(h.descr, path);
+  const std::string& dt = l.dtype;
   if (dt == "f8" || dt == "i8" || dt == "u8")
-    esize = 8;
+    l.esize = 8;
   else if (dt == "f4" || dt == "i4" || dt == "u4")
-    esize = 4;
+    l.esize = 4;
   else if (dt == "f2" || dt == "i2" || dt == "u2")
-    esize = 2;
+    l.esize = 2;
   else if (dt == "i1" || dt == "u1" || dt == "b1")
-    esize = 1;
+    l.esize = 1;
   else
     fail(path, ": unsupported .npy dtype '", h.descr, "'");
-  const size_t data_start = hstart + hlen;
-  require(raw.size() - data_start == static_cast<size_t>(numel * esize), path, ": data has ", raw.size() - data_start,
-          " bytes, but dtype ", h.descr, " and shape ", Shape(h.shape).to_string(), " need ", numel * esize,
-          raw.size() - data_start < static_cast<size_t>(numel * esize) ? " (truncated)" : "");
-  Tensor<T> out(Shape(h.shape));
-  const char* b = raw.data() + data_start;
+  l.data_start = hstart + hlen;
+  const int64_t have = total - static_cast<int64_t>(l.data_start), need = numel * l.esize;
+  require(have == need, path, ": data has ", have, " bytes, but dtype ", h.descr, " and shape ",
+          Shape(h.shape).to_string(), " need ", need, have < need ? " (truncated)" : "");
+  return l;
+}
+
+// Converts the data (exactly l.numel * l.esize bytes at b) to a Tensor<T>.
+template <class T>
+Tensor<T> npy_decode(const NpyLayout& l, const char* b, const std::string& path) {
+  const std::string& dt = l.dtype;
+  const int64_t numel = l.numel;
+  Tensor<T> out(Shape(l.header.shape));
   auto convert = [&](auto tag) {
     using S = decltype(tag);
     for (int64_t i = 0; i < numel; ++i) {
@@ -195,7 +213,8 @@ Tensor<T> read_npy(const std::string& path) {
   };
   const bool is_float = dt[0] == 'f';
   if constexpr (std::is_floating_point_v<T>) {
-    require(is_float, path, ": dtype '", h.descr, "' is not floating point; expected float16, float32 or float64");
+    require(is_float, path, ": dtype '", l.header.descr,
+            "' is not floating point; expected float16, float32 or float64");
     if (dt == "f8") {
       convert(double{});
     } else if (dt == "f4") {
@@ -204,11 +223,11 @@ Tensor<T> read_npy(const std::string& path) {
       for (int64_t i = 0; i < numel; ++i) {
         uint16_t x;
         std::memcpy(&x, b + 2 * i, 2);
-        out[i] = static_cast<T>(detail::f16_to_float(x));
+        out[i] = static_cast<T>(f16_to_float(x));
       }
     }
   } else {
-    require(!is_float, path, ": dtype '", h.descr, "' is floating point; expected an integer array");
+    require(!is_float, path, ": dtype '", l.header.descr, "' is floating point; expected an integer array");
     if (dt == "i8")
       convert(int64_t{});
     else if (dt == "i4")
@@ -227,6 +246,38 @@ Tensor<T> read_npy(const std::string& path) {
       convert(uint8_t{});
   }
   return out;
+}
+
+}  // namespace detail
+
+// Decodes the complete contents of a .npy file held in memory (`path` names it in messages).
+template <class T>
+Tensor<T> read_npy_bytes(const std::string& raw, const std::string& path = "<memory>") {
+  static_assert(std::is_arithmetic_v<T>, "read_npy: T must be arithmetic");
+  const detail::NpyLayout l = detail::npy_layout(raw, static_cast<int64_t>(raw.size()), path);
+  return detail::npy_decode<T>(l, raw.data() + l.data_start, path);
+}
+
+// Reads a .npy file into a Tensor<T> (rank <= 6), converting the element type (floating <-> floating,
+// integer <-> integer with a range check). The file must be a regular file whose size matches its header,
+// which is checked before the data is read.
+template <class T>
+Tensor<T> read_npy(const std::string& path) {
+  static_assert(std::is_arithmetic_v<T>, "read_npy: T must be arithmetic");
+  int64_t size = 0;
+  const int fd = detail::open_regular_file(path, "a .npy file", size);
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  std::string head(static_cast<size_t>(std::min<int64_t>(size, 12 + static_cast<int64_t>(detail::kNpyMaxHeader))),
+                   '\0');
+  require(detail::pread_all(fd, head.data(), head.size(), 0), path, ": cannot read the .npy header");
+  const detail::NpyLayout l = detail::npy_layout(head, size, path);
+  std::string data(static_cast<size_t>(l.numel * l.esize), '\0');
+  require(detail::pread_all(fd, data.data(), data.size(), static_cast<int64_t>(l.data_start)), path,
+          ": cannot read the .npy data (the file shrank while reading)");
+  return detail::npy_decode<T>(l, data.data(), path);
 }
 
 // The bytes of a version-1.0 .npy file holding `v`.

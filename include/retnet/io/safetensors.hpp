@@ -14,8 +14,11 @@
 // Reading: SafetensorsFile::open validates the whole header before anything is read: header length,
 // JSON syntax, duplicate names, dtypes, shapes, offsets inside the file, not overlapping and matching
 // dtype size x element count. Every problem is a retnet::Error naming the file and the problem.
-// Tensor data is read on demand (the file is not loaded whole), converted from F64/F32/F16/BF16 to float or
-// double (or from integer dtypes to integer types).
+// The file must be a regular file; it stays open and every tensor is read through that one descriptor, so a
+// reader never mixes the header of one file with the data of its replacement. Tensor data is read on demand
+// (the file is not loaded whole), converted from F64/F32/F16/BF16 to float or double (or from integer dtypes
+// to integer types). A file whose metadata holds per-tensor checksums (kChecksumKey) has each tensor's bytes
+// verified when read.
 //
 // Parameter tables (load_params/save_params) and prefixes: several tables may share one file (a training
 // checkpoint holds the model and the optimizer moments). Each table is stored under a prefix; parameter
@@ -34,7 +37,6 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <fstream>
 #include <limits>
 #include <map>
 #include <memory>
@@ -54,12 +56,19 @@ namespace retnet::io {
 namespace detail {
 
 // ---- a small, strict JSON reader for safetensors headers -------------------------------------------------
+// Object fields are a named struct rather than std::pair: libstdc++'s pair asks whether JsonValue is default
+// constructible while JsonValue is still incomplete, which clang rejects.
+struct JsonField;
 struct JsonValue {
   enum Kind { null, boolean, number, string, array, object } kind = null;
   bool b = false;
-  std::string text;                                       // string contents, or the number's literal text
-  std::vector<JsonValue> items;                           // array
-  std::vector<std::pair<std::string, JsonValue>> fields;  // object, in file order
+  std::string text;               // string contents, or the number's literal text
+  std::vector<JsonValue> items;   // array
+  std::vector<JsonField> fields;  // object, in file order
+};
+struct JsonField {
+  std::string key;
+  JsonValue value;
 };
 
 class JsonParser {
@@ -119,7 +128,8 @@ class JsonParser {
         if (p_ == end_ || *p_ != '"') error("expected a string key");
         std::string key = parse_string();
         expect(':');
-        v.fields.emplace_back(std::move(key), parse_value(depth + 1));
+        JsonValue item = parse_value(depth + 1);
+        v.fields.push_back(JsonField{std::move(key), std::move(item)});
         skip_ws();
         if (p_ != end_ && *p_ == ',') {
           ++p_;
@@ -372,6 +382,91 @@ constexpr const char* native_dtype() {
 
 inline std::string errno_text() { return std::strerror(errno); }
 
+// FNV-1a (64 bit) of a byte range: the per-tensor integrity checksum (see SafetensorsWriter::set_checksums).
+inline uint64_t fnv1a64(const char* data, size_t n) {
+  uint64_t h = 0xcbf29ce484222325ULL;
+  for (size_t i = 0; i < n; ++i) {
+    h ^= static_cast<unsigned char>(data[i]);
+    h *= 0x100000001b3ULL;
+  }
+  return h;
+}
+inline std::string hex64(uint64_t v) {
+  static const char* digits = "0123456789abcdef";
+  std::string s(16, '0');
+  for (int i = 15; i >= 0; --i, v >>= 4) s[static_cast<size_t>(i)] = digits[v & 15];
+  return s;
+}
+
+// Opens `path` read-only and checks that it is a regular file (not a directory, device or pipe, whose size
+// is meaningless or endless); returns the descriptor and its size. `what` names the expected kind of file.
+inline int open_regular_file(const std::string& path, const char* what, int64_t& size) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  require(fd >= 0, path, ": cannot open ", what, ": ", errno_text());
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    const std::string e = errno_text();
+    ::close(fd);
+    fail(path, ": cannot stat ", what, ": ", e);
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    fail(path, ": is ", S_ISDIR(st.st_mode) ? "a directory" : "not a regular file", ", expected ", what);
+  }
+  size = static_cast<int64_t>(st.st_size);
+  return fd;
+}
+
+// Reads exactly n bytes at `offset`; false when the file ends first (it shrank) or the read fails.
+inline bool pread_all(int fd, char* out, size_t n, int64_t offset) {
+  while (n > 0) {
+    const ssize_t r = ::pread(fd, out, n, static_cast<off_t>(offset));
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return false;
+    out += r;
+    n -= static_cast<size_t>(r);
+    offset += r;
+  }
+  return true;
+}
+
+// The bytes behind a SafetensorsFile: one open descriptor (every read goes through it, so a file replaced by
+// rename while it is being read keeps serving the old contents) or a buffer in memory.
+class ByteSource {
+ public:
+  virtual ~ByteSource() = default;
+  virtual int64_t size() const = 0;
+  virtual bool read(int64_t offset, char* out, size_t n) const = 0;
+};
+
+class FileSource final : public ByteSource {
+ public:
+  explicit FileSource(const std::string& path) { fd_ = open_regular_file(path, "a safetensors file", size_); }
+  ~FileSource() override { ::close(fd_); }
+  FileSource(const FileSource&) = delete;
+  FileSource& operator=(const FileSource&) = delete;
+  int64_t size() const override { return size_; }
+  bool read(int64_t offset, char* out, size_t n) const override { return pread_all(fd_, out, n, offset); }
+
+ private:
+  int fd_ = -1;
+  int64_t size_ = 0;
+};
+
+class MemorySource final : public ByteSource {
+ public:
+  explicit MemorySource(std::string bytes) : bytes_(std::move(bytes)) {}
+  int64_t size() const override { return static_cast<int64_t>(bytes_.size()); }
+  bool read(int64_t offset, char* out, size_t n) const override {
+    if (offset < 0 || offset > size() || n > static_cast<size_t>(size() - offset)) return false;
+    if (n) std::memcpy(out, bytes_.data() + offset, n);
+    return true;
+  }
+
+ private:
+  std::string bytes_;
+};
+
 inline void write_all(int fd, const char* data, size_t n, const std::string& path) {
   while (n > 0) {
     const ssize_t w = ::write(fd, data, n);
@@ -385,6 +480,9 @@ inline void write_all(int fd, const char* data, size_t n, const std::string& pat
 }
 
 }  // namespace detail
+
+// Metadata key of the per-tensor checksums (SafetensorsWriter::set_checksums).
+inline constexpr const char* kChecksumKey = "retnet.fnv1a64";
 
 // ---- writing --------------------------------------------------------------------------------------------
 class SafetensorsWriter {
@@ -428,6 +526,11 @@ class SafetensorsWriter {
 
   void set_metadata(std::string key, std::string value) { metadata_[std::move(key)] = std::move(value); }
 
+  // Stores an FNV-1a checksum of every tensor's bytes in the metadata (key kChecksumKey, a JSON object
+  // name -> 16 hex digits); SafetensorsFile::read then verifies each tensor it reads, so a flipped byte in
+  // the data is an error instead of a silently different value. Other readers ignore the key.
+  void set_checksums(bool on) { checksums_ = on; }
+
   bool contains(const std::string& name) const { return index_.count(name) != 0; }
   size_t size() const { return tensors_.size(); }
 
@@ -435,10 +538,18 @@ class SafetensorsWriter {
   std::string serialize() const {
     std::string header = "{";
     bool first = true;
-    if (!metadata_.empty()) {
+    std::map<std::string, std::string> metadata = metadata_;
+    if (checksums_) {
+      std::string sums = "{";
+      for (const auto& t : tensors_)
+        sums += (sums.size() > 1 ? "," : "") + detail::json_quote(t.name) + ":\"" +
+                detail::hex64(detail::fnv1a64(t.bytes.data(), t.bytes.size())) + "\"";
+      metadata[kChecksumKey] = sums + "}";
+    }
+    if (!metadata.empty()) {
       header += "\"__metadata__\":{";
       bool f2 = true;
-      for (const auto& [k, v] : metadata_) {
+      for (const auto& [k, v] : metadata) {
         if (!f2) header += ',';
         header += detail::json_quote(k);
         header += ':';
@@ -524,6 +635,7 @@ class SafetensorsWriter {
   std::vector<Entry> tensors_;
   std::map<std::string, size_t> index_;
   std::map<std::string, std::string> metadata_;
+  bool checksums_ = false;
 
   static int64_t checked_numel(const std::string& name, const Shape& shape) {
     require(!name.empty(), "SafetensorsWriter: empty tensor name");
@@ -553,27 +665,16 @@ class SafetensorsFile {
     int64_t begin = 0, end = 0;  // byte offsets into the data buffer
   };
 
-  // Opens and validates a file; throws retnet::Error naming the file and the problem.
+  // Opens and validates a file; throws retnet::Error naming the file and the problem. The file stays open:
+  // every tensor is read through this one descriptor, so all reads see the same file even when another
+  // process replaces it (rename) meanwhile.
   static SafetensorsFile open(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    require(in.good(), path, ": cannot open safetensors file: ", detail::errno_text());
-    in.seekg(0, std::ios::end);
-    const std::streamoff size = in.tellg();
-    require(size >= 0, path, ": cannot determine the file size");
-    in.seekg(0, std::ios::beg);
-    require(size >= 8, path, ": not a safetensors file: ", size, " bytes, shorter than the 8-byte header length");
-    uint64_t n = 0;
-    in.read(reinterpret_cast<char*>(&n), 8);
-    require(in.good(), path, ": cannot read the header length");
-    constexpr uint64_t max_header = 100u << 20;  // the reference implementation's limit
-    require(n >= 2 && n <= max_header, path, ": header length ", n, " is implausible (expected 2 .. ", max_header,
-            " bytes); not a safetensors file or corrupted");
-    require(n <= static_cast<uint64_t>(size) - 8, path, ": truncated: the header claims ", n,
-            " bytes but the file has ", size, " bytes");
-    std::string header(static_cast<size_t>(n), '\0');
-    in.read(header.data(), static_cast<std::streamsize>(n));
-    require(in.good(), path, ": cannot read the ", n, "-byte header");
-    return from_header(path, header, static_cast<int64_t>(size) - 8 - static_cast<int64_t>(n));
+    return from_source(path, std::make_shared<const detail::FileSource>(path));
+  }
+
+  // The same for the contents of a file held in memory; `name` stands for the path in messages.
+  static SafetensorsFile from_bytes(std::string bytes, const std::string& name = "<memory>") {
+    return from_source(name, std::make_shared<const detail::MemorySource>(std::move(bytes)));
   }
 
   const std::string& path() const { return path_; }
@@ -734,6 +835,7 @@ class SafetensorsFile {
     for (size_t i = 1; i < order.size(); ++i)
       require(ranges[order[i]].first >= ranges[order[i - 1]].second, path, ": tensors '", range_names[order[i - 1]],
               "' and '", range_names[order[i]], "' overlap in the data buffer");
+    f.parse_checksums();
     return f;
   }
 
@@ -742,16 +844,55 @@ class SafetensorsFile {
   int64_t data_start_ = 0, data_size_ = 0;
   std::map<std::string, TensorInfo> tensors_;
   std::map<std::string, std::string> metadata_;
+  std::map<std::string, uint64_t> checksums_;  // from kChecksumKey, when the writer stored them
+  std::shared_ptr<const detail::ByteSource> source_;
+
+  static SafetensorsFile from_source(const std::string& path, std::shared_ptr<const detail::ByteSource> src) {
+    const int64_t size = src->size();
+    require(size >= 8, path, ": not a safetensors file: ", size, " bytes, shorter than the 8-byte header length");
+    uint64_t n = 0;
+    require(src->read(0, reinterpret_cast<char*>(&n), 8), path, ": cannot read the header length");
+    constexpr uint64_t max_header = 100u << 20;  // the reference implementation's limit
+    require(n >= 2 && n <= max_header, path, ": header length ", n, " is implausible (expected 2 .. ", max_header,
+            " bytes); not a safetensors file or corrupted");
+    require(n <= static_cast<uint64_t>(size) - 8, path, ": truncated: the header claims ", n,
+            " bytes but the file has ", size, " bytes");
+    std::string header(static_cast<size_t>(n), '\0');
+    require(src->read(8, header.data(), header.size()), path, ": cannot read the ", n, "-byte header");
+    SafetensorsFile f = from_header(path, header, size - 8 - static_cast<int64_t>(n));
+    f.source_ = std::move(src);
+    return f;
+  }
+
+  // Parses the checksum table; names it lists must be tensors of the file.
+  void parse_checksums() {
+    auto it = metadata_.find(kChecksumKey);
+    if (it == metadata_.end()) return;
+    const detail::JsonValue v =
+        detail::JsonParser(it->second.data(), it->second.size(), path_ + " (metadata '" + kChecksumKey + "')")
+            .parse_document();
+    require(v.kind == detail::JsonValue::object, path_, ": metadata '", kChecksumKey, "' is not a JSON object");
+    for (const auto& [name, x] : v.fields) {
+      require(tensors_.count(name), path_, ": metadata '", kChecksumKey, "' names '", name,
+              "', which is not a tensor of the file");
+      require(x.kind == detail::JsonValue::string && x.text.size() == 16 &&
+                  x.text.find_first_not_of("0123456789abcdef") == std::string::npos,
+              path_, ": metadata '", kChecksumKey, "' for '", name, "' is not 16 hex digits");
+      checksums_[name] = std::stoull(x.text, nullptr, 16);
+    }
+  }
 
   std::string read_bytes(const std::string& name, const TensorInfo& t) const {
     std::string bytes(static_cast<size_t>(t.end - t.begin), '\0');
-    if (bytes.empty()) return bytes;
-    std::ifstream in(path_, std::ios::binary);
-    require(in.good(), path_, ": cannot reopen the file to read tensor '", name, "': ", detail::errno_text());
-    in.seekg(data_start_ + t.begin);
-    in.read(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    require(in.good() && in.gcount() == static_cast<std::streamsize>(bytes.size()), path_,
-            ": cannot read the data of tensor '", name, "' (the file was truncated or changed after opening)");
+    if (!bytes.empty())
+      require(source_ && source_->read(data_start_ + t.begin, bytes.data(), bytes.size()), path_,
+              ": cannot read the data of tensor '", name, "' (the file was truncated after opening)");
+    auto sum = checksums_.find(name);
+    if (sum != checksums_.end()) {
+      const uint64_t got = detail::fnv1a64(bytes.data(), bytes.size());
+      require(got == sum->second, path_, ": tensor '", name, "' is corrupted: its bytes have checksum ",
+              detail::hex64(got), ", the header records ", detail::hex64(sum->second));
+    }
     return bytes;
   }
 };

@@ -6,7 +6,9 @@
 // Needs nlohmann_json (through retnet/io/config_json.hpp): link nlohmann_json::nlohmann_json.
 // Loading is all-or-nothing: everything is read and checked into scratch buffers before the model and
 // the optimizer are touched; a different configuration, a missing or extra tensor or a wrong shape is a
-// retnet::Error.
+// retnet::Error. Header and tensors come from one open file, so a checkpoint replaced while it is being loaded
+// is read whole from either the old or the new file. Each tensor carries a checksum (SafetensorsWriter::
+// set_checksums), so flipped bytes in the data are an error too.
 #include <cstdint>
 #include <map>
 #include <string>
@@ -35,6 +37,7 @@ void save_training_checkpoint(const std::string& path, const Trainer<T>& tr, int
   io::save_params(w, m.param_table(), m.params());
   io::save_params(w, m.param_table(), tr.optimizer().exp_avg(), "adam.m/");
   io::save_params(w, m.param_table(), tr.optimizer().exp_avg_sq(), "adam.v/");
+  w.set_checksums(true);
   for (const auto& [k, v] : extra) w.set_metadata(k, v);
   w.set_metadata("format", kTrainingCheckpointFormat);
   w.set_metadata("step", std::to_string(tr.step_count()));
@@ -45,8 +48,8 @@ void save_training_checkpoint(const std::string& path, const Trainer<T>& tr, int
 }
 
 // Reads only the header (configuration, step, data position).
-inline TrainingCheckpointInfo read_training_checkpoint_info(const std::string& path) {
-  const auto f = io::SafetensorsFile::open(path);
+inline TrainingCheckpointInfo read_training_checkpoint_info(const io::SafetensorsFile& f) {
+  const std::string& path = f.path();
   TrainingCheckpointInfo info;
   info.metadata = f.metadata();
   auto get = [&](const char* key) -> const std::string& {
@@ -69,18 +72,22 @@ inline TrainingCheckpointInfo read_training_checkpoint_info(const std::string& p
   };
   info.step = to_i64("step");
   info.data_position = to_i64("data_position");
-  info.config = io::config_from_json_string(get("config"));
+  info.config = io::config_from_json_string(get("config"), nullptr, path + " (metadata 'config')");
   return info;
+}
+
+inline TrainingCheckpointInfo read_training_checkpoint_info(const std::string& path) {
+  return read_training_checkpoint_info(io::SafetensorsFile::open(path));
 }
 
 // Restores parameters, AdamW moments and the step into tr (whose model must have the same configuration).
 template <class T>
-TrainingCheckpointInfo load_training_checkpoint(const std::string& path, Trainer<T>& tr) {
-  TrainingCheckpointInfo info = read_training_checkpoint_info(path);
+TrainingCheckpointInfo load_training_checkpoint(const io::SafetensorsFile& f, Trainer<T>& tr) {
+  TrainingCheckpointInfo info = read_training_checkpoint_info(f);
+  const std::string& path = f.path();
   Model<T>& m = tr.model();
   const std::string want = io::config_to_json(m.config()).dump(), got = io::config_to_json(info.config).dump();
   require(want == got, path, ": the checkpoint's model configuration ", got, " differs from the model's ", want);
-  const auto f = io::SafetensorsFile::open(path);
   const ParamTable& table = m.param_table();
   const size_t n = static_cast<size_t>(table.total());
   std::vector<T> p(n), mm(n), vv(n);
@@ -92,6 +99,11 @@ TrainingCheckpointInfo load_training_checkpoint(const std::string& path, Trainer
   std::copy(vv.begin(), vv.end(), tr.optimizer().exp_avg_sq());
   tr.set_step_count(info.step);
   return info;
+}
+
+template <class T>
+TrainingCheckpointInfo load_training_checkpoint(const std::string& path, Trainer<T>& tr) {
+  return load_training_checkpoint(io::SafetensorsFile::open(path), tr);
 }
 
 }  // namespace retnet
