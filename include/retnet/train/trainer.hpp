@@ -12,13 +12,21 @@
 // Dropout: the trainer runs the model in training mode with the key (TrainerConfig::dropout_seed, step,
 // micro-batch row offset). Masks depend on absolute positions and global rows, so a segmented run or an
 // accumulated one sees the masks of the plain run, and a resumed run those of an uninterrupted one.
+//
+// Data parallelism (TrainerConfig::dist, retnet/dist/): every rank passes its own rows of the global batch to
+// step(); the loss is normalised by the token count over all ranks, the gradients are summed over ranks in
+// buckets started during the last backward pass, and the norm, the clipping and the update are identical on
+// every rank, so the run follows the single-process one with the same global batch. Dropout masks use the
+// global row index. With dist.zero_stage = 1 the AdamW moments are sharded (see dist/data_parallel.hpp).
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <utility>
 #include <vector>
 
+#include "retnet/dist/data_parallel.hpp"
 #include "retnet/nn/model.hpp"
 #include "retnet/train/adamw.hpp"
 #include "retnet/train/loss.hpp"
@@ -43,11 +51,11 @@ class GradContext {
 
 // Loss of tokens [B, T] against targets [B, T] (kIgnoreIndex skips a position) and its gradient, added to
 // grads scaled by grad_scale (typically 1 / tokens counted in the optimizer step). dropout: training-mode
-// key (null: no dropout).
+// key (null: no dropout). layer_hook: passed to the backward pass that completes the gradient (Model::backward).
 template <class T>
 LossSum loss_and_grad(Model<T>& model, GradContext<T>& ctx, const int64_t* tokens, const int64_t* targets, int64_t B,
                       int64_t Tn, Form form, T* grads, double grad_scale, int64_t segment_length = 0,
-                      const DropoutKey* dropout = nullptr) {
+                      const DropoutKey* dropout = nullptr, const std::function<void(int64_t)>& layer_hook = {}) {
   const ModelConfig& c = model.config();
   const int64_t V = c.vocab_size, L = c.decoder_layers;
   const int64_t seg = segment_length > 0 ? std::min(segment_length, Tn) : Tn;
@@ -56,7 +64,7 @@ LossSum loss_and_grad(Model<T>& model, GradContext<T>& ctx, const int64_t* token
     auto& ws = ctx.workspace(model, B, Tn);
     model.forward_train(tokens, form, ws, nullptr, {}, {}, false, false, dropout);
     LossSum r = cross_entropy_forward_backward(cpu, ws.logits(), targets, B * Tn, V, ws.dlogits(), grad_scale);
-    model.backward(ws, grads);
+    model.backward(ws, grads, {}, {}, layer_hook);
     return r;
   }
   const int64_t H = c.decoder_retention_heads;
@@ -117,7 +125,7 @@ LossSum loss_and_grad(Model<T>& model, GradContext<T>& ctx, const int64_t* token
       if (s + 1 < S) d_out.push_back(dcur[static_cast<size_t>(l)].data());
       if (s > 0) d_in.push_back(dprev[static_cast<size_t>(l)].data());
     }
-    model.backward(ws, grads, d_out, d_in);
+    model.backward(ws, grads, d_out, d_in, s == 0 ? layer_hook : std::function<void(int64_t)>{});
     std::swap(dcur, dprev);
   }
   return total;
@@ -129,8 +137,9 @@ struct TrainerConfig {
   double grad_clip = 1.0;          // global gradient-norm clip; <= 0 disables
   int64_t accumulation_steps = 1;  // micro-batches per optimizer step (the batch rows are split)
   Form form = Form::chunkwise;
-  int64_t segment_length = 0;  // > 0: train in segments carrying state (see loss_and_grad)
-  uint64_t dropout_seed = 0;   // seeds the dropout masks (used when the model has dropout rates > 0)
+  int64_t segment_length = 0;     // > 0: train in segments carrying state (see loss_and_grad)
+  uint64_t dropout_seed = 0;      // seeds the dropout masks (used when the model has dropout rates > 0)
+  dist::DataParallelConfig dist;  // communicator (default: this process alone), ZeRO stage, bucket size
 };
 
 struct StepStats {
@@ -147,12 +156,16 @@ class Trainer {
       : model_(model),
         cfg_(cfg),
         opt_(model.param_table(), cfg.adamw),
-        grads_(static_cast<size_t>(model.param_table().total()), T(0)) {
+        grads_(static_cast<size_t>(model.param_table().total()), T(0)),
+        dp_(model.param_table(), model.config().decoder_layers, cfg.dist) {
     require(cfg_.accumulation_steps > 0, "TrainerConfig: accumulation_steps = ", cfg_.accumulation_steps,
             " must be positive");
   }
 
   // Computes the gradient of the mean loss over inputs/targets [B, T] without updating (grads() holds it).
+  // Data parallel: inputs/targets are this rank's rows (B may differ between ranks, even be 0); the gradient is
+  // that of the global batch, summed over ranks (with ZeRO-1 only the owned slices are summed, and grads()
+  // holds this rank's part). Collective. Returns this rank's loss sum and the global token count.
   LossSum compute_gradients(HostView<const int64_t> inputs, HostView<const int64_t> targets) {
     require(inputs.rank() == 2 && targets.shape() == inputs.shape(), "Trainer: inputs ", inputs.shape().to_string(),
             " and targets ", targets.shape().to_string(), " must both be [batch, length]");
@@ -160,42 +173,47 @@ class Trainer {
     require(B % A == 0, "Trainer: batch ", B, " is not divisible by accumulation_steps = ", A);
     std::fill(grads_.begin(), grads_.end(), T(0));
     const int64_t count = count_targets(targets.data(), B * Tn);
-    const double scale = count ? 1.0 / static_cast<double>(count) : 0.0;
+    const dist::GlobalBatch global = dp_.begin_step(B, count, grads_.data());
+    const double scale = global.tokens ? 1.0 / static_cast<double>(global.tokens) : 0.0;
     LossSum total;
     const int64_t mb = B / A;
-    for (int64_t a = 0; a < A; ++a) {
-      const DropoutKey key{cfg_.dropout_seed, static_cast<uint64_t>(step_), a * mb};
+    for (int64_t a = 0; a < A && mb > 0; ++a) {
+      const DropoutKey key{cfg_.dropout_seed, static_cast<uint64_t>(step_), global.row_offset + a * mb};
       LossSum r = loss_and_grad(model_, ctx_, inputs.data() + a * mb * Tn, targets.data() + a * mb * Tn, mb, Tn,
-                                cfg_.form, grads_.data(), scale, cfg_.segment_length, &key);
+                                cfg_.form, grads_.data(), scale, cfg_.segment_length, &key,
+                                a + 1 == A ? dp_.hook() : std::function<void(int64_t)>{});
       total.sum += r.sum;
-      total.count += r.count;
     }
+    dp_.finish_gradients();
+    total.count = global.tokens;
+    global_rows_ = global.rows;
     return total;
   }
 
   // One optimizer step on inputs/targets [B, T].
   StepStats step(HostView<const int64_t> inputs, HostView<const int64_t> targets) {
     const LossSum l = compute_gradients(inputs, targets);
+    // loss and norm from every rank's partial sums, identical on every rank
+    const auto red = dp_.reduce_stats(l.sum);
     StepStats st;
-    st.loss = l.mean();
-    st.tokens = inputs.numel();
-    double ss = 0;
-    for (T g : grads_) ss += static_cast<double>(g) * static_cast<double>(g);
-    st.grad_norm = std::sqrt(ss);
-    if (cfg_.grad_clip > 0 && st.grad_norm > cfg_.grad_clip) {
-      const T f = static_cast<T>(cfg_.grad_clip / (st.grad_norm + 1e-6));
-      for (T& g : grads_) g *= f;
-    }
+    st.loss = LossSum{red.loss_sum, l.count}.mean();
+    st.tokens = global_rows_ * inputs.size(1);
+    st.grad_norm = red.grad_norm;
+    if (cfg_.grad_clip > 0 && st.grad_norm > cfg_.grad_clip)
+      dp_.scale_gradients(static_cast<T>(cfg_.grad_clip / (st.grad_norm + 1e-6)));
     st.lr = cfg_.adamw.lr * cfg_.schedule.factor(step_);
-    opt_.step(model_.params(), grads_.data(), st.lr);
+    dp_.update(opt_, model_.params(), st.lr);
     ++step_;
     return st;
   }
 
   int64_t step_count() const { return step_; }
+  // Also marks a restore point: with ZeRO-1 each rank re-reads its moment slices from optimizer()'s full
+  // buffers (where load_training_checkpoint put them).
   void set_step_count(int64_t s) {
     step_ = s;
     opt_.set_steps(s);
+    dp_.load_optimizer_state(opt_);
   }
   AdamW<T>& optimizer() { return opt_; }
   const AdamW<T>& optimizer() const { return opt_; }
@@ -203,14 +221,17 @@ class Trainer {
   Model<T>& model() { return model_; }
   const Model<T>& model() const { return model_; }
   const TrainerConfig& config() const { return cfg_; }
+  dist::DataParallel<T>& data_parallel() { return dp_; }
 
  private:
   Model<T>& model_;
   TrainerConfig cfg_;
   AdamW<T> opt_;
   std::vector<T> grads_;
+  dist::DataParallel<T> dp_;
   GradContext<T> ctx_;
   int64_t step_ = 0;
+  int64_t global_rows_ = 0;
 };
 
 }  // namespace retnet
