@@ -14,6 +14,7 @@
 // slice r of every bucket. The reduce-scatter leaves the summed gradient of the owned slices in a compact buffer;
 // the sharded AdamW updates those parameters with the moments of those slices only; the bucket-wise all-gather
 // then gives every rank all parameters.
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -124,7 +125,6 @@ class GradientSync {
     grads_ = grads;
     next_ = 0;
     pending_.clear();
-    comm_seconds_ = 0;
   }
   // Starts every bucket that is final once layer `layer` has finished its backward pass, then lets the
   // started ones make progress (MPI progresses non-blocking collectives inside MPI calls).
@@ -169,7 +169,6 @@ class GradientSync {
   size_t next_ = 0;
   std::vector<std::unique_ptr<Request>> pending_;
   std::vector<T> owned_, staging_;
-  double comm_seconds_ = 0;
 };
 
 // ZeRO-1 AdamW: the update of AdamW::step (same expressions, so the same values) for the owned slices only;
@@ -310,7 +309,10 @@ class DataParallel {
   GlobalBatch begin_step(int64_t local_rows, int64_t local_tokens, T* grads) {
     sync_->begin(grads);
     grads_ = grads;
+    wait_ = {};
+    const auto t0 = clock::now();
     const std::vector<int64_t> all = comm_.gather_values(std::vector<int64_t>{local_rows, local_tokens});
+    wait_.other += seconds_since(t0);
     GlobalBatch g;
     for (int r = 0; r < comm_.size(); ++r) {
       const int64_t rows = all[static_cast<size_t>(2 * r)], tokens = all[static_cast<size_t>(2 * r + 1)];
@@ -325,7 +327,11 @@ class DataParallel {
     if (comm_.size() == 1) return {};
     return [this](int64_t layer) { sync_->layer_done(layer); };
   }
-  void finish_gradients() { sync_->finish(); }
+  void finish_gradients() {
+    const auto t0 = clock::now();
+    sync_->finish();
+    wait_.gradients += seconds_since(t0);
+  }
 
   struct Stats {
     double loss_sum = 0, grad_norm = 0;
@@ -341,7 +347,9 @@ class DataParallel {
       for (int64_t i = part.begin; i < part.end(); ++i)
         ss += static_cast<double>(grads_[i]) * static_cast<double>(grads_[i]);
     }
+    const auto t0 = clock::now();
     const std::vector<double> all = comm_.gather_values(std::vector<double>{local_loss_sum, ss});
+    wait_.other += seconds_since(t0);
     Stats s;
     double total_ss = 0;
     for (int r = 0; r < comm_.size(); ++r) {
@@ -371,8 +379,18 @@ class DataParallel {
       const RowRange own = plan_->owned_range(b, comm_.rank());
       std::memcpy(owned_params.data() + b.owned, params + own.begin, sizeof(T) * static_cast<size_t>(own.count));
     }
+    const auto t0 = clock::now();
     gather_owned(comm_, *plan_, owned_params.data(), params);
+    wait_.other += seconds_since(t0);
   }
+  // Time the last step spent waiting for communication: for the gradient buckets after the backward pass
+  // (what the overlap did not hide) and for everything else (counts, loss and norm, ZeRO-1's parameter
+  // all-gather).
+  struct Waits {
+    double gradients = 0, other = 0;
+  };
+  const Waits& last_waits() const { return wait_; }
+
   // ZeRO-1, collective: every rank's moments into opt's full buffers (before writing a checkpoint).
   void gather_optimizer_state(AdamW<T>& opt) {
     if (!zero()) return;
@@ -391,6 +409,10 @@ class DataParallel {
   std::unique_ptr<GradientSync<T>> sync_;
   std::unique_ptr<ShardedAdamW<T>> sharded_;
   T* grads_ = nullptr;
+  Waits wait_;
+
+  using clock = std::chrono::steady_clock;
+  static double seconds_since(clock::time_point t0) { return std::chrono::duration<double>(clock::now() - t0).count(); }
 };
 
 }  // namespace retnet::dist
