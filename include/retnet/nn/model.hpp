@@ -25,6 +25,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <random>
 #include <string>
@@ -390,8 +391,11 @@ class Model {
   // Backward of the last forward_train on ws. Reads ws.dlogits() [B·T, V]; grads (param_table().total()
   // elements) accumulate. d_state_out: per-layer gradients of the final states (empty: none);
   // d_state_in: per-layer outputs for the gradients of the initial states (empty: not wanted).
+  // layer_done (optional): called with l as soon as layer l's parameter gradients are final (l = L-1 .. 0; the
+  // head and the final norm are final before the call for L-1), so a data-parallel run can start summing them
+  // over ranks while the backward pass goes on; the embedding's are final when backward() returns.
   void backward(Workspace& ws, T* grads, const std::vector<const T*>& d_state_out = {},
-                const std::vector<T*>& d_state_in = {}) {
+                const std::vector<T*>& d_state_in = {}, const std::function<void(int64_t)>& layer_done = {}) {
     require(ws.with_grad_, "Model::backward: the workspace was made without gradient buffers");
     const int64_t B = ws.batch_, Tn = ws.length_, N = B * Tn, d = cfg_.decoder_embed_dim, V = cfg_.vocab_size;
     const T* P = params_.data();
@@ -409,6 +413,7 @@ class Model {
       block_backward(be, spec_, ws.form_, dm, weights(l), grads_of(grads, l), ws.res_[li], ws.layers_[li], ws.sc_, dres,
                      ws.rot_rows_, ws.state_in_.empty() ? StatePtrs<T>{} : ws.state_in_[li],
                      d_state_out.empty() ? nullptr : d_state_out[li], d_state_in.empty() ? nullptr : d_state_in[li]);
+      if (layer_done) layer_done(l);
     }
     if (ws.emb_mask_) apply_mask(be, dres, ws.emb_mask_, N * d);
     const T scale = cfg_.no_scale_embedding ? T(1) : static_cast<T>(std::sqrt(static_cast<double>(d)));

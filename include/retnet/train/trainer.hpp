@@ -12,8 +12,15 @@
 // Dropout: the trainer runs the model in training mode with the key (TrainerConfig::dropout_seed, step,
 // micro-batch row offset). Masks depend on absolute positions and global rows, so a segmented run or an
 // accumulated one sees the masks of the plain run, and a resumed run those of an uninterrupted one.
+//
+// Data parallelism (TrainerConfig::dist, retnet/dist/): every rank passes its own rows of the global batch to
+// step(); the loss is normalised by the token count over all ranks, the gradients are summed over ranks in
+// buckets started during the last backward pass, and the norm, the clipping and the update are identical on
+// every rank, so the run follows the single-process one with the same global batch. Dropout masks use the
+// global row index. With dist.zero_stage = 1 the AdamW moments are sharded (see dist/data_parallel.hpp).
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <utility>
@@ -21,6 +28,7 @@
 
 #include "retnet/core/buffer.hpp"
 #include "retnet/nn/backend_ops.hpp"
+#include "retnet/dist/data_parallel.hpp"
 #include "retnet/nn/model.hpp"
 #include "retnet/train/adamw.hpp"
 #include "retnet/train/schedule.hpp"
@@ -60,11 +68,13 @@ class GradContext {
 
 // Loss of tokens [B, T] against targets [B, T] (kIgnoreIndex skips a position) and its gradient, added to
 // grads (backend memory) scaled by grad_scale (typically 1 / tokens counted in the optimizer step). dropout:
-// training-mode key (null: no dropout).
+// training-mode key (null: no dropout). layer_hook: passed to the backward pass that completes the gradient
+// (Model::backward).
 template <class T, Backend BackendT>
 LossSum loss_and_grad(Model<T, BackendT>& model, GradContext<T, BackendT>& ctx, const int64_t* tokens,
                       const int64_t* targets, int64_t B, int64_t Tn, Form form, T* grads, double grad_scale,
-                      int64_t segment_length = 0, const DropoutKey* dropout = nullptr) {
+                      int64_t segment_length = 0, const DropoutKey* dropout = nullptr,
+                      const std::function<void(int64_t)>& layer_hook = {}) {
   const ModelConfig& c = model.config();
   const BackendT& be = model.backend();
   const int64_t V = c.vocab_size, L = c.decoder_layers;
@@ -77,7 +87,7 @@ LossSum loss_and_grad(Model<T, BackendT>& model, GradContext<T, BackendT>& ctx, 
     auto& ws = ctx.workspace(model, B, Tn);
     model.forward_train(tokens, form, ws, nullptr, {}, {}, false, false, dropout);
     LossSum r = loss(ws, targets, B * Tn, ws.dlogits());
-    model.backward(ws, grads);
+    model.backward(ws, grads, {}, {}, layer_hook);
     return r;
   }
   const int64_t H = c.decoder_retention_heads;
@@ -138,7 +148,7 @@ LossSum loss_and_grad(Model<T, BackendT>& model, GradContext<T, BackendT>& ctx, 
       if (s + 1 < S) d_out.push_back(dcur[static_cast<size_t>(l)].data());
       if (s > 0) d_in.push_back(dprev[static_cast<size_t>(l)].data());
     }
-    model.backward(ws, grads, d_out, d_in);
+    model.backward(ws, grads, d_out, d_in, s == 0 ? layer_hook : std::function<void(int64_t)>{});
     std::swap(dcur, dprev);
   }
   return total;
@@ -150,8 +160,9 @@ struct TrainerConfig {
   double grad_clip = 1.0;          // global gradient-norm clip; <= 0 disables
   int64_t accumulation_steps = 1;  // micro-batches per optimizer step (the batch rows are split)
   Form form = Form::chunkwise;
-  int64_t segment_length = 0;  // > 0: train in segments carrying state (see loss_and_grad)
-  uint64_t dropout_seed = 0;   // seeds the dropout masks (used when the model has dropout rates > 0)
+  int64_t segment_length = 0;     // > 0: train in segments carrying state (see loss_and_grad)
+  uint64_t dropout_seed = 0;      // seeds the dropout masks (used when the model has dropout rates > 0)
+  dist::DataParallelConfig dist;  // communicator (default: this process alone), ZeRO stage, bucket size
 };
 
 struct StepStats {
@@ -169,12 +180,19 @@ class Trainer {
       : model_(model),
         cfg_(cfg),
         opt_(model.param_table(), cfg.adamw, model.backend()),
-        grads_(model.backend(), model.param_table().total()) {
+        grads_(model.backend(), model.param_table().total()),
+        dp_(model.param_table(), model.config().decoder_layers, cfg.dist) {
+    // Several processes exchange host gradients through the communicator; device backends will use NCCL.
+    require(host_backend<BackendT> || dp_.comm().size() == 1,
+            "Trainer: data-parallel training over a communicator runs on the CPU backend only");
     require(cfg_.accumulation_steps > 0, "TrainerConfig: accumulation_steps = ", cfg_.accumulation_steps,
             " must be positive");
   }
 
   // Computes the gradient of the mean loss over inputs/targets [B, T] without updating (grads() holds it).
+  // Data parallel: inputs/targets are this rank's rows (B may differ between ranks, even be 0); the gradient is
+  // that of the global batch, summed over ranks (with ZeRO-1 only the owned slices are summed, and grads()
+  // holds this rank's part). Collective. Returns this rank's loss sum and the global token count.
   LossSum compute_gradients(HostView<const int64_t> inputs, HostView<const int64_t> targets) {
     require(inputs.rank() == 2 && targets.shape() == inputs.shape(), "Trainer: inputs ", inputs.shape().to_string(),
             " and targets ", targets.shape().to_string(), " must both be [batch, length]");
@@ -182,16 +200,20 @@ class Trainer {
     require(B % A == 0, "Trainer: batch ", B, " is not divisible by accumulation_steps = ", A);
     grads_.zero();
     const int64_t count = count_targets(targets.data(), B * Tn);
-    const double scale = count ? 1.0 / static_cast<double>(count) : 0.0;
+    const dist::GlobalBatch global = dp_.begin_step(B, count, grads_.data());
+    const double scale = global.tokens ? 1.0 / static_cast<double>(global.tokens) : 0.0;
     LossSum total;
     const int64_t mb = B / A;
-    for (int64_t a = 0; a < A; ++a) {
-      const DropoutKey key{cfg_.dropout_seed, static_cast<uint64_t>(step_), a * mb};
+    for (int64_t a = 0; a < A && mb > 0; ++a) {
+      const DropoutKey key{cfg_.dropout_seed, static_cast<uint64_t>(step_), global.row_offset + a * mb};
       LossSum r = loss_and_grad(model_, ctx_, inputs.data() + a * mb * Tn, targets.data() + a * mb * Tn, mb, Tn,
-                                cfg_.form, grads_.data(), scale, cfg_.segment_length, &key);
+                                cfg_.form, grads_.data(), scale, cfg_.segment_length, &key,
+                                a + 1 == A ? dp_.hook() : std::function<void(int64_t)>{});
       total.sum += r.sum;
-      total.count += r.count;
     }
+    dp_.finish_gradients();
+    total.count = global.tokens;
+    global_rows_ = global.rows;
     return total;
   }
 
@@ -199,24 +221,35 @@ class Trainer {
   StepStats step(HostView<const int64_t> inputs, HostView<const int64_t> targets) {
     const LossSum l = compute_gradients(inputs, targets);
     StepStats st;
-    st.loss = l.mean();
-    st.tokens = inputs.numel();
-    const BackendT& be = model_.backend();
-    st.grad_norm = std::sqrt(sum_squares(be, grads_.data(), grads_.size()));
-    if (cfg_.grad_clip > 0 && st.grad_norm > cfg_.grad_clip) {
-      const T f = static_cast<T>(cfg_.grad_clip / (st.grad_norm + 1e-6));
-      scale_elements(be, grads_.data(), f, grads_.size());
-    }
+    st.tokens = global_rows_ * inputs.size(1);
     st.lr = cfg_.adamw.lr * cfg_.schedule.factor(step_);
-    opt_.step(model_.params(), grads_.data(), st.lr);
+    if constexpr (host_backend<BackendT>) {
+      // loss and norm from every rank's partial sums, identical on every rank
+      const auto red = dp_.reduce_stats(l.sum);
+      st.loss = LossSum{red.loss_sum, l.count}.mean();
+      st.grad_norm = red.grad_norm;
+      if (cfg_.grad_clip > 0 && st.grad_norm > cfg_.grad_clip)
+        dp_.scale_gradients(static_cast<T>(cfg_.grad_clip / (st.grad_norm + 1e-6)));
+      dp_.update(opt_, model_.params(), st.lr);
+    } else {
+      const BackendT& be = model_.backend();
+      st.loss = l.mean();
+      st.grad_norm = std::sqrt(sum_squares(be, grads_.data(), grads_.size()));
+      if (cfg_.grad_clip > 0 && st.grad_norm > cfg_.grad_clip)
+        scale_elements(be, grads_.data(), static_cast<T>(cfg_.grad_clip / (st.grad_norm + 1e-6)), grads_.size());
+      opt_.step(model_.params(), grads_.data(), st.lr);
+    }
     ++step_;
     return st;
   }
 
   int64_t step_count() const { return step_; }
+  // Also marks a restore point: with ZeRO-1 each rank re-reads its moment slices from optimizer()'s full
+  // buffers (where load_training_checkpoint put them).
   void set_step_count(int64_t s) {
     step_ = s;
     opt_.set_steps(s);
+    if constexpr (host_backend<BackendT>) dp_.load_optimizer_state(opt_);
   }
   AdamW<T, BackendT>& optimizer() { return opt_; }
   const AdamW<T, BackendT>& optimizer() const { return opt_; }
@@ -225,14 +258,17 @@ class Trainer {
   ModelType& model() { return model_; }
   const ModelType& model() const { return model_; }
   const TrainerConfig& config() const { return cfg_; }
+  dist::DataParallel<T>& data_parallel() { return dp_; }
 
  private:
   ModelType& model_;
   TrainerConfig cfg_;
   AdamW<T, BackendT> opt_;
   Buffer<T, BackendT> grads_;
+  dist::DataParallel<T> dp_;
   GradContext<T, BackendT> ctx_;
   int64_t step_ = 0;
+  int64_t global_rows_ = 0;
 };
 
 }  // namespace retnet

@@ -1,0 +1,25 @@
+# Runs dist_fail_worker with 3 ranks, rank 1 failing in mode MODE (kill: SIGKILL; hang: stops answering;
+# throw: a retnet::Error). Passes when the job ends within 60 s, non-zero, with a message naming the failure.
+separate_arguments(flags UNIX_COMMAND "${FLAGS}")
+set(expected_kill "signal 9|Killed|exited on signal")
+set(expected_hang "did not complete in 5\\.0+ s")
+set(expected_throw "injected failure on rank 1")
+set(timeout_env)
+if(MODE STREQUAL "hang")
+  set(ENV{RETNET_DIST_TIMEOUT_S} 5)  # the survivors' collective deadline
+endif()
+string(TIMESTAMP t0 "%s")
+execute_process(COMMAND ${MPIEXEC} ${NP_FLAG} 3 ${flags} ${WORKER} ${MODE} TIMEOUT 60 RESULT_VARIABLE rc
+                OUTPUT_VARIABLE out ERROR_VARIABLE out)
+string(TIMESTAMP t1 "%s")
+math(EXPR seconds "${t1} - ${t0}")
+message(STATUS "mode ${MODE}: exit '${rc}' after ${seconds} s; output:\n${out}")
+if(rc MATCHES "timeout")
+  message(FATAL_ERROR "mode ${MODE}: the job was still running after 60 s")
+endif()
+if(rc EQUAL 0)
+  message(FATAL_ERROR "mode ${MODE}: the job exited with 0 although rank 1 failed")
+endif()
+if(NOT out MATCHES "${expected_${MODE}}")
+  message(FATAL_ERROR "mode ${MODE}: no message matching '${expected_${MODE}}' in the output")
+endif()
