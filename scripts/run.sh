@@ -38,7 +38,7 @@ fi
 rm -f "$text.tmp"
 if [ "$kjv" = 0 ]; then
   echo "run.sh: the King James text (Debian package bible-kjv) is not installed; training on the embedded corpus"
-  default --steps 120
+  default --steps 80
   default --eval-every 20
 else
   default --steps 1200
