@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job: installs the dependencies, builds train_lm (Release) and trains a small byte-level RetNet on the
-# King James Bible (4 MB of public-domain text from Debian's bible-kjv package), about 4 minutes on 2 cores, then
+# King James Bible (4 MB of public-domain text from Debian's bible-kjv package), about 3.5 minutes on 2 cores, then
 # prints a sample. The model sees less than one pass over the text, so the held-out loss falls to the end.
 # Without the package (its `bible` program) it trains on the small corpus embedded in train_lm, briefly: the model
 # would memorise those 21 KB if it trained longer.
@@ -41,8 +41,8 @@ if [ "$kjv" = 0 ]; then
   default --steps 80
   default --eval-every 20
 else
-  default --steps 1200
-  default --warmup 60
+  default --steps 1000
+  default --warmup 50
   default --eval-every 100
 fi
 exec "$build/examples/train_lm" "${args[@]}" "$@"
