@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Times fla's chunk_retention (flash-linear-attention) on the shapes of issue 4, forward and forward+backward,
+"""Times fla's chunk_retention (flash-linear-attention) on the six benchmark shapes, forward and forward+backward,
 bf16 and float, with triton.testing.do_bench (median, CUDA events). Prints a markdown table and writes JSON.
 
 Usage: PYTHONPATH=<fla source> python3 bench/fla_bench.py [out.json]

@@ -4,9 +4,9 @@
 set -euo pipefail
 # libcli11-dev: the programs' command lines; clang, libclang-rt-dev (libFuzzer, sanitizer runtimes) and
 # libomp-dev: the clang build and the fuzzers of .ci/run. libopenmpi-dev, openmpi-bin: data-parallel training
-# (retnet::mpi) and its tests.
+# (retnet::mpi) and its tests. bible-kjv: the default training text of scripts/run.sh.
 pkgs=(cmake g++ make libeigen3-dev catch2 libbenchmark-dev nlohmann-json3-dev libcli11-dev clang libclang-rt-dev
-  libomp-dev libopenmpi-dev openmpi-bin)
+  libomp-dev libopenmpi-dev openmpi-bin bible-kjv)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

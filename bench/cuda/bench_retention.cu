@@ -1,8 +1,8 @@
 // Chunkwise retention on the GPU, forward and forward+backward (the forward handing its saved states to the backward;
 // bf16 also without, fwdbwd_recompute), bf16, float and float with allow_tf32, raw mode (fla's semantics), on the
-// shapes of issue 4. Times with CUDA events (manual time); counters: FLOP/s, bytes/s and the
-// fraction of the roofline floor (790 TFLOP/s bf16 dense / 4.3 TB/s, the rates measured on the H200). fla is timed by
-// bench/fla_bench.py in the same session.
+// six benchmark shapes (bench/results/cuda_retention.md). Times with CUDA events (manual time); counters: FLOP/s,
+// bytes/s and the fraction of the roofline floor (790 TFLOP/s bf16 dense / 4.3 TB/s, the rates measured on the H200).
+// fla is timed by bench/fla_bench.py in the same call, on the same machine.
 #include <benchmark/benchmark.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>

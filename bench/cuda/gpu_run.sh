@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build, GPU tests, benchmarks, fla, sanitizers. Stages by name:
-#   bench/cuda/gpu_run.sh build test test-scan bench bench-scan bench-ab build-ab bench-abbuild fla memcheck racecheck
-# (test-scan and bench-scan run on the generic scan kernel, RETNET_CUDA_ENGINE=scan; bench-ab with the environment
-# settings in $AB, e.g. AB=RETNET_CUDA_SCAN_BLOCKS=512: A/B runs in the same call; build-ab and bench-abbuild build
-# and time the code with the compile-time switches in $AB_FLAGS). ARCH (default 90a) is the
-# CUDA architecture; build-base and bench-base build and time the same code for plain sm_90 (no wgmma walk).
+#   bench/cuda/gpu_run.sh build test bench fla memcheck racecheck build-base test-base bench-base
+# ARCH (default 90a) is the CUDA architecture of build; build-base, test-base and bench-base build, test and time
+# the same code for plain sm_90, where the kernels keep their mma.sync walks and float with key size 256 runs on
+# the generic scan kernel. TEST_FILTER and BENCH_FILTER narrow the tests and benchmarks.
 # Expects .gpu-debs (and .peers/fla-src for fla) carried along; logs go to $OUT.
 set -o pipefail
 OUT=${OUT:-/tmp/out}
@@ -23,22 +22,13 @@ for stage in "$@"; do
       grep -E "registers|spill" "$OUT/build.log" | sort | uniq -c | sort -rn | head -12 ;;
     build-base)
       cmake -S . -B /tmp/build-base -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH=/tmp/deps/usr \
-        -DCMAKE_CUDA_ARCHITECTURES=90 -DRETNET_BUILD_TESTS=OFF -DRETNET_BUILD_EXAMPLES=OFF > "$OUT/build_base.log" 2>&1 &&
-        cmake --build /tmp/build-base -j16 --target bench_cuda_retention >> "$OUT/build_base.log" 2>&1 ||
+        -DCMAKE_CUDA_ARCHITECTURES=90 -DRETNET_BUILD_EXAMPLES=OFF > "$OUT/build_base.log" 2>&1 &&
+        cmake --build /tmp/build-base -j16 --target test_cuda bench_cuda_retention >> "$OUT/build_base.log" 2>&1 ||
         { grep -E "error" -A3 "$OUT/build_base.log" | head -30; exit 1; } ;;
-    build-ab)  # the same code built with the compile-time A/B switches in $AB_FLAGS (e.g. -DRETNET_CUDA_AB_...)
-      cmake -S . -B /tmp/build-ab -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH=/tmp/deps/usr \
-        -DCMAKE_CUDA_ARCHITECTURES=${ARCH:-90a} -DRETNET_BUILD_TESTS=OFF -DRETNET_BUILD_EXAMPLES=OFF \
-        -DCMAKE_CUDA_FLAGS="$AB_FLAGS" > "$OUT/build_ab.log" 2>&1 &&
-        cmake --build /tmp/build-ab -j16 --target bench_cuda_retention >> "$OUT/build_ab.log" 2>&1 ||
-        { grep -E "error" -A3 "$OUT/build_ab.log" | head -30; exit 1; } ;;
-    bench-abbuild) /tmp/build-ab/bench/cuda/bench_cuda_retention --benchmark_counters_tabular=true --benchmark_filter="${AB_FILTER:-bm_bf16/fwd(bwd)?/}" 2>&1 | tee "$OUT/bench_abbuild.log" | grep -v "^-" ;;
-    bench-base) /tmp/build-base/bench/cuda/bench_cuda_retention --benchmark_counters_tabular=true --benchmark_filter="${AB_FILTER:-bm_bf16/fwd(bwd)?/}" 2>&1 | tee "$OUT/bench_base.log" | grep -v "^-" ;;
+    test-base) /tmp/build-base/tests/cuda/test_cuda ${TEST_FILTER:-} 2>&1 | tee "$OUT/test_base.log" | tail -30 ;;
+    bench-base) /tmp/build-base/bench/cuda/bench_cuda_retention --benchmark_counters_tabular=true --benchmark_filter="${BENCH_FILTER:-bm_bf16/fwd(bwd)?/}" 2>&1 | tee "$OUT/bench_base.log" | grep -v "^-" ;;
     test) $B/tests/cuda/test_cuda ${TEST_FILTER:-} 2>&1 | tee "$OUT/test.log" | tail -60 ;;
-    test-scan) RETNET_CUDA_ENGINE=scan $B/tests/cuda/test_cuda "${TEST_FILTER:-~[tf32]}" 2>&1 | tee "$OUT/test_scan.log" | tail -30 ;;
     bench) $B/bench/cuda/bench_cuda_retention --benchmark_counters_tabular=true ${BENCH_FILTER:+--benchmark_filter=$BENCH_FILTER} 2>&1 | tee "$OUT/bench.log" | grep -v "^-" ;;
-    bench-scan) RETNET_CUDA_ENGINE=scan $B/bench/cuda/bench_cuda_retention --benchmark_counters_tabular=true --benchmark_filter="${SCAN_FILTER:-bm_bf16/fwd(bwd)?/}" 2>&1 | tee "$OUT/bench_scan.log" | grep -v "^-" ;;
-    bench-ab) env $AB $B/bench/cuda/bench_cuda_retention --benchmark_counters_tabular=true --benchmark_filter="${AB_FILTER:-bm_bf16/fwd(bwd)?/}" 2>&1 | tee "$OUT/bench_ab.log" | grep -v "^-" ;;
     fla) PYTHONPATH=$PWD/.peers/fla-src PYTHONUNBUFFERED=1 python3 bench/fla_bench.py "$OUT/fla.json" 2>&1 | tee "$OUT/fla.log" | tail -30 ;;
     memcheck) compute-sanitizer --tool memcheck --error-exitcode 3 $B/tests/cuda/test_cuda "[step],[errors]" 2>&1 | tail -5;
       SANITIZE=1 compute-sanitizer --tool memcheck --error-exitcode 3 $B/tests/cuda/test_cuda "[sanitize]" 2>&1 | tee "$OUT/memcheck.log" | tail -8 ;;

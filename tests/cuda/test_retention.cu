@@ -275,7 +275,10 @@ TEST_CASE("cuda retention on the benchmark shapes (batch 1)", "[cuda][retention]
 }
 
 // Strong decays: the bf16 wgmma walks (sm_90a builds; key size 128 and 256) scale chunk rows by gamma^(+-32) and
-// hand heads with gamma < 2^-3 to the mma.sync walks; both kinds of head run in one launch here.
+// hand heads with gamma < 2^-3 to the mma.sync walks; both kinds of head run in one launch here. Such a launch
+// keeps off the roles kernels: its in-range heads take chunk_engine_kernel's roles walk (one outputs warpgroup, where
+// the split takes value tiles of 64) and chunk_engine_dkdv_kernel's wgmma_dkdv_walk (the torchscale cases' fixed
+// segments take the fused backward).
 TEST_CASE("cuda retention with custom decays from 0.999 down to 0.02", "[cuda][retention][decays]") {
   if (!have_gpu()) return;
   const std::vector<double> decays = {0.999, 0.97, 0.8, 0.3, 0.1, 0.02};
@@ -289,6 +292,19 @@ TEST_CASE("cuda retention with custom decays from 0.999 down to 0.02", "[cuda][r
     }
 }
 
+// The wgmma walks load through TMA only where every segment is whole 64-row tiles; torchscale's chunkwise form with
+// a chunk size that is not a multiple of 64 gives them segments of other lengths, which they load through cp.async:
+// the 128-column walk, the narrow walk without roles, the fused backward, and key size 256 on the merged walk.
+TEST_CASE("cuda retention bf16 on fixed segments that are not whole 64-row tiles", "[cuda][retention][cp-async]") {
+  if (!have_gpu()) return;
+  const Case shapes[] = {{2, 250, 3, 128, 128, 96, true},
+                         {1, 300, 2, 128, 64, 80, false},
+                         {1, 200, 2, 256, 64, 96, true},
+                         {1, 200, 2, 128, 256, 48, true}};
+  uint64_t seed = 7000;
+  for (const Case& c : shapes) check_case<__nv_bfloat16>(c, Form::chunkwise, Normalization::torchscale, seed++);
+}
+
 TEST_CASE("cuda retention with summary blocks finer than the segments and a ragged last segment",
           "[cuda][retention][split]") {
   if (!have_gpu()) return;
@@ -297,7 +313,7 @@ TEST_CASE("cuda retention with summary blocks finer than the segments and a ragg
   // summed by 4 blocks but the last, whose outputs blocks write the final state. Elsewhere the split may differ.
   int sms = 0;
   RETNET_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
-  if (retnet::cuda_detail::split_summary_enabled() && sms == 132) {
+  if (sms == 132) {
     for (const bool fused : {false, true}) {
       const auto geo = retnet::cuda_detail::geometry<__nv_bfloat16, 128>(128, c.B, c.T, c.H, 0, false, fused);
       INFO((fused ? "fused backward" : "forward")

@@ -27,7 +27,6 @@
 #include <cstdlib>
 #include <map>
 #include <mutex>
-#include <string_view>
 #include <type_traits>
 #include <utility>
 
@@ -97,27 +96,8 @@ struct Run {
   void* o2 = nullptr;
 };
 
-// Blocks the segment split aims at (about 4 waves of 2 blocks on 132 SMs); RETNET_CUDA_SCAN_BLOCKS overrides
-// it (tuning knob, 64..65536).
-inline int64_t target_blocks() {
-  static const int64_t v = [] {
-    if (const char* e = std::getenv("RETNET_CUDA_SCAN_BLOCKS")) {
-      const long long x = std::atoll(e);
-      if (x >= 64 && x <= 65536) return static_cast<int64_t>(x);
-    }
-    return int64_t{1024};
-  }();
-  return v;
-}
-
-// RETNET_CUDA_ENGINE=scan runs everything on the generic scan_kernel instead of chunk_engine_kernel (A/B switch).
-inline bool engine_enabled() {
-  static const bool v = [] {
-    const char* e = std::getenv("RETNET_CUDA_ENGINE");
-    return !(e && std::string_view(e) == "scan");
-  }();
-  return v;
-}
+// Blocks the segment split aims at (about 4 waves of 2 blocks on 132 SMs).
+inline constexpr int64_t kTargetBlocks = 1024;
 
 template <int = 0>
 __global__ void wgmma_probe_kernel(int* built) {
@@ -152,7 +132,7 @@ inline bool wgmma_walks_built() {
 }
 
 // The scan kernel a run uses: the chunk engine with the widest value tile (128 or 64 columns) whose buffers fit (float
-// with key size 256: chunk_float256_kernel where built), or the generic scan_kernel where none fits or on request.
+// with key size 256: chunk_float256_kernel where built), or the generic scan_kernel where none fits.
 struct ScanKernel {
   const void* fn = nullptr;
   int threads = 0, bytes = 0, vt = 0;
@@ -198,14 +178,14 @@ constexpr bool engine_fits() {
 // chunk_float256_kernel (value tile 64), which exists only where the wgmma walks are built.
 template <class E, int DQK>
 bool float256_engine() {
-  if constexpr (std::is_same_v<E, float> && DQK == 256 && kFloat256Walk) return engine_enabled() && wgmma_walks_built();
+  if constexpr (std::is_same_v<E, float> && DQK == 256) return wgmma_walks_built();
   return false;
 }
 
 // Whether a run of (E, DQK) takes the chunk engine, and its rows per chunk.
 template <class E, int DQK>
 bool engine_runs() {
-  return (engine_enabled() && engine_fits<E, DQK, kVTile>()) || float256_engine<E, DQK>();
+  return engine_fits<E, DQK, kVTile>() || float256_engine<E, DQK>();
 }
 template <class E, int DQK>
 int run_chunk_rows() {
@@ -216,7 +196,7 @@ int run_chunk_rows() {
 // even where 128 fit (more blocks for short runs, see geometry()).
 template <class E, int DQK, bool Summary>
 ScanKernel pick_scan(int dv, bool tf32, bool narrow) {
-  if constexpr (std::is_same_v<E, float> && DQK == 256 && kFloat256Walk) {
+  if constexpr (std::is_same_v<E, float> && DQK == 256) {
     if (float256_engine<E, DQK>()) {
       if constexpr (Summary) {
         return engine_scan_kernel<E, DQK, true, kVTile>(tf32);
@@ -227,41 +207,15 @@ ScanKernel pick_scan(int dv, bool tf32, bool narrow) {
       }
     }
   }
-  if (engine_enabled()) {
-    if constexpr (engine_fits<E, DQK, 128>()) {
-      if (dv % 128 == 0 && !narrow) return engine_scan_kernel<E, DQK, Summary, 128>(tf32);
-    }
-    if constexpr (engine_fits<E, DQK, kVTile>()) return engine_scan_kernel<E, DQK, Summary, kVTile>(tf32);
+  if constexpr (engine_fits<E, DQK, 128>()) {
+    if (dv % 128 == 0 && !narrow) return engine_scan_kernel<E, DQK, Summary, 128>(tf32);
   }
+  if constexpr (engine_fits<E, DQK, kVTile>()) return engine_scan_kernel<E, DQK, Summary, kVTile>(tf32);
   if constexpr (std::is_same_v<E, float>) {
     if (tf32) return generic_scan_kernel<E, DQK, Summary, MmaTf32>();
   }
   return generic_scan_kernel<E, DQK, Summary>();
 }
-
-// Whether the environment leaves an A/B switch on (anything but name=0).
-inline bool switch_on(const char* name) {
-  const char* e = std::getenv(name);
-  return !(e && std::string_view(e) == "0");
-}
-
-// RETNET_CUDA_SPLIT_SUMMARY=0 gives every segment, the last included, one summary block per value tile (the
-// split before summaries were cut finer than segments; A/B switch).
-inline bool split_summary_enabled() {
-  static const bool v = switch_on("RETNET_CUDA_SPLIT_SUMMARY");
-  return v;
-}
-
-// RETNET_CUDA_FUSED=0 runs the backward's dk and dv as two engine runs instead of one fused walk, =1 takes the fused
-// walk wherever it exists (A/B switches; by default the split model chooses: fused_backward_pays).
-inline std::string_view fused_mode() {
-  static const std::string_view v = [] {
-    const char* e = std::getenv("RETNET_CUDA_FUSED");
-    return e ? std::string_view(e) : std::string_view();
-  }();
-  return v;
-}
-inline bool fused_enabled() { return fused_mode() != "0"; }
 
 template <class Ops, int DQK, int DV>
 ScanKernel dkdv_kernel_of() {
@@ -274,11 +228,11 @@ ScanKernel dkdv_kernel_of() {
 }
 
 // The fused backward kernel for storage E, key size DQK and value size dv; fn is null where it does not apply
-// (value size 256, buffers that do not fit, such as float with head size 128, or switched off).
+// (value size 256, or buffers that do not fit, such as float with head size 128).
 template <class E, int DQK>
 ScanKernel pick_dkdv(int dv, bool tf32) {
   ScanKernel k{};
-  if (!engine_enabled() || !fused_enabled() || chunk_rows<E, DQK> != kEngineRows) return k;
+  if (chunk_rows<E, DQK> != kEngineRows) return k;
   auto pick = [&](auto dv_c) {
     constexpr int DV = decltype(dv_c)::value;
     if constexpr (DkdvSmem<EngineOps<E>, DQK, DV>::fits) {
@@ -317,45 +271,25 @@ inline Residency residency(const ScanKernel& k) {
   return r;
 }
 
-// ScanParams::tma for walks that can load through TMA: 1, or the A/B switch RETNET_CUDA_TMA: 0 turns TMA off, and
-// "noroles" (or "merged") keeps the walks of value tile 64 off the roles walk: key size 256 on the merged walk with
-// TMA, the narrow key-128 walk on cp.async (2: TMA without the roles walks).
-inline int tma_mode() {
-  static const int mode = [] {
-    const char* e = std::getenv("RETNET_CUDA_TMA");
-    const std::string_view v = e ? e : "";
-    return v == "0" ? 0 : v == "noroles" || v == "merged" ? 2 : 1;
-  }();
-  return mode;
-}
-
 // Gives a TMA walk its tensor maps (ScanParams::tma; x: the fused backward's fourth input) where its chunks are whole
 // 64-row tiles of the sequence: the boxes read whole tiles, and only positions outside the sequence read as zeros.
+// Elsewhere (fixed segments of other lengths: torchscale's chunkwise form with a chunk size that is not a multiple
+// of 64, or a sequence shorter than it) the walks load through cp.async.
 template <int DQK>
 void set_tma_maps(ScanParams& sp, int64_t B, int H, bool x = false) {
-  if (tma_mode() == 0 || sp.L != kEngineRows || sp.seg % kEngineRows != 0 || sp.T > INT32_MAX || !wgmma_walks_built())
-    return;
+  if (sp.L != kEngineRows || sp.seg % kEngineRows != 0 || sp.T > INT32_MAX || !wgmma_walks_built()) return;
   sp.tma_q = bf16_rows_tensor_map(sp.q, B, sp.T, H, DQK);
   sp.tma_k = bf16_rows_tensor_map(sp.k, B, sp.T, H, DQK);
   sp.tma_v = bf16_rows_tensor_map(sp.v, B, sp.T, H, sp.dv);
   if (x) sp.tma_x = bf16_rows_tensor_map(sp.x, B, sp.T, H, sp.dv);
-  sp.tma = tma_mode();
+  sp.tma = 1;
 }
 
-// RETNET_CUDA_ROLES2=0 keeps key size 128 on the roles walk with one outputs warpgroup (A/B switch).
-inline bool roles2_enabled() {
-  static const bool v = switch_on("RETNET_CUDA_ROLES2");
-  return v;
-}
-// RETNET_CUDA_DKDV_ROLES=0 keeps the fused backward on chunk_engine_dkdv_kernel's walk (A/B switch).
-inline bool dkdv_roles_enabled() {
-  static const bool v = switch_on("RETNET_CUDA_DKDV_ROLES");
-  return v;
-}
-
-// Whether a launch of wgmma walks loads through TMA with the roles walks (mode 1, tensor maps given) and every head's
-// decay is within the wgmma walks' range (kWgmmaMinLog2Gamma): then all its blocks would take a roles walk, which
-// may run as a kernel of its own.
+// Whether a launch of wgmma walks loads through TMA (tensor maps given) and every head's decay is within the wgmma
+// walks' range (kWgmmaMinLog2Gamma): then all its blocks would take a roles walk, which runs as a kernel of its own
+// (chunk_roles_kernel, chunk_dkdv_roles_kernel). A launch with heads outside that range runs chunk_engine_kernel or
+// chunk_engine_dkdv_kernel, whose blocks pick their walk per head: the roles walk (with one outputs warpgroup where the
+// key size is 128) or wgmma_dkdv_walk for the heads in range, the mma.sync walks for the others.
 inline bool roles_walks_apply(const ScanParams& sp, const HeadDecays& dec, int H) {
   if (sp.tma != 1) return false;
   for (int h = 0; h < H; ++h)
@@ -364,11 +298,11 @@ inline bool roles_walks_apply(const ScanParams& sp, const HeadDecays& dec, int H
 }
 // Whether an outputs pass of chunk_engine_kernel<bf16, 128, 64, false> (k) runs as chunk_roles_kernel.
 inline bool roles_kernel_applies(const ScanKernel& k, const ScanParams& sp, const HeadDecays& dec, int H) {
-  return kRolesWalk<128, 64> && k.vt == 64 && roles2_enabled() && roles_walks_apply(sp, dec, H);
+  return kRolesWalk<128, 64> && k.vt == 64 && roles_walks_apply(sp, dec, H);
 }
 // Whether a fused backward of chunk_engine_dkdv_kernel<bf16, 128, 128> (k) runs as chunk_dkdv_roles_kernel.
 inline bool dkdv_roles_kernel_applies(const ScanKernel& k, const ScanParams& sp, const HeadDecays& dec, int H) {
-  return k.tma && k.vt == 128 && dkdv_roles_enabled() && roles_walks_apply(sp, dec, H);
+  return k.tma && k.vt == 128 && roles_walks_apply(sp, dec, H);
 }
 
 template <class E, int DQK, bool Summary>
@@ -394,70 +328,37 @@ void launch_scan(const Cuda& ctx, ScanParams sp, int64_t B, int H, HeadDecays de
 // against chunks per block. The summary pass needs no segments of its own length: its blocks each sum sub
 // consecutive parts of a segment, and the last segment needs none where its outputs blocks write the final state.
 // The split minimises (waves of outputs blocks) x (chunks per block + 2) + kSummaryStart + kSummaryChunk x
-// (summary chunks per multiprocessor), the costs in units of one outputs chunk. Measured on the H200 (Nsight
-// Compute, bench/cuda/kernel_times.sh): a block's start, its first load and its state cost about two outputs
-// chunks; the summary pass about three plus 0.29 per chunk that its busiest multiprocessor sums. Its two blocks
-// per multiprocessor share the multiprocessor: 192 and 256 blocks of 32 chunks on 132 took 110 and 117 us, so
-// the count that matters is chunks per multiprocessor, not waves of blocks. The generic kernel (float with head size
-// 256 where the wgmma walks are not built) keeps the former rule, about 1024 blocks of 64 value columns
-// (RETNET_CUDA_SCAN_BLOCKS=n: n blocks, for the engine too): its float state sums lose accuracy over long segments
-// (1e-5 at T = 16384 needs short ones). tf32: float with Cuda::allow_tf32. Where both fit, the split is chosen for 128
-// and for 64 value columns per block, a narrow block's chunk counted as kNarrowChunkCost of a wide one's: short runs
-// with few (batch, head) pairs fill the machine with narrow blocks in one segment rather than wide blocks in several.
-// Measured on the H200 with each width forced (bf16, B = 4, H = 16, D = 128, fwd+bwd): narrow wins at T = 1024 and
-// 2048, loses at 4096 and 16384; the model agrees with all of these for 0.645 < kNarrowChunkCost < 0.70.
-// RETNET_CUDA_VT=64 or 128 forces the width where both exist.
+// (summary chunks per multiprocessor), the costs in units of one outputs chunk, as measured per kernel on the H200
+// (bench/cuda/kernel_times.sh): a block's start, its first load and its state cost about two outputs chunks; the
+// summary pass about three plus 0.29 per chunk that its busiest multiprocessor sums. Its blocks share their
+// multiprocessor, so the count that matters is chunks per multiprocessor, not waves of blocks. The generic kernel
+// (float with head size 256 where the wgmma walks are not built) splits into about kTargetBlocks blocks of 64 value
+// columns instead: its float state sums lose accuracy over long segments (1e-5 at T = 16384 needs short ones).
+// tf32: float with Cuda::allow_tf32. Where both fit, the split is chosen for 128 and for 64 value columns per block,
+// a narrow block's chunk counted as kNarrowChunkCost of a wide one's: short runs with few (batch, head) pairs fill
+// the machine with narrow blocks in one segment rather than wide blocks in several (on the H200, bf16 with
+// B = 4, H = 16, D = 128: narrow is faster at T = 1024 and 2048, slower at 4096 and 16384; the model agrees for
+// 0.645 < kNarrowChunkCost < 0.70).
 inline constexpr double kNarrowChunkCost = 0.67;
 // Where both widths run on wgmma (bf16 with key size 128, wgmma_walks_built), a narrow chunk costs
-// kWgmmaNarrowChunkCost wide ones, kRolesNarrowChunkCost where the narrow blocks take the roles walk (TMA mode 1).
-// Measured on the H200 (B = 4, H = 16, D = 128, each width forced, fwd+bwd with the forward's states saved):
-//   without the roles walk (5a9e968): narrow 0.154 / 0.265 / 0.481 ms against wide 0.160 / 0.252 / 0.446 at
-//   T = 1024 / 2048 / 4096, and the forward alone at 2048 0.082 against 0.093; the model agrees with all of these
-//   for 0.607 < kWgmmaNarrowChunkCost < 0.671;
-//   with it: narrow wins at every T from 1024 to 32768 (0.214 / 0.375 / 1.47 / 2.82 ms against wide 0.248 / 0.420 /
-//   1.59 / 3.05 at 2048 / 4096 / 16384 / 32768), and ties on the six benchmark shapes; the model picks narrow on all
-//   of them with 0.3 to 0.5. With 0.5, fused_backward_pays takes the two runs at 1024 and 2048 (0.115 / 0.203 ms
-//   against 0.131 / 0.214 with the fused walk forced) and is within 3 % of the fused walk elsewhere.
-inline constexpr double kWgmmaNarrowChunkCost = 0.64, kRolesNarrowChunkCost = 0.5;
-// A tuning knob of the split model: the environment's name=x where lo <= x <= hi, else 0 (unset or out of range).
-inline double cost_knob(const char* name, double lo, double hi) {
-  const char* e = std::getenv(name);
-  const double x = e ? std::atof(e) : 0.0;
-  return x >= lo && x <= hi ? x : 0.0;
-}
-// RETNET_CUDA_NARROW_COST=x replaces both (tuning knob, 0.1 .. 2).
-inline double wgmma_narrow_chunk_cost() {
-  static const double v = [] {
-    const double x = cost_knob("RETNET_CUDA_NARROW_COST", 0.1, 2.0);
-    return x > 0 ? x : tma_mode() == 1 ? kRolesNarrowChunkCost : kWgmmaNarrowChunkCost;
-  }();
-  return v;
-}
+// kRolesNarrowChunkCost wide ones: the narrow blocks take the roles walk wherever the launch loads through TMA, and
+// are faster at every T from 1024 to 32768 on the H200 (B = 4, H = 16, D = 128). With 0.5, fused_backward_pays takes
+// the two runs where they are faster (T = 1024 and 2048 there) and stays within 3 % of the fused walk elsewhere.
+inline constexpr double kRolesNarrowChunkCost = 0.5;
 // A chunk of the fused backward (two outputs, one state update) in units of an outputs chunk.
 inline constexpr double kFusedChunkCost = 1.7;
 inline constexpr double kSummaryStart = 3.0, kSummaryChunk = 0.29;
-// A summary chunk on wgmma_summary_walk (bf16, key size 128, where the wgmma walks are built): its forward run at
-// (2, 16384, 16, 128) took 52 us where the mma.sync walk took 89 (H200, Nsight Compute), so 0.29 x 52 / 89. The split
-// model's choices did not move the benchmarks for any value from 0.1 to 0.29.
+// A summary chunk on wgmma_summary_walk (bf16, key size 128, where the wgmma walks are built): 0.29 scaled by its
+// time over the mma.sync walk's (52 against 89 us on the H200); the split's choices are insensitive to it from 0.1
+// to 0.29.
 inline constexpr double kWgmmaSummaryChunk = 0.17;
-// The summary chunk cost for storage E and key size DQK; RETNET_CUDA_SUMMARY_COST=x replaces it (tuning knob,
-// 0.01 .. 2).
+// The summary chunk cost for storage E and key size DQK.
 template <class E, int DQK>
 double summary_chunk_cost() {
-  static const double forced = cost_knob("RETNET_CUDA_SUMMARY_COST", 0.01, 2.0);
-  if (forced > 0) return forced;
   if constexpr (kWgmmaSummaryWalk<EngineOps<E>, DQK, kVTile, true>) {
     if (wgmma_walks_built()) return kWgmmaSummaryChunk;
   }
   return kSummaryChunk;
-}
-
-inline int forced_value_tile() {
-  static const int v = [] {
-    const char* e = std::getenv("RETNET_CUDA_VT");
-    return e ? std::atoi(e) : 0;
-  }();
-  return v;
 }
 
 // fused: the split of a fused backward run (its outputs pass is chunk_engine_dkdv_kernel, one block per
@@ -470,11 +371,10 @@ Geometry geometry(int dval, int64_t B, int64_t T, int H, int fixed_seg, bool tf3
   const int64_t chunks = (T + L - 1) / L;
   const int64_t narrow_tiles = B * H * (dval / kVTile);
   // every split keeps NS * sub <= cap, which bounds the states buffer (max_segments)
-  const int64_t cap = std::min(chunks, std::max<int64_t>(1, (target_blocks() + narrow_tiles - 1) / narrow_tiles));
-  const bool split = split_summary_enabled();
+  const int64_t cap = std::min(chunks, std::max<int64_t>(1, (kTargetBlocks + narrow_tiles - 1) / narrow_tiles));
   if (fixed_seg > 0) {
     g.seg = fixed_seg;
-  } else if (!engine_runs<E, DQK>() || std::getenv("RETNET_CUDA_SCAN_BLOCKS")) {
+  } else if (!engine_runs<E, DQK>()) {
     g.seg = static_cast<int>((chunks + cap - 1) / cap * L);
   } else {
     double best = -1;
@@ -486,28 +386,24 @@ Geometry geometry(int dval, int64_t B, int64_t T, int H, int fixed_seg, bool tf3
       const ScanKernel out = fused ? pick_dkdv<E, DQK>(dval, tf32) : pick_scan<E, DQK, false>(dval, tf32, narrow);
       const ScanKernel sum = pick_scan<E, DQK, true>(dval, tf32, narrow);
       if (narrow && (!has_wide || fused)) continue;  // the same kernel, or no narrow fused kernel
-      if (!fused && has_wide && forced_value_tile() != 0 && forced_value_tile() != out.vt) continue;
-      const double unit = narrow ? (wgmma_both ? wgmma_narrow_chunk_cost() : kNarrowChunkCost) : 1.0;
+      const double unit = narrow ? (wgmma_both ? kRolesNarrowChunkCost : kNarrowChunkCost) : 1.0;
       const double out_unit = fused ? kFusedChunkCost : 1.0, out_passes = reused ? 2.0 : 1.0;
       const int64_t out_tiles = B * H * (dval / out.vt), sum_tiles = B * H * (dval / sum.vt);
-      const int64_t out_slots = residency(out).blocks, sum_slots = residency(sum).blocks, sms = residency(sum).sms;
+      const int64_t out_slots = residency(out).blocks, sms = residency(sum).sms;
       for (int64_t ns = 1; ns <= cap; ++ns) {
         const int64_t per = (chunks + ns - 1) / ns;  // chunks per segment
         const int64_t used = (chunks + per - 1) / per;
         if (used != ns) continue;  // the same split as a smaller ns
         const double waves_out = static_cast<double>((out_tiles * ns + out_slots - 1) / out_slots);
         const double outputs = out_passes * waves_out * (out_unit * static_cast<double>(per) + 2.0);
-        // segments with a summary; each is cut into sub parts (sub divides per; sub = 1 without the split)
-        const int64_t summed = (split || ns == 1) && out.writes_final ? ns - 1 : ns;
-        for (int64_t sub = 1; sub <= (split ? cap / ns : 1); ++sub) {
+        // segments with a summary; each is cut into sub parts (sub divides per)
+        const int64_t summed = out.writes_final ? ns - 1 : ns;
+        for (int64_t sub = 1; sub <= cap / ns; ++sub) {
           if (per % sub != 0) continue;
           const int64_t blocks = sum_tiles * summed * sub;
           double summary = 0;
-          if (summed > 0 && split) {
+          if (summed > 0)
             summary = kSummaryStart + summary_chunk * static_cast<double>((blocks + sms - 1) / sms * (per / sub));
-          } else if (summed > 0) {  // the former model (RETNET_CUDA_SPLIT_SUMMARY=0): waves of resident blocks
-            summary = static_cast<double>((blocks + sum_slots - 1) / sum_slots) * (0.35 * static_cast<double>(per) + 1);
-          }
           const double cost = unit * (outputs + summary);
           if (best < 0 || cost < best) {
             best = cost;
@@ -523,7 +419,7 @@ Geometry geometry(int dval, int64_t B, int64_t T, int H, int fixed_seg, bool tf3
   }
   g.NS = static_cast<int>((T + g.seg - 1) / g.seg);
   const ScanKernel out = fused ? pick_dkdv<E, DQK>(dval, tf32) : pick_scan<E, DQK, false>(dval, tf32, g.narrow);
-  g.outputs_final = (split || g.NS == 1) && out.writes_final;
+  g.outputs_final = out.writes_final;
   g.summaries = g.outputs_final ? (g.NS - 1) * g.sub : g.NS * g.sub;
   return g;
 }
@@ -531,11 +427,11 @@ Geometry geometry(int dval, int64_t B, int64_t T, int H, int fixed_seg, bool tf3
 // Whether the backward computes dk and dv in one fused walk (chunk_engine_dkdv_kernel: one block per (batch, head)
 // and segment) rather than in two runs (dv, then dk on dv's split and states: two outputs passes, whose blocks may be
 // narrow), by the split model's costs. The two runs win where few (batch, head) pairs leave the fused walk one block
-// per pair or a split with summaries, e.g. (4, 1024, 16, 128) bf16 fwd+bwd on the H200: 0.116 ms against 0.133.
+// per pair or a split with summaries, e.g. (4, 1024, 16, 128) bf16 fwd+bwd on the H200 (13 % faster).
 template <class E, int DQK>
 bool fused_backward_pays(int dv, int64_t B, int64_t T, int H, int fixed_seg, bool tf32) {
   if (pick_dkdv<E, DQK>(dv, tf32).fn == nullptr) return false;
-  if (fused_mode() == "1" || fixed_seg > 0) return true;
+  if (fixed_seg > 0) return true;  // the split model weighs free splits only
   const Geometry fused = geometry<E, DQK>(dv, B, T, H, 0, tf32, true);
   const Geometry runs = geometry<E, DQK>(dv, B, T, H, 0, tf32, false, true);
   return fused.cost <= runs.cost;
@@ -711,7 +607,7 @@ inline int64_t nseg(int64_t T, int64_t seg) { return (T + seg - 1) / seg; }
 inline int64_t max_segments(int64_t B, int64_t T, int H, int dval, int fixed_seg) {
   if (fixed_seg > 0) return nseg(T, fixed_seg);
   const int64_t tiles = B * H * (dval / kVTile);
-  return std::min<int64_t>(std::max<int64_t>(1, (target_blocks() + tiles - 1) / tiles), nseg(T, 32)) + 1;
+  return std::min<int64_t>(std::max<int64_t>(1, (kTargetBlocks + tiles - 1) / tiles), nseg(T, 32)) + 1;
 }
 
 template <class E>

@@ -29,7 +29,7 @@ struct Geometry {
   // No prefix pass: the outputs pass of a single-segment run reads the initial state in place of the states buffer
   // (its layout is that of one slot, or of a transposed slot), or zero_floats() where there is none. Only where
   // the initial state enters unscaled, so that the kernels stay as they are: scaling it in the engine kernels
-  // moved their register allocation and cost up to 3 % on the H200.
+  // would move their register allocation and cost up to 3 % on the H200.
   bool init_direct = false;
   const float* direct_state = nullptr;  // what the outputs pass reads then
   int slots() const { return NS * sub; }

@@ -15,7 +15,7 @@
 // A `reverse` flag walks time backwards, which turns the same kernels into the backward pass (see
 // retention_chunkwise.cuh). Only the state at segment boundaries touches device memory. Passes 1 and 3 run on
 // chunk_engine_kernel (retention_engine.cuh); scan_kernel serves float with head size 256 where the wgmma walks are
-// not built (and everything with RETNET_CUDA_ENGINE=scan).
+// not built (builds without sm_90a, or devices other than compute capability 9.0).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -79,9 +79,8 @@ struct ScanParams {
   float* final_state;
   const float* s0;  // [B, H] entering scales, or null (0)
   FinalScale final_scale;
-  // Where a wgmma walk loads its chunks through TMA (tma = 1: kWgmmaTmaWalk, kWgmmaDkdv; 2: the same, but key size 256
-  // on the merged walk and key size 128 with value tile 64 on cp.async, an A/B switch): the tensor maps of q, k, v and
-  // x. A kernel reads them in place, so its ScanParams parameter is __grid_constant__.
+  // Where a wgmma walk loads its chunks through TMA (tma = 1: kWgmmaTmaWalk, kWgmmaDkdv; 0: cp.async): the tensor
+  // maps of q, k, v and x. A kernel reads them in place, so its ScanParams parameter is __grid_constant__.
   int tma;
   CUtensorMap tma_q, tma_k, tma_v, tma_x;
 };

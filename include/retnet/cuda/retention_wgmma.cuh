@@ -1,10 +1,10 @@
 #pragma once
-// Part of retention_engine.cuh (included from there, after the engine's parts and before its kernels): the walks
+// Part of retention_engine.cuh (built on retention_engine_parts.cuh, included before the engine's kernels): the walks
 // of chunk_engine_kernel (outputs pass) and chunk_engine_dkdv_kernel (fused backward) on Hopper's warpgroup MMA, for
 // bf16 with key size 128 (value tile 128, or 64 in the outputs pass) or 256 (outputs pass, value tile 64), where the
 // code is compiled for sm_90a. Same contracts as the mma.sync walks; the tensor cores read the chunk tiles and the
 // state copy straight from shared memory, so the warps issue a few wgmma per chunk instead of loading every fragment
-// themselves (the mma.sync walks were latency- and issue-bound at 34 % tensor-pipe use).
+// themselves (the mma.sync walks are latency- and issue-bound at 34 % tensor-pipe use).
 //
 // Two warpgroups, each holding state rows 64 wg .. 64 wg + 63 (all the block's value columns) in registers, and with
 // key size 256 also rows 128 + 64 wg .. (a second m64 tile; S and Q H reduce over 16 k steps). With 128 value columns,
@@ -25,16 +25,15 @@
 // whose stages hold four tiles, and with key size 256, whose two stages take all 227 KiB: WgmmaSmem). The walks load
 // through TMA instead (tma.cuh; one thread issues the chunk's boxes) where the host gives them tensor maps; with key
 // size 256 that is a walk of its own, with a role per warpgroup (wgmma_roles_walk: outputs, and the state), and so is
-// the fused backward (wgmma_dkdv_roles_walk: dv, dk, and the state; RETNET_CUDA_DKDV_ROLES=0 keeps wgmma_dkdv_walk).
-// Benchmark A/B switches (compile time): RETNET_CUDA_AB_DECAY (which walks take the decays in registers) and
-// RETNET_CUDA_AB_UNMERGED (key size 256 with separate S and Q H products); at run time RETNET_CUDA_TMA=0 (no TMA) or
-// =merged (key size 256 on the merged walk with TMA).
+// the fused backward (wgmma_dkdv_roles_walk: dv, dk, and the state). Launches with heads whose decay is out of the
+// wgmma range run the walks without roles (wgmma_dkdv_walk, and the outputs walk on its loads) for the heads in range.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
 #include <type_traits>
 
+#include "retnet/cuda/retention_engine_parts.cuh"
 #include "retnet/cuda/tma.cuh"
 #include "retnet/cuda/wgmma.cuh"
 
@@ -146,14 +145,9 @@ inline constexpr bool kWgmmaWalk = !Summary && std::is_same_v<Ops, EngineOps<__n
                                    ((DQK == 128 && (VT == 64 || VT == 128)) || (DQK == 256 && VT == 64));
 
 // Whether chunk_engine_kernel<Ops, DQK, VT, true> (a summary pass) takes wgmma_summary_walk (where built for sm_90a).
-// RETNET_CUDA_AB_SUMMARY=0 (benchmark A/B switch, compile time) keeps the mma.sync walk.
-#ifndef RETNET_CUDA_AB_SUMMARY
-#define RETNET_CUDA_AB_SUMMARY 1
-#endif
 template <class Ops, int DQK, int VT, bool Summary>
-inline constexpr bool kWgmmaSummaryWalk =
-    RETNET_CUDA_AB_SUMMARY&& Summary&& std::is_same_v<Ops, EngineOps<__nv_bfloat16>>&& DQK == 128 &&
-    (VT == 64 || VT == 128);
+inline constexpr bool kWgmmaSummaryWalk = Summary&& std::is_same_v<Ops, EngineOps<__nv_bfloat16>>&& DQK == 128 &&
+                                          (VT == 64 || VT == 128);
 
 // The walks scale chunk rows by gamma^(i - 32) and gamma^(32 - j) (below). Heads whose decay is below 2^-3 would
 // push these factors out of float's normal range (2^-126); they take the mma.sync walks.
@@ -311,43 +305,25 @@ __device__ __forceinline__ void update_fragments(uint32_t (&ka)[4][4], const __n
 //             the causal mask and the update one factor per chunk (the key-128 walks);
 //   registers: the tiles stay as loaded and the factors are applied in registers: the scores times gamma^(i - j),
 //             the state part of the outputs times gamma^(i - R), the update's K^T fragments times gamma^(len - 1 - j)
-//             (the narrow and key-256 walks; with key size 256 the prescale moved 128 KiB of shared memory per chunk
-//             and block; the 128-column walk spilled registers this way and ran 2-4 % slower on the H200).
+//             (the narrow and key-256 walks; with key size 256 the prescale would move 128 KiB of shared memory per
+//             chunk and block; the 128-column walk spills registers this way and runs 2-4 % slower on the H200).
 enum class WalkDecay { operands, registers };
-// RETNET_CUDA_AB_DECAY (benchmark A/B switch): which outputs walks take the decays in registers: 0 none, 1 key size
-// 256, 2 also key size 128 with value tile 64.
-#ifndef RETNET_CUDA_AB_DECAY
-#define RETNET_CUDA_AB_DECAY 2
-#endif
-constexpr int register_decay_level(int dqk, int vt) {
-  return dqk == 256 ? 1 : vt == 64 ? 2 : 3;
-}  // 3: no level (the 128-column walk)
 template <int DQK, int VT>
-inline constexpr WalkDecay kWalkDecay = RETNET_CUDA_AB_DECAY >= register_decay_level(DQK, VT) ? WalkDecay::registers
-                                                                                              : WalkDecay::operands;
-// Whether the outputs walk <DQK, VT> keeps keys and state copy in one tile (MergedKeyTile): key size 256 with the
-// decays in registers (RETNET_CUDA_AB_UNMERGED: A/B switch).
+inline constexpr WalkDecay kWalkDecay = DQK == 256 || VT == 64 ? WalkDecay::registers : WalkDecay::operands;
+// Whether the outputs walk <DQK, VT> keeps keys and state copy in one tile (MergedKeyTile): key size 256.
 template <int DQK, int VT>
-inline constexpr bool kMergedWalk =
-#ifndef RETNET_CUDA_AB_UNMERGED
-    DQK == 256 && kWalkDecay<DQK, VT> == WalkDecay::registers;
-#else
-    false;
-#endif
+inline constexpr bool kMergedWalk = DQK == 256 && kWalkDecay<DQK, VT> == WalkDecay::registers;
 // Whether the outputs walk <DQK, VT> runs as wgmma_roles_walk where it loads through TMA (ScanParams::tma == 1): value
 // tiles of 64 with the decays in registers, key size 256 (merged) or 128 (narrow).
 template <int DQK, int VT>
 inline constexpr bool kRolesWalk = VT == 64 && kWalkDecay<DQK, VT> == WalkDecay::registers &&
                                    (DQK == 128 || kMergedWalk<DQK, VT>);
-// The narrow key-128 walk itself keeps its cp.async loads (with TMA its forward ran 4-5 % slower on the H200).
-template <int DQK, int VT>
-inline constexpr bool kNarrowCpAsync = DQK == 128 && VT == 64;
 // Whether chunk_engine_kernel<Ops, DQK, VT, Summary>'s wgmma walk loads its chunks through TMA where the host encoded
-// the tensor maps (ScanParams::tma): one thread issues the boxes, where 256 threads issued 16-byte cp.async pieces
-// (12 to 16 each per chunk). The narrow key-128 walk only as the roles walk.
+// the tensor maps (ScanParams::tma): one thread issues the boxes instead of 256 threads issuing 12 to 16 16-byte
+// cp.async pieces each per chunk. The walks of value tile 64 do so as wgmma_roles_walk; without the maps every walk
+// loads through cp.async (the narrow key-128 walk always: with TMA it is 4-5 % slower on the H200).
 template <class Ops, int DQK, int VT, bool Summary>
-inline constexpr bool kWgmmaTmaWalk = kWgmmaWalk<Ops, DQK, VT, Summary> &&
-                                      (!kNarrowCpAsync<DQK, VT> || kRolesWalk<DQK, VT>);
+inline constexpr bool kWgmmaTmaWalk = kWgmmaWalk<Ops, DQK, VT, Summary>;
 
 // The factors of WalkDecay::registers for a thread whose scores cover keys key0 + 8 nt + 2 tq + e (nt < NB, e < 2),
 // set once per segment (the update's weights again where the chunk length changes):
@@ -648,9 +624,9 @@ __device__ __forceinline__ void read_entering_state(float (&hacc)[N][4], const S
 
 // The walk on TMA with a role for each warpgroup, for value tiles of 64 (key size 256, and the narrow key-128 walk;
 // where the host encoded the tensor maps: otherwise the merged and narrow walks keep their cp.async loads). Two
-// warpgroups that split every chunk between them wait for the slower at two block barriers per chunk (the score
-// exchange and the next chunk's), and both read Q for their halves of [S | O] = Q [K ; Hc^T]^T; on the H200 the
-// tensor cores were busy 37 % of the merged key-256 walk. Here:
+// warpgroups that split every chunk between them would wait for the slower at two block barriers per chunk (the
+// score exchange and the next chunk's), and both read Q for their halves of [S | O] = Q [K ; Hc^T]^T (on the H200
+// the tensor cores are busy 37 % of the merged key-256 walk, which works so). Here:
 //   the outputs warpgroup (0): [S | O] = Q [K ; Hc^T]^T as one m64n128 product per k step (Q read once), the mask
 //     and decays in registers, O += (S . mask) V, the outputs stored;
 //   the state warpgroup (1): the state, transposed, in registers (one m64 n DQK accumulator),
@@ -937,26 +913,27 @@ __device__ __forceinline__ void wgmma_outputs_walk(const ScanParams& p, const He
   // Through TMA where the host encoded the maps: thread 0 issues a chunk's boxes, which complete on the stage's
   // mbarrier. The mbarriers sit after the layout, in the room left from aligning it (16 bytes at least; a walk whose
   // mbarriers would not fit there keeps its cp.async loads). A reversed run's boxes hold its chunks upside down, so
-  // the factors, masks, prescale and stores take mirrored rows.
+  // the factors, masks, prescale and stores take mirrored rows. The walks of value tile 64 reach this point only
+  // without the maps (with them they run as wgmma_roles_walk, above), so only the 128-column walk loads through TMA.
+  constexpr bool kTma = kWgmmaTmaWalk<EngineOps<E>, DQK, VT, false> && !kRolesWalk<DQK, VT>;
   const StageBarriers<S> stages{
       reinterpret_cast<uint64_t*>(reinterpret_cast<unsigned char*>(score_exchange) + Split::kExchangeBytes)};
-  const bool use_tma = kWgmmaTmaWalk<EngineOps<E>, DQK, VT, false> && !kNarrowCpAsync<DQK, VT> && p.tma != 0 &&
-                       reinterpret_cast<unsigned char*>(stages.bar + S) <= smem_raw + SM::bytes;
+  const bool use_tma = kTma && p.tma != 0 && reinterpret_cast<unsigned char*>(stages.bar + S) <= smem_raw + SM::bytes;
   const int mirror = use_tma && p.reverse ? LM - 1 : 0;
   if (use_tma) stages.init(tid);
   auto tma_chunk = [&](int c, int64_t c0) {
-    constexpr uint32_t kBytes = (2 * SM::QK_ELEMS + SM::V_ELEMS) * 2;
-    const int st = c % S, y0 = tma_tile_position(T, c0, mirror);
-    uint64_t* const bar = stages.of(c);
-    stages.expect(c, kBytes);
-    tma_load_chunk_tile<DQK>(stage_q(st), Tile::kAtom, &p.tma_q, bar, 0, h, y0, b);
-    if constexpr (kMerged) {  // the keys' boxes at rows key_row(0) and key_row(kTmaBoxRows)
-      static_assert(MergedKeyTile::key_row(kTmaBoxRows) == 2 * kTmaBoxRows, "keys 32-63 at row 64");
-      tma_load_chunk_tile<DQK>(stage_k(st), SwizzledTile<128>::kAtom, &p.tma_k, bar, 0, h, y0, b, 2 * kTmaBoxRows);
-    } else {
+    if constexpr (kTma) {
+      static_assert(!kMerged, "the merged key tile loads through TMA only in wgmma_roles_walk");
+      constexpr uint32_t kBytes = (2 * SM::QK_ELEMS + SM::V_ELEMS) * 2;
+      const int st = c % S, y0 = tma_tile_position(T, c0, mirror);
+      uint64_t* const bar = stages.of(c);
+      stages.expect(c, kBytes);
+      tma_load_chunk_tile<DQK>(stage_q(st), Tile::kAtom, &p.tma_q, bar, 0, h, y0, b);
       tma_load_chunk_tile<DQK>(stage_k(st), Tile::kAtom, &p.tma_k, bar, 0, h, y0, b);
+      tma_load_chunk_tile<VT>(stage_v(st), Tile::kAtom, &p.tma_v, bar, vt * VT, h, y0, b);
+    } else {
+      (void)c, (void)c0;
     }
-    tma_load_chunk_tile<VT>(stage_v(st), Tile::kAtom, &p.tma_v, bar, vt * VT, h, y0, b);
   };
   auto wait_chunk = [&](int c) {  // chunk c has landed, for this thread
     if (use_tma) {
@@ -1232,7 +1209,7 @@ struct WgmmaSummarySmem {
 // 64 wg .. 64 wg + 63 (all VT columns) in registers; K^T comes as A fragments through ldmatrix.trans times the
 // weights (update_fragments), V straight from shared memory. The chunks arrive in cp.async stages, chunk c + 1 landing
 // while chunk c's product runs. Every decay: the weights merely underflow to zero for small ones, as in the mma.sync
-// walk. (The mma.sync walk was issue-bound: its fragment loads and 512 mma.sync per chunk.)
+// walk. (The mma.sync walk is issue-bound: its fragment loads and 512 mma.sync per chunk.)
 template <int VT>
 __device__ __forceinline__ void wgmma_summary_walk(const ScanParams& p, const HeadDecays& dec,
                                                    unsigned char* smem_raw) {

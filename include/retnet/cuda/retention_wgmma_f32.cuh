@@ -1,5 +1,5 @@
 #pragma once
-// Part of retention_engine.cuh (included after retention_wgmma.cuh): the outputs walk for float storage on Hopper's
+// Part of retention_engine.cuh (built on retention_wgmma.cuh): the outputs walk for float storage on Hopper's
 // warpgroup MMA in tf32, where the code is compiled for sm_90a: chunk_engine_kernel's for key size 128 (value tile
 // 64), and chunk_float256_kernel for key size 256. Same contract and arithmetic as the mma.sync walk: exact float
 // (EngineOps<float>) makes every product three tf32 products, hi hi + hi lo + lo hi (x = hi + lo, hi the upper 19 bits
@@ -19,18 +19,13 @@
 //     slice's keys are in (K^T diag(w)'s fragments from registers, V^T from shared memory), and the copy Hc^T of the
 //     next slice.
 // The slices are pipelined (wgmma_f32_walk): the next slice loads and its lo parts are stored while the tensor cores
-// run the current one's products. On the H200 the walk took exact float from 0.70x to 1.1-1.2x fla's float (tf32)
-// speed at key size 128, and the pipeline took 4 % (exact) to 17 % (tf32) off the single-buffered walk's forward
-// (bench/results). RETNET_CUDA_AB_F32WALK=0 (benchmark A/B switch, compile time) keeps float on the mma.sync walk and
-// the generic scan_kernel.
+// run the current one's products.
 #include <cuda_runtime.h>
 
 #include <cstdint>
 #include <type_traits>
 
-#ifndef RETNET_CUDA_AB_F32WALK
-#define RETNET_CUDA_AB_F32WALK 1
-#endif
+#include "retnet/cuda/retention_wgmma.cuh"
 
 namespace retnet::cuda_detail {
 
@@ -38,8 +33,7 @@ namespace retnet::cuda_detail {
 // (EngineOps<float>), or one tf32 product per product (EngineOpsTf32, Cuda::allow_tf32).
 template <class Ops, int DQK, int VT, bool Summary>
 inline constexpr bool kWgmmaF32Walk =
-    RETNET_CUDA_AB_F32WALK != 0 && !Summary &&
-    (std::is_same_v<Ops, EngineOps<float>> || std::is_same_v<Ops, EngineOpsTf32>)&&DQK == 128 && VT == 64;
+    !Summary && (std::is_same_v<Ops, EngineOps<float>> || std::is_same_v<Ops, EngineOpsTf32>)&&DQK == 128 && VT == 64;
 
 // A float tile of Rows rows in the 128-byte-swizzle layout: atoms of 32 columns (rows of 128 bytes) of all its rows,
 // the 16-byte piece c of row r at c ^ (r % 8). Read K-major along its columns: k8 step ks at kstep(ks).
@@ -416,10 +410,6 @@ __device__ __forceinline__ void wgmma_f32_walk(const ScanParams& p, const HeadDe
       }
   }
 }
-
-// Whether float with key size 256 has an outputs pass on the chunk engine: chunk_float256_kernel, where the code is
-// built for sm_90a (RETNET_CUDA_AB_F32WALK=0: the generic scan_kernel).
-inline constexpr bool kFloat256Walk = RETNET_CUDA_AB_F32WALK != 0;
 
 // The outputs pass of float with key size 256 (exact float: EngineOps<float>, one tf32 product: EngineOpsTf32), on
 // wgmma_f32_walk only: the mma.sync walk's buffers for key size 256 do not fit in a block's shared memory. The host

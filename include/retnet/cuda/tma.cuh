@@ -1,8 +1,8 @@
 #pragma once
 // Hopper's tensor memory accelerator (TMA) for the wgmma walks: tensor maps of the [B, T, H, W] bf16 inputs (host),
 // and on the device the bulk tensor copies into the 128-byte-swizzle tile layout (wgmma.cuh) that complete on a
-// shared-memory mbarrier. One thread issues a chunk's copies, where 256 threads issued 16-byte cp.async pieces (the
-// key-256 walk spent about a quarter of its time on its copies; TMA took 6-8 % off it: bench/results, ninth session).
+// shared-memory mbarrier. One thread issues a chunk's copies instead of 256 threads issuing 16-byte cp.async pieces
+// (the key-256 walk spends about a quarter of its time on its copies with cp.async; TMA makes it 6-8 % faster).
 // The instructions exist only where the code is compiled for sm_90a; elsewhere the device wrappers trap.
 #include <cuda.h>  // CUtensorMap and cuTensorMapEncodeTiled's types (the function comes from the driver at run time)
 #include <cuda_runtime.h>

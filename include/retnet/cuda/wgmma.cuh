@@ -3,7 +3,7 @@
 // shared-memory matrix descriptors for bf16 tiles in the 128-byte-swizzle layout, the products it uses, and the
 // fences and waits around them. The instructions exist only where the code is compiled for sm_90a
 // (__CUDA_ARCH_FEAT_SM90_ALL); elsewhere the callers are not built and these wrappers trap.
-// Layouts and descriptor fields as checked on the H200 (bench/results/cuda_retention.md, fifth session):
+// Layouts and descriptor fields (each checked on the H200 against the mma.sync results):
 //  * a tile is stored as atoms of 64 bf16 columns (rows of 128 bytes), the 16-byte piece c of row r at c ^ (r % 8),
 //    each atom 1024-byte aligned;
 //  * descriptor: start >> 4 at bit 0, leading byte offset >> 4 at 16, stride byte offset >> 4 at 32 (1024: eight

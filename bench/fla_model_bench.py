@@ -1,0 +1,62 @@
+#!/usr/bin/env python3
+"""Times a training step of fla's RetNetForCausalLM (bf16, fused AdamW) next to bench/cuda/bench_model.cu: tokens/s
+and peak memory. Skips cleanly when fla is not importable.
+
+Usage: PYTHONPATH=<fla source> python3 bench/fla_model_bench.py [heads] (default 16: heads of 128/256 as ours)
+"""
+import sys
+import time
+
+import torch
+
+try:
+    from fla.models import RetNetConfig, RetNetForCausalLM
+except Exception as e:  # fla not importable: say so and exit cleanly
+    print(f"fla not importable: {e}")
+    sys.exit(0)
+
+
+def run(heads, B, T, dtype, steps=10):
+    torch.manual_seed(0)
+    cfg = RetNetConfig(hidden_size=2048, num_hidden_layers=24, num_heads=heads, expand_k=1, expand_v=2,
+                       hidden_ratio=2, vocab_size=32000, fuse_cross_entropy=True)
+    model = RetNetForCausalLM(cfg).to("cuda", dtype)
+    params = sum(p.numel() for p in model.parameters())
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    x = torch.randint(0, 32000, (B, T), device="cuda")
+    torch.cuda.reset_peak_memory_stats()
+
+    def step():
+        loss = model(input_ids=x, labels=x).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    torch.cuda.synchronize()
+    dt = (time.perf_counter() - t0) / steps
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    print(f"| fla RetNet heads={heads} {str(dtype).split('.')[-1]} | {B}x{T} | {params/1e9:.3f} B | "
+          f"{dt*1e3:.1f} ms | {B*T/dt:,.0f} tokens/s | {peak:.1f} GiB |")
+    del model, opt
+    torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    heads = int(sys.argv[1]) if len(sys.argv) > 1 else 16
+    print(f"GPU: {torch.cuda.get_device_name()}")
+    print("| model | B x T | params | step | tokens/s | peak |")
+    print("|---|---|---|---|---|---|")
+    for B, T in ((1, 8192), (4, 2048), (2, 8192), (8, 2048)):
+        for dtype in (torch.bfloat16, torch.float32):
+            try:
+                run(heads, B, T, dtype)
+            except torch.OutOfMemoryError:
+                print(f"| fla RetNet heads={heads} {dtype} | {B}x{T} | out of memory |")
+                torch.cuda.empty_cache()
