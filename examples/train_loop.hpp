@@ -15,6 +15,7 @@
 #include <exception>
 #include <filesystem>
 #include <memory>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -38,16 +39,15 @@ namespace retnet_examples::train_lm {
 // cleanly instead of leaving the others in their next collective. f must not call collectives itself.
 template <class F>
 void agree(retnet::dist::Communicator& comm, F&& f) {
+  if (comm.size() == 1) return f();  // the exception as it is (out of memory keeps its own report)
   std::string error;
   try {
     f();
+  } catch (const std::bad_alloc&) {
+    error = "out of memory (the sizes asked for do not fit this machine)";
   } catch (const std::exception& e) {
     error = e.what();
     if (error.empty()) error = "unknown error";
-  }
-  if (comm.size() == 1) {
-    if (!error.empty()) throw retnet::Error(error);
-    return;
   }
   const std::vector<int64_t> failed = comm.gather_values(std::vector<int64_t>{error.empty() ? 0 : 1});
   const auto first = std::find(failed.begin(), failed.end(), int64_t{1});
@@ -142,7 +142,8 @@ int train(const Options& o, const std::vector<int64_t>& text, const BackendT& ba
   tc.segment_length = o.segment;
   tc.dropout_seed = o.seed;
   tc.dist.comm = &comm;
-  tc.dist.zero_stage = static_cast<int>(o.zero);
+  // ZeRO-1 shards host moments across ranks; a device run is one process, where it would only add a host copy.
+  tc.dist.zero_stage = host_backend<BackendT> ? static_cast<int>(o.zero) : 0;
   tc.dist.bucket_bytes = std::max<int64_t>(1, static_cast<int64_t>(o.bucket_mb * 1048576.0));
   std::unique_ptr<ModelT> model;
   std::unique_ptr<TrainerT> trainer;
