@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "memory_check.hpp"
 #include "retnet/core/error.hpp"
 
 #ifndef RETNET_VERSION
@@ -84,24 +85,6 @@ inline CLI::Validator finite_in(double lo, double hi, bool open_hi = false) {
       desc);
 }
 
-// Physical memory of this machine in bytes (0 when unknown).
-inline double physical_memory_bytes() {
-  const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGE_SIZE);
-  return pages > 0 && page > 0 ? static_cast<double>(pages) * static_cast<double>(page) : 0.0;
-}
-
-// Refuses a run whose estimated memory (bytes, computed in double so it cannot wrap) exceeds physical memory.
-inline void require_memory(double estimate, const std::string& what) {
-  const double have = physical_memory_bytes();
-  if (have <= 0) return;
-  const double gib = 1024.0 * 1024.0 * 1024.0;
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%.3g GiB", estimate / gib);
-  std::string need = buf;
-  std::snprintf(buf, sizeof buf, "%.3g GiB", have / gib);
-  retnet::require(estimate <= have, what, " would need about ", need, " of memory; this machine has ", buf);
-}
-
 // One line: newlines inside a message become "; ".
 inline std::string one_line(std::string s) {
   while (!s.empty() && s.back() == '\n') s.pop_back();
@@ -109,10 +92,13 @@ inline std::string one_line(std::string s) {
   return s;
 }
 
-// Runs body() and turns every exception into one line "name: error: ..." on stderr and an exit status.
+// Runs body() and turns every exception into one line "name: error: ..." on stderr and an exit status. With
+// report false nothing is printed (the other ranks of a data-parallel job, which fail with rank 0's error).
 template <class F>
-int guarded_main(const char* name, F&& body) {
-  auto report = [&](const std::string& msg) { std::cerr << name << ": error: " << one_line(msg) << std::endl; };
+int guarded_main(const char* name, F&& body, bool report_errors = true) {
+  auto report = [&](const std::string& msg) {
+    if (report_errors) std::cerr << name << ": error: " << one_line(msg) << std::endl;
+  };
   try {
     return body();
   } catch (const Exit& e) {

@@ -62,7 +62,15 @@ expect 2 "--form" train_lm --form sideways
 expect 2 "--bogus" train_lm --bogus
 expect 2 "--steps" train_lm --steps
 expect 2 "--accum" train_lm --batch 3 --accum 2
-expect 0 "Usage: train_lm|--steps|--resume" train_lm --help
+expect 2 "--device|gpu" train_lm --device gpu
+expect 2 "--zero|2" train_lm --zero 2
+expect 2 "--bucket-mb" train_lm --bucket-mb 0
+expect 2 "--bucket-mb|nan" train_lm --bucket-mb nan
+expect 2 "--tf32|--device cuda only" train_lm --tf32
+if [ "${RETNET_TRAIN_LM_CUDA:-OFF}" != "ON" ]; then
+  expect 1 "--device cuda|no CUDA support" train_lm --device cuda --out dc "${tiny[@]}"
+fi
+expect 0 "Usage: train_lm|--steps|--resume|--device|--zero|--bucket-mb" train_lm --help
 expect 0 "train_lm (retnet " train_lm --version
 # ---- train_lm: sizes and files
 expect 1 "would need about|of memory" train_lm --batch 1048576 --seq 128 --out mem

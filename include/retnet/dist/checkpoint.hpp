@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "retnet/core/backend.hpp"
 #include "retnet/dist/communicator.hpp"
 #include "retnet/io/config_json.hpp"
 #include "retnet/train/checkpoint.hpp"
@@ -70,30 +71,37 @@ inline TrainingCheckpointInfo read_checkpoint_info(Communicator& comm, const std
 
 // Writes the trainer's state (the model, the full AdamW moments, the step) with rank 0; every rank returns once
 // the file is complete.
-template <class T>
-void save_checkpoint(const std::string& path, Trainer<T>& tr, int64_t data_position,
+// Device backends train with one process (the Trainer refuses more): the file is written directly.
+template <class T, Backend BackendT>
+void save_checkpoint(const std::string& path, Trainer<T, BackendT>& tr, int64_t data_position,
                      const std::map<std::string, std::string>& extra = {}) {
   Communicator& comm = tr.data_parallel().comm();
-  tr.data_parallel().gather_optimizer_state(tr.optimizer());
+  if constexpr (host_backend<BackendT>) tr.data_parallel().gather_optimizer_state(tr.optimizer());
   detail::on_root(comm, [&] { save_training_checkpoint(path, tr, data_position, extra); });
 }
 
 // Restores parameters, moments and step on every rank from the file rank 0 reads (checked against rank 0's
 // model configuration; every rank must build the same model). info.metadata is filled on rank 0 only.
-template <class T>
-TrainingCheckpointInfo load_checkpoint(const std::string& path, Trainer<T>& tr) {
+template <class T, Backend BackendT>
+TrainingCheckpointInfo load_checkpoint(const std::string& path, Trainer<T, BackendT>& tr) {
   Communicator& comm = tr.data_parallel().comm();
   TrainingCheckpointInfo info;
   detail::on_root(comm, [&] { info = load_training_checkpoint(path, tr); });
-  const int64_t n = tr.model().param_table().total();
-  comm.broadcast(tr.model().params(), n);
-  comm.broadcast(tr.optimizer().exp_avg(), n);
-  comm.broadcast(tr.optimizer().exp_avg_sq(), n);
-  std::vector<int64_t> nums{info.step, info.data_position};
-  comm.broadcast(nums.data(), 2);
-  info.step = nums[0], info.data_position = nums[1];
-  if (!is_root(comm)) info.config = tr.model().config();
-  tr.set_step_count(info.step);  // also hands each rank its ZeRO-1 moment slices
+  if constexpr (host_backend<BackendT>) {
+    const int64_t n = tr.model().param_table().total();
+    comm.broadcast(tr.model().params(), n);
+    comm.broadcast(tr.optimizer().exp_avg(), n);
+    comm.broadcast(tr.optimizer().exp_avg_sq(), n);
+    std::vector<int64_t> nums{info.step, info.data_position};
+    comm.broadcast(nums.data(), 2);
+    info.step = nums[0], info.data_position = nums[1];
+    if (!is_root(comm)) info.config = tr.model().config();
+    tr.set_step_count(info.step);  // also hands each rank its ZeRO-1 moment slices
+  } else {
+    // One process (the Trainer refuses more on device backends): load_training_checkpoint restored it all.
+    require(comm.size() == 1, "dist::load_checkpoint: a device-backend trainer runs with one process, not ",
+            comm.size());
+  }
   return info;
 }
 

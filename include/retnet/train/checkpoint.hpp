@@ -9,11 +9,16 @@
 // retnet::Error. Header and tensors come from one open file, so a checkpoint replaced while it is being loaded
 // is read whole from either the old or the new file. Each tensor carries a checksum (SafetensorsWriter::
 // set_checksums), so flipped bytes in the data are an error too.
+//
+// Any backend: on device backends the parameters and moments are staged through host vectors, and the file is
+// the same, so a run saved on the GPU resumes on the CPU and the other way round.
+#include <algorithm>
 #include <cstdint>
 #include <map>
 #include <string>
 #include <vector>
 
+#include "retnet/core/backend.hpp"
 #include "retnet/io/config_json.hpp"
 #include "retnet/io/safetensors.hpp"
 #include "retnet/train/trainer.hpp"
@@ -29,19 +34,26 @@ struct TrainingCheckpointInfo {
   std::map<std::string, std::string> metadata;  // everything in the header, including caller extras
 };
 
-template <class T>
-void save_training_checkpoint(const std::string& path, const Trainer<T>& tr, int64_t data_position,
+template <class T, Backend BackendT>
+void save_training_checkpoint(const std::string& path, const Trainer<T, BackendT>& tr, int64_t data_position,
                               const std::map<std::string, std::string>& extra = {}) {
-  const Model<T>& m = tr.model();
-  io::SafetensorsWriter w;
-  io::save_params(w, m.param_table(), m.params());
-  io::save_params(w, m.param_table(), tr.optimizer().exp_avg(), "adam.m/");
-  io::save_params(w, m.param_table(), tr.optimizer().exp_avg_sq(), "adam.v/");
+  const Model<T, BackendT>& m = tr.model();
+  const auto& opt = tr.optimizer();
+  io::SafetensorsWriter w;  // add() copies the data: the staged host vectors may go at once
+  if constexpr (host_backend<BackendT>) {
+    io::save_params(w, m.param_table(), m.params());
+    io::save_params(w, m.param_table(), opt.exp_avg(), "adam.m/");
+    io::save_params(w, m.param_table(), opt.exp_avg_sq(), "adam.v/");
+  } else {
+    io::save_params(w, m.param_table(), m.params_to_host().data());
+    io::save_params(w, m.param_table(), opt.exp_avg_buffer().to_host().data(), "adam.m/");
+    io::save_params(w, m.param_table(), opt.exp_avg_sq_buffer().to_host().data(), "adam.v/");
+  }
   w.set_checksums(true);
   for (const auto& [k, v] : extra) w.set_metadata(k, v);
   w.set_metadata("format", kTrainingCheckpointFormat);
   w.set_metadata("step", std::to_string(tr.step_count()));
-  w.set_metadata("adam_steps", std::to_string(tr.optimizer().steps()));
+  w.set_metadata("adam_steps", std::to_string(opt.steps()));
   w.set_metadata("data_position", std::to_string(data_position));
   w.set_metadata("config", io::config_to_json(m.config()).dump());
   w.write(path);
@@ -81,11 +93,11 @@ inline TrainingCheckpointInfo read_training_checkpoint_info(const std::string& p
 }
 
 // Restores parameters, AdamW moments and the step into tr (whose model must have the same configuration).
-template <class T>
-TrainingCheckpointInfo load_training_checkpoint(const io::SafetensorsFile& f, Trainer<T>& tr) {
+template <class T, Backend BackendT>
+TrainingCheckpointInfo load_training_checkpoint(const io::SafetensorsFile& f, Trainer<T, BackendT>& tr) {
   TrainingCheckpointInfo info = read_training_checkpoint_info(f);
   const std::string& path = f.path();
-  Model<T>& m = tr.model();
+  Model<T, BackendT>& m = tr.model();
   const std::string want = io::config_to_json(m.config()).dump(), got = io::config_to_json(info.config).dump();
   require(want == got, path, ": the checkpoint's model configuration ", got, " differs from the model's ", want);
   const ParamTable& table = m.param_table();
@@ -94,15 +106,21 @@ TrainingCheckpointInfo load_training_checkpoint(const io::SafetensorsFile& f, Tr
   io::load_params(f, table, p.data());
   io::load_params(f, table, mm.data(), "adam.m/");
   io::load_params(f, table, vv.data(), "adam.v/");
-  std::copy(p.begin(), p.end(), m.params());
-  std::copy(mm.begin(), mm.end(), tr.optimizer().exp_avg());
-  std::copy(vv.begin(), vv.end(), tr.optimizer().exp_avg_sq());
+  if constexpr (host_backend<BackendT>) {
+    std::copy(p.begin(), p.end(), m.params());
+    std::copy(mm.begin(), mm.end(), tr.optimizer().exp_avg());
+    std::copy(vv.begin(), vv.end(), tr.optimizer().exp_avg_sq());
+  } else {
+    m.params_from_host(p.data(), static_cast<int64_t>(n));
+    tr.optimizer().exp_avg_buffer().copy_from_host(mm.data(), static_cast<int64_t>(n));
+    tr.optimizer().exp_avg_sq_buffer().copy_from_host(vv.data(), static_cast<int64_t>(n));
+  }
   tr.set_step_count(info.step);
   return info;
 }
 
-template <class T>
-TrainingCheckpointInfo load_training_checkpoint(const std::string& path, Trainer<T>& tr) {
+template <class T, Backend BackendT>
+TrainingCheckpointInfo load_training_checkpoint(const std::string& path, Trainer<T, BackendT>& tr) {
   return load_training_checkpoint(io::SafetensorsFile::open(path), tr);
 }
 

@@ -1,0 +1,62 @@
+// train_lm --device cuda: the training loop of train_loop.hpp instantiated for retnet::Cuda on the current GPU,
+// with its own stream and cuBLAS handle. Host-only parts (sampling, files) are in train_lm.cpp.
+#include <cstddef>
+#include <string>
+#include <vector>
+
+#include "retnet/cuda.cuh"
+#include "train_loop.hpp"
+
+namespace retnet_examples::train_lm {
+
+namespace {
+
+// The stream and cuBLAS handle of the run, released however it ends.
+struct GpuContext {
+  retnet::Cuda be;
+  explicit GpuContext(bool tf32) {
+    be.allow_tf32 = tf32;
+    RETNET_CUDA_CHECK(cudaStreamCreateWithFlags(&be.stream, cudaStreamNonBlocking));
+    if (cublasCreate(&be.cublas) != CUBLAS_STATUS_SUCCESS) {
+      (void)cudaStreamDestroy(be.stream);
+      retnet::fail("--device cuda: cannot create a cuBLAS handle");
+    }
+    RETNET_CUBLAS_CHECK(cublasSetStream(be.cublas, be.stream));
+  }
+  GpuContext(const GpuContext&) = delete;
+  GpuContext& operator=(const GpuContext&) = delete;
+  ~GpuContext() {
+    (void)cudaStreamSynchronize(be.stream);
+    (void)cublasDestroy(be.cublas);
+    (void)cudaStreamDestroy(be.stream);
+  }
+};
+
+}  // namespace
+
+void require_device_memory(double bytes, const std::string& what) {
+  size_t free_bytes = 0, total_bytes = 0;
+  RETNET_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+  const double gib = 1024.0 * 1024.0 * 1024.0;
+  char need[32], have[32];
+  std::snprintf(need, sizeof need, "%.3g GiB", bytes / gib);
+  std::snprintf(have, sizeof have, "%.3g GiB", static_cast<double>(free_bytes) / gib);
+  retnet::require(bytes <= static_cast<double>(free_bytes), what, " would need about ", need,
+                  " of GPU memory; the GPU has ", have, " free");
+}
+
+int train_cuda(const Options& o, const std::vector<int64_t>& text, retnet::dist::Communicator& comm) {
+  int count = 0;
+  const cudaError_t e = cudaGetDeviceCount(&count);
+  retnet::require(e == cudaSuccess && count > 0, "--device cuda: no CUDA device is available (",
+                  e == cudaSuccess ? "none found" : cudaGetErrorString(e), ")");
+  int dev = 0;
+  RETNET_CUDA_CHECK(cudaGetDevice(&dev));
+  cudaDeviceProp prop{};
+  RETNET_CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
+  GpuContext gpu(o.tf32);
+  const std::string device = "cuda:" + std::to_string(dev) + " (" + prop.name + (o.tf32 ? ", tf32" : "") + ")";
+  return train(o, text, gpu.be, comm, device);
+}
+
+}  // namespace retnet_examples::train_lm
