@@ -51,7 +51,7 @@ __global__ void __launch_bounds__(256)
   }
 }
 
-__global__ void step_scale_kernel(float* scale, int64_t BH, int H, HeadDecays dec) {
+static __global__ void step_scale_kernel(float* scale, int64_t BH, int H, HeadDecays dec) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < BH) scale[i] = static_cast<float>(static_cast<double>(scale[i]) * exp(dec.lng[i % H]) + 1.0);
 }

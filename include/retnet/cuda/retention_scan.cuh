@@ -579,7 +579,7 @@ __global__ void scale_rows_kernel(const E* __restrict__ x, const float* __restri
 }
 
 // Final scale_{T-1} (both modes), written last so that an aliased input scale is read first.
-__global__ void final_scale_kernel(const float* s0, float* out, int64_t BH, int H, int64_t T, HeadDecays dec) {
+static __global__ void final_scale_kernel(const float* s0, float* out, int64_t BH, int H, int64_t T, HeadDecays dec) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= BH) return;
   out[i] = static_cast<float>(final_scale_of(s0 ? static_cast<double>(s0[i]) : 0.0, dec.lng[i % H], T));
