@@ -43,15 +43,7 @@ RefLossGrad ref_loss_grad(const ModelCase& c, Form form, int64_t segment, int64_
 std::vector<double> ref_train(const ModelCase& c, const TrainOptions& o, int64_t steps, TrainState& state) {
   Model<float> m(c.cfg);
   m.params_from_host(state.params.data(), static_cast<int64_t>(state.params.size()));
-  TrainerConfig tc;
-  tc.adamw.lr = o.lr;
-  tc.adamw.weight_decay = o.weight_decay;
-  tc.grad_clip = o.grad_clip;
-  tc.schedule.warmup_steps = o.warmup;
-  tc.accumulation_steps = o.accumulation;
-  tc.segment_length = o.segment;
-  tc.dropout_seed = o.dropout_seed;
-  tc.form = o.form;
+  const TrainerConfig tc = trainer_config(o);
   Trainer<float> tr(m, tc);
   if (!state.m.empty()) {
     tr.optimizer().exp_avg_buffer().copy_from_host(state.m.data(), static_cast<int64_t>(state.m.size()));

@@ -7,6 +7,7 @@
 #include "retnet/core/config.hpp"
 #include "retnet/core/retention_args.hpp"
 #include "retnet/nn/config.hpp"
+#include "retnet/train/trainer.hpp"
 
 namespace retnet_test {
 
@@ -23,6 +24,20 @@ struct TrainOptions {
   uint64_t dropout_seed = 0;
   retnet::Form form = retnet::Form::chunkwise;
 };
+
+// The trainer settings of o, for either backend.
+inline retnet::TrainerConfig trainer_config(const TrainOptions& o) {
+  retnet::TrainerConfig tc;
+  tc.adamw.lr = o.lr;
+  tc.adamw.weight_decay = o.weight_decay;
+  tc.grad_clip = o.grad_clip;
+  tc.schedule.warmup_steps = o.warmup;
+  tc.accumulation_steps = o.accumulation;
+  tc.segment_length = o.segment;
+  tc.dropout_seed = o.dropout_seed;
+  tc.form = o.form;
+  return tc;
+}
 
 // torchscale's initialisation of cfg's parameters on the CPU, in float.
 std::vector<float> ref_init_params(const retnet::ModelConfig& cfg, uint64_t seed);

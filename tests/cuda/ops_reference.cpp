@@ -9,9 +9,9 @@
 #include "retnet/cpu/embedding.hpp"
 #include "retnet/cpu/group_norm.hpp"
 #include "retnet/cpu/linear.hpp"
+#include "retnet/cpu/loss.hpp"
 #include "retnet/cpu/norm.hpp"
 #include "retnet/cpu/rotation.hpp"
-#include "retnet/cpu/loss.hpp"
 
 namespace ops_ref {
 

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "gpu_test.hpp"
 #include "model_reference.hpp"
 #include "retnet/cuda.cuh"
 
@@ -22,19 +23,7 @@ using retnet::HostView;
 using retnet::ModelConfig;
 using retnet_test::ModelCase;
 
-bool have_gpu() {
-  static const bool ok = [] {
-    int n = 0;
-    const cudaError_t e = cudaGetDeviceCount(&n);
-    if (e != cudaSuccess || n == 0) {
-      (void)cudaGetLastError();
-      std::printf("skipped: no CUDA device (%s)\n", e == cudaSuccess ? "none found" : cudaGetErrorString(e));
-      return false;
-    }
-    return true;
-  }();
-  return ok;
-}
+using retnet_test::have_gpu;
 
 // One stream and cuBLAS handle for the whole program.
 const Cuda& gpu() {
@@ -162,13 +151,7 @@ TEST_CASE("GPU trainer: 50 steps follow the CPU's loss curve; its optimizer stat
   const std::vector<double> want = retnet_test::ref_train(c, o, 50, cpu_state);
 
   auto m = gpu_model(c);
-  retnet::TrainerConfig tc;
-  tc.adamw.lr = o.lr;
-  tc.adamw.weight_decay = o.weight_decay;
-  tc.grad_clip = o.grad_clip;
-  tc.schedule.warmup_steps = o.warmup;
-  tc.accumulation_steps = o.accumulation;
-  tc.dropout_seed = o.dropout_seed;
+  const retnet::TrainerConfig tc = retnet_test::trainer_config(o);
   retnet::Trainer<float, Cuda> tr(m, tc);
   const HostView<const int64_t> x(c.tokens.data(), {c.batch, c.length}), y(c.targets.data(), {c.batch, c.length});
   std::vector<double> got;

@@ -16,6 +16,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "gpu_test.hpp"
 #include "ops_reference.hpp"
 #include "retnet/cuda/ops.cuh"
 
@@ -26,19 +27,7 @@ using bf16 = __nv_bfloat16;
 using retnet::Activation;
 using retnet::GradMode;
 
-bool have_gpu() {
-  static const bool ok = [] {
-    int n = 0;
-    const cudaError_t e = cudaGetDeviceCount(&n);
-    if (e != cudaSuccess || n == 0) {
-      (void)cudaGetLastError();
-      std::printf("skipped: no CUDA device (%s)\n", e == cudaSuccess ? "none found" : cudaGetErrorString(e));
-      return false;
-    }
-    return true;
-  }();
-  return ok;
-}
+using retnet_test::have_gpu;
 
 // One context for the whole program: the default stream and one cuBLAS handle.
 retnet::Cuda& ctx() {

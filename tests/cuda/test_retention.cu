@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "cpu_reference.hpp"
+#include "gpu_test.hpp"
 #include "retnet/cuda.cuh"
 
 namespace {
@@ -20,19 +21,7 @@ using retnet::Form;
 using retnet::Normalization;
 using retnet_test::RefProblem;
 
-bool have_gpu() {
-  static const bool ok = [] {
-    int n = 0;
-    const cudaError_t e = cudaGetDeviceCount(&n);
-    if (e != cudaSuccess || n == 0) {
-      (void)cudaGetLastError();
-      std::printf("skipped: no CUDA device (%s)\n", e == cudaSuccess ? "none found" : cudaGetErrorString(e));
-      return false;
-    }
-    return true;
-  }();
-  return ok;
-}
+using retnet_test::have_gpu;
 
 template <class E>
 E to_e(double x) {

@@ -33,6 +33,7 @@
 
 #include "retnet/core/buffer.hpp"
 #include "retnet/core/checked.hpp"
+#include "retnet/core/dropout.hpp"
 #include "retnet/core/params.hpp"
 #include "retnet/core/rotation.hpp"
 #include "retnet/core/tensor.hpp"

@@ -1,0 +1,24 @@
+#pragma once
+// Shared by the GPU test files: whether the program can run on a CUDA device. Without one every GPU test case
+// returns at once and the program says so (once).
+#include <cuda_runtime.h>
+
+#include <cstdio>
+
+namespace retnet_test {
+
+inline bool have_gpu() {
+  static const bool ok = [] {
+    int n = 0;
+    const cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess || n == 0) {
+      (void)cudaGetLastError();
+      std::printf("skipped: no CUDA device (%s)\n", e == cudaSuccess ? "none found" : cudaGetErrorString(e));
+      return false;
+    }
+    return true;
+  }();
+  return ok;
+}
+
+}  // namespace retnet_test
