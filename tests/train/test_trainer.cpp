@@ -93,6 +93,17 @@ TEST_CASE("AdamW matches the reference update with bias correction and decoupled
   CHECK(p[static_cast<size_t>(nw)] == Approx(refn).epsilon(1e-12));  // no decay on norm weights
 }
 
+TEST_CASE("a batch without rows or positions is refused", "[train]") {
+  ModelConfig c = retnet::test::small_model_config();
+  Model<double> m(c);
+  Trainer<double> tr(m, {});
+  std::vector<int64_t> none;
+  for (const Shape s : {Shape{0, 4}, Shape{2, 0}}) {
+    HostView<const int64_t> x(none.data(), s);
+    REQUIRE_THROWS_WITH(tr.step(x, x), Catch::Contains("at least one row and one position"));
+  }
+}
+
 TEST_CASE("learning-rate schedule: warm-up then cosine or linear decay", "[train]") {
   LrSchedule s{10, 110, LrDecay::cosine, 0.1};
   CHECK(s.factor(0) == Approx(0.1));

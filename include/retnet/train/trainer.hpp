@@ -27,8 +27,8 @@
 #include <vector>
 
 #include "retnet/core/buffer.hpp"
-#include "retnet/nn/backend_ops.hpp"
 #include "retnet/dist/data_parallel.hpp"
+#include "retnet/nn/backend_ops.hpp"
 #include "retnet/nn/model.hpp"
 #include "retnet/train/adamw.hpp"
 #include "retnet/train/schedule.hpp"
@@ -197,6 +197,9 @@ class Trainer {
     require(inputs.rank() == 2 && targets.shape() == inputs.shape(), "Trainer: inputs ", inputs.shape().to_string(),
             " and targets ", targets.shape().to_string(), " must both be [batch, length]");
     const int64_t B = inputs.size(0), Tn = inputs.size(1), A = cfg_.accumulation_steps;
+    // A rank of a data-parallel run may hold no rows of a small global batch; one process needs one.
+    require(Tn > 0 && (B > 0 || dp_.comm().size() > 1), "Trainer: inputs ", inputs.shape().to_string(),
+            " must have at least one row and one position");
     require(B % A == 0, "Trainer: batch ", B, " is not divisible by accumulation_steps = ", A);
     grads_.zero();
     const int64_t count = count_targets(targets.data(), B * Tn);
