@@ -14,6 +14,13 @@ inline void validate_tokens(const char* op, const int64_t* tokens, int64_t rows,
             i % cols, "] is out of range; ids must lie in [0, ", vocab, ")");
 }
 
+// Throws retnet::Error naming the first target that is neither an id in [0, vocab) nor the ignore index.
+inline void validate_targets(const int64_t* targets, int64_t n, int64_t vocab, int64_t ignore_index = kIgnoreIndex) {
+  for (int64_t i = 0; i < n; ++i)
+    require(targets[i] == ignore_index || (targets[i] >= 0 && targets[i] < vocab), "cross_entropy: target ", targets[i],
+            " at row ", i, " is out of range; expected an id in [0, ", vocab, ") or the ignore index ", ignore_index);
+}
+
 inline int64_t count_targets(const int64_t* targets, int64_t n, int64_t ignore_index = kIgnoreIndex) {
   int64_t c = 0;
   for (int64_t i = 0; i < n; ++i) c += targets[i] != ignore_index;

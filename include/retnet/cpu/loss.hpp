@@ -19,9 +19,7 @@ template <class T>
 LossSum cross_entropy_forward_backward(Cpu, const T* logits, const int64_t* targets, int64_t n, int64_t vocab,
                                        T* dlogits = nullptr, double grad_scale = 1.0,
                                        int64_t ignore_index = kIgnoreIndex, T* row_loss = nullptr) {
-  for (int64_t i = 0; i < n; ++i)
-    require(targets[i] == ignore_index || (targets[i] >= 0 && targets[i] < vocab), "cross_entropy: target ", targets[i],
-            " at row ", i, " is out of range; expected an id in [0, ", vocab, ") or the ignore index ", ignore_index);
+  validate_targets(targets, n, vocab, ignore_index);
   std::vector<double> losses(static_cast<size_t>(n), 0.0);
 #pragma omp parallel for schedule(static) if (n * vocab > 32768)
   for (int64_t i = 0; i < n; ++i) {

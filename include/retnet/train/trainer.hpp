@@ -50,10 +50,7 @@ class GradContext {
     if constexpr (host_backend<BackendT>) {
       return host_targets;
     } else {
-      for (int64_t i = 0; i < n; ++i)
-        require(host_targets[i] == kIgnoreIndex || (host_targets[i] >= 0 && host_targets[i] < m.config().vocab_size),
-                "cross_entropy: target ", host_targets[i], " at row ", i, " is out of range; expected an id in [0, ",
-                m.config().vocab_size, ") or the ignore index ", kIgnoreIndex);
+      validate_targets(host_targets, n, m.config().vocab_size);  // checked on the host: kernels cannot throw
       if (targets_.size() < n) targets_ = Buffer<int64_t, BackendT>(m.backend(), n);
       targets_.copy_from_host(host_targets, n);
       return targets_.data();
