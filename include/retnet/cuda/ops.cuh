@@ -11,4 +11,5 @@
 #include "retnet/cuda/linear.cuh"
 #include "retnet/cuda/loss.cuh"
 #include "retnet/cuda/norm.cuh"
+#include "retnet/cuda/precision.cuh"
 #include "retnet/cuda/rotation.cuh"
