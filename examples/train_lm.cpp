@@ -1,8 +1,7 @@
 // train_lm: trains a byte-level RetNet language model on the CPU or a GPU and writes a sample at the end.
 //
-//   train_lm [--device cpu|cuda] [--tf32] [--zero 0|1] [--bucket-mb MB] [--data FILE] [--steps N] [--batch B] [--seq T]
-//   [--layers L] [--dim D] [--heads H]
-//            [--value-dim V] [--ffn F] [--chunk C] [--lr LR] [--warmup W] [--decay cosine|linear|constant]
+//   train_lm [--device cpu|cuda] [--precision float|bf16] [--tf32] [--zero 0|1] [--bucket-mb MB] [--data FILE]
+//            [--steps N] [--batch B] [--seq T] [--layers L] [--dim D] [--heads H] [--value-dim V] [--ffn F] [--chunk C] [--lr LR] [--warmup W] [--decay cosine|linear|constant]
 //            [--weight-decay WD] [--clip C] [--accum A] [--segment S] [--form chunkwise|parallel|recurrent]
 //            [--dropout P] [--seed S] [--out DIR] [--ckpt-every N] [--eval-every N] [--resume [FILE]]
 //            [--max-new N] [--temperature T] [--top-k K] [--top-p P] [--prompt TEXT]
@@ -80,6 +79,10 @@ Options parse(int argc, char** argv) {
   app.add_option("--device", o.device, "where to train: cpu, or cuda (the current GPU)")
       ->check(CLI::IsMember({"cpu", "cuda"}));
   app.add_flag("--tf32", o.tf32, "GPU float matrix products in TF32 (faster, about 1e-3 relative); --device cuda only");
+  app.add_option("--precision", o.precision,
+                 "GPU storage of parameters and activations: float, or bf16 (gradients, master weights and state stay "
+                 "float); --device cuda only")
+      ->check(CLI::IsMember({"float", "bf16"}));
   app.add_option("--zero", o.zero, "data parallel (mpirun): 1 shards the AdamW moments over the ranks (ZeRO-1)")
       ->check(range(0, 1));
   app.add_option("--bucket-mb", o.bucket_mb, "data parallel (mpirun): gradient bucket size in MiB")
@@ -126,6 +129,10 @@ Options parse(int argc, char** argv) {
     throw UsageError("--batch " + std::to_string(o.batch) + " is not divisible by --accum " + std::to_string(o.accum));
   if (o.tf32 && o.device != "cuda")
     throw UsageError("--tf32 applies to --device cuda only (--device is " + o.device + ")");
+  if (o.precision != "float" && o.device != "cuda")
+    throw UsageError("--precision " + o.precision + " applies to --device cuda only (--device is " + o.device + ")");
+  if (o.tf32 && o.precision != "float")
+    throw UsageError("--tf32 applies to --precision float only (bf16 products always run on the tensor cores)");
   return o;
 }
 
@@ -378,7 +385,7 @@ int main(int argc, char** argv) {
           for (size_t i = 0; i < raw.size(); ++i) text[i] = static_cast<unsigned char>(raw[i]);
         });
         if (o.device == "cuda") return tl::train_cuda(o, text, comm);
-        return tl::train(o, text, cpu, comm, "cpu");
+        return tl::train<float>(o, text, cpu, comm, "cpu");
       },
       dist::is_root(comm));
 }

@@ -1,5 +1,5 @@
 // train_lm --device cuda: the training loop of train_loop.hpp instantiated for retnet::Cuda on the current GPU,
-// with its own stream and cuBLAS handle. Host-only parts (sampling, files) are in train_lm.cpp.
+// with its own stream and cuBLAS handle, in float or bf16 storage. Host-only parts (sampling, files) are in train_lm.cpp.
 #include <cstddef>
 #include <string>
 #include <vector>
@@ -55,8 +55,10 @@ int train_cuda(const Options& o, const std::vector<int64_t>& text, retnet::dist:
   cudaDeviceProp prop{};
   RETNET_CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
   GpuContext gpu(o.tf32);
-  const std::string device = "cuda:" + std::to_string(dev) + " (" + prop.name + (o.tf32 ? ", tf32" : "") + ")";
-  return train(o, text, gpu.be, comm, device);
+  const std::string device = "cuda:" + std::to_string(dev) + " (" + prop.name + ", " + o.precision +
+                             (o.tf32 ? ", tf32" : "") + ")";
+  if (o.precision == "bf16") return train<__nv_bfloat16>(o, text, gpu.be, comm, device);
+  return train<float>(o, text, gpu.be, comm, device);
 }
 
 }  // namespace retnet_examples::train_lm

@@ -91,12 +91,13 @@ inline retnet::ModelConfig model_config(const Options& o) {
 
 // Trains on `text` (bytes as ids; its last tenth, at least seq + 2 bytes, is held out) with the given backend.
 // `device` names it in the first line of output. Returns the exit status.
-template <class BackendT>
+// T: the storage type of parameters and activations (float, or bf16 on the GPU).
+template <class T, class BackendT>
 int train(const Options& o, const std::vector<int64_t>& text, const BackendT& backend, retnet::dist::Communicator& comm,
           const std::string& device) {
   using namespace retnet;
-  using ModelT = Model<float, BackendT>;
-  using TrainerT = Trainer<float, BackendT>;
+  using ModelT = Model<T, BackendT>;
+  using TrainerT = Trainer<T, BackendT>;
   const bool root = dist::is_root(comm);
   const int64_t n = static_cast<int64_t>(text.size());
   const int64_t train_end = n - std::max<int64_t>(n / 10, o.seq + 2);
@@ -191,16 +192,17 @@ int train(const Options& o, const std::vector<int64_t>& text, const BackendT& ba
 
   // held-out loss on fixed windows (rank 0)
   auto eval = [&]() {
-    const int64_t T = o.seq, B = std::min<int64_t>(8, (n - train_end - 1) / T);
+    const int64_t len = o.seq, B = std::min<int64_t>(8, (n - train_end - 1) / len);
     if (B <= 0) return std::nan("");
-    std::vector<int64_t> x(static_cast<size_t>(B * T)), y(x.size());
+    std::vector<int64_t> x(static_cast<size_t>(B * len)), y(x.size());
     for (int64_t b = 0; b < B; ++b)
-      for (int64_t t = 0; t < T; ++t) {
-        x[static_cast<size_t>(b * T + t)] = text[static_cast<size_t>(train_end + b * T + t)];
-        y[static_cast<size_t>(b * T + t)] = text[static_cast<size_t>(train_end + b * T + t + 1)];
+      for (int64_t t = 0; t < len; ++t) {
+        x[static_cast<size_t>(b * len + t)] = text[static_cast<size_t>(train_end + b * len + t)];
+        y[static_cast<size_t>(b * len + t)] = text[static_cast<size_t>(train_end + b * len + t + 1)];
       }
-    const Tensor<float> lg = model->forward(HostView<const int64_t>(x.data(), {B, T}), tc.form);
-    return mean_cross_entropy(lg.data(), y.data(), B * T, 256);
+    const Tensor<T> lg = model->forward(HostView<const int64_t>(x.data(), {B, len}), tc.form);
+    const std::vector<float> logits(lg.storage().begin(), lg.storage().end());
+    return mean_cross_entropy(logits.data(), y.data(), B * len, 256);
   };
 
   std::FILE* csv = nullptr;
@@ -285,7 +287,8 @@ int train(const Options& o, const std::vector<int64_t>& text, const BackendT& ba
   if (plot_loss(o.out)) std::printf("loss curve: %s/loss.png\n", o.out.c_str());
   // ---- sample: recurrent decoding on the CPU, from a host copy of the parameters
   if (o.max_new > 0) {
-    const std::string sample = sample_text(cfg, model->params_to_host(), o);
+    const std::vector<T> stored = model->params_to_host();
+    const std::string sample = sample_text(cfg, std::vector<float>(stored.begin(), stored.end()), o);
     std::printf("\n--- sample (temperature %.2f) ---\n%s\n---\n", o.temperature, sample.c_str());
   }
   return 0;

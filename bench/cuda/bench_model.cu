@@ -1,6 +1,6 @@
-// Training step of the whole model on the GPU (Trainer<float, Cuda>): tokens/s and model FLOP/s (6 per parameter
-// and token for the dense layers, plus retention's chunkwise products), float storage with exact float or TF32
-// products. Configurations: the default train_lm model and a 1.35 B-parameter one (hidden 2048, 24 layers, heads of
+// Training step of the whole model on the GPU (Trainer<T, Cuda>): tokens/s and model FLOP/s (6 per parameter
+// and token for the dense layers, plus retention's chunkwise products), in float storage with exact float or TF32
+// products, and in bf16 storage (float gradients, master weights and state). Configurations: the default train_lm model and a 1.35 B-parameter one (hidden 2048, 24 layers, heads of
 // 128/256, SwiGLU 2816, vocabulary 32000: fla's default RetNet size, with the head sizes the GPU retention takes).
 #include <benchmark/benchmark.h>
 #include <cuda_runtime.h>
@@ -51,16 +51,14 @@ const Cuda& context(bool tf32) {
   return tf32 ? fast : exact;
 }
 
-// args: model (0 default, 1 large), batch, length, tf32
-void bm_train_step(benchmark::State& state) {
-  const ModelConfig cfg = config_of(static_cast<int>(state.range(0)));
-  const int64_t B = state.range(1), T = state.range(2);
-  const bool tf32 = state.range(3) != 0;
-  Model<float, Cuda> model(cfg, context(tf32));
+// args: model (0 default, 1 large), batch, length, precision (0 float, 1 float with tf32 products, 2 bf16)
+template <class S>
+void train_step(benchmark::State& state, const ModelConfig& cfg, int64_t B, int64_t T, bool tf32) {
+  Model<S, Cuda> model(cfg, context(tf32));
   model.init_torchscale(1);
   TrainerConfig tc;
   tc.adamw.lr = 1e-4;
-  Trainer<float, Cuda> trainer(model, tc);
+  Trainer<S, Cuda> trainer(model, tc);
   std::mt19937_64 gen(7);
   std::uniform_int_distribution<int64_t> tok(0, cfg.vocab_size - 1);
   std::vector<int64_t> x(static_cast<size_t>(B * T)), y(x.size());
@@ -84,14 +82,26 @@ void bm_train_step(benchmark::State& state) {
   state.counters["GiB_used"] = static_cast<double>(total_b - free_b) / (1 << 30);
 }
 
+void bm_train_step(benchmark::State& state) {
+  const ModelConfig cfg = config_of(static_cast<int>(state.range(0)));
+  const int64_t B = state.range(1), T = state.range(2), precision = state.range(3);
+  if (precision == 2)
+    train_step<__nv_bfloat16>(state, cfg, B, T, false);
+  else
+    train_step<float>(state, cfg, B, T, precision == 1);
+}
+
 }  // namespace
 
 BENCHMARK(bm_train_step)
-    ->ArgNames({"model", "B", "T", "tf32"})
+    ->ArgNames({"model", "B", "T", "precision"})
     ->Args({0, 16, 256, 0})
     ->Args({0, 16, 256, 1})
+    ->Args({0, 16, 256, 2})
     ->Args({1, 1, 8192, 1})
-    ->Args({1, 4, 2048, 1})
+    ->Args({1, 1, 8192, 2})
+    ->Args({1, 2, 8192, 2})
+    ->Args({1, 8, 2048, 2})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime()
     ->MinTime(3.0);

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build, GPU tests, benchmarks, fla, sanitizers. Stages by name:
 #   bench/cuda/gpu_run.sh build test bench fla memcheck racecheck build-base test-base bench-base
-#   and for the whole model: bench-model fla-model memcheck-model smoke (train_lm on both devices)
+#   and for the whole model: bench-model fla-model profile-model memcheck-model smoke (train_lm on both devices, float and bf16)
 # ARCH (default 90a) is the CUDA architecture of build; build-base, test-base and bench-base build, test and time
 # the same code for plain sm_90, where the kernels keep their mma.sync walks and float with key size 256 runs on
 # the generic scan kernel. TEST_FILTER and BENCH_FILTER narrow the tests and benchmarks.
@@ -36,6 +36,13 @@ for stage in "$@"; do
       SANITIZE=1 compute-sanitizer --tool memcheck --error-exitcode 3 $B/tests/cuda/test_cuda "[sanitize]" 2>&1 | tee "$OUT/memcheck.log" | tail -8 ;;
     bench-model) $B/bench/cuda/bench_cuda_model --benchmark_counters_tabular=true ${BENCH_FILTER:+--benchmark_filter=$BENCH_FILTER} 2>&1 | tee "$OUT/bench_model.log" | grep -v "^-" ;;
     fla-model) PYTHONPATH=$PWD/.peers/fla-src PYTHONUNBUFFERED=1 python3 bench/fla_model_bench.py 2>&1 | tee "$OUT/fla_model.log" | tail -12 ;;
+    profile-model)  # GPU time per op of a training step (nsys), for one benchmark shape
+      F=${PROFILE_FILTER:-bm_train_step/model:1/B:1/T:8192/precision:2}
+      nsys profile -t cuda -o /tmp/prof -f true $B/bench/cuda/bench_cuda_model --benchmark_filter="$F" \
+        > "$OUT/profile_run.log" 2>&1 &&
+        nsys stats -r cuda_gpu_kern_sum --format csv -o /tmp/prof /tmp/prof.nsys-rep > /dev/null 2>&1 &&
+        cp /tmp/prof_cuda_gpu_kern_sum.csv "$OUT/" &&
+        python3 bench/cuda/model_profile.py /tmp/prof_cuda_gpu_kern_sum.csv | tee "$OUT/profile.md" ;;
     memcheck-model) compute-sanitizer --tool memcheck --error-exitcode 3 $B/tests/cuda/test_cuda "[model]" 2>&1 | tail -5 ;;
     smoke)  # train_lm on the CPU and the GPU from the same seed, then each resuming the other's checkpoint
       T=$B/examples/train_lm
@@ -45,7 +52,10 @@ for stage in "$@"; do
         $T --device cuda $S --steps 20 --out /tmp/smoke-g > "$OUT/smoke_gpu.log" 2>&1 &&
         paste -d, /tmp/smoke-c/loss.csv /tmp/smoke-g/loss.csv | cut -d, -f1,2,9 &&
         $T --device cpu $S --steps 30 --resume --out /tmp/smoke-g 2>&1 | tail -2 &&
-        $T --device cuda $S --steps 40 --resume --out /tmp/smoke-g 2>&1 | tail -2 ;;
+        $T --device cuda $S --steps 40 --resume --out /tmp/smoke-g 2>&1 | tail -2 &&
+        rm -rf /tmp/smoke-b && $T --device cuda --precision bf16 $S --steps 20 --out /tmp/smoke-b > "$OUT/smoke_bf16.log" 2>&1 &&
+        paste -d, /tmp/smoke-c/loss.csv /tmp/smoke-b/loss.csv | cut -d, -f1,2,9 | tail -3 &&
+        $T --device cpu $S --steps 30 --resume --out /tmp/smoke-b 2>&1 | tail -2 ;;
     racecheck) SANITIZE=1 compute-sanitizer --tool racecheck --error-exitcode 3 $B/tests/cuda/test_cuda "[sanitize]" 2>&1 | tee "$OUT/racecheck.log" | tail -8 ;;
   esac
 done

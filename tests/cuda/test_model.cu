@@ -1,12 +1,17 @@
 // The whole model on the GPU (Model<float, Cuda>, Trainer<float, Cuda>) against the same templates on the CPU:
 // logits, loss and every parameter gradient in all three forms, with dropout and segments; a 50-step loss curve;
 // an optimizer state moved from the GPU to the CPU continuing the same curve; bit-identical repeated runs.
+// bf16 storage (Model<__nv_bfloat16, Cuda>: float gradients, master weights and state) against the CPU within bf16
+// rounding; it learns a recall task; its checkpoints are float checkpoints that resume on either precision.
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <random>
 #include <string>
 #include <vector>
@@ -14,6 +19,7 @@
 #include "gpu_test.hpp"
 #include "model_reference.hpp"
 #include "retnet/cuda.cuh"
+#include "retnet/train/checkpoint.hpp"
 
 namespace {
 
@@ -24,6 +30,7 @@ using retnet::ModelConfig;
 using retnet_test::ModelCase;
 
 using retnet_test::have_gpu;
+using bf16 = __nv_bfloat16;
 
 // One stream and cuBLAS handle for the whole program.
 const Cuda& gpu() {
@@ -83,6 +90,21 @@ retnet::Model<float, Cuda> gpu_model(const ModelCase& c) {
   return m;
 }
 
+// The case with its parameters rounded to bf16 (so the bf16 model and the reference hold the same values).
+ModelCase rounded_to_bf16(ModelCase c) {
+  for (float& p : c.params) p = __bfloat162float(__float2bfloat16_rn(p));
+  return c;
+}
+
+retnet::Model<bf16, Cuda> gpu_model_bf16(const ModelCase& c) {
+  retnet::Model<bf16, Cuda> m(c.cfg, gpu());
+  const std::vector<bf16> p(c.params.begin(), c.params.end());
+  m.params_from_host(p.data(), static_cast<int64_t>(p.size()));
+  return m;
+}
+
+std::vector<float> to_float(const std::vector<bf16>& v) { return std::vector<float>(v.begin(), v.end()); }
+
 // Largest |a - b| over the largest |b|: a relative error on the tensor's own scale.
 double rel_err(const std::vector<float>& a, const std::vector<double>& b) {
   REQUIRE(a.size() == b.size());
@@ -139,6 +161,30 @@ TEST_CASE("GPU model: logits, loss and parameter gradients match the CPU", "[mod
   }
 }
 
+TEST_CASE("GPU model with value heads of 512 (fla's default head shape, run as split heads) matches the CPU",
+          "[model]") {
+  if (!have_gpu()) return;
+  ModelConfig cfg = small_config(false, false);
+  cfg.decoder_retention_heads = 1;  // key heads of 128, value heads of 512
+  cfg.decoder_value_embed_dim = 512;
+  const ModelCase c = make_case(cfg, 2, 50, 41);
+  for (const Form form : {Form::chunkwise, Form::parallel, Form::recurrent}) {
+    for (const int64_t segment : {int64_t(0), int64_t(20)}) {
+      if (segment && form != Form::chunkwise) continue;
+      INFO("form " << retnet::to_string(form) << ", segment " << segment);
+      auto m = gpu_model(c);
+      retnet::GradContext<float, Cuda> ctx;
+      retnet::Buffer<float, Cuda> grads(gpu(), m.param_count());
+      const int64_t count = retnet::count_targets(c.targets.data(), c.batch * c.length);
+      const retnet::LossSum l = retnet::loss_and_grad(m, ctx, c.tokens.data(), c.targets.data(), c.batch, c.length,
+                                                      form, grads.data(), 1.0 / static_cast<double>(count), segment);
+      const retnet_test::RefLossGrad ref = retnet_test::ref_loss_grad(c, form, segment);
+      CHECK(l.mean() == Approx(ref.loss).epsilon(1e-5));
+      check_grads(m.param_table(), grads.to_host(), ref.grads, 1e-4);
+    }
+  }
+}
+
 TEST_CASE("GPU trainer: 50 steps follow the CPU's loss curve; its optimizer state resumes on the CPU", "[model]") {
   if (!have_gpu()) return;
   const ModelCase c = make_case(small_config(true, false), 4, 64, 21);
@@ -185,4 +231,150 @@ TEST_CASE("GPU trainer: the same run gives the same bits twice", "[model]") {
   };
   const std::vector<float> a = run(), b = run();
   CHECK(a == b);
+}
+
+TEST_CASE("bf16 GPU model: logits, loss and parameter gradients match the CPU within bf16 rounding", "[model][bf16]") {
+  if (!have_gpu()) return;
+  for (const bool variant : {false, true}) {
+    for (const bool dropout : {false, true}) {
+      const ModelCase c = rounded_to_bf16(make_case(small_config(dropout, variant), 2, 77, 5 + variant + 2 * dropout));
+      for (const Form form : {Form::chunkwise, Form::parallel, Form::recurrent}) {
+        for (const int64_t segment : {int64_t(0), int64_t(30)}) {
+          if (segment && form != Form::chunkwise) continue;
+          INFO("variant " << variant << ", dropout " << dropout << ", form " << retnet::to_string(form) << ", segment "
+                          << segment);
+          auto m = gpu_model_bf16(c);
+          if (!dropout && !segment) {
+            const retnet::Tensor<bf16> logits =
+                m.forward(HostView<const int64_t>(c.tokens.data(), {c.batch, c.length}), form);
+            CHECK(rel_err(to_float(logits.storage()), retnet_test::ref_logits(c, form)) < 2e-2);
+          }
+          retnet::GradContext<bf16, Cuda> ctx;
+          retnet::Buffer<float, Cuda> grads(gpu(), m.param_count());
+          const int64_t count = retnet::count_targets(c.targets.data(), c.batch * c.length);
+          const retnet::DropoutKey key{9, 4, 0};
+          const retnet::LossSum l =
+              retnet::loss_and_grad(m, ctx, c.tokens.data(), c.targets.data(), c.batch, c.length, form, grads.data(),
+                                    1.0 / static_cast<double>(count), segment, dropout ? &key : nullptr);
+          const retnet_test::RefLossGrad ref = retnet_test::ref_loss_grad(c, form, segment, dropout ? 4 : -1, 9);
+          CHECK(l.mean() == Approx(ref.loss).epsilon(1e-2));
+          check_grads(m.param_table(), grads.to_host(), ref.grads, 5e-2);
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("bf16 GPU trainer: the CPU's loss curve within bf16 noise; float master weights; checkpoints", "[model][bf16]") {
+  if (!have_gpu()) return;
+  const ModelCase c = rounded_to_bf16(make_case(small_config(true, false), 4, 64, 21));
+  retnet_test::TrainOptions o;
+  o.lr = 3e-3;
+  o.warmup = 5;
+  o.accumulation = 2;
+  o.dropout_seed = 3;
+  retnet_test::TrainState cpu_state{c.params, {}, {}, 0};
+  const std::vector<double> want = retnet_test::ref_train(c, o, 50, cpu_state);
+
+  auto m = gpu_model_bf16(c);
+  const retnet::TrainerConfig tc = retnet_test::trainer_config(o);
+  retnet::Trainer<bf16, Cuda> tr(m, tc);
+  const HostView<const int64_t> x(c.tokens.data(), {c.batch, c.length}), y(c.targets.data(), {c.batch, c.length});
+  std::vector<double> got;
+  for (int s = 0; s < 50; ++s) got.push_back(tr.step(x, y).loss);
+  for (size_t s = 0; s < got.size(); ++s) {
+    INFO("step " << s << ": bf16 " << got[s] << ", CPU float " << want[s]);
+    CHECK(std::abs(got[s] - want[s]) < 0.03 * std::max(1.0, want[s]));
+  }
+  CHECK(got.back() < got.front() - 1.0);
+
+  // The parameters are the bf16 rounding of the float master weights.
+  const std::vector<float> master = tr.optimizer().master_buffer().to_host();
+  const std::vector<bf16> params = m.params_to_host();
+  bool rounded = true;
+  for (size_t i = 0; i < master.size(); ++i)
+    rounded = rounded && __bfloat162float(params[i]) == __bfloat162float(__float2bfloat16_rn(master[i]));
+  CHECK(rounded);
+
+  // A checkpoint holds the master weights in float: a bf16 trainer resumes bit for bit, a float one within bf16
+  // rounding of the activations.
+  const std::string path =
+      (std::filesystem::temp_directory_path() / ("retnet_bf16_ckpt_" + std::to_string(::getpid()))).string();
+  retnet::save_training_checkpoint(path, tr, 7);
+  const double next = tr.step(x, y).loss;
+  {
+    auto m2 = gpu_model_bf16(make_case(c.cfg, 1, 1, 99));
+    retnet::Trainer<bf16, Cuda> tr2(m2, tc);
+    CHECK(retnet::load_training_checkpoint(path, tr2).data_position == 7);
+    CHECK(tr2.step(x, y).loss == next);
+    CHECK(m2.params_to_host() == m.params_to_host());
+  }
+  {
+    retnet::Model<float, Cuda> mf(c.cfg, gpu());
+    retnet::Trainer<float, Cuda> trf(mf, tc);
+    retnet::load_training_checkpoint(path, trf);
+    CHECK(std::abs(trf.step(x, y).loss - next) < 0.03 * std::max(1.0, next));
+  }
+  std::filesystem::remove(path);
+}
+
+TEST_CASE("bf16 GPU trainer learns to recall a token across 240+ positions", "[model][bf16]") {
+  if (!have_gpu()) return;
+  constexpr int64_t kSecrets = 8, kMarker = 8, kQuery = 9, kNoise0 = 10, kVocab = 32, kLen = 256, kAsk = 16;
+  auto make = [&](std::mt19937_64& g, int64_t B, std::vector<int64_t>& xs, std::vector<int64_t>& ys) {
+    xs.assign(static_cast<size_t>(B * kLen), 0);
+    ys.assign(xs.size(), retnet::kIgnoreIndex);
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t s = static_cast<int64_t>(g() % kSecrets);
+      int64_t* r = xs.data() + b * kLen;
+      r[0] = kMarker;
+      r[1] = s;
+      for (int64_t t = 2; t < kLen - kAsk; ++t) r[t] = kNoise0 + static_cast<int64_t>(g() % (kVocab - kNoise0));
+      for (int64_t t = kLen - kAsk; t < kLen; ++t) {
+        r[t] = kQuery;
+        ys[static_cast<size_t>(b * kLen + t)] = s;
+      }
+    }
+  };
+  ModelConfig cfg;
+  cfg.decoder_embed_dim = 256;
+  cfg.decoder_retention_heads = 4;  // heads of 64; gammas 1-1/32 .. 1-1/256
+  cfg.decoder_value_embed_dim = 256;
+  cfg.decoder_ffn_embed_dim = 256;
+  cfg.decoder_layers = 2;
+  cfg.vocab_size = kVocab;
+  cfg.recurrent_chunk_size = 64;
+  retnet::Model<bf16, Cuda> m(cfg, gpu());
+  m.init_torchscale(1);
+  retnet::TrainerConfig tc;
+  tc.adamw.lr = 2e-3;
+  tc.adamw.weight_decay = 0.0;
+  tc.schedule = retnet::LrSchedule{20, 600, retnet::LrDecay::cosine, 0.1};
+  retnet::Trainer<bf16, Cuda> tr(m, tc);
+  auto accuracy = [&] {
+    std::mt19937_64 ge(99);
+    std::vector<int64_t> xe, ye;
+    make(ge, 32, xe, ye);
+    const retnet::Tensor<bf16> lg = m.forward(HostView<const int64_t>(xe.data(), {32, kLen}), Form::chunkwise);
+    int64_t ok = 0, n = 0;
+    for (int64_t i = 0; i < 32 * kLen; ++i) {
+      if (ye[static_cast<size_t>(i)] == retnet::kIgnoreIndex) continue;
+      int64_t best = 0;
+      for (int64_t v = 1; v < kVocab; ++v)
+        if (__bfloat162float(lg.data()[i * kVocab + v]) > __bfloat162float(lg.data()[i * kVocab + best])) best = v;
+      ok += best == ye[static_cast<size_t>(i)];
+      ++n;
+    }
+    return static_cast<double>(ok) / static_cast<double>(n);
+  };
+  std::mt19937_64 g(7);
+  std::vector<int64_t> xs, ys;
+  double acc = 0;
+  for (int64_t step = 0; step < 600; ++step) {
+    make(g, 16, xs, ys);
+    tr.step(HostView<const int64_t>(xs.data(), {16, kLen}), HostView<const int64_t>(ys.data(), {16, kLen}));
+    if ((step + 1) % 50 == 0 && (acc = accuracy()) >= 0.98) break;
+  }
+  INFO("accuracy " << acc);
+  CHECK(acc >= 0.95);
 }

@@ -168,7 +168,7 @@ void check_case(const Case& c, Form form, Normalization norm, uint64_t seed, boo
   retnet::Cuda ctx{};
   ctx.allow_tf32 = tf32;
   // Every other pair of seeds, the forward keeps what the backward needs and the backward runs a second time from it.
-  const bool keep = (seed >> 1) % 2 == 0;
+  const bool keep = (seed >> 1) % 2 == 0 && retnet::cuda_detail::value_split(cfg) == 1;  // split heads keep none
   retnet::RetentionSaved saved;
   retnet::retention_forward(ctx, form, cfg, in, out, keep ? &saved : nullptr);
   RETNET_CUDA_CHECK(cudaDeviceSynchronize());
@@ -248,6 +248,18 @@ TEST_CASE("cuda retention float with allow_tf32 matches the CPU within tf32 accu
 TEST_CASE("cuda retention bf16 matches the CPU on odd shapes", "[cuda][retention][bf16]") {
   if (!have_gpu()) return;
   run_odd_cases<__nv_bfloat16>(2000);
+}
+
+TEST_CASE("cuda retention with value heads wider than 256 runs them as split heads", "[cuda][retention][split]") {
+  if (!have_gpu()) return;
+  const Case cases[] = {{1, 150, 2, 256, 512, 64, true}, {2, 77, 2, 128, 384, 32, true}, {1, 100, 3, 64, 320, 64, false}};
+  uint64_t seed = 5000;
+  for (Form form : {Form::chunkwise, Form::recurrent, Form::parallel})
+    for (Normalization norm : {Normalization::torchscale, Normalization::raw})
+      for (const Case& c : cases) {
+        check_case<float>(c, form, norm, seed++);
+        check_case<__nv_bfloat16>(c, form, norm, seed++);
+      }
 }
 
 TEST_CASE("cuda retention on the benchmark shapes (batch 1)", "[cuda][retention][bench-shapes]") {

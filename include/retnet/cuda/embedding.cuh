@@ -43,8 +43,8 @@ __global__ void iota_kernel(I* p, int64_t n) {
 }
 
 // Sorted position s that starts a run of equal tokens adds the run's rows (ascending positions) to the token's row.
-template <class T, int U>
-__global__ void embedding_backward_kernel(T* dtable, const T* dout, const int64_t* sorted_tokens,
+template <class T, class G, int U>
+__global__ void embedding_backward_kernel(G* dtable, const T* dout, const int64_t* sorted_tokens,
                                           const int32_t* sorted_pos, int64_t n, int64_t d, float scale) {
   const int64_t j = (static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x) * U;
   if (j >= d) return;
@@ -52,15 +52,15 @@ __global__ void embedding_backward_kernel(T* dtable, const T* dout, const int64_
     const int64_t tok = sorted_tokens[s];
     if (s > 0 && sorted_tokens[s - 1] == tok) continue;
     float acc[U];
-    T* row = dtable + tok * d + j;
-    load_u<T, U>(row, acc);
+    G* row = dtable + tok * d + j;
+    load_u<G, U>(row, acc);
     for (int64_t q = s; q < n && sorted_tokens[q] == tok; ++q) {
       float g[U];
       load_u<T, U>(dout + static_cast<int64_t>(sorted_pos[q]) * d + j, g);
 #pragma unroll
       for (int e = 0; e < U; ++e) acc[e] += scale * g[e];
     }
-    store_u<T, U>(row, acc);
+    store_u<G, U>(row, acc);
   }
 }
 
@@ -80,8 +80,8 @@ inline void check_embedding_sizes(const char* op, int64_t n, int64_t d) {
 }  // namespace cuda_detail
 
 // out [n, d] = scale · E[tokens[i]],  E [vocab, d], tokens: device int64 [n]
-template <class T>
-void embedding_forward(const Cuda& ctx, T* out, const int64_t* tokens, const T* table, int64_t n, int64_t d, T scale) {
+template <class T, class S>
+void embedding_forward(const Cuda& ctx, T* out, const int64_t* tokens, const T* table, int64_t n, int64_t d, S scale) {
   using namespace cuda_detail;
   check_embedding_sizes("embedding_forward", n, d);
   if (n == 0 || d == 0) return;
@@ -97,10 +97,11 @@ void embedding_forward(const Cuda& ctx, T* out, const int64_t* tokens, const T* 
   RETNET_CUDA_CHECK_LAUNCH("embedding_forward_kernel");
 }
 
-// dE[tokens[i]] += scale · dout[i], deterministic (each token's rows added in position order).
-template <class T>
-void embedding_backward(const Cuda& ctx, T* dtable, const T* dout, const int64_t* tokens, int64_t n, int64_t d,
-                        T scale) {
+// dE[tokens[i]] += scale · dout[i], deterministic (each token's rows added in position order). The table gradient
+// may be stored wider than dout (float for bf16 activations).
+template <class T, class G, class S>
+void embedding_backward(const Cuda& ctx, G* dtable, const T* dout, const int64_t* tokens, int64_t n, int64_t d,
+                        S scale) {
   using namespace cuda_detail;
   check_embedding_sizes("embedding_backward", n, d);
   if (n == 0 || d == 0) return;
@@ -125,10 +126,10 @@ void embedding_backward(const Cuda& ctx, T* dtable, const T* dout, const int64_t
   const float f = host_to_float(scale);
   if (d % Pack<T>::n == 0 && all_aligned16(dtable, dout)) {
     constexpr int U = Pack<T>::n;
-    embedding_backward_kernel<T, U><<<embedding_grid(n, d, U), kEmbeddingThreads, 0, ctx.stream>>>(
+    embedding_backward_kernel<T, G, U><<<embedding_grid(n, d, U), kEmbeddingThreads, 0, ctx.stream>>>(
         dtable, dout, sorted_tokens, sorted_pos, n, d, f);
   } else {
-    embedding_backward_kernel<T, 1><<<embedding_grid(n, d, 1), kEmbeddingThreads, 0, ctx.stream>>>(
+    embedding_backward_kernel<T, G, 1><<<embedding_grid(n, d, 1), kEmbeddingThreads, 0, ctx.stream>>>(
         dtable, dout, sorted_tokens, sorted_pos, n, d, f);
   }
   RETNET_CUDA_CHECK_LAUNCH("embedding_backward_kernel");

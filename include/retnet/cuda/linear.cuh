@@ -28,10 +28,11 @@ constexpr cudaDataType_t cublas_type() {
     return CUDA_R_16BF;
 }
 
-// C (col-major, m × n, ldc) = alpha · op(A) op(B) + beta · C, in float accumulation.
-template <class T>
+// C (col-major, m × n, ldc) = alpha · op(A) op(B) + beta · C, in float accumulation. C may be float while A and B
+// are bf16 (weight gradients of a bf16 model).
+template <class T, class TC = T>
 void gemm(const Cuda& ctx, cublasOperation_t ta, cublasOperation_t tb, int64_t m, int64_t n, int64_t k, const T* a,
-          int64_t lda, const T* b, int64_t ldb, float beta, T* c, int64_t ldc) {
+          int64_t lda, const T* b, int64_t ldb, float beta, TC* c, int64_t ldc) {
   require(ctx.cublas != nullptr, "linear: the Cuda context has no cuBLAS handle");
   RETNET_CUBLAS_CHECK(cublasSetStream(ctx.cublas, ctx.stream));
   // A handle left in a tf32 mode would round float products even under CUBLAS_COMPUTE_32F.
@@ -41,7 +42,7 @@ void gemm(const Cuda& ctx, cublasOperation_t ta, cublasOperation_t tb, int64_t m
   const float alpha = 1.0f;
   RETNET_CUBLAS_CHECK(cublasGemmEx(ctx.cublas, ta, tb, static_cast<int>(m), static_cast<int>(n), static_cast<int>(k),
                                    &alpha, a, cublas_type<T>(), static_cast<int>(lda), b, cublas_type<T>(),
-                                   static_cast<int>(ldb), &beta, c, cublas_type<T>(), static_cast<int>(ldc), compute,
+                                   static_cast<int>(ldb), &beta, c, cublas_type<TC>(), static_cast<int>(ldc), compute,
                                    CUBLAS_GEMM_DEFAULT));
 }
 
@@ -70,9 +71,9 @@ void linear_forward(const Cuda& ctx, T* y, const T* x, const T* w, int64_t n, in
 }
 
 // Backward of y = x Wᵀ: dx [n, in] (=, += or skipped per dx_mode) = dy · W;  dw [out, in] += dyᵀ · x (skipped if
-// null).
-template <class T>
-void linear_backward(const Cuda& ctx, T* dx, T* dw, const T* dy, const T* x, const T* w, int64_t n, int64_t in,
+// null; G is T or float).
+template <class T, class G>
+void linear_backward(const Cuda& ctx, T* dx, G* dw, const T* dy, const T* x, const T* w, int64_t n, int64_t in,
                      int64_t out, GradMode dx_mode = GradMode::overwrite) {
   using namespace cuda_detail;
   check_linear_sizes("linear_backward", n, in, out);
@@ -88,7 +89,7 @@ void linear_backward(const Cuda& ctx, T* dx, T* dw, const T* dy, const T* x, con
     }
   }
   // dWᵀ [in, out] += xᵀ [in, n] · dy [n, out].
-  if (dw != nullptr && out > 0) gemm<T>(ctx, CUBLAS_OP_N, CUBLAS_OP_T, in, out, n, x, in, dy, out, 1.0f, dw, in);
+  if (dw != nullptr && out > 0) gemm<T, G>(ctx, CUBLAS_OP_N, CUBLAS_OP_T, in, out, n, x, in, dy, out, 1.0f, dw, in);
 }
 
 }  // namespace retnet

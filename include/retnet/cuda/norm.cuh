@@ -247,8 +247,8 @@ void rmsnorm_forward(const Cuda& ctx, T* y, T* rstd, const T* x, const T* w, int
 
 // dx [n, c] (overwrite, or add when accumulate) = r·dŷ − x·r³·(Σ dŷ⊙x)/c with dŷ = dy⊙w;
 // dw [c] += Σ_rows dy ⊙ x · r (skipped if null).  dx may alias dy only when accumulate is false.
-template <class T>
-void rmsnorm_backward(const Cuda& ctx, T* dx, T* dw, const T* dy, const T* x, const T* w, const T* rstd, int64_t n,
+template <class T, class G>
+void rmsnorm_backward(const Cuda& ctx, T* dx, G* dw, const T* dy, const T* x, const T* w, const T* rstd, int64_t n,
                       int64_t c, bool accumulate = false) {
   using namespace cuda_detail;
   check_norm_sizes("rmsnorm_backward", n, c);
@@ -284,8 +284,8 @@ void layernorm_forward(const Cuda& ctx, T* y, T* mean, T* rstd, const T* x, cons
 }
 
 // dx = r·(dx̂ − mean(dx̂) − x̂·mean(dx̂⊙x̂)), dx̂ = dy⊙w;  dw += Σ dy⊙x̂;  db += Σ dy (dw, db skipped if null).
-template <class T>
-void layernorm_backward(const Cuda& ctx, T* dx, T* dw, T* db, const T* dy, const T* x, const T* w, const T* mean,
+template <class T, class G>
+void layernorm_backward(const Cuda& ctx, T* dx, G* dw, G* db, const T* dy, const T* x, const T* w, const T* mean,
                         const T* rstd, int64_t n, int64_t c, bool accumulate = false) {
   using namespace cuda_detail;
   check_norm_sizes("layernorm_backward", n, c);

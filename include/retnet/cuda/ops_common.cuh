@@ -105,10 +105,14 @@ __device__ __forceinline__ void load_u(const T* p, float (&v)[U]) {
   if constexpr (U == 1) {
     v[0] = to_float(*p);
   } else {
-    static_assert(U == Pack<T>::n, "a unit is one element or one pack");
-    const Pack<T> k = load_pack(p);
+    constexpr int P = Pack<T>::n;
+    static_assert(U % P == 0, "a unit is one element or whole packs");
 #pragma unroll
-    for (int e = 0; e < U; ++e) v[e] = to_float(k.v[e]);
+    for (int q = 0; q < U / P; ++q) {
+      const Pack<T> k = load_pack(p + q * P);
+#pragma unroll
+      for (int e = 0; e < P; ++e) v[q * P + e] = to_float(k.v[e]);
+    }
   }
 }
 
@@ -117,11 +121,15 @@ __device__ __forceinline__ void store_u(T* p, const float (&v)[U]) {
   if constexpr (U == 1) {
     *p = from_float<T>(v[0]);
   } else {
-    static_assert(U == Pack<T>::n, "a unit is one element or one pack");
-    Pack<T> k;
+    constexpr int P = Pack<T>::n;
+    static_assert(U % P == 0, "a unit is one element or whole packs");
 #pragma unroll
-    for (int e = 0; e < U; ++e) k.v[e] = from_float<T>(v[e]);
-    store_pack(p, k);
+    for (int q = 0; q < U / P; ++q) {
+      Pack<T> k;
+#pragma unroll
+      for (int e = 0; e < P; ++e) k.v[e] = from_float<T>(v[q * P + e]);
+      store_pack(p + q * P, k);
+    }
   }
 }
 

@@ -5,13 +5,105 @@
 #include "retnet/cuda/retention_chunkwise.cuh"
 #include "retnet/cuda/retention_parallel.cuh"
 #include "retnet/cuda/retention_recurrent.cuh"
+#include "retnet/cuda/retention_split.cuh"
 
 namespace retnet {
 
 template <class E>
 void retention_forward(const Cuda& ctx, Form form, const RetentionConfig& cfg,
                        const RetentionInputs<E, Device, float>& in, const RetentionOutputs<E, Device, float>& out,
-                       RetentionSaved* saved = nullptr) {
+                       RetentionSaved* saved = nullptr);
+template <class E>
+void retention_backward(const Cuda& ctx, Form form, const RetentionConfig& cfg,
+                        const RetentionInputs<E, Device, float>& in, const RetentionOutputGrads<E, Device, float>& gout,
+                        const RetentionInputGrads<E, Device, float>& gin, const RetentionSaved* saved = nullptr);
+
+namespace cuda_detail {
+
+// Forward over value heads split r ways (retention_split.cuh).
+template <class E>
+void split_forward(const Cuda& ctx, Form form, const RetentionConfig& cfg, int64_t r,
+                   const RetentionInputs<E, Device, float>& in, const RetentionOutputs<E, Device, float>& out) {
+  const RetentionDims d = validate_forward("retention_forward (CUDA)", cfg, in, out);
+  const SplitShapes sh{d.batch, d.length, d.heads, r, d.key_dim, d.value_dim / r};
+  const RetentionConfig sc = split_config(cfg, r);
+  const size_t qk = sizeof(E) * static_cast<size_t>(sh.rows_heads() * r * sh.dk);
+  const size_t kv = sizeof(float) * static_cast<size_t>(sh.bh() * sh.dk * d.value_dim), scl = sizeof(float) * sh.bh() * r;
+  const SplitBuffers buf(ctx, {qk, qk, kv, scl, kv, scl});
+  RetentionInputs<E, Device, float> si;
+  si.q = DeviceView<const E>(buf.at<E>(0), sh.qk());
+  si.k = DeviceView<const E>(buf.at<E>(1), sh.qk());
+  si.v = DeviceView<const E>(in.v.data(), sh.vo());
+  repeat_heads(ctx, buf.at<E>(0), in.q.data(), sh.rows_heads(), r, sh.dk);
+  repeat_heads(ctx, buf.at<E>(1), in.k.data(), sh.rows_heads(), r, sh.dk);
+  if (!in.state_kv.empty()) {
+    state_split(ctx, buf.at<float>(2), in.state_kv.data(), sh.bh(), sh.dk, r, sh.s, true);
+    si.state_kv = DeviceView<const float>(buf.at<float>(2), sh.kv());
+  }
+  if (!in.state_scale.empty()) {
+    scale_split(ctx, buf.at<float>(3), in.state_scale.data(), sh.bh(), r, true);
+    si.state_scale = DeviceView<const float>(buf.at<float>(3), sh.sc());
+  }
+  RetentionOutputs<E, Device, float> so;
+  so.o = DeviceView<E>(out.o.data(), sh.vo());
+  if (!out.state_kv.empty()) so.state_kv = DeviceView<float>(buf.at<float>(4), sh.kv());
+  if (!out.state_scale.empty()) so.state_scale = DeviceView<float>(buf.at<float>(5), sh.sc());
+  retention_forward(ctx, form, sc, si, so, nullptr);
+  if (!out.state_kv.empty()) state_split(ctx, buf.at<float>(4), out.state_kv.data(), sh.bh(), sh.dk, r, sh.s, false);
+  if (!out.state_scale.empty()) scale_split(ctx, buf.at<float>(5), out.state_scale.data(), sh.bh(), r, false);
+}
+
+template <class E>
+void split_backward(const Cuda& ctx, Form form, const RetentionConfig& cfg, int64_t r,
+                    const RetentionInputs<E, Device, float>& in, const RetentionOutputGrads<E, Device, float>& gout,
+                    const RetentionInputGrads<E, Device, float>& gin) {
+  const RetentionDims d = validate_backward("retention_backward (CUDA)", cfg, in, gout, gin);
+  const SplitShapes sh{d.batch, d.length, d.heads, r, d.key_dim, d.value_dim / r};
+  const RetentionConfig sc = split_config(cfg, r);
+  const size_t qk = sizeof(E) * static_cast<size_t>(sh.rows_heads() * r * sh.dk);
+  const size_t kv = sizeof(float) * static_cast<size_t>(sh.bh() * sh.dk * d.value_dim), scl = sizeof(float) * sh.bh() * r;
+  const SplitBuffers buf(ctx, {qk, qk, kv, scl, kv, kv, qk, qk});
+  RetentionInputs<E, Device, float> si;
+  si.q = DeviceView<const E>(buf.at<E>(0), sh.qk());
+  si.k = DeviceView<const E>(buf.at<E>(1), sh.qk());
+  si.v = DeviceView<const E>(in.v.data(), sh.vo());
+  repeat_heads(ctx, buf.at<E>(0), in.q.data(), sh.rows_heads(), r, sh.dk);
+  repeat_heads(ctx, buf.at<E>(1), in.k.data(), sh.rows_heads(), r, sh.dk);
+  if (!in.state_kv.empty()) {
+    state_split(ctx, buf.at<float>(2), in.state_kv.data(), sh.bh(), sh.dk, r, sh.s, true);
+    si.state_kv = DeviceView<const float>(buf.at<float>(2), sh.kv());
+  }
+  if (!in.state_scale.empty()) {
+    scale_split(ctx, buf.at<float>(3), in.state_scale.data(), sh.bh(), r, true);
+    si.state_scale = DeviceView<const float>(buf.at<float>(3), sh.sc());
+  }
+  RetentionOutputGrads<E, Device, float> so;
+  so.d_o = DeviceView<const E>(gout.d_o.data(), sh.vo());
+  if (!gout.d_state_kv.empty()) {
+    state_split(ctx, buf.at<float>(4), gout.d_state_kv.data(), sh.bh(), sh.dk, r, sh.s, true);
+    so.d_state_kv = DeviceView<const float>(buf.at<float>(4), sh.kv());
+  }
+  RetentionInputGrads<E, Device, float> sg;
+  sg.dq = DeviceView<E>(buf.at<E>(6), sh.qk());
+  sg.dk = DeviceView<E>(buf.at<E>(7), sh.qk());
+  sg.dv = DeviceView<E>(gin.dv.data(), sh.vo());
+  if (!gin.d_state_kv.empty()) sg.d_state_kv = DeviceView<float>(buf.at<float>(5), sh.kv());
+  retention_backward(ctx, form, sc, si, so, sg, nullptr);
+  sum_heads(ctx, gin.dq.data(), buf.at<E>(6), sh.rows_heads(), r, sh.dk);
+  sum_heads(ctx, gin.dk.data(), buf.at<E>(7), sh.rows_heads(), r, sh.dk);
+  if (!gin.d_state_kv.empty())
+    state_split(ctx, buf.at<float>(5), gin.d_state_kv.data(), sh.bh(), sh.dk, r, sh.s, false);
+}
+
+}  // namespace cuda_detail
+
+// Value heads wider than 256 (a multiple of 64, 128 or 256) run as several heads of a kernel size; `saved` is not
+// used for them.
+template <class E>
+void retention_forward(const Cuda& ctx, Form form, const RetentionConfig& cfg,
+                       const RetentionInputs<E, Device, float>& in, const RetentionOutputs<E, Device, float>& out,
+                       RetentionSaved* saved) {
+  if (const int64_t r = cuda_detail::value_split(cfg); r > 1) return cuda_detail::split_forward(ctx, form, cfg, r, in, out);
   switch (form) {
     case Form::parallel:
       return retention_parallel_forward(ctx, cfg, in, out, saved);
@@ -26,7 +118,9 @@ void retention_forward(const Cuda& ctx, Form form, const RetentionConfig& cfg,
 template <class E>
 void retention_backward(const Cuda& ctx, Form form, const RetentionConfig& cfg,
                         const RetentionInputs<E, Device, float>& in, const RetentionOutputGrads<E, Device, float>& gout,
-                        const RetentionInputGrads<E, Device, float>& gin, const RetentionSaved* saved = nullptr) {
+                        const RetentionInputGrads<E, Device, float>& gin, const RetentionSaved* saved) {
+  if (const int64_t r = cuda_detail::value_split(cfg); r > 1)
+    return cuda_detail::split_backward(ctx, form, cfg, r, in, gout, gin);
   switch (form) {
     case Form::parallel:
       return retention_parallel_backward(ctx, cfg, in, gout, gin, saved);

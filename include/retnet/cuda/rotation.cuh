@@ -13,15 +13,15 @@ namespace retnet {
 namespace cuda_detail {
 
 // One block per row (b, t); a thread rotates pairs (2k, 2k+1) of the row's heads, reading sin/cos once per pair.
-template <class T>
-__global__ void rotate_heads_kernel(T* x, const T* sin, const T* cos, const int64_t* row_off, int64_t length,
+template <class T, class C>
+__global__ void rotate_heads_kernel(T* x, const C* sin, const C* cos, const int64_t* row_off, int64_t length,
                                     int64_t heads, int64_t dk, float scale, bool scaled, bool inverse) {
   const int64_t r = blockIdx.x;
   const int64_t b = r / length, t = r % length;
   const int64_t half = dk / 2;
   const int64_t pos = row_off[b] + t;
-  const T* s = sin + pos * half;
-  const T* c = cos + pos * half;
+  const C* s = sin + pos * half;
+  const C* c = cos + pos * half;
   T* xr = x + r * heads * dk;
   const int64_t pairs = heads * half;
   for (int64_t i = threadIdx.x; i < pairs; i += blockDim.x) {
@@ -43,10 +43,10 @@ __global__ void rotate_heads_kernel(T* x, const T* sin, const T* cos, const int6
 
 // x [batch, length, heads, dk] in place on the device. Row (b, t) uses table row row_off[b] + t (row_off: device
 // int64 [batch]) of sin/cos [rows, dk/2]. Forward (inverse = false): x <- R(scale · x). Backward (inverse = true):
-// x <- scale · Rᵀ(x).
-template <class T>
-void rotate_heads(const Cuda& ctx, T* x, const T* sin, const T* cos, const int64_t* row_off, int64_t batch,
-                  int64_t length, int64_t heads, int64_t dk, T scale, bool inverse) {
+// x <- scale · Rᵀ(x). The tables and the scale may be wider than x (float for bf16 activations).
+template <class T, class C>
+void rotate_heads(const Cuda& ctx, T* x, const C* sin, const C* cos, const int64_t* row_off, int64_t batch,
+                  int64_t length, int64_t heads, int64_t dk, C scale, bool inverse) {
   using namespace cuda_detail;
   require_count("rotate_heads", "batch", batch);
   require_count("rotate_heads", "length", length);
@@ -58,7 +58,7 @@ void rotate_heads(const Cuda& ctx, T* x, const T* sin, const T* cos, const int64
   const float f = host_to_float(scale);
   const int64_t pairs = heads * dk / 2;
   const int threads = pairs >= 256 ? 256 : 128;
-  rotate_heads_kernel<T><<<static_cast<unsigned>(rows), threads, 0, ctx.stream>>>(x, sin, cos, row_off, length, heads,
+  rotate_heads_kernel<T, C><<<static_cast<unsigned>(rows), threads, 0, ctx.stream>>>(x, sin, cos, row_off, length, heads,
                                                                                   dk, f, f != 1.0f, inverse);
   RETNET_CUDA_CHECK_LAUNCH("rotate_heads_kernel");
 }

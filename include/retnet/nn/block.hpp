@@ -37,7 +37,7 @@ void norm_forward(const B& be, const NormSpec& ns, T* y, T* mean, T* rstd, const
 
 // dx += (accumulate) or = the input gradient; parameter gradients accumulate.
 template <class B, class T>
-void norm_backward(const B& be, const NormSpec& ns, T* dx, const NormGrads<T>& g, const T* dy, const T* x,
+void norm_backward(const B& be, const NormSpec& ns, T* dx, const NormGrads<grad_t<T>>& g, const T* dy, const T* x,
                    const NormWeights<T>& p, const T* mean, const T* rstd, int64_t N, int64_t d, bool accumulate) {
   if (ns.layernorm)
     layernorm_backward(be, dx, g.w, g.b, dy, x, p.w, mean, rstd, N, d, accumulate);
@@ -88,8 +88,8 @@ struct BlockScratch {
 // x [N, d] -> x_out [N, d] (distinct buffers).
 template <class B, class T>
 void block_forward(const B& be, const BlockSpec& bs, Form form, const MsrDims& dm, const BlockWeights<T>& w, const T* x,
-                   const BlockSaved<T>& s, T* x_out, const RotationRows<T>& rot, StatePtrs<T> state_in = {},
-                   StatePtrs<T> state_out = {}, bool step = false) {
+                   const BlockSaved<T>& s, T* x_out, const RotationRows<scalar_t<T>>& rot,
+                   StatePtrs<state_t<T>> state_in = {}, StatePtrs<state_t<T>> state_out = {}, bool step = false) {
   const int64_t N = dm.rows(), d = dm.d;
   norm_forward(be, bs.norm, s.n1, s.mean1, s.rstd1, x, w.ret_norm, N, d);
   // Without a mask the branch accumulates straight onto the residual copy; with one it is computed alone,
@@ -112,9 +112,9 @@ void block_forward(const B& be, const BlockSpec& bs, Form form, const MsrDims& d
 // dres [N, d]: on entry the gradient of x_out, on exit the gradient of x.
 template <class B, class T>
 void block_backward(const B& be, const BlockSpec& bs, Form form, const MsrDims& dm, const BlockWeights<T>& w,
-                    const BlockGrads<T>& g, const T* x, const BlockSaved<T>& s, const BlockScratch<T>& sc, T* dres,
-                    const RotationRows<T>& rot, StatePtrs<T> state_in = {}, const T* d_state_out = nullptr,
-                    T* d_state_in = nullptr) {
+                    const BlockGrads<grad_t<T>>& g, const T* x, const BlockSaved<T>& s, const BlockScratch<T>& sc,
+                    T* dres, const RotationRows<scalar_t<T>>& rot, StatePtrs<state_t<T>> state_in = {},
+                    const state_t<T>* d_state_out = nullptr, state_t<T>* d_state_in = nullptr) {
   const int64_t N = dm.rows(), d = dm.d;
   // the gradient reaching a masked branch is the residual gradient times its mask
   auto branch_grad = [&](const T* mask) -> const T* {

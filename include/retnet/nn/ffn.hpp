@@ -46,7 +46,7 @@ void ffn_forward(const B& be, Activation act, const FfnWeights<T>& w, const T* x
 
 // dx [N, d] (overwrite) from dout [N, d]; weight gradients accumulate.
 template <class B, class T>
-void ffn_backward(const B& be, Activation act, const FfnWeights<T>& w, const FfnGrads<T>& gw, const T* x,
+void ffn_backward(const B& be, Activation act, const FfnWeights<T>& w, const FfnGrads<grad_t<T>>& gw, const T* x,
                   const FfnSaved<T>& s, const FfnScratch<T>& sc, const T* dout, T* dx, int64_t N, int64_t d,
                   int64_t F) {
   linear_backward(be, sc.da, gw.fc2, dout, s.a, w.fc2, N, F, d);

@@ -29,6 +29,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "retnet/core/buffer.hpp"
@@ -48,6 +49,9 @@ class Model {
  public:
   using backend_type = BackendT;
   using space = typename BackendT::space;
+  using grad_type = grad_t<T>;      // parameter gradients
+  using state_type = state_t<T>;    // recurrent state
+  using scalar_type = scalar_t<T>;  // scalar factors, rotation tables
   // Offsets of one layer's tensors in the flat buffer (-1: absent).
   struct LayerOffsets {
     int64_t q, k, v, g, out, rn_w, rn_b, fc1, fc2, gate, fn_w, fn_b;
@@ -185,10 +189,10 @@ class Model {
     Form form_ = Form::chunkwise;
     std::vector<int64_t> tokens_, row_off_, starts_;  // host copies
     Buffer<int64_t, BackendT> tokens_dev_, starts_dev_, row_off_dev_;
-    std::unique_ptr<RotationTable<T>> rot_;
-    Buffer<T, BackendT> rot_sin_, rot_cos_;  // the table in backend memory (not used by host backends)
-    RotationRows<T> rot_rows_;
-    std::vector<StatePtrs<T>> state_in_;
+    std::unique_ptr<RotationTable<scalar_type>> rot_;
+    Buffer<scalar_type, BackendT> rot_sin_, rot_cos_;  // the table in backend memory (not used by host backends)
+    RotationRows<scalar_type> rot_rows_;
+    std::vector<StatePtrs<state_type>> state_in_;
   };
 
   explicit Model(ModelConfig cfg, const BackendT& backend = BackendT{})
@@ -237,6 +241,8 @@ class Model {
     return params_.data();
   }
   const T* params() const { return params_.data(); }
+  // Counts non-const params() accesses: a change of it means the parameters may have changed.
+  uint64_t params_version() const { return params_version_; }
   const RetentionConfig& retention_config() const { return rc_; }
   const LayerOffsets& layer_offsets(int64_t l) const { return layers_[static_cast<size_t>(l)]; }
 
@@ -267,22 +273,27 @@ class Model {
 
   // torchscale's initialisation (see the class comment of MultiScaleRetention and RetNetDecoder).
   void init_torchscale(uint64_t seed) {
-    std::vector<T> host = params_to_host();
+    std::vector<scalar_type> host(static_cast<size_t>(params_.size()));
     init_torchscale(seed, host);
-    params_from_host(host.data(), static_cast<int64_t>(host.size()));
+    if constexpr (std::is_same_v<scalar_type, T>) {
+      params_from_host(host.data(), static_cast<int64_t>(host.size()));
+    } else {  // drawn in the scalar type, stored rounded
+      const std::vector<T> stored(host.begin(), host.end());
+      params_from_host(stored.data(), static_cast<int64_t>(stored.size()));
+    }
   }
 
  private:
-  void init_torchscale(uint64_t seed, std::vector<T>& host) const {
+  void init_torchscale(uint64_t seed, std::vector<scalar_type>& host) const {
     std::mt19937_64 gen(seed);
     const int64_t d = cfg_.decoder_embed_dim;
     auto uniform = [&](int64_t off, int64_t n, double bound) {
       std::uniform_real_distribution<double> u(-bound, bound);
-      for (int64_t i = 0; i < n; ++i) host[static_cast<size_t>(off + i)] = static_cast<T>(u(gen));
+      for (int64_t i = 0; i < n; ++i) host[static_cast<size_t>(off + i)] = static_cast<scalar_type>(u(gen));
     };
     auto normal = [&](int64_t off, int64_t n, double std) {
       std::normal_distribution<double> nd(0.0, std);
-      for (int64_t i = 0; i < n; ++i) host[static_cast<size_t>(off + i)] = static_cast<T>(nd(gen));
+      for (int64_t i = 0; i < n; ++i) host[static_cast<size_t>(off + i)] = static_cast<scalar_type>(nd(gen));
     };
     for (const ParamInfo& p : table_.entries()) {
       const std::string& n = p.name;
@@ -291,7 +302,7 @@ class Model {
         return n.size() >= e.size() && n.compare(n.size() - e.size(), e.size(), e) == 0;
       };
       if (p.shape.rank() == 1) {
-        std::fill_n(host.data() + p.offset, p.numel(), ends(".bias") ? T(0) : T(1));
+        std::fill_n(host.data() + p.offset, p.numel(), ends(".bias") ? scalar_type(0) : scalar_type(1));
       } else if (n == "embed_tokens.weight" || n == "output_projection.weight") {
         normal(p.offset, p.numel(), std::pow(static_cast<double>(d), -0.5));
       } else {
@@ -314,7 +325,8 @@ class Model {
   // logits land in ws.logits() rows 0..B-1); backward is then not available. dropout: non-null selects
   // training mode, with the masks a pure function of the key (core/dropout.hpp, cpu/dropout.hpp); null is evaluation.
   void forward_train(const int64_t* tokens, Form form, Workspace& ws, const int64_t* start_positions = nullptr,
-                     const std::vector<StatePtrs<T>>& state_in = {}, const std::vector<StatePtrs<T>>& state_out = {},
+                     const std::vector<StatePtrs<state_type>>& state_in = {},
+                     const std::vector<StatePtrs<state_type>>& state_out = {},
                      bool logits_last_only = false, bool step = false, const DropoutKey* dropout = nullptr) {
     forward_impl(tokens, form, ws, start_positions, state_in, state_out, logits_last_only, step, dropout, false);
   }
@@ -322,7 +334,8 @@ class Model {
  private:
   // forward_train's body; bf16 = true multiplies with the bf16 inference copy (never in training).
   void forward_impl(const int64_t* tokens, Form form, Workspace& ws, const int64_t* start_positions,
-                    const std::vector<StatePtrs<T>>& state_in, const std::vector<StatePtrs<T>>& state_out,
+                    const std::vector<StatePtrs<state_type>>& state_in,
+                    const std::vector<StatePtrs<state_type>>& state_out,
                     bool logits_last_only, bool step, const DropoutKey* dropout, bool bf16) {
     const int64_t B = ws.batch_, Tn = ws.length_, N = B * Tn, d = cfg_.decoder_embed_dim, V = cfg_.vocab_size;
     validate_tokens("Model::forward", tokens, B, Tn, V);
@@ -341,7 +354,8 @@ class Model {
     const T* P = params_.data();
     const BackendT& be = be_;
     const int64_t* tok = ws.tokens_dev_.data();
-    const T scale = cfg_.no_scale_embedding ? T(1) : static_cast<T>(std::sqrt(static_cast<double>(d)));
+    const scalar_type scale =
+        cfg_.no_scale_embedding ? scalar_type(1) : static_cast<scalar_type>(std::sqrt(static_cast<double>(d)));
     const NormSpec ns = spec_.norm;
     if (cfg_.layernorm_embedding) {
       embedding_forward(be, ws.emb_, tok, P + embed_, N, d, scale);
@@ -354,8 +368,8 @@ class Model {
     for (int64_t l = 0; l < cfg_.decoder_layers; ++l) {
       const size_t li = static_cast<size_t>(l);
       block_forward(be, spec_, form, dm, bf16 ? weights_bf16(l) : weights(l), ws.res_[li], ws.layers_[li],
-                    ws.res_[li + 1], ws.rot_rows_, state_in.empty() ? StatePtrs<T>{} : state_in[li],
-                    state_out.empty() ? StatePtrs<T>{} : state_out[li], step);
+                    ws.res_[li + 1], ws.rot_rows_, state_in.empty() ? StatePtrs<state_type>{} : state_in[li],
+                    state_out.empty() ? StatePtrs<state_type>{} : state_out[li], step);
     }
     const T* xf = ws.res_.back();
     int64_t rows = N;
@@ -395,8 +409,9 @@ class Model {
   // layer_done (optional): called with l as soon as layer l's parameter gradients are final (l = L-1 .. 0; the
   // head and the final norm are final before the call for L-1), so a data-parallel run can start summing them
   // over ranks while the backward pass goes on; the embedding's are final when backward() returns.
-  void backward(Workspace& ws, T* grads, const std::vector<const T*>& d_state_out = {},
-                const std::vector<T*>& d_state_in = {}, const std::function<void(int64_t)>& layer_done = {}) {
+  void backward(Workspace& ws, grad_type* grads, const std::vector<const state_type*>& d_state_out = {},
+                const std::vector<state_type*>& d_state_in = {},
+                const std::function<void(int64_t)>& layer_done = {}) {
     require(ws.with_grad_, "Model::backward: the workspace was made without gradient buffers");
     const int64_t B = ws.batch_, Tn = ws.length_, N = B * Tn, d = cfg_.decoder_embed_dim, V = cfg_.vocab_size;
     const T* P = params_.data();
@@ -412,12 +427,13 @@ class Model {
     for (int64_t l = cfg_.decoder_layers - 1; l >= 0; --l) {
       const size_t li = static_cast<size_t>(l);
       block_backward(be, spec_, ws.form_, dm, weights(l), grads_of(grads, l), ws.res_[li], ws.layers_[li], ws.sc_, dres,
-                     ws.rot_rows_, ws.state_in_.empty() ? StatePtrs<T>{} : ws.state_in_[li],
+                     ws.rot_rows_, ws.state_in_.empty() ? StatePtrs<state_type>{} : ws.state_in_[li],
                      d_state_out.empty() ? nullptr : d_state_out[li], d_state_in.empty() ? nullptr : d_state_in[li]);
       if (layer_done) layer_done(l);
     }
     if (ws.emb_mask_) apply_mask(be, dres, ws.emb_mask_, N * d);
-    const T scale = cfg_.no_scale_embedding ? T(1) : static_cast<T>(std::sqrt(static_cast<double>(d)));
+    const scalar_type scale =
+        cfg_.no_scale_embedding ? scalar_type(1) : static_cast<scalar_type>(std::sqrt(static_cast<double>(d)));
     const T* demb = dres;
     if (cfg_.layernorm_embedding) {
       norm_backward(be, ns, dn, norm_g(grads, emb_norm_w_, emb_norm_b_), dres, ws.emb_,
@@ -469,7 +485,7 @@ class Model {
     check_state("Model::prefill", state, B);
     const bool bf16 = use_bf16("Model::prefill");
     Workspace ws(*this, B, Tn, /*with_grad=*/false);
-    std::vector<StatePtrs<T>> in, out;
+    std::vector<StatePtrs<state_type>> in, out;
     std::vector<Tensor<T>> kv_out, sc_out;
     for (size_t l = 0; l < state.kv.size(); ++l) {
       kv_out.emplace_back(state.kv[l].shape());
@@ -498,7 +514,7 @@ class Model {
     check_state("Model::step", state, B);
     const bool bf16 = use_bf16("Model::step");
     if (!step_ws_ || step_ws_->batch() != B) step_ws_ = std::make_unique<Workspace>(*this, B, 1, false);
-    std::vector<StatePtrs<T>> in;
+    std::vector<StatePtrs<state_type>> in;
     for (size_t l = 0; l < state.kv.size(); ++l) in.push_back({state.kv[l].data(), state.scale[l].data()});
     forward_impl(tokens.data(), Form::recurrent, *step_ws_, state.positions.data(), in, {}, false, /*step=*/true,
                  nullptr, bf16);
@@ -528,11 +544,13 @@ class Model {
   NormWeights<T> norm_w(int64_t w, int64_t b) const {
     return {w < 0 ? nullptr : params_.data() + w, b < 0 ? nullptr : params_.data() + b};
   }
-  static NormGrads<T> norm_g(T* g, int64_t w, int64_t b) { return {w < 0 ? nullptr : g + w, b < 0 ? nullptr : g + b}; }
-  BlockGrads<T> grads_of(T* G, int64_t l) const {
+  static NormGrads<grad_type> norm_g(grad_type* g, int64_t w, int64_t b) {
+    return {w < 0 ? nullptr : g + w, b < 0 ? nullptr : g + b};
+  }
+  BlockGrads<grad_type> grads_of(grad_type* grads, int64_t l) const {
     const LayerOffsets& o = layers_[static_cast<size_t>(l)];
-    auto at = [&](int64_t off) { return off < 0 ? nullptr : G + off; };
-    return BlockGrads<T>{{at(o.rn_w), at(o.rn_b)},
+    auto at = [&](int64_t off) { return off < 0 ? nullptr : grads + off; };
+    return BlockGrads<grad_type>{{at(o.rn_w), at(o.rn_b)},
                          {at(o.q), at(o.k), at(o.v), at(o.g), at(o.out)},
                          {at(o.fn_w), at(o.fn_b)},
                          {at(o.fc1), at(o.gate), at(o.fc2)}};
@@ -543,7 +561,7 @@ class Model {
   void set_norms_to_one() {
     for (const ParamInfo& p : table_.entries())
       if (p.shape.rank() == 1 && p.name.size() > 7 && p.name.compare(p.name.size() - 7, 7, ".weight") == 0) {
-        const std::vector<T> ones(static_cast<size_t>(p.numel()), T(1));
+        const std::vector<T> ones(static_cast<size_t>(p.numel()), static_cast<T>(scalar_type(1)));
         params_.copy_from_host(ones.data(), p.numel(), p.offset);
       }
   }
@@ -593,16 +611,16 @@ class Model {
     ws.row_off_.assign(static_cast<size_t>(B), 0);
     if (same) {
       if (!ws.rot_ || ws.rot_->start != st[0] || ws.rot_->count != Tn) {
-        ws.rot_ = std::make_unique<RotationTable<T>>(dk, st[0], Tn);
+        ws.rot_ = std::make_unique<RotationTable<scalar_type>>(dk, st[0], Tn);
         bind_rotation(ws);
       }
       return;
     }
-    auto tab = std::make_unique<RotationTable<T>>(dk, 0, 0);
+    auto tab = std::make_unique<RotationTable<scalar_type>>(dk, 0, 0);
     tab->count = B * Tn;
     tab->start = -1;  // marks a per-row table
     for (int64_t b = 0; b < B; ++b) {
-      RotationTable<T> r(dk, st[static_cast<size_t>(b)], Tn);
+      RotationTable<scalar_type> r(dk, st[static_cast<size_t>(b)], Tn);
       tab->sin.insert(tab->sin.end(), r.sin.begin(), r.sin.end());
       tab->cos.insert(tab->cos.end(), r.cos.begin(), r.cos.end());
       ws.row_off_[static_cast<size_t>(b)] = b * Tn;
@@ -619,8 +637,8 @@ class Model {
     } else {
       const int64_t n = static_cast<int64_t>(ws.rot_->sin.size());
       if (ws.rot_sin_.size() < n) {
-        ws.rot_sin_ = Buffer<T, BackendT>(be_, n);
-        ws.rot_cos_ = Buffer<T, BackendT>(be_, n);
+        ws.rot_sin_ = Buffer<scalar_type, BackendT>(be_, n);
+        ws.rot_cos_ = Buffer<scalar_type, BackendT>(be_, n);
       }
       ws.rot_sin_.copy_from_host(ws.rot_->sin.data(), n);
       ws.rot_cos_.copy_from_host(ws.rot_->cos.data(), n);

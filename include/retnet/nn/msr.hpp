@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "retnet/core/config.hpp"
+#include "retnet/core/precision.hpp"
 #include "retnet/core/retention_args.hpp"
 #include "retnet/core/rotation.hpp"
 #include "retnet/nn/backend_ops.hpp"
@@ -59,19 +60,22 @@ struct StatePtrs {
 
 // The retention op's inputs over the saved (rotated, scaled) q, k and v, with the optional initial state.
 template <class Space, class T>
-RetentionInputs<T, Space, T> msr_retention_inputs(const MsrDims& dm, const MsrSaved<T>& s, StatePtrs<T> state_in) {
+RetentionInputs<T, Space, state_t<T>> msr_retention_inputs(const MsrDims& dm, const MsrSaved<T>& s,
+                                                           StatePtrs<state_t<T>> state_in) {
   using CView = TensorView<const T, Space>;
+  using SView = TensorView<const state_t<T>, Space>;
   const Shape qk{dm.batch, dm.length, dm.heads, dm.dk}, vo{dm.batch, dm.length, dm.heads, dm.dv};
-  RetentionInputs<T, Space, T> in;
+  RetentionInputs<T, Space, state_t<T>> in;
   in.q = CView(s.q, qk);
   in.k = CView(s.k, qk);
   in.v = CView(s.v, vo);
-  if (state_in.kv) in.state_kv = CView(state_in.kv, {dm.batch, dm.heads, dm.dk, dm.dv});
-  if (state_in.scale) in.state_scale = CView(state_in.scale, {dm.batch, dm.heads});
+  if (state_in.kv) in.state_kv = SView(state_in.kv, {dm.batch, dm.heads, dm.dk, dm.dv});
+  if (state_in.scale) in.state_scale = SView(state_in.scale, {dm.batch, dm.heads});
   return in;
 }
 
 // Rotation rows of one call: sin/cos [rows, dk/2] and the first table row of each batch row, in backend memory.
+// T here is the scalar type (scalar_t of the activations).
 template <class T>
 struct RotationRows {
   const T *sin = nullptr, *cos = nullptr;
@@ -94,32 +98,36 @@ void project(const B& be, T* y, const T* x, const T* w, const uint16_t* w16, int
 // (torchscale storage); step = true (length 1, recurrent) updates state_in in place with the recurrent step.
 template <class B, class T>
 void msr_forward(const B& be, const RetentionConfig& rc, Form form, double eps, const MsrDims& dm,
-                 const MsrWeights<T>& w, const T* x, const MsrSaved<T>& s, T* out, const RotationRows<T>& rot,
-                 StatePtrs<T> state_in = {}, StatePtrs<T> state_out = {}, bool step = false) {
+                 const MsrWeights<T>& w, const T* x, const MsrSaved<T>& s, T* out,
+                 const RotationRows<scalar_t<T>>& rot, StatePtrs<state_t<T>> state_in = {},
+                 StatePtrs<state_t<T>> state_out = {}, bool step = false) {
+  using C = scalar_t<T>;
+  using S = state_t<T>;
   using Space = typename B::space;
   const int64_t N = dm.rows(), d = dm.d, Vd = dm.vd();
   project(be, s.q, x, w.q, w.q16, N, d, d);
   project(be, s.k, x, w.k, w.k16, N, d, d);
   project(be, s.v, x, w.v, w.v16, N, d, Vd);
   project(be, s.g, x, w.g, w.g16, N, d, Vd);
-  const T scaling = T(1) / std::sqrt(T(dm.dk));
-  rotate_heads(be, s.q, rot.sin, rot.cos, rot.row_off, dm.batch, dm.length, dm.heads, dm.dk, T(1), false);
+  const C scaling = C(1) / std::sqrt(C(dm.dk));
+  rotate_heads(be, s.q, rot.sin, rot.cos, rot.row_off, dm.batch, dm.length, dm.heads, dm.dk, C(1), false);
   rotate_heads(be, s.k, rot.sin, rot.cos, rot.row_off, dm.batch, dm.length, dm.heads, dm.dk, scaling, false);
 
   const Shape vo{dm.batch, dm.length, dm.heads, dm.dv};
   const Shape skv{dm.batch, dm.heads, dm.dk, dm.dv}, ssc{dm.batch, dm.heads};
   using View = TensorView<T, Space>;
   using CView = TensorView<const T, Space>;
+  using SView = TensorView<S, Space>;
   if (step) {
     retention_recurrent_step(be, rc, CView(s.q, {dm.batch, dm.heads, dm.dk}), CView(s.k, {dm.batch, dm.heads, dm.dk}),
-                             CView(s.v, {dm.batch, dm.heads, dm.dv}), View(state_in.kv, skv), View(state_in.scale, ssc),
-                             View(s.o, {dm.batch, dm.heads, dm.dv}));
+                             CView(s.v, {dm.batch, dm.heads, dm.dv}), SView(state_in.kv, skv),
+                             SView(state_in.scale, ssc), View(s.o, {dm.batch, dm.heads, dm.dv}));
   } else {
-    const RetentionInputs<T, Space, T> in = msr_retention_inputs<Space>(dm, s, state_in);
-    RetentionOutputs<T, Space, T> o;
+    const RetentionInputs<T, Space, S> in = msr_retention_inputs<Space>(dm, s, state_in);
+    RetentionOutputs<T, Space, S> o;
     o.o = View(s.o, vo);
-    if (state_out.kv) o.state_kv = View(state_out.kv, skv);
-    if (state_out.scale) o.state_scale = View(state_out.scale, ssc);
+    if (state_out.kv) o.state_kv = SView(state_out.kv, skv);
+    if (state_out.scale) o.state_scale = SView(state_out.scale, ssc);
     retention_forward(be, form, rc, in, o);
   }
   group_norm_gate_forward(be, s.z, s.gn_rstd, s.o, s.g, N * dm.heads, dm.dv, eps);
@@ -131,9 +139,11 @@ void msr_forward(const B& be, const RetentionConfig& rc, Form form, double eps, 
 // of the final state, may be null) and d_state_in (written: gradient of the initial state, may be null).
 template <class B, class T>
 void msr_backward(const B& be, const RetentionConfig& rc, Form form, const MsrDims& dm, const MsrWeights<T>& w,
-                  const MsrGrads<T>& gw, const T* x, const MsrSaved<T>& s, const MsrScratch<T>& sc, const T* dout,
-                  T* dx, const RotationRows<T>& rot, StatePtrs<T> state_in = {}, const T* d_state_out = nullptr,
-                  T* d_state_in = nullptr) {
+                  const MsrGrads<grad_t<T>>& gw, const T* x, const MsrSaved<T>& s, const MsrScratch<T>& sc,
+                  const T* dout, T* dx, const RotationRows<scalar_t<T>>& rot, StatePtrs<state_t<T>> state_in = {},
+                  const state_t<T>* d_state_out = nullptr, state_t<T>* d_state_in = nullptr) {
+  using C = scalar_t<T>;
+  using S = state_t<T>;
   using Space = typename B::space;
   const int64_t N = dm.rows(), d = dm.d, Vd = dm.vd();
   // out = z Woᵀ
@@ -145,19 +155,19 @@ void msr_backward(const B& be, const RetentionConfig& rc, Form form, const MsrDi
   const Shape skv{dm.batch, dm.heads, dm.dk, dm.dv};
   using View = TensorView<T, Space>;
   using CView = TensorView<const T, Space>;
-  const RetentionInputs<T, Space, T> in = msr_retention_inputs<Space>(dm, s, state_in);
-  RetentionOutputGrads<T, Space, T> go;
+  const RetentionInputs<T, Space, S> in = msr_retention_inputs<Space>(dm, s, state_in);
+  RetentionOutputGrads<T, Space, S> go;
   go.d_o = CView(sc.do_, vo);
-  if (d_state_out) go.d_state_kv = CView(d_state_out, skv);
-  RetentionInputGrads<T, Space, T> gi;
+  if (d_state_out) go.d_state_kv = TensorView<const S, Space>(d_state_out, skv);
+  RetentionInputGrads<T, Space, S> gi;
   gi.dq = View(sc.dq, qk);
   gi.dk = View(sc.dk, qk);
   gi.dv = View(sc.dv, vo);
-  if (d_state_in) gi.d_state_kv = View(d_state_in, skv);
+  if (d_state_in) gi.d_state_kv = TensorView<S, Space>(d_state_in, skv);
   retention_backward(be, form, rc, in, go, gi);
   // un-rotate, undo the key scaling
-  const T scaling = T(1) / std::sqrt(T(dm.dk));
-  rotate_heads(be, sc.dq, rot.sin, rot.cos, rot.row_off, dm.batch, dm.length, dm.heads, dm.dk, T(1), true);
+  const C scaling = C(1) / std::sqrt(C(dm.dk));
+  rotate_heads(be, sc.dq, rot.sin, rot.cos, rot.row_off, dm.batch, dm.length, dm.heads, dm.dk, C(1), true);
   rotate_heads(be, sc.dk, rot.sin, rot.cos, rot.row_off, dm.batch, dm.length, dm.heads, dm.dk, scaling, true);
   // projections
   linear_backward(be, dx, gw.q, sc.dq, x, w.q, N, d, d, GradMode::overwrite);

@@ -11,11 +11,13 @@
 // set_checksums), so flipped bytes in the data are an error too.
 //
 // Any backend: on device backends the parameters and moments are staged through host vectors, and the file is
-// the same, so a run saved on the GPU resumes on the CPU and the other way round.
+// the same, so a run saved on the GPU resumes on the CPU and the other way round. A model stored in bf16 saves its
+// float master weights as the parameters (a float checkpoint) and restores them from the file.
 #include <algorithm>
 #include <cstdint>
 #include <map>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "retnet/core/backend.hpp"
@@ -45,7 +47,10 @@ void save_training_checkpoint(const std::string& path, const Trainer<T, BackendT
     io::save_params(w, m.param_table(), opt.exp_avg(), "adam.m/");
     io::save_params(w, m.param_table(), opt.exp_avg_sq(), "adam.v/");
   } else {
-    io::save_params(w, m.param_table(), m.params_to_host().data());
+    if constexpr (AdamW<T, BackendT>::has_master)
+      io::save_params(w, m.param_table(), opt.master_buffer().to_host().data());
+    else
+      io::save_params(w, m.param_table(), m.params_to_host().data());
     io::save_params(w, m.param_table(), opt.exp_avg_buffer().to_host().data(), "adam.m/");
     io::save_params(w, m.param_table(), opt.exp_avg_sq_buffer().to_host().data(), "adam.v/");
   }
@@ -102,7 +107,8 @@ TrainingCheckpointInfo load_training_checkpoint(const io::SafetensorsFile& f, Tr
   require(want == got, path, ": the checkpoint's model configuration ", got, " differs from the model's ", want);
   const ParamTable& table = m.param_table();
   const size_t n = static_cast<size_t>(table.total());
-  std::vector<T> p(n), mm(n), vv(n);
+  using M = master_t<T>;
+  std::vector<M> p(n), mm(n), vv(n);
   io::load_params(f, table, p.data());
   io::load_params(f, table, mm.data(), "adam.m/");
   io::load_params(f, table, vv.data(), "adam.v/");
@@ -111,7 +117,10 @@ TrainingCheckpointInfo load_training_checkpoint(const io::SafetensorsFile& f, Tr
     std::copy(mm.begin(), mm.end(), tr.optimizer().exp_avg());
     std::copy(vv.begin(), vv.end(), tr.optimizer().exp_avg_sq());
   } else {
-    m.params_from_host(p.data(), static_cast<int64_t>(n));
+    if constexpr (AdamW<T, BackendT>::has_master)
+      tr.restore_master(p.data(), static_cast<int64_t>(n));
+    else
+      m.params_from_host(p.data(), static_cast<int64_t>(n));
     tr.optimizer().exp_avg_buffer().copy_from_host(mm.data(), static_cast<int64_t>(n));
     tr.optimizer().exp_avg_sq_buffer().copy_from_host(vv.data(), static_cast<int64_t>(n));
   }

@@ -69,18 +69,19 @@ class GradContext {
 // (Model::backward).
 template <class T, Backend BackendT>
 LossSum loss_and_grad(Model<T, BackendT>& model, GradContext<T, BackendT>& ctx, const int64_t* tokens,
-                      const int64_t* targets, int64_t B, int64_t Tn, Form form, T* grads, double grad_scale,
+                      const int64_t* targets, int64_t B, int64_t Tn, Form form, grad_t<T>* grads, double grad_scale,
                       int64_t segment_length = 0, const DropoutKey* dropout = nullptr,
                       const std::function<void(int64_t)>& layer_hook = {}) {
   const ModelConfig& c = model.config();
   const BackendT& be = model.backend();
   const int64_t V = c.vocab_size, L = c.decoder_layers;
+  using S = state_t<T>;
   const int64_t seg = segment_length > 0 ? std::min(segment_length, Tn) : Tn;
-  const int64_t S = (Tn + seg - 1) / seg;
+  const int64_t segments = (Tn + seg - 1) / seg;
   auto loss = [&](auto& ws, const int64_t* tgt, int64_t rows, T* dlogits) {
     return cross_entropy_forward_backward(be, ws.logits(), ctx.targets(model, tgt, rows), rows, V, dlogits, grad_scale);
   };
-  if (S == 1) {
+  if (segments == 1) {
     auto& ws = ctx.workspace(model, B, Tn);
     model.forward_train(tokens, form, ws, nullptr, {}, {}, false, false, dropout);
     LossSum r = loss(ws, targets, B * Tn, ws.dlogits());
@@ -89,14 +90,14 @@ LossSum loss_and_grad(Model<T, BackendT>& model, GradContext<T, BackendT>& ctx, 
   }
   const int64_t H = c.decoder_retention_heads;
   const int64_t kv_n = B * H * c.key_dim() * c.value_dim(), sc_n = B * H;
-  // states[s]: the state entering segment s (s = 1 .. S-1; segment 0 starts empty)
-  std::vector<Buffer<T, BackendT>> kv(static_cast<size_t>(S * L)), sc(static_cast<size_t>(S * L));
+  // states[s]: the state entering segment s (s = 1 .. segments-1; segment 0 starts empty)
+  std::vector<Buffer<S, BackendT>> kv(static_cast<size_t>(segments * L)), sc(static_cast<size_t>(segments * L));
   auto state_ptrs = [&](int64_t s) {
-    std::vector<StatePtrs<T>> v;
+    std::vector<StatePtrs<S>> v;
     for (int64_t l = 0; l < L; ++l) {
       auto& a = kv[static_cast<size_t>(s * L + l)];
       auto& b = sc[static_cast<size_t>(s * L + l)];
-      if (a.empty()) a = Buffer<T, BackendT>(be, kv_n), b = Buffer<T, BackendT>(be, sc_n);
+      if (a.empty()) a = Buffer<S, BackendT>(be, kv_n), b = Buffer<S, BackendT>(be, sc_n);
       v.push_back({a.data(), b.data()});
     }
     return v;
@@ -115,34 +116,34 @@ LossSum loss_and_grad(Model<T, BackendT>& model, GradContext<T, BackendT>& ctx, 
   auto seg_len = [&](int64_t s) { return std::min(seg, Tn - s * seg); };
   LossSum total;
   // forward pass: states only (the last segment's activations stay for the backward pass)
-  for (int64_t s = 0; s < S; ++s) {
+  for (int64_t s = 0; s < segments; ++s) {
     const int64_t len = seg_len(s);
     slice(s, len);
     auto& ws = ctx.workspace(model, B, len);
-    const std::vector<StatePtrs<T>> in = s == 0 ? std::vector<StatePtrs<T>>{} : state_ptrs(s);
-    const std::vector<StatePtrs<T>> out = s + 1 < S ? state_ptrs(s + 1) : std::vector<StatePtrs<T>>{};
+    const std::vector<StatePtrs<S>> in = s == 0 ? std::vector<StatePtrs<S>>{} : state_ptrs(s);
+    const std::vector<StatePtrs<S>> out = s + 1 < segments ? state_ptrs(s + 1) : std::vector<StatePtrs<S>>{};
     model.forward_train(seg_tok.data(), form, ws, starts.data(), in, out, false, false, dropout);
-    const bool last = s + 1 == S;
+    const bool last = s + 1 == segments;
     LossSum r = loss(ws, seg_tgt.data(), B * len, last ? ws.dlogits() : static_cast<T*>(nullptr));
     total.sum += r.sum;
     total.count += r.count;
   }
   // backward pass, segments in reverse, passing the state gradient back
-  std::vector<Buffer<T, BackendT>> dcur, dprev;
+  std::vector<Buffer<S, BackendT>> dcur, dprev;
   for (int64_t l = 0; l < L; ++l) dcur.emplace_back(be, kv_n), dprev.emplace_back(be, kv_n);
-  for (int64_t s = S - 1; s >= 0; --s) {
+  for (int64_t s = segments - 1; s >= 0; --s) {
     const int64_t len = seg_len(s);
     auto& ws = ctx.workspace(model, B, len);
-    const std::vector<StatePtrs<T>> in = s == 0 ? std::vector<StatePtrs<T>>{} : state_ptrs(s);
-    if (s + 1 < S) {  // recompute
+    const std::vector<StatePtrs<S>> in = s == 0 ? std::vector<StatePtrs<S>>{} : state_ptrs(s);
+    if (s + 1 < segments) {  // recompute
       slice(s, len);
       model.forward_train(seg_tok.data(), form, ws, starts.data(), in, {}, false, false, dropout);
       loss(ws, seg_tgt.data(), B * len, ws.dlogits());
     }
-    std::vector<const T*> d_out;
-    std::vector<T*> d_in;
+    std::vector<const S*> d_out;
+    std::vector<S*> d_in;
     for (int64_t l = 0; l < L; ++l) {
-      if (s + 1 < S) d_out.push_back(dcur[static_cast<size_t>(l)].data());
+      if (s + 1 < segments) d_out.push_back(dcur[static_cast<size_t>(l)].data());
       if (s > 0) d_in.push_back(dprev[static_cast<size_t>(l)].data());
     }
     model.backward(ws, grads, d_out, d_in, s == 0 ? layer_hook : std::function<void(int64_t)>{});
@@ -173,6 +174,7 @@ template <class T, Backend BackendT = Cpu>
 class Trainer {
  public:
   using ModelType = Model<T, BackendT>;
+  using grad_type = grad_t<T>;
   Trainer(ModelType& model, TrainerConfig cfg)
       : model_(model),
         cfg_(cfg),
@@ -184,6 +186,7 @@ class Trainer {
             "Trainer: data-parallel training over a communicator runs on the CPU backend only");
     require(cfg_.accumulation_steps > 0, "TrainerConfig: accumulation_steps = ", cfg_.accumulation_steps,
             " must be positive");
+    sync_master();
   }
 
   // Computes the gradient of the mean loss over inputs/targets [B, T] without updating (grads() holds it).
@@ -229,15 +232,18 @@ class Trainer {
       st.loss = LossSum{red.loss_sum, l.count}.mean();
       st.grad_norm = red.grad_norm;
       if (cfg_.grad_clip > 0 && st.grad_norm > cfg_.grad_clip)
-        dp_.scale_gradients(static_cast<T>(cfg_.grad_clip / (st.grad_norm + 1e-6)));
+        dp_.scale_gradients(static_cast<grad_type>(cfg_.grad_clip / (st.grad_norm + 1e-6)));
       dp_.update(opt_, model_.params(), st.lr);
     } else {
       const BackendT& be = model_.backend();
       st.loss = l.mean();
       st.grad_norm = std::sqrt(sum_squares(be, grads_.data(), grads_.size()));
       if (cfg_.grad_clip > 0 && st.grad_norm > cfg_.grad_clip)
-        scale_elements(be, grads_.data(), static_cast<T>(cfg_.grad_clip / (st.grad_norm + 1e-6)), grads_.size());
+        scale_elements(be, grads_.data(), static_cast<grad_type>(cfg_.grad_clip / (st.grad_norm + 1e-6)),
+                       grads_.size());
+      if (model_.params_version() != master_version_) sync_master();  // the parameters were changed from outside
       opt_.step(model_.params(), grads_.data(), st.lr);
+      master_version_ = model_.params_version();
     }
     ++step_;
     return st;
@@ -254,21 +260,37 @@ class Trainer {
   AdamW<T, BackendT>& optimizer() { return opt_; }
   const AdamW<T, BackendT>& optimizer() const { return opt_; }
   // The gradient of the last compute_gradients/step (before clipping for compute_gradients), backend memory.
-  const Buffer<T, BackendT>& grads() const { return grads_; }
+  const Buffer<grad_type, BackendT>& grads() const { return grads_; }
   ModelType& model() { return model_; }
   const ModelType& model() const { return model_; }
   const TrainerConfig& config() const { return cfg_; }
-  dist::DataParallel<T>& data_parallel() { return dp_; }
+  dist::DataParallel<grad_type>& data_parallel() { return dp_; }
+
+  // With master weights (bf16 parameters): sets them from master-precision values (a checkpoint), then the
+  // parameters from their rounding.
+  void restore_master(const master_t<T>* host, int64_t n) requires AdamW<T, BackendT>::has_master {
+    opt_.set_master(host, n);
+    const std::vector<T> rounded(host, host + n);
+    model_.params_from_host(rounded.data(), n);
+    master_version_ = model_.params_version();
+  }
 
  private:
+  // The master weights follow parameters set from outside the trainer (a load, an initialisation).
+  void sync_master() {
+    if constexpr (AdamW<T, BackendT>::has_master) opt_.set_master_from_params(model_.params_to_host());
+    master_version_ = model_.params_version();
+  }
+
   ModelType& model_;
   TrainerConfig cfg_;
   AdamW<T, BackendT> opt_;
-  Buffer<T, BackendT> grads_;
-  dist::DataParallel<T> dp_;
+  Buffer<grad_type, BackendT> grads_;
+  dist::DataParallel<grad_type> dp_;
   GradContext<T, BackendT> ctx_;
   int64_t step_ = 0;
   int64_t global_rows_ = 0;
+  uint64_t master_version_ = 0;
 };
 
 }  // namespace retnet
