@@ -49,8 +49,8 @@ void split_forward(const Cuda& ctx, Form form, const RetentionConfig& cfg, int64
   if (!out.state_kv.empty()) so.state_kv = DeviceView<float>(buf.at<float>(4), sh.kv());
   if (!out.state_scale.empty()) so.state_scale = DeviceView<float>(buf.at<float>(5), sh.sc());
   retention_forward(ctx, form, sc, si, so, nullptr);
-  if (!out.state_kv.empty()) state_split(ctx, buf.at<float>(4), out.state_kv.data(), sh.bh(), sh.dk, r, sh.s, false);
-  if (!out.state_scale.empty()) scale_split(ctx, buf.at<float>(5), out.state_scale.data(), sh.bh(), r, false);
+  if (!out.state_kv.empty()) state_split(ctx, out.state_kv.data(), buf.at<float>(4), sh.bh(), sh.dk, r, sh.s, false);
+  if (!out.state_scale.empty()) scale_split(ctx, out.state_scale.data(), buf.at<float>(5), sh.bh(), r, false);
 }
 
 template <class E>
@@ -92,7 +92,7 @@ void split_backward(const Cuda& ctx, Form form, const RetentionConfig& cfg, int6
   sum_heads(ctx, gin.dq.data(), buf.at<E>(6), sh.rows_heads(), r, sh.dk);
   sum_heads(ctx, gin.dk.data(), buf.at<E>(7), sh.rows_heads(), r, sh.dk);
   if (!gin.d_state_kv.empty())
-    state_split(ctx, buf.at<float>(5), gin.d_state_kv.data(), sh.bh(), sh.dk, r, sh.s, false);
+    state_split(ctx, gin.d_state_kv.data(), buf.at<float>(5), sh.bh(), sh.dk, r, sh.s, false);
 }
 
 }  // namespace cuda_detail

@@ -67,26 +67,27 @@ __global__ void sum_heads_kernel(E* dst, const E* src, int64_t rows_heads, int64
   }
 }
 
-// state [B·H, dk, r·s] <-> split [B·H·r, dk, s]: split (bh·r + j, i, c) = state (bh, i, j·s + c).
-__global__ inline void state_split_kernel(float* split, const float* state, int64_t bh, int64_t dk, int64_t r,
-                                          int64_t s, bool to_split) {
+// state [B·H, dk, r·s] <-> split [B·H·r, dk, s]: split (bh·r + j, i, c) = state (bh, i, j·s + c). to_split: dst is
+// the split layout and src the state; otherwise the other way round.
+__global__ inline void state_split_kernel(float* dst, const float* src, int64_t bh, int64_t dk, int64_t r, int64_t s,
+                                          bool to_split) {
   const int64_t n = bh * dk * r * s;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
     const int64_t c = i % s, row = i / s, ki = row % dk, g = row / dk, j = g % r, h = g / r;
     const int64_t o = (h * dk + ki) * r * s + j * s + c;
     if (to_split)
-      split[i] = state[o];
+      dst[i] = src[o];
     else
-      state[o] = split[i];
+      dst[o] = src[i];
   }
 }
 
-// scale [B·H] -> [B·H·r] (repeat) or back (the copies are equal: take the first).
-__global__ inline void scale_split_kernel(float* split, const float* scale, int64_t bh, int64_t r, bool to_split) {
+// scale [B·H] -> [B·H·r] (repeat; to_split) or back (the copies are equal: take the first).
+__global__ inline void scale_split_kernel(float* dst, const float* src, int64_t bh, int64_t r, bool to_split) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (to_split && i < bh * r) split[i] = scale[i / r];
-  if (!to_split && i < bh) const_cast<float*>(scale)[i] = split[i * r];
+  if (to_split && i < bh * r) dst[i] = src[i / r];
+  if (!to_split && i < bh) dst[i] = src[i * r];
 }
 
 inline unsigned split_grid(int64_t n) { return static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 4096)); }
@@ -101,14 +102,13 @@ void sum_heads(const Cuda& ctx, E* dst, const E* src, int64_t rows_heads, int64_
   sum_heads_kernel<E><<<split_grid(rows_heads * d), 256, 0, ctx.stream>>>(dst, src, rows_heads, r, d);
   RETNET_CUDA_CHECK_LAUNCH("sum_heads_kernel");
 }
-inline void state_split(const Cuda& ctx, float* split, const float* state, int64_t bh, int64_t dk, int64_t r,
-                        int64_t s, bool to_split) {
-  state_split_kernel<<<split_grid(bh * dk * r * s), 256, 0, ctx.stream>>>(split, state, bh, dk, r, s, to_split);
+inline void state_split(const Cuda& ctx, float* dst, const float* src, int64_t bh, int64_t dk, int64_t r, int64_t s,
+                        bool to_split) {
+  state_split_kernel<<<split_grid(bh * dk * r * s), 256, 0, ctx.stream>>>(dst, src, bh, dk, r, s, to_split);
   RETNET_CUDA_CHECK_LAUNCH("state_split_kernel");
 }
-inline void scale_split(const Cuda& ctx, float* split, const float* scale, int64_t bh, int64_t r, bool to_split) {
-  scale_split_kernel<<<static_cast<unsigned>((bh * r + 255) / 256), 256, 0, ctx.stream>>>(split, scale, bh, r,
-                                                                                          to_split);
+inline void scale_split(const Cuda& ctx, float* dst, const float* src, int64_t bh, int64_t r, bool to_split) {
+  scale_split_kernel<<<static_cast<unsigned>((bh * r + 255) / 256), 256, 0, ctx.stream>>>(dst, src, bh, r, to_split);
   RETNET_CUDA_CHECK_LAUNCH("scale_split_kernel");
 }
 
