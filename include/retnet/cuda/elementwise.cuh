@@ -89,24 +89,59 @@ void scale_elements(const Cuda& ctx, T* x, T f, int64_t n) {
   cuda_detail::launch_map(ctx, "scale_elements", a, n, cuda_detail::ScaleOp{cuda_detail::host_to_float(f)});
 }
 
-// Σ x² in double, in a fixed order (the same bits on every run); waits for the stream and returns the value.
+// Σ x² in double into *device_out (device memory), in a fixed order (the same bits on every run); does not wait.
+template <class T>
+void sum_squares_to(const Cuda& ctx, const T* x, int64_t n, double* device_out) {
+  using namespace cuda_detail;
+  require_count("sum_squares", "n", n);
+  if (n == 0) {
+    RETNET_CUDA_CHECK(cudaMemsetAsync(device_out, 0, sizeof(double), ctx.stream));
+    return;
+  }
+  const int blocks = sum_squares_blocks(n);
+  Workspace ws(ctx.stream, align_up(sizeof(double) * static_cast<size_t>(blocks)));
+  double* partial = ws.as<double>();
+  sum_squares_partial_kernel<T><<<blocks, 256, 0, ctx.stream>>>(partial, x, n, aligned16(x));
+  RETNET_CUDA_CHECK_LAUNCH("sum_squares_partial_kernel");
+  sum_partials_kernel<double><<<1, 1024, 0, ctx.stream>>>(device_out, partial, blocks);
+  RETNET_CUDA_CHECK_LAUNCH("sum_partials_kernel");
+}
+
+// Σ x² in double, as sum_squares_to; waits for the stream and returns the value.
 template <class T>
 double sum_squares(const Cuda& ctx, const T* x, int64_t n) {
   using namespace cuda_detail;
-  require_count("sum_squares", "n", n);
-  if (n == 0) return 0.0;
-  const int blocks = sum_squares_blocks(n);
-  Workspace ws(ctx.stream, align_up(sizeof(double) * static_cast<size_t>(blocks + 1)));
-  double* partial = ws.as<double>();
-  double* total = partial + blocks;
-  sum_squares_partial_kernel<T><<<blocks, 256, 0, ctx.stream>>>(partial, x, n, aligned16(x));
-  RETNET_CUDA_CHECK_LAUNCH("sum_squares_partial_kernel");
-  sum_partials_kernel<double><<<1, 1024, 0, ctx.stream>>>(total, partial, blocks);
-  RETNET_CUDA_CHECK_LAUNCH("sum_partials_kernel");
+  Workspace ws(ctx.stream, sizeof(double));
+  sum_squares_to(ctx, x, n, ws.as<double>());
   double result = 0;
-  RETNET_CUDA_CHECK(cudaMemcpyAsync(&result, total, sizeof(double), cudaMemcpyDeviceToHost, ctx.stream));
+  RETNET_CUDA_CHECK(cudaMemcpyAsync(&result, ws.as<double>(), sizeof(double), cudaMemcpyDeviceToHost, ctx.stream));
   RETNET_CUDA_CHECK(cudaStreamSynchronize(ctx.stream));
   return result;
+}
+
+namespace cuda_detail {
+
+template <class T>
+__global__ void clip_by_norm_kernel(T* x, int64_t n, const double* sumsq, double max_norm) {
+  const double norm = sqrt(*sumsq);
+  if (!(norm > max_norm)) return;
+  const float f = static_cast<float>(max_norm / (norm + 1e-6));
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
+    x[i] = from_float<T>(to_float(x[i]) * f);
+}
+
+}  // namespace cuda_detail
+
+// Global-norm clipping on the device: x *= max_norm / (norm + 1e-6) where norm = sqrt(*sumsq) (device double, e.g.
+// from sum_squares_to) exceeds max_norm; the factor is the host formula's float, so both give the same bits.
+template <class T>
+void clip_by_norm(const Cuda& ctx, T* x, int64_t n, const double* sumsq, double max_norm) {
+  using namespace cuda_detail;
+  require_count("clip_by_norm", "n", n);
+  if (n == 0) return;
+  clip_by_norm_kernel<T><<<static_cast<unsigned>(sm_count()) * 8, 256, 0, ctx.stream>>>(x, n, sumsq, max_norm);
+  RETNET_CUDA_CHECK_LAUNCH("clip_by_norm_kernel");
 }
 
 }  // namespace retnet

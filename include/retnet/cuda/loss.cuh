@@ -173,20 +173,10 @@ __global__ void ce_total_kernel(Totals* out, const double* loss, const int8_t* s
   }
 }
 
-}  // namespace cuda_detail
-
-// logits [n, vocab], targets [n] (device int64: ids or ignore_index). Returns the summed loss and count. If dlogits
-// is given, writes dlogits [n, vocab] = grad_scale · (softmax − onehot) for counted rows, 0 for ignored rows
-// (dlogits may alias logits); row_loss [n] (if given) receives each row's loss (0 for ignored rows).
+// Enqueues the loss kernels; *totals (device) receives the sums. n > 0.
 template <class T>
-LossSum cross_entropy_forward_backward(const Cuda& ctx, const T* logits, const int64_t* targets, int64_t n,
-                                       int64_t vocab, T* dlogits = nullptr, double grad_scale = 1.0,
-                                       int64_t ignore_index = kIgnoreIndex, T* row_loss = nullptr) {
-  using namespace cuda_detail;
-  require_count("cross_entropy", "n", n);
-  require(vocab > 0, "cross_entropy: vocab = ", vocab, " must be positive");
-  LossSum result;
-  if (n == 0) return result;
+void ce_enqueue(const Cuda& ctx, const T* logits, const int64_t* targets, int64_t n, int64_t vocab, T* dlogits,
+                double grad_scale, int64_t ignore_index, T* row_loss, LossTotals* totals) {
   // Few rows: cut each row so that the device still gets a few blocks per multiprocessor.
   const int64_t want = static_cast<int64_t>(sm_count()) * 8;
   const int64_t max_splits = std::max<int64_t>(1, std::min<int64_t>(64, vocab / 4096));
@@ -201,12 +191,11 @@ LossSum cross_entropy_forward_backward(const Cuda& ctx, const T* logits, const i
   const size_t tl_bytes = align_up(sizeof(float) * static_cast<size_t>(n));
   const size_t loss_bytes = align_up(sizeof(double) * static_cast<size_t>(n));
   const size_t status_bytes = align_up(static_cast<size_t>(n));
-  Workspace ws(ctx.stream, part_bytes + tl_bytes + loss_bytes + status_bytes + align_up(sizeof(LossTotals)));
+  Workspace ws(ctx.stream, part_bytes + tl_bytes + loss_bytes + status_bytes);
   MaxSum* part = ws.as<MaxSum>();
   float* target_logit = ws.as<float>(part_bytes);
   double* loss = ws.as<double>(part_bytes + tl_bytes);
   int8_t* status = ws.as<int8_t>(part_bytes + tl_bytes + loss_bytes);
-  LossTotals* totals = ws.as<LossTotals>(part_bytes + tl_bytes + loss_bytes + status_bytes);
 
   const bool packed = vocab % P == 0 && all_aligned16(logits, dlogits);
   const float gs = static_cast<float>(grad_scale);
@@ -228,6 +217,28 @@ LossSum cross_entropy_forward_backward(const Cuda& ctx, const T* logits, const i
   RETNET_CUDA_CHECK_LAUNCH("ce_grad_kernel");
   ce_total_kernel<LossTotals><<<1, 1024, 0, ctx.stream>>>(totals, loss, status, n);
   RETNET_CUDA_CHECK_LAUNCH("ce_total_kernel");
+}
+
+__global__ inline void add_loss_kernel(double* acc, const LossTotals* totals) { *acc += totals->sum; }
+
+}  // namespace cuda_detail
+
+// logits [n, vocab], targets [n] (device int64: ids or ignore_index). Returns the summed loss and count. If dlogits
+// is given, writes dlogits [n, vocab] = grad_scale · (softmax − onehot) for counted rows, 0 for ignored rows
+// (dlogits may alias logits); row_loss [n] (if given) receives each row's loss (0 for ignored rows). Waits for the
+// stream.
+template <class T>
+LossSum cross_entropy_forward_backward(const Cuda& ctx, const T* logits, const int64_t* targets, int64_t n,
+                                       int64_t vocab, T* dlogits = nullptr, double grad_scale = 1.0,
+                                       int64_t ignore_index = kIgnoreIndex, T* row_loss = nullptr) {
+  using namespace cuda_detail;
+  require_count("cross_entropy", "n", n);
+  require(vocab > 0, "cross_entropy: vocab = ", vocab, " must be positive");
+  LossSum result;
+  if (n == 0) return result;
+  Workspace ws(ctx.stream, sizeof(LossTotals));
+  LossTotals* totals = ws.as<LossTotals>();
+  ce_enqueue(ctx, logits, targets, n, vocab, dlogits, grad_scale, ignore_index, row_loss, totals);
   LossTotals host{};
   RETNET_CUDA_CHECK(cudaMemcpyAsync(&host, totals, sizeof(LossTotals), cudaMemcpyDeviceToHost, ctx.stream));
   RETNET_CUDA_CHECK(cudaStreamSynchronize(ctx.stream));
@@ -240,6 +251,24 @@ LossSum cross_entropy_forward_backward(const Cuda& ctx, const T* logits, const i
   result.sum = host.sum;
   result.count = host.count;
   return result;
+}
+
+// The asynchronous form for training steps: adds the summed loss to *device_sum (a device double) and writes dlogits
+// as above, without waiting for the GPU. The targets must be checked beforehand (validate_targets): an id out of
+// range would count as ignored.
+template <class T>
+void cross_entropy_accumulate(const Cuda& ctx, const T* logits, const int64_t* targets, int64_t n, int64_t vocab,
+                              T* dlogits, double grad_scale, double* device_sum) {
+  using namespace cuda_detail;
+  require_count("cross_entropy_accumulate", "n", n);
+  require(vocab > 0, "cross_entropy_accumulate: vocab = ", vocab, " must be positive");
+  require(device_sum != nullptr, "cross_entropy_accumulate: device_sum is null");
+  if (n == 0) return;
+  Workspace ws(ctx.stream, sizeof(LossTotals));
+  LossTotals* totals = ws.as<LossTotals>();
+  ce_enqueue(ctx, logits, targets, n, vocab, dlogits, grad_scale, kIgnoreIndex, static_cast<T*>(nullptr), totals);
+  add_loss_kernel<<<1, 1, 0, ctx.stream>>>(device_sum, totals);
+  RETNET_CUDA_CHECK_LAUNCH("add_loss_kernel");
 }
 
 }  // namespace retnet

@@ -58,9 +58,39 @@ class GradContext {
   }
   void clear() { ws_.clear(); }
 
+  // Loss of logits [rows, V] against host targets, its gradient written to dlogits (null: none). Device backends
+  // either wait for the GPU and return the sum (default), or, while deferring, add it to a device accumulator
+  // (scalars()[kLossSlot]) and return only the count, so a training step reads its loss once.
+  LossSum loss(const ModelType& m, const T* logits, const int64_t* host_targets, int64_t rows, T* dlogits,
+               double grad_scale) {
+    const BackendT& be = m.backend();
+    const int64_t V = m.config().vocab_size;
+    const int64_t* tgt = targets(m, host_targets, rows);
+    if constexpr (!host_backend<BackendT>) {
+      if (defer_) {
+        cross_entropy_accumulate(be, logits, tgt, rows, V, dlogits, grad_scale, scalars(be) + kLossSlot);
+        return LossSum{0.0, count_targets(host_targets, rows)};
+      }
+    }
+    return cross_entropy_forward_backward(be, logits, tgt, rows, V, dlogits, grad_scale);
+  }
+  // Device backends: starts or ends deferring losses (starting zeroes the accumulator).
+  void defer_losses(const BackendT& be, bool on) requires(!host_backend<BackendT>) {
+    defer_ = on;
+    if (on) zero_elements(be, scalars(be) + kLossSlot, 1);
+  }
+  // Two device doubles: the deferred loss sum and a gradient sum of squares.
+  static constexpr int64_t kLossSlot = 0, kSumSquaresSlot = 1;
+  double* scalars(const BackendT& be) {
+    if (scalars_.empty()) scalars_ = Buffer<double, BackendT>(be, 2);
+    return scalars_.data();
+  }
+
  private:
   std::map<std::pair<int64_t, int64_t>, std::unique_ptr<typename ModelType::Workspace>> ws_;
   Buffer<int64_t, BackendT> targets_;
+  Buffer<double, BackendT> scalars_;
+  bool defer_ = false;
 };
 
 // Loss of tokens [B, T] against targets [B, T] (kIgnoreIndex skips a position) and its gradient, added to
@@ -74,12 +104,12 @@ LossSum loss_and_grad(Model<T, BackendT>& model, GradContext<T, BackendT>& ctx, 
                       const std::function<void(int64_t)>& layer_hook = {}) {
   const ModelConfig& c = model.config();
   const BackendT& be = model.backend();
-  const int64_t V = c.vocab_size, L = c.decoder_layers;
+  const int64_t L = c.decoder_layers;
   using S = state_t<T>;
   const int64_t seg = segment_length > 0 ? std::min(segment_length, Tn) : Tn;
   const int64_t segments = (Tn + seg - 1) / seg;
   auto loss = [&](auto& ws, const int64_t* tgt, int64_t rows, T* dlogits) {
-    return cross_entropy_forward_backward(be, ws.logits(), ctx.targets(model, tgt, rows), rows, V, dlogits, grad_scale);
+    return ctx.loss(model, ws.logits(), tgt, rows, dlogits, grad_scale);
   };
   if (segments == 1) {
     auto& ws = ctx.workspace(model, B, Tn);
@@ -194,35 +224,13 @@ class Trainer {
   // that of the global batch, summed over ranks (with ZeRO-1 only the owned slices are summed, and grads()
   // holds this rank's part). Collective. Returns this rank's loss sum and the global token count.
   LossSum compute_gradients(HostView<const int64_t> inputs, HostView<const int64_t> targets) {
-    require(inputs.rank() == 2 && targets.shape() == inputs.shape(), "Trainer: inputs ", inputs.shape().to_string(),
-            " and targets ", targets.shape().to_string(), " must both be [batch, length]");
-    const int64_t B = inputs.size(0), Tn = inputs.size(1), A = cfg_.accumulation_steps;
-    // A rank of a data-parallel run may hold no rows of a small global batch; one process needs one.
-    require(Tn > 0 && (B > 0 || dp_.comm().size() > 1), "Trainer: inputs ", inputs.shape().to_string(),
-            " must have at least one row and one position");
-    require(B % A == 0, "Trainer: batch ", B, " is not divisible by accumulation_steps = ", A);
-    grads_.zero();
-    const int64_t count = count_targets(targets.data(), B * Tn);
-    const dist::GlobalBatch global = dp_.begin_step(B, count, grads_.data());
-    const double scale = global.tokens ? 1.0 / static_cast<double>(global.tokens) : 0.0;
-    LossSum total;
-    const int64_t mb = B / A;
-    for (int64_t a = 0; a < A && mb > 0; ++a) {
-      const DropoutKey key{cfg_.dropout_seed, static_cast<uint64_t>(step_), global.row_offset + a * mb};
-      LossSum r = loss_and_grad(model_, ctx_, inputs.data() + a * mb * Tn, targets.data() + a * mb * Tn, mb, Tn,
-                                cfg_.form, grads_.data(), scale, cfg_.segment_length, &key,
-                                a + 1 == A ? dp_.hook() : std::function<void(int64_t)>{});
-      total.sum += r.sum;
-    }
-    dp_.finish_gradients();
-    total.count = global.tokens;
-    global_rows_ = global.rows;
-    return total;
+    return compute_gradients(inputs, targets, false);
   }
 
-  // One optimizer step on inputs/targets [B, T].
+  // One optimizer step on inputs/targets [B, T]. On a device backend the loss, the norm, the clipping and the update
+  // stay on the device; the loss and the norm come back in one copy after the update is queued.
   StepStats step(HostView<const int64_t> inputs, HostView<const int64_t> targets) {
-    const LossSum l = compute_gradients(inputs, targets);
+    const LossSum l = compute_gradients(inputs, targets, !host_backend<BackendT>);
     StepStats st;
     st.tokens = global_rows_ * inputs.size(1);
     st.lr = cfg_.adamw.lr * cfg_.schedule.factor(step_);
@@ -236,19 +244,53 @@ class Trainer {
       dp_.update(opt_, model_.params(), st.lr);
     } else {
       const BackendT& be = model_.backend();
-      st.loss = l.mean();
-      st.grad_norm = std::sqrt(sum_squares(be, grads_.data(), grads_.size()));
-      if (cfg_.grad_clip > 0 && st.grad_norm > cfg_.grad_clip)
-        scale_elements(be, grads_.data(), static_cast<grad_type>(cfg_.grad_clip / (st.grad_norm + 1e-6)),
-                       grads_.size());
+      double* scalars = ctx_.scalars(be);
+      sum_squares_to(be, grads_.data(), grads_.size(), scalars + ctx_.kSumSquaresSlot);
+      if (cfg_.grad_clip > 0) clip_by_norm(be, grads_.data(), grads_.size(), scalars + ctx_.kSumSquaresSlot, cfg_.grad_clip);
       if (model_.params_version() != master_version_) sync_master();  // the parameters were changed from outside
       opt_.step(model_.params(), grads_.data(), st.lr);
       master_version_ = model_.params_version();
+      double host[2] = {0, 0};
+      be.copy_to_host(host, scalars, sizeof host);
+      st.loss = LossSum{host[ctx_.kLossSlot], l.count}.mean();
+      st.grad_norm = std::sqrt(host[ctx_.kSumSquaresSlot]);
     }
     ++step_;
     return st;
   }
 
+ private:
+  // defer_loss (device backends): the loss sum stays on the device for step() to read.
+  LossSum compute_gradients(HostView<const int64_t> inputs, HostView<const int64_t> targets, bool defer_loss) {
+    require(inputs.rank() == 2 && targets.shape() == inputs.shape(), "Trainer: inputs ", inputs.shape().to_string(),
+            " and targets ", targets.shape().to_string(), " must both be [batch, length]");
+    const int64_t B = inputs.size(0), Tn = inputs.size(1), A = cfg_.accumulation_steps;
+    // A rank of a data-parallel run may hold no rows of a small global batch; one process needs one.
+    require(Tn > 0 && (B > 0 || dp_.comm().size() > 1), "Trainer: inputs ", inputs.shape().to_string(),
+            " must have at least one row and one position");
+    require(B % A == 0, "Trainer: batch ", B, " is not divisible by accumulation_steps = ", A);
+    grads_.zero();
+    const int64_t count = count_targets(targets.data(), B * Tn);
+    const dist::GlobalBatch global = dp_.begin_step(B, count, grads_.data());
+    const double scale = global.tokens ? 1.0 / static_cast<double>(global.tokens) : 0.0;
+    LossSum total;
+    const int64_t mb = B / A;
+    if constexpr (!host_backend<BackendT>) ctx_.defer_losses(model_.backend(), defer_loss);
+    for (int64_t a = 0; a < A && mb > 0; ++a) {
+      const DropoutKey key{cfg_.dropout_seed, static_cast<uint64_t>(step_), global.row_offset + a * mb};
+      LossSum r = loss_and_grad(model_, ctx_, inputs.data() + a * mb * Tn, targets.data() + a * mb * Tn, mb, Tn,
+                                cfg_.form, grads_.data(), scale, cfg_.segment_length, &key,
+                                a + 1 == A ? dp_.hook() : std::function<void(int64_t)>{});
+      total.sum += r.sum;
+    }
+    if constexpr (!host_backend<BackendT>) ctx_.defer_losses(model_.backend(), false);
+    dp_.finish_gradients();
+    total.count = global.tokens;
+    global_rows_ = global.rows;
+    return total;
+  }
+
+ public:
   int64_t step_count() const { return step_; }
   // Also marks a restore point: with ZeRO-1 each rank re-reads its moment slices from optimizer()'s full
   // buffers (where load_training_checkpoint put them).
