@@ -396,7 +396,7 @@ TEST_CASE("fla format: missing, extra, misshapen and truncated tensors are refus
   json tied = cfg;
   tied["tie_word_embeddings"] = true;
   const io::FlaConfig ti = io::fla_config_from_json(tied);
-  const std::string td = variant("fla_tied_head", [](std::string& n, Shape&, std::vector<float>&) { return true; });
+  const std::string td = variant("fla_tied_head", [](std::string&, Shape&, std::vector<float>&) { return true; });
   std::ofstream(td + "/config.json") << tied.dump();
   CHECK(has(error_of([&] {
               Model<float> m(ti.config);
