@@ -23,7 +23,7 @@
 //     g_norm when fuse_norm is false), times swish(g_proj x) (group_norm_weight); then o_proj.
 //   * FFN: down(swish(gate_proj x) ⊙ up_proj x) = our fc2(act(fc1 x) ⊙ gate x) with fc1 = gate_proj,
 //     gate = up_proj, fc2 = down_proj; intermediate_size, when absent, is 256·ceil(int(hidden·hidden_ratio·2/3)/256)
-//     with hidden_ratio 4 when null.
+//     with hidden_ratio 2 when absent (RetNetConfig's default) and 4 when null (GatedMLP's).
 //   * norms: RMSNorm with weight, eps norm_eps everywhere (layernorm_eps); embeddings unscaled; lm_head tied to the
 //     embedding with tie_word_embeddings.
 // Refused, with an error naming the field: use_short_conv, feature_map, attn (hybrid attention layers),
@@ -232,8 +232,9 @@ inline FlaConfig fla_config_from_json(const nlohmann::json& j, const std::string
           " (hidden_size · expand_k / num_heads) must be even and at most 256, as fla's rotary embedding needs");
   int64_t ffn = get_int("intermediate_size", 0);
   {
+    // absent: RetNetConfig's default 2; null: GatedMLP's 4
     const auto* r = field("hidden_ratio");
-    double ratio = 4.0;
+    double ratio = j.contains("hidden_ratio") ? 4.0 : 2.0;
     if (r) {
       require(r->is_number(), where, ": field 'hidden_ratio' must be a number, got ", r->type_name());
       ratio = r->get<double>();
