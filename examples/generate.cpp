@@ -1,6 +1,7 @@
-// generate: continue a prompt with a RetNet checkpoint (one written by train_lm or io::save_weights, or a
-// torchscale RetNetDecoder.state_dict() saved as safetensors).
+// generate: continue a prompt with a RetNet checkpoint (one written by train_lm or io::save_weights, a
+// torchscale RetNetDecoder.state_dict() saved as safetensors, or a model directory such as fla's hub downloads).
 //
+//   generate --model DIR --prompt "Once upon a time"     (DIR: config.json, model.safetensors, tokenizer.json)
 //   generate --weights DIR/checkpoint.safetensors [--config C.json] --prompt "Once upon a time"
 //            [--tokens 1,2,3] [--max-new 200] [--temperature 0.8] [--top-k 40] [--top-p 0.95] [--greedy]
 //            [--seed 1] [--samples 1] [--stop BYTE] [--dtype float|double] [--bf16]
@@ -9,7 +10,10 @@
 // generate --help lists the options; errors are one line on stderr (exit 2: bad command line, 1: other).
 // The configuration comes from --config, else from the checkpoint's "config" metadata (train_lm writes it), else
 // from config.json beside the checkpoint. --prompt is taken as bytes (byte-level models, vocab >= 256); --tokens
-// gives token ids directly (any vocabulary), as a comma list or an int .npy file (as retnet-logits takes them). The
+// gives token ids directly (any vocabulary), as a comma list or an int .npy file (as retnet-logits takes them).
+// --model DIR takes fla's format or ours (examples/model_dir.hpp); with DIR/tokenizer.json the prompt is text
+// (encoded with the tokenizer's bos), the continuation streams out as text and generation stops at eos (unless --stop
+// says otherwise). The
 // prompt is prefilled with the chunkwise form, then tokens are decoded with recurrent steps; --samples N continues the
 // same prompt N times in one batch (each with its own random stream). Output: the continuation as text for byte-level
 // models, else as token ids.
@@ -23,11 +27,13 @@
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "cli.hpp"
+#include "model_dir.hpp"
 #include "retnet/io/config_json.hpp"
 #include "retnet/io/model_io.hpp"
 #include "retnet/io/npy.hpp"
@@ -38,7 +44,7 @@ using namespace retnet;
 namespace {
 
 struct Options {
-  std::string weights, config, prompt, tokens, dtype = "float", save_state, resume_state;
+  std::string weights, model, config, prompt, tokens, dtype = "float", save_state, resume_state;
   bool have_prompt = false, bf16 = false;
   int64_t max_new = 200, samples = 1, stop = -1;
   SamplingOptions sampling{.temperature = 0.8, .top_k = 40, .top_p = 0.95, .seed = 1};
@@ -63,7 +69,10 @@ Options parse(int argc, char** argv) {
       "safetensors).",
       "generate");
   retnet_examples::setup_app(app);
-  app.add_option("--weights", o.weights, "model weights or training checkpoint (safetensors)")->required();
+  auto* weights = app.add_option("--weights", o.weights, "model weights or training checkpoint (safetensors)");
+  auto* model = app.add_option("--model", o.model,
+                               "model directory: fla's (hub download) or ours; tokenizer.json there gives text");
+  weights->excludes(model);
   app.add_option("--config", o.config,
                  "model configuration (JSON); default: the checkpoint's or config.json beside it");
   auto* prompt = app.add_option("--prompt", o.prompt, "prompt text, as bytes (byte-level models)");
@@ -83,13 +92,18 @@ Options parse(int argc, char** argv) {
   app.add_option("--seed", o.sampling.seed, "random seed");
   app.add_option("--samples", o.samples, "continuations of the prompt, in one batch")
       ->check(CLI::Range(int64_t{1}, kMaxSamples));
-  app.add_option("--stop", o.stop, "stop a row at this token (-1: never)")->check(CLI::Range(int64_t{-1}, kMaxToken));
+  app.add_option("--stop", o.stop, "stop a row at this token (-1: never, or the eos of --model's tokenizer)")
+      ->check(CLI::Range(int64_t{-1}, kMaxToken));
   app.add_option("--dtype", o.dtype, "precision")->check(CLI::IsMember({"float", "double"}));
   app.add_flag("--bf16", o.bf16,
                "multiply with a bf16 copy of the weight matrices (faster decoding; logits change slightly)");
   app.add_option("--save-state", o.save_state, "write the recurrent state at the end (safetensors)");
   retnet_examples::parse_args(app, retnet_examples::args_of(argc, argv));
   o.have_prompt = prompt->count() > 0;
+  if (weights->count() + model->count() != 1)
+    throw retnet_examples::UsageError("give exactly one of --weights and --model (see generate --help)");
+  if (model->count() && !o.config.empty())
+    throw retnet_examples::UsageError("--config goes with --weights, not --model");
   if (o.have_prompt + tokens->count() + resume->count() != 1)
     throw retnet_examples::UsageError(
         "give exactly one of --prompt, --tokens and --resume-state (see generate --help)");
@@ -140,14 +154,22 @@ std::string show(const std::vector<int64_t>& toks, bool bytes) {
 
 template <class T>
 int run(const Options& o) {
-  const auto file = io::SafetensorsFile::open(o.weights);
-  const ModelConfig cfg = find_config(o, file);
+  std::optional<io::SafetensorsFile> file;
+  std::optional<retnet_examples::ModelDir> dir;
+  std::optional<io::Tokenizer> tok;
+  if (o.model.empty()) {
+    file = io::SafetensorsFile::open(o.weights);
+  } else {
+    dir = retnet_examples::inspect_model_dir(o.model);
+    tok = retnet_examples::model_dir_tokenizer(o.model);
+  }
+  const ModelConfig cfg = dir ? dir->config : find_config(o, *file);
   require(o.stop < cfg.vocab_size, "--stop ", o.stop, " is outside the vocabulary [0, ", cfg.vocab_size, ")");
   {
     // Parameters (and the bf16 copy), then per sample the recurrent state (layers x H x dk x dv), the logits
     // and the generated tokens.
     const double sz = sizeof(T), L = static_cast<double>(cfg.decoder_layers);
-    const double state = L * static_cast<double>(cfg.decoder_embed_dim) *
+    const double state = L * static_cast<double>(cfg.key_embed_dim()) *
                          static_cast<double>(cfg.decoder_value_embed_dim) /
                          static_cast<double>(cfg.decoder_retention_heads);
     const double per_sample =
@@ -158,12 +180,20 @@ int run(const Options& o) {
         "--samples " + std::to_string(o.samples) + " --max-new " + std::to_string(o.max_new) + " with this model");
   }
   Model<T> model(cfg);
-  io::load_weights(model, file);
+  if (dir)
+    retnet_examples::load_model_weights(*dir, model);
+  else
+    io::load_weights(model, *file);
   if (o.bf16) model.set_inference_weights(WeightPrecision::bf16);  // after loading: the copy is a snapshot
   const int64_t V = cfg.vocab_size;
-  const bool bytes = V >= 256 && o.tokens.empty();
+  const bool bytes = V >= 256 && o.tokens.empty() && !tok;
+  const bool text = tok && o.have_prompt;
+  int64_t stop = o.stop;
+  if (text && stop < 0 && tok->eos_id() >= 0 && tok->eos_id() < V) stop = tok->eos_id();
+  if (tok)
+    require(tok->vocab_size() <= V, o.model, "/tokenizer.json has ", tok->vocab_size(), " tokens, the model ", V);
 
-  infer::GenerateOptions g{.max_new_tokens = o.max_new, .sampling = o.sampling, .stop_token = o.stop};
+  infer::GenerateOptions g{.max_new_tokens = o.max_new, .sampling = o.sampling, .stop_token = stop};
   std::vector<std::vector<int64_t>> out;
   typename Model<T>::State state;
   std::vector<int64_t> last;  // the last token of each row (fed to the next step)
@@ -194,7 +224,9 @@ int run(const Options& o) {
     }
   } else {
     std::vector<int64_t> prompt;
-    if (o.have_prompt) {
+    if (text) {
+      prompt = tok->encode(o.prompt, /*add_bos=*/true);
+    } else if (o.have_prompt) {
       require(V >= 256, "--prompt is byte-level and needs vocab_size >= 256 (this model has ", V, "); use --tokens");
       for (unsigned char c : o.prompt) prompt.push_back(c);
     } else {
@@ -202,7 +234,17 @@ int run(const Options& o) {
     }
     require(!prompt.empty(), "the prompt is empty");
     const std::vector<std::vector<int64_t>> prompts(static_cast<size_t>(o.samples), prompt);
-    out = infer::generate(model, prompts, g, {}, o.save_state.empty() ? nullptr : &state);
+    // One sample of text streams out as it is generated; the decoder sees the prompt first (spaces join right).
+    std::optional<io::StreamDecoder> stream;
+    infer::TokenCallback on_token;
+    if (text && o.samples == 1) {
+      stream.emplace(*tok);
+      for (int64_t id : prompt) (void)stream->step(id);
+      std::cout << o.prompt << std::flush;
+      on_token = [&](int64_t, int64_t id) { std::cout << stream->step(id) << std::flush; };
+    }
+    out = infer::generate(model, prompts, g, on_token, o.save_state.empty() ? nullptr : &state);
+    if (stream) std::cout << stream->finish() << "\n";
     for (const auto& seq : out) last.push_back(seq.empty() ? prompt.back() : seq.back());
   }
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -219,9 +261,13 @@ int run(const Options& o) {
   int64_t produced = 0;
   for (size_t i = 0; i < out.size(); ++i) {
     produced += static_cast<int64_t>(out[i].size());
+    if (text && o.samples == 1 && o.resume_state.empty()) continue;  // streamed above
     if (out.size() > 1) std::cout << "--- sample " << i << " ---\n";
     if (o.have_prompt) std::cout << o.prompt;
-    std::cout << show(out[i], bytes) << "\n";
+    if (tok && (o.have_prompt || !o.resume_state.empty()))
+      std::cout << tok->decode(out[i], /*skip_special=*/true) << "\n";
+    else
+      std::cout << show(out[i], bytes) << "\n";
   }
   std::cerr << produced << " tokens in " << secs << " s (" << (secs > 0 ? produced / secs : 0.0) << " tokens/s, "
             << "prefill included)\n";

@@ -2,6 +2,7 @@
 //
 //   retnet-logits --config C.json --weights M.safetensors --tokens T.npy --mode parallel|chunkwise|recurrent
 //                 --out L.npy [--dtype float|double]
+//   retnet-logits --model DIR ...      (a model directory: fla's format or ours, as generate --model)
 //
 // T.npy holds int64 token ids [batch, length]; L.npy receives the logits [batch, length, vocab] as float32
 // (--dtype float, the default) or float64 (--dtype double), computed in that precision. `recurrent` feeds the
@@ -10,10 +11,12 @@
 // retnet-logits --help lists the options; errors are one line on stderr (exit 2: bad command line, 1: other).
 #include <cstdio>
 #include <iostream>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "cli.hpp"
+#include "model_dir.hpp"
 #include "retnet/infer/generate.hpp"
 #include "retnet/io/config_json.hpp"
 #include "retnet/io/model_io.hpp"
@@ -23,7 +26,7 @@
 namespace retnet_logits {
 
 struct Args {
-  std::string config, weights, tokens, out, mode, dtype = "float";
+  std::string config, weights, model, tokens, out, mode, dtype = "float";
 };
 
 // Parses the arguments (without the program name). A bad command line is a retnet_examples::UsageError;
@@ -32,8 +35,10 @@ inline Args parse(const std::vector<std::string>& argv) {
   Args a;
   CLI::App app("The logits of a RetNet checkpoint (ours or torchscale's) on given tokens.", "retnet-logits");
   retnet_examples::setup_app(app);
-  app.add_option("--config", a.config, "model configuration (JSON)")->required();
-  app.add_option("--weights", a.weights, "model weights (safetensors)")->required();
+  auto* config = app.add_option("--config", a.config, "model configuration (JSON)");
+  auto* weights = app.add_option("--weights", a.weights, "model weights (safetensors)");
+  auto* model = app.add_option("--model", a.model, "model directory (fla's format or ours) instead of both");
+  model->excludes(config)->excludes(weights);
   app.add_option("--tokens", a.tokens, "token ids: int .npy [batch, length]")->required();
   app.add_option("--mode", a.mode, "the form the logits are computed in")
       ->required()
@@ -42,6 +47,8 @@ inline Args parse(const std::vector<std::string>& argv) {
   app.add_option("--dtype", a.dtype, "precision of the computation and of the output")
       ->check(CLI::IsMember({"float", "double"}));
   retnet_examples::parse_args(app, argv);
+  if (model->count() == 0 && (config->count() == 0 || weights->count() == 0))
+    throw retnet_examples::UsageError("give --config and --weights, or --model (see retnet-logits --help)");
   return a;
 }
 
@@ -54,23 +61,29 @@ inline retnet::Form form_of(const std::string& m) {
 // Loads everything, checks the tokens against the vocabulary, returns the logits.
 template <class T>
 retnet::Tensor<T> compute(const Args& a) {
-  const retnet::ModelConfig cfg = retnet::io::load_config(a.config);
+  std::optional<retnet_examples::ModelDir> dir;
+  if (!a.model.empty()) dir = retnet_examples::inspect_model_dir(a.model);
+  const retnet::ModelConfig cfg = dir ? dir->config : retnet::io::load_config(a.config);
   const retnet::Tensor<int64_t> tokens = retnet::io::read_npy<int64_t>(a.tokens);
   retnet::require(tokens.shape().rank() == 2 && tokens.size(0) > 0 && tokens.size(1) > 0, a.tokens,
                   ": tokens must be a non-empty int array [batch, length], got shape ", tokens.shape().to_string());
   {
     // Parameters, the output logits and per token and layer a few activations of the model's widths.
     const double n = static_cast<double>(tokens.numel()), sz = sizeof(T);
-    const double per_token = 2.0 * static_cast<double>(cfg.vocab_size) +
-                             static_cast<double>(cfg.decoder_layers) *
-                                 (4.0 * static_cast<double>(cfg.decoder_embed_dim + cfg.decoder_value_embed_dim) +
-                                  2.0 * static_cast<double>(cfg.decoder_ffn_embed_dim));
+    const double per_token =
+        2.0 * static_cast<double>(cfg.vocab_size) +
+        static_cast<double>(cfg.decoder_layers) *
+            (4.0 * static_cast<double>(cfg.key_embed_dim() + cfg.decoder_embed_dim + cfg.decoder_value_embed_dim) +
+             2.0 * static_cast<double>(cfg.decoder_ffn_embed_dim));
     retnet_examples::require_memory(
         sz * (static_cast<double>(retnet::io::estimated_parameter_count(cfg)) + n * per_token),
         "retnet-logits: " + tokens.shape().to_string() + " tokens through this model");
   }
   retnet::Model<T> model(cfg);
-  retnet::io::load_weights(model, a.weights);
+  if (dir)
+    retnet_examples::load_model_weights(*dir, model);
+  else
+    retnet::io::load_weights(model, a.weights);
   for (int64_t i = 0; i < tokens.numel(); ++i)
     retnet::require(tokens[i] >= 0 && tokens[i] < cfg.vocab_size, a.tokens, ": token ", tokens[i], " at flat index ", i,
                     " is outside the vocabulary [0, ", cfg.vocab_size, ")");

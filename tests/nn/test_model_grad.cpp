@@ -7,9 +7,9 @@
 #include <vector>
 
 #include "retnet/cpu/activation.hpp"
+#include "retnet/cpu/loss.hpp"
 #include "retnet/cpu/norm.hpp"
 #include "retnet/nn/model.hpp"
-#include "retnet/cpu/loss.hpp"
 #include "retnet/train/trainer.hpp"
 
 using namespace retnet;
@@ -35,9 +35,17 @@ ModelConfig tiny(const std::string& variant) {
     c.no_scale_embedding = false;
   }
   if (variant == "embnorm") c.layernorm_embedding = true;
-  if (variant == "raw") {
+  if (variant == "raw" || variant == "fla") {
     c.retention_normalization = Normalization::raw;
     c.layernorm_eps = 1e-5;
+  }
+  if (variant == "fla") {  // fla's RetNet: grouped heads, own key width, RoPE angles, group-norm weight, swish
+    c.decoder_retention_heads = 4;
+    c.decoder_kv_heads = 2;
+    c.decoder_key_embed_dim = 16;
+    c.rotation = "rope";
+    c.group_norm_weight = true;
+    c.activation_fn = "swish";
   }
   return c;
 }
@@ -111,8 +119,11 @@ void check_model_grad(const std::string& variant, Form form, int64_t segment, do
 
 TEST_CASE("model gradient matches finite differences (every parameter tensor)", "[nn][grad]") {
   for (Form f : {Form::chunkwise, Form::parallel, Form::recurrent}) check_model_grad("glu", f, 0);
-  for (const char* v : {"swish", "mlp", "layernorm", "embnorm", "raw"}) check_model_grad(v, Form::chunkwise, 0);
+  for (const char* v : {"swish", "mlp", "layernorm", "embnorm", "raw", "fla"}) check_model_grad(v, Form::chunkwise, 0);
   check_model_grad("raw", Form::parallel, 0);
+  check_model_grad("fla", Form::parallel, 0);
+  check_model_grad("fla", Form::recurrent, 0);
+  check_model_grad("fla", Form::chunkwise, 3);
 }
 
 TEST_CASE("segmented training gives the exact gradient through the carried state", "[nn][grad][segments]") {

@@ -3,7 +3,7 @@
 # the exit status, words of the message, and that a failure is reported as exactly one line on stderr.
 # Then the cases that need state: shell injection through --out, a locked output directory, temporary files of
 # an interrupted run, loss.csv and the best checkpoint across --resume.
-# Usage: bad_inputs.sh BIN_DIR (the folder holding train_lm, generate and retnet-logits)
+# Usage: bad_inputs.sh BIN_DIR (the folder holding train_lm, generate, retnet-logits and retnet-eval)
 set -uo pipefail
 bin=$(cd "$1" && pwd)
 scratch=$(mktemp -d)
@@ -97,7 +97,7 @@ hostile_ckpt hostile.safetensors
 expect 1 "hostile.safetensors|'decoder_embed_dim' = 1099511627776 exceeds" train_lm --resume hostile.safetensors --out dh "${tiny[@]}"
 
 # ---- generate
-expect 2 "--weights is required" generate --prompt hi
+expect 2 "exactly one of --weights and --model" generate --prompt hi
 expect 2 "--samples" generate --weights x --prompt hi --samples 1000000000
 expect 2 "--temperature" generate --weights x --prompt hi --temperature nan
 expect 2 "--top-p" generate --weights x --prompt hi --top-p 0
@@ -111,7 +111,26 @@ expect 1 "afile: header length" generate --weights afile --prompt hi
 expect 1 "nosuch|cannot open" generate --weights nosuch --prompt hi
 expect 1 "hostile.safetensors|'decoder_embed_dim' = 1099511627776 exceeds" generate --weights hostile.safetensors --prompt hi
 
+# model directories (--model): fla's format with a refused feature, fla's format without weights, not a directory
+mkdir flaconv flanow
+printf '{"model_type": "retnet", "hidden_size": 8, "num_heads": 2, "use_short_conv": true}' > flaconv/config.json
+printf '{"model_type": "retnet", "hidden_size": 8, "num_heads": 2, "vocab_size": 10}' > flanow/config.json
+expect 2 "--weights excludes --model|excludes" generate --weights x --model adir --prompt hi
+expect 2 "--config goes with --weights" generate --model adir --config c.json --prompt hi
+expect 1 "afile: --model expects a directory" generate --model afile --prompt hi
+expect 1 "adir: no config.json" generate --model adir --prompt hi
+expect 1 "'use_short_conv' = true" generate --model flaconv --prompt hi
+expect 1 "neither model.safetensors nor model.safetensors.index.json" generate --model flanow --prompt hi
+# ---- retnet-eval
+expect 2 "--model is required" retnet-eval --text t.txt
+expect 2 "--chunk" retnet-eval --model flanow --text t.txt --chunk 0
+expect 0 "Usage: retnet-eval" retnet-eval --help
+expect 1 "afile: --model expects a directory" retnet-eval --model afile --text afile
+expect 1 "'use_short_conv' = true" retnet-eval --model flaconv --text afile
+expect 1 "no tokenizer.json" retnet-eval --model flanow --text afile
 # ---- retnet-logits
+expect 2 "give --config and --weights, or --model" retnet-logits --config c --tokens t --out o --mode parallel
+expect 1 "'use_short_conv' = true" retnet-logits --model flaconv --tokens t --out o --mode parallel
 expect 2 "is required" retnet-logits --config c.json
 expect 2 "--mode" retnet-logits --config c --weights w --tokens t --out o --mode sideways
 expect 2 "--dtype" retnet-logits --config c --weights w --tokens t --out o --mode parallel --dtype half

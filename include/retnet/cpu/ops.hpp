@@ -8,6 +8,7 @@
 #include "retnet/cpu/elementwise.hpp"
 #include "retnet/cpu/embedding.hpp"
 #include "retnet/cpu/group_norm.hpp"
+#include "retnet/cpu/heads.hpp"
 #include "retnet/cpu/linear.hpp"
 #include "retnet/cpu/linear_bf16.hpp"
 #include "retnet/cpu/loss.hpp"

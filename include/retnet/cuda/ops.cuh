@@ -8,6 +8,7 @@
 #include "retnet/cuda/elementwise.cuh"
 #include "retnet/cuda/embedding.cuh"
 #include "retnet/cuda/group_norm.cuh"
+#include "retnet/cuda/heads.cuh"
 #include "retnet/cuda/linear.cuh"
 #include "retnet/cuda/loss.cuh"
 #include "retnet/cuda/norm.cuh"

@@ -23,6 +23,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -91,7 +92,8 @@ struct ConfigLimits {
 inline int64_t estimated_parameter_count(const ModelConfig& c) {
   const char* what = "estimated_parameter_count";
   const int64_t d = c.decoder_embed_dim, vd = c.decoder_value_embed_dim, f = c.decoder_ffn_embed_dim;
-  int64_t layer = checked_mul(2, checked_mul(d, d, what), what);                     // q, k
+  const int64_t kd = std::max(d, c.decoder_key_embed_dim);
+  int64_t layer = checked_mul(2, checked_mul(d, kd, what), what);                    // q, k
   layer = checked_add(layer, checked_mul(3, checked_mul(d, vd, what), what), what);  // v, g, out
   layer = checked_add(layer, checked_mul(3, checked_mul(d, f, what), what), what);   // FFN (GLU: 3 matrices)
   layer = checked_add(layer, checked_add(checked_mul(8, d, what), checked_add(f, vd, what), what), what);
@@ -107,6 +109,8 @@ inline void check_config_limits(const ModelConfig& c, const std::string& where =
     require(v <= limit, where, ": field '", field, "' = ", v, " exceeds the supported maximum ", limit);
   };
   at_most("decoder_embed_dim", c.decoder_embed_dim, ConfigLimits::max_embed_dim);
+  at_most("decoder_key_embed_dim", c.decoder_key_embed_dim, ConfigLimits::max_value_embed_dim);
+  at_most("decoder_kv_heads", c.decoder_kv_heads, ConfigLimits::max_heads);
   at_most("decoder_value_embed_dim", c.decoder_value_embed_dim, ConfigLimits::max_value_embed_dim);
   at_most("decoder_ffn_embed_dim", c.decoder_ffn_embed_dim, ConfigLimits::max_ffn_embed_dim);
   at_most("decoder_retention_heads", c.decoder_retention_heads, ConfigLimits::max_heads);
@@ -218,6 +222,10 @@ inline ModelConfig config_from_json(const nlohmann::json& j, ConfigReport* repor
       c.decays.push_back(x.get<double>());
     }
   }
+  get_int("decoder_key_embed_dim", c.decoder_key_embed_dim);
+  get_int("decoder_kv_heads", c.decoder_kv_heads);
+  get_string("rotation", c.rotation);
+  get_bool("group_norm_weight", c.group_norm_weight);
   if (const auto* v = field("retention_normalization")) {
     require(v->is_string(), where, ": field 'retention_normalization' must be a string, got ", detail::type_name(*v));
     const std::string s = v->get<std::string>();
@@ -307,6 +315,10 @@ inline nlohmann::json config_to_json(const ModelConfig& c) {
   if (!c.decays.empty()) j["decays"] = c.decays;
   if (c.retention_normalization != Normalization::torchscale)
     j["retention_normalization"] = to_string(c.retention_normalization);
+  if (c.decoder_key_embed_dim != d.decoder_key_embed_dim) j["decoder_key_embed_dim"] = c.decoder_key_embed_dim;
+  if (c.decoder_kv_heads != d.decoder_kv_heads) j["decoder_kv_heads"] = c.decoder_kv_heads;
+  if (c.rotation != d.rotation) j["rotation"] = c.rotation;
+  if (c.group_norm_weight != d.group_norm_weight) j["group_norm_weight"] = c.group_norm_weight;
   return j;
 }
 

@@ -37,8 +37,15 @@ struct ModelConfig {
   DecaySchedule decay_schedule = DecaySchedule::torchscale;
   std::vector<double> decays;  // custom schedule only
   Normalization retention_normalization = Normalization::torchscale;
+  // Extensions for fla's RetNet (io/fla_format.hpp); the defaults reproduce torchscale.
+  int64_t decoder_key_embed_dim = 0;    // total key width H * dk; 0: decoder_embed_dim (torchscale)
+  int64_t decoder_kv_heads = 0;         // heads of k and v, each shared by H / kv consecutive heads; 0: H
+  std::string rotation = "torchscale";  // angles: "torchscale" 10000^(-k/(dk/2-1)); "rope" 10000^(-2k/dk) in float32
+  bool group_norm_weight = false;       // a learnable weight [dv], shared by the heads, on the retention output norm
 
-  int64_t key_dim() const { return decoder_embed_dim / decoder_retention_heads; }
+  int64_t key_embed_dim() const { return decoder_key_embed_dim > 0 ? decoder_key_embed_dim : decoder_embed_dim; }
+  int64_t kv_heads() const { return decoder_kv_heads > 0 ? decoder_kv_heads : decoder_retention_heads; }
+  int64_t key_dim() const { return key_embed_dim() / decoder_retention_heads; }
   int64_t value_dim() const { return decoder_value_embed_dim / decoder_retention_heads; }
   bool has_dropout() const { return dropout > 0 || activation_dropout > 0 || drop_path_rate > 0; }
 
@@ -54,12 +61,21 @@ struct ModelConfig {
     positive("decoder_layers", decoder_layers);
     positive("vocab_size", vocab_size);
     positive("recurrent_chunk_size", recurrent_chunk_size);
-    require(decoder_embed_dim % decoder_retention_heads == 0, "ModelConfig: decoder_embed_dim = ", decoder_embed_dim,
-            " is not divisible by decoder_retention_heads = ", decoder_retention_heads);
+    require(decoder_key_embed_dim >= 0, "ModelConfig: decoder_key_embed_dim = ", decoder_key_embed_dim,
+            " is invalid; it must be >= 0 (0: decoder_embed_dim)");
+    require(decoder_kv_heads >= 0, "ModelConfig: decoder_kv_heads = ", decoder_kv_heads,
+            " is invalid; it must be >= 0 (0: decoder_retention_heads)");
+    require(key_embed_dim() % decoder_retention_heads == 0, "ModelConfig: the key width ", key_embed_dim(),
+            " (decoder_key_embed_dim, or decoder_embed_dim when 0) is not divisible by decoder_retention_heads = ",
+            decoder_retention_heads);
+    require(decoder_retention_heads % kv_heads() == 0, "ModelConfig: decoder_kv_heads = ", decoder_kv_heads,
+            " does not divide decoder_retention_heads = ", decoder_retention_heads);
+    require(rotation == "torchscale" || rotation == "rope", "ModelConfig: rotation = '", rotation,
+            "' is invalid; expected 'torchscale' or 'rope'");
     require(decoder_value_embed_dim % decoder_retention_heads == 0,
             "ModelConfig: decoder_value_embed_dim = ", decoder_value_embed_dim,
             " is not divisible by decoder_retention_heads = ", decoder_retention_heads);
-    require(key_dim() % 2 == 0, "ModelConfig: key head size decoder_embed_dim / decoder_retention_heads = ", key_dim(),
+    require(key_dim() % 2 == 0, "ModelConfig: key head size (key width / decoder_retention_heads) = ", key_dim(),
             " must be even (rotation acts on pairs)");
     require(activation_fn == "gelu" || activation_fn == "swish", "ModelConfig: activation_fn = '", activation_fn,
             "' is invalid; expected 'gelu' or 'swish'");

@@ -55,6 +55,7 @@ class Model {
   // Offsets of one layer's tensors in the flat buffer (-1: absent).
   struct LayerOffsets {
     int64_t q, k, v, g, out, rn_w, rn_b, fc1, fc2, gate, fn_w, fn_b;
+    int64_t gn = -1;  // retention group-norm weight (ModelConfig::group_norm_weight)
   };
 
   // Saved activations for one (batch, length); reuse it across steps of the same shape.
@@ -69,6 +70,10 @@ class Model {
       const int64_t N = batch * length, d = c.decoder_embed_dim, Vd = c.decoder_value_embed_dim,
                     F = c.decoder_ffn_embed_dim, H = c.decoder_retention_heads, V = c.vocab_size, L = c.decoder_layers;
       const bool glu = c.ffn_type == "glu";
+      // Key width, and the extra buffers of grouped heads and of a group-norm weight (0 when unused).
+      const int64_t Kd = c.key_embed_dim(), kv = c.kv_heads();
+      const int64_t kv_tmp = kv < H ? N * kv * std::max(c.key_dim(), c.value_dim()) : 0;
+      const int64_t gn_y = c.group_norm_weight ? N * Vd : 0;
       int64_t total = 0;
       auto take = [&](int64_t n) {
         const int64_t o = total;
@@ -85,19 +90,21 @@ class Model {
       plan(N * d), plan(N), plan(N);                          // emb, emb mean, emb rstd
       for (int64_t l = 0; l < planned_layers; ++l) {
         plan(N * d), plan(N), plan(N);                           // n1 mean1 rstd1
-        plan(N * d), plan(N * d);                                // q k
+        plan(N * Kd), plan(N * Kd);                              // q k
         plan(N * Vd), plan(N * Vd), plan(N * Vd), plan(N * Vd);  // v g o z
         plan(N * H);                                             // gn_rstd
-        plan(N * d);                                             // x1
-        plan(N * d), plan(N), plan(N);                           // n2 mean2 rstd2
-        plan(N * F), plan(glu ? N * F : 0), plan(N * F);         // h gt a
+        plan(kv_tmp), plan(gn_y);
+        plan(N * d);                                      // x1
+        plan(N * d), plan(N), plan(N);                    // n2 mean2 rstd2
+        plan(N * F), plan(glu ? N * F : 0), plan(N * F);  // h gt a
       }
       plan(N * d), plan(N), plan(N);  // nf meanf rstdf
       plan(N * V);                    // logits
       if (with_grad) {
-        plan(N * d), plan(N * d), plan(N * d), plan(N * d);      // dres dn dq dk
+        plan(N * d), plan(N * d), plan(N * Kd), plan(N * Kd);    // dres dn dq dk
         plan(N * Vd), plan(N * Vd), plan(N * Vd), plan(N * Vd);  // dv dg dz do
         plan(N * F), plan(N * F);                                // da dgt
+        plan(kv_tmp);                                            // dkv
       }
       // Dropout masks (training only), only for the sites with a nonzero rate.
       const bool masks = with_grad && c.has_dropout();
@@ -127,6 +134,9 @@ class Model {
         s.msr.q = next(), s.msr.k = next();
         s.msr.v = next(), s.msr.g = next(), s.msr.o = next(), s.msr.z = next();
         s.msr.gn_rstd = next();
+        s.msr.kv_tmp = next(), s.msr.gn_y = next();
+        if (kv_tmp == 0) s.msr.kv_tmp = nullptr;
+        if (gn_y == 0) s.msr.gn_y = nullptr;
         s.x1 = next();
         s.n2 = next(), s.mean2 = next(), s.rstd2 = next();
         s.ffn.h = next(), s.ffn.gt = next(), s.ffn.a = next();
@@ -142,6 +152,8 @@ class Model {
         sc_.msr.dq = next(), sc_.msr.dk = next();
         sc_.msr.dv = next(), sc_.msr.dg = next(), sc_.msr.dz = next(), sc_.msr.do_ = next();
         sc_.ffn.da = next(), sc_.ffn.dgt = next();
+        sc_.msr.dkv = next();
+        if (kv_tmp == 0) sc_.msr.dkv = nullptr;
       }
       if (masks) {
         auto next_if = [&](bool used) {
@@ -198,7 +210,7 @@ class Model {
   explicit Model(ModelConfig cfg, const BackendT& backend = BackendT{})
       : cfg_(std::move(cfg)), rc_(init_rc(cfg_)), be_(backend) {
     const int64_t d = cfg_.decoder_embed_dim, Vd = cfg_.decoder_value_embed_dim, F = cfg_.decoder_ffn_embed_dim,
-                  V = cfg_.vocab_size;
+                  V = cfg_.vocab_size, Kd = cfg_.key_embed_dim(), kv = cfg_.kv_heads();
     const bool ln = cfg_.norm_type == "layernorm";
     embed_ = table_.add("embed_tokens.weight", {V, d}).offset;
     if (!cfg_.share_decoder_input_output_embed) head_ = table_.add("output_projection.weight", {V, d}).offset;
@@ -209,11 +221,12 @@ class Model {
     for (int64_t l = 0; l < cfg_.decoder_layers; ++l) {
       const std::string p = "layers." + std::to_string(l) + ".";
       LayerOffsets o{};
-      o.q = table_.add(p + "retention.q_proj.weight", {d, d}).offset;
-      o.k = table_.add(p + "retention.k_proj.weight", {d, d}).offset;
-      o.v = table_.add(p + "retention.v_proj.weight", {Vd, d}).offset;
+      o.q = table_.add(p + "retention.q_proj.weight", {Kd, d}).offset;
+      o.k = table_.add(p + "retention.k_proj.weight", {kv * cfg_.key_dim(), d}).offset;
+      o.v = table_.add(p + "retention.v_proj.weight", {kv * cfg_.value_dim(), d}).offset;
       o.g = table_.add(p + "retention.g_proj.weight", {Vd, d}).offset;
       o.out = table_.add(p + "retention.out_proj.weight", {d, Vd}).offset;
+      if (cfg_.group_norm_weight) o.gn = table_.add(p + "retention.group_norm.weight", {cfg_.value_dim()}).offset;
       o.rn_w = table_.add(p + "retention_layer_norm.weight", {d}).offset;
       o.rn_b = ln ? table_.add(p + "retention_layer_norm.bias", {d}).offset : -1;
       o.fc1 = table_.add(p + "ffn.fc1.weight", {F, d}).offset;
@@ -529,10 +542,12 @@ class Model {
     const LayerOffsets& o = layers_[static_cast<size_t>(l)];
     const T* P = params_.data();
     auto at = [&](int64_t off) { return off < 0 ? nullptr : P + off; };
-    return BlockWeights<T>{{at(o.rn_w), at(o.rn_b)},
-                           {at(o.q), at(o.k), at(o.v), at(o.g), at(o.out)},
-                           {at(o.fn_w), at(o.fn_b)},
-                           {at(o.fc1), at(o.gate), at(o.fc2)}};
+    BlockWeights<T> w{{at(o.rn_w), at(o.rn_b)},
+                      {at(o.q), at(o.k), at(o.v), at(o.g), at(o.out)},
+                      {at(o.fn_w), at(o.fn_b)},
+                      {at(o.fc1), at(o.gate), at(o.fc2)}};
+    w.msr.gn = at(o.gn);
+    return w;
   }
 
  private:
@@ -541,6 +556,9 @@ class Model {
     return c.retention_config();
   }
   int64_t head_offset() const { return head_ < 0 ? embed_ : head_; }
+  RotationStyle rotation_style() const {
+    return cfg_.rotation == "rope" ? RotationStyle::rope : RotationStyle::torchscale;
+  }
   NormWeights<T> norm_w(int64_t w, int64_t b) const {
     return {w < 0 ? nullptr : params_.data() + w, b < 0 ? nullptr : params_.data() + b};
   }
@@ -550,13 +568,16 @@ class Model {
   BlockGrads<grad_type> grads_of(grad_type* grads, int64_t l) const {
     const LayerOffsets& o = layers_[static_cast<size_t>(l)];
     auto at = [&](int64_t off) { return off < 0 ? nullptr : grads + off; };
-    return BlockGrads<grad_type>{{at(o.rn_w), at(o.rn_b)},
-                         {at(o.q), at(o.k), at(o.v), at(o.g), at(o.out)},
-                         {at(o.fn_w), at(o.fn_b)},
-                         {at(o.fc1), at(o.gate), at(o.fc2)}};
+    BlockGrads<grad_type> g{{at(o.rn_w), at(o.rn_b)},
+                            {at(o.q), at(o.k), at(o.v), at(o.g), at(o.out)},
+                            {at(o.fn_w), at(o.fn_b)},
+                            {at(o.fc1), at(o.gate), at(o.fc2)}};
+    g.msr.gn = at(o.gn);
+    return g;
   }
   MsrDims dims(int64_t B, int64_t Tn) const {
-    return MsrDims{B, Tn, cfg_.decoder_embed_dim, cfg_.decoder_retention_heads, cfg_.key_dim(), cfg_.value_dim()};
+    return MsrDims{
+        B, Tn, cfg_.decoder_embed_dim, cfg_.decoder_retention_heads, cfg_.key_dim(), cfg_.value_dim(), cfg_.kv_heads()};
   }
   void set_norms_to_one() {
     for (const ParamInfo& p : table_.entries())
@@ -611,7 +632,7 @@ class Model {
     ws.row_off_.assign(static_cast<size_t>(B), 0);
     if (same) {
       if (!ws.rot_ || ws.rot_->start != st[0] || ws.rot_->count != Tn) {
-        ws.rot_ = std::make_unique<RotationTable<scalar_type>>(dk, st[0], Tn);
+        ws.rot_ = std::make_unique<RotationTable<scalar_type>>(dk, st[0], Tn, rotation_style());
         bind_rotation(ws);
       }
       return;
@@ -620,7 +641,7 @@ class Model {
     tab->count = B * Tn;
     tab->start = -1;  // marks a per-row table
     for (int64_t b = 0; b < B; ++b) {
-      RotationTable<scalar_type> r(dk, st[static_cast<size_t>(b)], Tn);
+      RotationTable<scalar_type> r(dk, st[static_cast<size_t>(b)], Tn, rotation_style());
       tab->sin.insert(tab->sin.end(), r.sin.begin(), r.sin.end());
       tab->cos.insert(tab->cos.end(), r.cos.begin(), r.cos.end());
       ws.row_off_[static_cast<size_t>(b)] = b * Tn;

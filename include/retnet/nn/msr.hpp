@@ -4,9 +4,10 @@
 //   q = x Wqᵀ, k = x Wkᵀ · dk^-½, v = x Wvᵀ, g = x Wgᵀ          (no biases)
 //   q, k rotated by their absolute positions (interleaved pairs, torchscale's angles)
 //   o = Retention_form(q, k, v [, state])                           [N, H·dv]
-//   y = o · rsqrt(mean_dv(o²) + eps)    per (token, head), no affine
+//   y = o · rsqrt(mean_dv(o²) + eps)    per (token, head), no affine (or times a weight [dv] shared by heads)
 //   z = silu(g) ⊙ y;   out = z Woᵀ  (added to the residual stream)
 // Shapes: x [B·T, d] row-major (batch-major rows), q, k [B, T, H, dk], v, g, o, z [B, T, H, dv].
+// Grouped heads (kv < H key/value heads): k and v are projected to kv heads, head h reading head h / (H / kv).
 // Written once for every backend B: pointers live in B's memory; the ops are B's overloads.
 #include <cmath>
 #include <cstdint>
@@ -24,31 +25,40 @@ namespace retnet {
 
 template <class T>
 struct MsrWeights {
-  const T *q, *k, *v, *g, *out;  // [d, d], [d, d], [Vd, d], [Vd, d], [d, Vd]
+  const T *q, *k, *v, *g, *out;  // [Kd, d], [kv·dk, d], [kv·dv, d], [Vd, d], [d, Vd]  (Kd = H·dk)
   // Inference only: bf16 copies of the same matrices; when set, the forward pass multiplies with these.
   const uint16_t *q16 = nullptr, *k16 = nullptr, *v16 = nullptr, *g16 = nullptr, *out16 = nullptr;
+  const T* gn = nullptr;  // [dv] group-norm weight; null: none
 };
 template <class T>
 struct MsrGrads {
   T *q, *k, *v, *g, *out;  // same shapes; accumulated (+=)
+  T* gn = nullptr;
 };
 // Saved activations of one call (all written by the forward pass).
 template <class T>
 struct MsrSaved {
-  T *q, *k;          // [N, d]  rotated, k scaled
-  T *v, *g, *o, *z;  // [N, Vd]
-  T* gn_rstd;        // [N, H]
+  T *q, *k;             // [N, Kd]  rotated, k scaled
+  T *v, *g, *o, *z;     // [N, Vd]
+  T* gn_rstd;           // [N, H]
+  T* kv_tmp = nullptr;  // grouped heads only: [N, kv·max(dk, dv)], the projections before the repeat
+  T* gn_y = nullptr;    // with a group-norm weight only: [N, Vd], the weighted norm before the gate
 };
 // Scratch for the backward pass.
 template <class T>
 struct MsrScratch {
-  T *dq, *dk;             // [N, d]
+  T *dq, *dk;             // [N, Kd]
   T *dv, *dg, *dz, *do_;  // [N, Vd]
+  T* dkv = nullptr;       // grouped heads only: [N, kv·max(dk, dv)]
 };
 struct MsrDims {
   int64_t batch, length, d, heads, dk, dv;
+  int64_t kv_heads = 0;  // 0: heads
   int64_t rows() const { return batch * length; }
   int64_t vd() const { return heads * dv; }
+  int64_t kd() const { return heads * dk; }
+  int64_t kv() const { return kv_heads > 0 ? kv_heads : heads; }
+  int64_t group() const { return heads / kv(); }
 };
 
 // Per-layer recurrent state views ([B, H, dk, dv] and [B, H]); null pointers mean "none".
@@ -104,10 +114,18 @@ void msr_forward(const B& be, const RetentionConfig& rc, Form form, double eps, 
   using C = scalar_t<T>;
   using S = state_t<T>;
   using Space = typename B::space;
-  const int64_t N = dm.rows(), d = dm.d, Vd = dm.vd();
-  project(be, s.q, x, w.q, w.q16, N, d, d);
-  project(be, s.k, x, w.k, w.k16, N, d, d);
-  project(be, s.v, x, w.v, w.v16, N, d, Vd);
+  const int64_t N = dm.rows(), d = dm.d, Vd = dm.vd(), Kd = dm.kd();
+  project(be, s.q, x, w.q, w.q16, N, d, Kd);
+  if (dm.group() > 1) {
+    const int64_t kv = dm.kv(), G = dm.group();
+    project(be, s.kv_tmp, x, w.k, w.k16, N, d, kv * dm.dk);
+    repeat_heads_forward(be, s.k, s.kv_tmp, N, kv, G, dm.dk);
+    project(be, s.kv_tmp, x, w.v, w.v16, N, d, kv * dm.dv);
+    repeat_heads_forward(be, s.v, s.kv_tmp, N, kv, G, dm.dv);
+  } else {
+    project(be, s.k, x, w.k, w.k16, N, d, Kd);
+    project(be, s.v, x, w.v, w.v16, N, d, Vd);
+  }
   project(be, s.g, x, w.g, w.g16, N, d, Vd);
   const C scaling = C(1) / std::sqrt(C(dm.dk));
   rotate_heads(be, s.q, rot.sin, rot.cos, rot.row_off, dm.batch, dm.length, dm.heads, dm.dk, C(1), false);
@@ -130,7 +148,12 @@ void msr_forward(const B& be, const RetentionConfig& rc, Form form, double eps, 
     if (state_out.scale) o.state_scale = SView(state_out.scale, ssc);
     retention_forward(be, form, rc, in, o);
   }
-  group_norm_gate_forward(be, s.z, s.gn_rstd, s.o, s.g, N * dm.heads, dm.dv, eps);
+  if (w.gn) {
+    rmsnorm_forward(be, s.gn_y, s.gn_rstd, s.o, w.gn, N * dm.heads, dm.dv, eps);
+    glu_forward(be, Activation::swish, s.z, s.g, s.gn_y, N * Vd);
+  } else {
+    group_norm_gate_forward(be, s.z, s.gn_rstd, s.o, s.g, N * dm.heads, dm.dv, eps);
+  }
   project(be, out, s.z, w.out, w.out16, N, Vd, d, /*accumulate=*/true);
 }
 
@@ -145,11 +168,18 @@ void msr_backward(const B& be, const RetentionConfig& rc, Form form, const MsrDi
   using C = scalar_t<T>;
   using S = state_t<T>;
   using Space = typename B::space;
-  const int64_t N = dm.rows(), d = dm.d, Vd = dm.vd();
+  const int64_t N = dm.rows(), d = dm.d, Vd = dm.vd(), Kd = dm.kd();
   // out = z Woᵀ
   linear_backward(be, sc.dz, gw.out, dout, s.z, w.out, N, Vd, d);
-  // z = silu(g) ⊙ groupnorm(o)
-  group_norm_gate_backward(be, sc.do_, sc.dg, sc.dz, s.o, s.g, s.gn_rstd, N * dm.heads, dm.dv);
+  // z = silu(g) ⊙ groupnorm(o); with a weight the gradient of o lands in sc.dz
+  T* d_o = sc.do_;
+  if (w.gn) {
+    glu_backward(be, Activation::swish, sc.dg, sc.do_, sc.dz, s.g, s.gn_y, N * Vd);
+    rmsnorm_backward(be, sc.dz, gw.gn, sc.do_, s.o, w.gn, s.gn_rstd, N * dm.heads, dm.dv);
+    d_o = sc.dz;
+  } else {
+    group_norm_gate_backward(be, sc.do_, sc.dg, sc.dz, s.o, s.g, s.gn_rstd, N * dm.heads, dm.dv);
+  }
   // retention backward
   const Shape qk{dm.batch, dm.length, dm.heads, dm.dk}, vo{dm.batch, dm.length, dm.heads, dm.dv};
   const Shape skv{dm.batch, dm.heads, dm.dk, dm.dv};
@@ -157,7 +187,7 @@ void msr_backward(const B& be, const RetentionConfig& rc, Form form, const MsrDi
   using CView = TensorView<const T, Space>;
   const RetentionInputs<T, Space, S> in = msr_retention_inputs<Space>(dm, s, state_in);
   RetentionOutputGrads<T, Space, S> go;
-  go.d_o = CView(sc.do_, vo);
+  go.d_o = CView(d_o, vo);
   if (d_state_out) go.d_state_kv = TensorView<const S, Space>(d_state_out, skv);
   RetentionInputGrads<T, Space, S> gi;
   gi.dq = View(sc.dq, qk);
@@ -170,9 +200,17 @@ void msr_backward(const B& be, const RetentionConfig& rc, Form form, const MsrDi
   rotate_heads(be, sc.dq, rot.sin, rot.cos, rot.row_off, dm.batch, dm.length, dm.heads, dm.dk, C(1), true);
   rotate_heads(be, sc.dk, rot.sin, rot.cos, rot.row_off, dm.batch, dm.length, dm.heads, dm.dk, scaling, true);
   // projections
-  linear_backward(be, dx, gw.q, sc.dq, x, w.q, N, d, d, GradMode::overwrite);
-  linear_backward(be, dx, gw.k, sc.dk, x, w.k, N, d, d, GradMode::accumulate);
-  linear_backward(be, dx, gw.v, sc.dv, x, w.v, N, d, Vd, GradMode::accumulate);
+  linear_backward(be, dx, gw.q, sc.dq, x, w.q, N, d, Kd, GradMode::overwrite);
+  if (dm.group() > 1) {
+    const int64_t kv = dm.kv(), G = dm.group();
+    repeat_heads_backward(be, sc.dkv, sc.dk, N, kv, G, dm.dk);
+    linear_backward(be, dx, gw.k, sc.dkv, x, w.k, N, d, kv * dm.dk, GradMode::accumulate);
+    repeat_heads_backward(be, sc.dkv, sc.dv, N, kv, G, dm.dv);
+    linear_backward(be, dx, gw.v, sc.dkv, x, w.v, N, d, kv * dm.dv, GradMode::accumulate);
+  } else {
+    linear_backward(be, dx, gw.k, sc.dk, x, w.k, N, d, Kd, GradMode::accumulate);
+    linear_backward(be, dx, gw.v, sc.dv, x, w.v, N, d, Vd, GradMode::accumulate);
+  }
   linear_backward(be, dx, gw.g, sc.dg, x, w.g, N, d, Vd, GradMode::accumulate);
 }
 
