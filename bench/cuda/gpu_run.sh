@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build, GPU tests, benchmarks, fla, sanitizers. Stages by name:
 #   bench/cuda/gpu_run.sh build test bench fla memcheck racecheck build-base test-base bench-base
-#   and for the whole model: bench-model fla-model profile-model memcheck-model smoke (train_lm on both devices, float and bf16)
+#   and for the whole model: bench-model fla-model profile-model memcheck-model smoke (train_lm on both devices,
+#   float and bf16), fla-goldens (fixtures of fla's own RetNet for tests/io)
 # ARCH (default 90a) is the CUDA architecture of build; build-base, test-base and bench-base build, test and time
 # the same code for plain sm_90, where the kernels keep their mma.sync walks and float with key size 256 runs on
-# the generic scan kernel. TEST_FILTER and BENCH_FILTER narrow the tests and benchmarks.
+# the generic scan kernel. TARGETS narrows what build builds; TEST_FILTER and BENCH_FILTER the tests and benchmarks.
 # Expects .gpu-debs (with libcli11-dev for the programs: ../shared/gpu/collect-debs.sh .gpu-debs libcli11-dev, and
 # .peers/fla-src for fla) carried along; logs go to $OUT.
 set -o pipefail
@@ -19,7 +20,7 @@ for stage in "$@"; do
       nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
       cmake -S . -B $B -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH=/tmp/deps/usr \
         -DCMAKE_CUDA_ARCHITECTURES=${ARCH:-90a} -DRETNET_BUILD_EXAMPLES=ON -DRETNET_MPI=OFF -DCMAKE_CUDA_FLAGS="-Xptxas=-v" > "$OUT/build.log" 2>&1 &&
-        cmake --build $B -j16 --target test_cuda bench_cuda_retention bench_cuda_model train_lm >> "$OUT/build.log" 2>&1 ||
+        cmake --build $B -j16 --target ${TARGETS:-test_cuda bench_cuda_retention bench_cuda_model train_lm} -- -k 0 >> "$OUT/build.log" 2>&1 ||
         { grep -E "error" -A3 "$OUT/build.log" | head -60; exit 1; }
       grep -E "registers|spill" "$OUT/build.log" | sort | uniq -c | sort -rn | head -12 ;;
     build-base)
@@ -43,6 +44,8 @@ for stage in "$@"; do
         nsys stats -r cuda_gpu_kern_sum --format csv -o /tmp/prof /tmp/prof.nsys-rep > /dev/null 2>&1 &&
         cp /tmp/prof_cuda_gpu_kern_sum.csv "$OUT/" &&
         python3 bench/cuda/model_profile.py /tmp/prof_cuda_gpu_kern_sum.csv | tee "$OUT/profile.md" ;;
+    fla-goldens) PYTHONPATH=$PWD/.peers/fla-src python3 tests/fla/make_goldens.py --fla $PWD/.peers/fla-src \
+        --out "$OUT/fla-goldens" 2>&1 | tail -12 ;;
     memcheck-model) compute-sanitizer --tool memcheck --error-exitcode 3 $B/tests/cuda/test_cuda "[model]" 2>&1 | tail -5 ;;
     smoke)  # train_lm on the CPU and the GPU from the same seed, then each resuming the other's checkpoint
       T=$B/examples/train_lm

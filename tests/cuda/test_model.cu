@@ -185,6 +185,40 @@ TEST_CASE("GPU model with value heads of 512 (fla's default head shape, run as s
   }
 }
 
+TEST_CASE("GPU model with fla's semantics (grouped k/v heads, RoPE, group-norm weight, no normalisers) matches the CPU",
+          "[model][fla]") {
+  if (!have_gpu()) return;
+  ModelConfig cfg = small_config(false, false);
+  cfg.decoder_retention_heads = 4;
+  cfg.decoder_key_embed_dim = 256;  // key heads of 64, wider than the hidden size
+  cfg.decoder_value_embed_dim = 512;
+  cfg.decoder_kv_heads = 2;
+  cfg.rotation = "rope";
+  cfg.group_norm_weight = true;
+  cfg.retention_normalization = retnet::Normalization::raw;
+  ModelCase c = make_case(cfg, 2, 45, 51);
+  // a group-norm weight away from 1, so its gradient and its use both show
+  std::mt19937_64 gen(3);
+  std::uniform_real_distribution<float> u(0.5f, 1.5f);
+  for (const retnet::ParamInfo& p : retnet::Model<float, Cuda>(cfg, gpu()).param_table().entries())
+    if (p.name.find("group_norm") != std::string::npos)
+      for (int64_t i = 0; i < p.numel(); ++i) c.params[static_cast<size_t>(p.offset + i)] = u(gen);
+  for (const Form form : {Form::chunkwise, Form::parallel, Form::recurrent}) {
+    INFO("form " << retnet::to_string(form));
+    auto m = gpu_model(c);
+    const retnet::Tensor<float> logits = m.forward(HostView<const int64_t>(c.tokens.data(), {c.batch, c.length}), form);
+    CHECK(rel_err(logits.storage(), retnet_test::ref_logits(c, form)) < 1e-5);
+    retnet::GradContext<float, Cuda> ctx;
+    retnet::Buffer<float, Cuda> grads(gpu(), m.param_count());
+    const int64_t count = retnet::count_targets(c.targets.data(), c.batch * c.length);
+    const retnet::LossSum l = retnet::loss_and_grad(m, ctx, c.tokens.data(), c.targets.data(), c.batch, c.length, form,
+                                                    grads.data(), 1.0 / static_cast<double>(count));
+    const retnet_test::RefLossGrad ref = retnet_test::ref_loss_grad(c, form, 0);
+    CHECK(l.mean() == Approx(ref.loss).epsilon(1e-5));
+    check_grads(m.param_table(), grads.to_host(), ref.grads, 1e-4);
+  }
+}
+
 TEST_CASE("GPU trainer: 50 steps follow the CPU's loss curve; its optimizer state resumes on the CPU", "[model]") {
   if (!have_gpu()) return;
   const ModelCase c = make_case(small_config(true, false), 4, 64, 21);
@@ -284,7 +318,7 @@ TEST_CASE("bf16 GPU trainer: the CPU's loss curve within bf16 noise; float maste
   for (int s = 0; s < 50; ++s) got.push_back(tr.step(x, y).loss);
   for (size_t s = 0; s < got.size(); ++s) {
     INFO("step " << s << ": bf16 " << got[s] << ", CPU float " << want[s]);
-    CHECK(std::abs(got[s] - want[s]) < 0.03 * std::max(1.0, want[s]));
+    CHECK(std::abs(got[s] - want[s]) < 0.05 * std::max(1.0, want[s]));
   }
   CHECK(got.back() < got.front() - 1.0);
 
@@ -307,7 +341,7 @@ TEST_CASE("bf16 GPU trainer: the CPU's loss curve within bf16 noise; float maste
     retnet::Trainer<bf16, Cuda> tr2(m2, tc);
     CHECK(retnet::load_training_checkpoint(path, tr2).data_position == 7);
     CHECK(tr2.step(x, y).loss == next);
-    CHECK(m2.params_to_host() == m.params_to_host());
+    CHECK(to_float(m2.params_to_host()) == to_float(m.params_to_host()));
   }
   {
     retnet::Model<float, Cuda> mf(c.cfg, gpu());
