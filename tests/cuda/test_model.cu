@@ -200,7 +200,8 @@ TEST_CASE("GPU model with fla's semantics (grouped k/v heads, RoPE, group-norm w
   // a group-norm weight away from 1, so its gradient and its use both show
   std::mt19937_64 gen(3);
   std::uniform_real_distribution<float> u(0.5f, 1.5f);
-  for (const retnet::ParamInfo& p : retnet::Model<float, Cuda>(cfg, gpu()).param_table().entries())
+  const retnet::Model<float, Cuda> layout(cfg, gpu());
+  for (const retnet::ParamInfo& p : layout.param_table().entries())
     if (p.name.find("group_norm") != std::string::npos)
       for (int64_t i = 0; i < p.numel(); ++i) c.params[static_cast<size_t>(p.offset + i)] = u(gen);
   for (const Form form : {Form::chunkwise, Form::parallel, Form::recurrent}) {
