@@ -15,6 +15,7 @@
 
 #include "retnet/core/backend.hpp"
 #include "retnet/core/error.hpp"
+#include "retnet/infer/generate.hpp"
 #include "retnet/infer/sampler.hpp"
 #include "retnet/nn/model.hpp"
 

@@ -1,5 +1,5 @@
 #pragma once
-// The RetNet language model (torchscale's RetNetDecoder with its embedding and LM head) on the CPU.
+// The RetNet language model (torchscale's RetNetDecoder with its embedding and LM head), on any backend.
 //
 //   x = embed_scale · E[tokens]  (→ RMSNorm if layernorm_embedding)  → dropout
 //   x = DecoderLayer_l(x)  for l = 0 .. L-1
@@ -14,6 +14,11 @@
 // on the retention branch (then drop path), after the FFN activation (activation_dropout) and on the FFN
 // branch (dropout after fc2, then drop path); the masks are kept in the workspace for backward().
 // Without a key (evaluation, inference) or with all rates 0 nothing of this runs.
+// Recurrent inference: a State (make_state) holds each layer's retention state in backend memory (state_t<T>) with
+// the buffers of its decoding step; prefill / prefill_rows run prompts chunkwise into all or some of its rows,
+// step runs one token per row (ids from the host, checked, or already in backend memory), and step_enqueue is the
+// step's backend work alone, which a CUDA graph can hold (cuda/decode_graph.cuh). Logits stay in state.logits();
+// the calls taking host ids also return a host copy.
 // bf16 inference weights (opt-in, off by default): set_inference_weights(WeightPrecision::bf16) makes a bf16
 // copy (round to nearest even) of the float parameters; forward(), prefill() and step() then multiply with it
 // (activations, norms, retention and sums stay in T), halving the bytes decoding streams per token.
