@@ -214,7 +214,7 @@ int run(const Options& o) {
   infer::GenerateOptions g{.max_new_tokens = o.max_new, .sampling = o.sampling, .stop_token = o.stop};
   std::vector<std::vector<int64_t>> out;
   typename Model<T>::State state;
-  std::vector<int64_t> last;  // the last token of each row (fed to the next step)
+  std::vector<int64_t> last;                      // the last token of each row (fed to the next step)
   std::vector<std::vector<int64_t>> batch_lines;  // the prompts of --batch-file
   const auto t0 = std::chrono::steady_clock::now();
 
@@ -266,8 +266,9 @@ int run(const Options& o) {
         std::cerr << "decoding on " << r.device << "\n";
         out = std::move(r.tokens);
 #else
-        fail("--device cuda: this build of generate has no CUDA support (build it with RETNET_CUDA=ON where nvcc "
-             "is found)");
+        fail(
+            "--device cuda: this build of generate has no CUDA support (build it with RETNET_CUDA=ON where nvcc "
+            "is found)");
 #endif
       }
     } else {

@@ -116,7 +116,8 @@ void bm_decode(benchmark::State& state) {
   const double weights = static_cast<double>(m.param_count()) * sizeof(float);
   state.counters["tokens/s"] =
       benchmark::Counter(static_cast<double>(B * kSteps), benchmark::Counter::kIsIterationInvariantRate);
-  state.counters["weight_bytes/s"] = benchmark::Counter(weights * kSteps, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["weight_bytes/s"] =
+      benchmark::Counter(weights * kSteps, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["ms/step"] =
       benchmark::Counter(kSteps / 1e3, benchmark::Counter::kIsIterationInvariantRate | benchmark::Counter::kInvert);
   state.counters["params"] = static_cast<double>(m.param_count());
@@ -135,7 +136,8 @@ void bm_prefill(benchmark::State& state) {
     const double ms = time_ms([&] { m.prefill_rows(v, st, 0); });
     state.SetIterationTime(ms / 1e3);
   }
-  state.counters["tokens/s"] = benchmark::Counter(static_cast<double>(T), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["tokens/s"] =
+      benchmark::Counter(static_cast<double>(T), benchmark::Counter::kIsIterationInvariantRate);
 }
 
 // Device-to-device cudaMemcpy of 2 GiB: bytes read plus bytes written per second.
@@ -144,8 +146,8 @@ void bm_copy_bandwidth(benchmark::State& state) {
   Buffer<unsigned char, Cuda> a(context(), bytes), b(context(), bytes);
   for (auto _ : state) {
     const double ms = time_ms([&] {
-      RETNET_CUDA_CHECK(cudaMemcpyAsync(b.data(), a.data(), static_cast<size_t>(bytes), cudaMemcpyDeviceToDevice,
-                                        context().stream));
+      RETNET_CUDA_CHECK(
+          cudaMemcpyAsync(b.data(), a.data(), static_cast<size_t>(bytes), cudaMemcpyDeviceToDevice, context().stream));
     });
     state.SetIterationTime(ms / 1e3);
   }
@@ -191,7 +193,13 @@ BENCHMARK(bm_decode)
     ->Unit(benchmark::kMillisecond)
     ->UseManualTime()
     ->MinTime(2.0);
-BENCHMARK(bm_prefill)->ArgNames({"T"})->Arg(2048)->Arg(32768)->Unit(benchmark::kMillisecond)->UseManualTime()->MinTime(2.0);
+BENCHMARK(bm_prefill)
+    ->ArgNames({"T"})
+    ->Arg(2048)
+    ->Arg(32768)
+    ->Unit(benchmark::kMillisecond)
+    ->UseManualTime()
+    ->MinTime(2.0);
 
 int main(int argc, char** argv) {
   parse_flags(argc, argv);

@@ -26,7 +26,8 @@ std::vector<std::vector<int64_t>> ref_greedy(const ModelConfig& cfg, const std::
 RefPrefill ref_prefill(const ModelConfig& cfg, const std::vector<float>& params, const std::vector<int64_t>& prompt) {
   Model<float> m = cpu_model(cfg, params);
   auto st = m.make_state(1);
-  const Tensor<float> l = m.prefill(HostView<const int64_t>(prompt.data(), {1, static_cast<int64_t>(prompt.size())}), st);
+  const Tensor<float> l =
+      m.prefill(HostView<const int64_t>(prompt.data(), {1, static_cast<int64_t>(prompt.size())}), st);
   RefPrefill r;
   for (size_t i = 0; i < st.kv.size(); ++i) {
     r.kv.push_back(st.kv[i].storage());

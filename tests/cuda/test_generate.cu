@@ -185,8 +185,8 @@ TEST_CASE("the graph-replayed decoding step gives the plain step's logits", "[cu
     const std::vector<int64_t> next = random_tokens(B, V, 300 + static_cast<uint64_t>(s));
     ids.copy_from_host(next.data(), B);
     m.step(DeviceView<const int64_t>(ids.data(), {B}), plain);
-    RETNET_CUDA_CHECK(cudaMemcpyAsync(replayed.tokens(), next.data(), sizeof(int64_t) * B, cudaMemcpyHostToDevice,
-                                      gpu().stream));
+    RETNET_CUDA_CHECK(
+        cudaMemcpyAsync(replayed.tokens(), next.data(), sizeof(int64_t) * B, cudaMemcpyHostToDevice, gpu().stream));
     graph.replay();
     const std::vector<float> a = to_host(plain.logits(), B * V), b = to_host(replayed.logits(), B * V);
     INFO("step " << s << (graph.captured() ? " (graph)" : " (direct)"));
@@ -195,7 +195,8 @@ TEST_CASE("the graph-replayed decoding step gives the plain step's logits", "[cu
   }
   CHECK(graph.captured());
   std::vector<int64_t> dev_pos(static_cast<size_t>(B));
-  RETNET_CUDA_CHECK(cudaMemcpy(dev_pos.data(), replayed.device_positions(), sizeof(int64_t) * B, cudaMemcpyDeviceToHost));
+  RETNET_CUDA_CHECK(
+      cudaMemcpy(dev_pos.data(), replayed.device_positions(), sizeof(int64_t) * B, cudaMemcpyDeviceToHost));
   CHECK(dev_pos == replayed.positions);
 }
 
@@ -211,8 +212,8 @@ TEST_CASE("GPU sampling: greedy ties, top-k, top-p, penalty, distribution and se
     lg.copy_from_host(all.data(), rows * V);
     Buffer<int64_t, Cuda> tok(ctx, rows);
     DeviceSampler s(ctx, rows, V, o, penalty);
-    for (int64_t r = 0; r < rows; ++r) s.reset_row(r, mix_seed(seed, static_cast<uint64_t>(r)), seen.data(),
-                                                   static_cast<int64_t>(seen.size()));
+    for (int64_t r = 0; r < rows; ++r)
+      s.reset_row(r, mix_seed(seed, static_cast<uint64_t>(r)), seen.data(), static_cast<int64_t>(seen.size()));
     std::vector<int64_t> out;
     for (int d = 0; d < draws; ++d) {
       s.sample(lg.data(), tok.data(), 0, rows);
@@ -237,10 +238,9 @@ TEST_CASE("GPU sampling: greedy ties, top-k, top-p, penalty, distribution and se
   std::vector<float> small(40);
   for (auto& x : small) x = nd(g);
   small[3] = small[9];  // a tie inside the support
-  for (const SamplingOptions& o : {SamplingOptions{.temperature = 0.7, .top_k = 5},
-                                   SamplingOptions{.temperature = 1.3, .top_p = 0.6},
-                                   SamplingOptions{.temperature = 1.0, .top_k = 8, .top_p = 0.9},
-                                   SamplingOptions{.temperature = 1.0}}) {
+  for (const SamplingOptions& o :
+       {SamplingOptions{.temperature = 0.7, .top_k = 5}, SamplingOptions{.temperature = 1.3, .top_p = 0.6},
+        SamplingOptions{.temperature = 1.0, .top_k = 8, .top_p = 0.9}, SamplingOptions{.temperature = 1.0}}) {
     const std::vector<double> p = Sampler(o).distribution(small.data(), 40);
     const int64_t rows = 4000;
     const auto drawn = run(small, rows, o, 1.0, 21);

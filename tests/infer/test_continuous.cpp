@@ -45,8 +45,8 @@ infer::ContinuousOptions slots_of(int64_t slots, std::vector<int64_t> max_new = 
 TEST_CASE("continuous batching gives infer::generate's tokens for any slot count", "[infer][continuous]") {
   Model<double> m(cont_config());
   randomise(m, 31);
-  const std::vector<std::vector<int64_t>> prompts{{1, 2, 3, 4, 5}, {7}, {8, 9, 10}, {11, 12, 13, 14, 15, 16, 17, 18, 19},
-                                                  {2, 2}};
+  const std::vector<std::vector<int64_t>> prompts{
+      {1, 2, 3, 4, 5}, {7}, {8, 9, 10}, {11, 12, 13, 14, 15, 16, 17, 18, 19}, {2, 2}};
   for (const SamplingOptions so : {SamplingOptions{.temperature = 0}, SamplingOptions{.temperature = 0.9, .seed = 4},
                                    SamplingOptions{.temperature = 1.2, .top_k = 5, .top_p = 0.9, .seed = 8}}) {
     const infer::GenerateOptions opt{.max_new_tokens = 10, .sampling = so};
@@ -117,8 +117,9 @@ TEST_CASE("prefill_rows and reset_rows work on a state's rows alone", "[infer][c
   for (int64_t i = 0; i < 2 * V; ++i) CHECK(s2.logits()[i] == l1[i]);
   CHECK(s2.device_positions()[0] == 7);
 
-  CHECK(error_of([&] { m.prefill_rows(HostView<const int64_t>(a.data(), {1, 6}), rows, 3); }).find("rows [3, 4)") !=
-        std::string::npos);
+  CHECK(error_of([&] {
+          m.prefill_rows(HostView<const int64_t>(a.data(), {1, 6}), rows, 3);
+        }).find("rows [3, 4)") != std::string::npos);
   CHECK(error_of([&] { m.reset_rows(rows, -1, 1); }).find("rows [-1, 0)") != std::string::npos);
   Model<double>::State none;
   CHECK(error_of([&] { m.step(HostView<const int64_t>(next.data(), {2}), none); }).find("not made by make_state") !=
@@ -126,8 +127,9 @@ TEST_CASE("prefill_rows and reset_rows work on a state's rows alone", "[infer][c
   const infer::GenerateOptions g{};
   CHECK(error_of([&] { infer::generate_continuous(m, {{1, 30}}, g); }).find("token 30") != std::string::npos);
   CHECK(error_of([&] { infer::generate_continuous(m, {{1}}, g, slots_of(0)); }).find("slots = 0") != std::string::npos);
-  CHECK(error_of([&] { infer::generate_continuous(m, {{1}}, g, slots_of(1, {1, 2})); }).find("2 max_new values") !=
-        std::string::npos);
+  CHECK(error_of([&] {
+          infer::generate_continuous(m, {{1}}, g, slots_of(1, {1, 2}));
+        }).find("2 max_new values") != std::string::npos);
   infer::ContinuousOptions pen = slots_of(1);
   pen.repetition_penalty = 1.2;
   CHECK(error_of([&] { infer::generate_continuous(m, {{1}}, g, pen); }).find("repetition_penalty") !=

@@ -53,8 +53,8 @@ static __global__ void advance_positions_kernel(int64_t* positions, int64_t n, i
 template <class T>
 void step_rotation_rows(const Cuda& ctx, T* sin, T* cos, const int64_t* positions, int64_t rows, int64_t key_dim) {
   using namespace cuda_detail;
-  require(key_dim > 0 && key_dim % 2 == 0 && key_dim / 2 <= kMaxRotationPairs, "step_rotation_rows: key_dim = ",
-          key_dim, " must be even and at most ", 2 * kMaxRotationPairs);
+  require(key_dim > 0 && key_dim % 2 == 0 && key_dim / 2 <= kMaxRotationPairs,
+          "step_rotation_rows: key_dim = ", key_dim, " must be even and at most ", 2 * kMaxRotationPairs);
   require_count("step_rotation_rows", "rows", rows);
   if (rows == 0) return;
   static thread_local int64_t cached_dim = 0;

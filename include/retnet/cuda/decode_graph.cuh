@@ -35,8 +35,8 @@ class DecodeGraph {
     const Cuda& ctx = model.backend();
     require(ctx.cublas != nullptr, "DecodeGraph: the model's Cuda context has no cuBLAS handle");
     require(state.tokens() != nullptr, "DecodeGraph: the state was not made by make_state");
-    require(!sampler || sampler->rows() == state.batch(), "DecodeGraph: the sampler has ", sampler ? sampler->rows() : 0,
-            " rows, the state ", state.batch());
+    require(!sampler || sampler->rows() == state.batch(), "DecodeGraph: the sampler has ",
+            sampler ? sampler->rows() : 0, " rows, the state ", state.batch());
     workspace_ = Buffer<unsigned char, Cuda>(ctx, static_cast<int64_t>(kCublasWorkspaceBytes));
     RETNET_CUBLAS_CHECK(cublasSetStream(ctx.cublas, ctx.stream));
     RETNET_CUBLAS_CHECK(cublasSetWorkspace(ctx.cublas, workspace_.data(), kCublasWorkspaceBytes));
@@ -74,8 +74,9 @@ class DecodeGraph {
   }
   void capture() {
     const cudaStream_t s = model_.backend().stream;
-    require(s != nullptr, "DecodeGraph: the model's Cuda context uses the legacy default stream, which cannot be "
-                          "captured; give it a stream of its own");
+    require(s != nullptr,
+            "DecodeGraph: the model's Cuda context uses the legacy default stream, which cannot be "
+            "captured; give it a stream of its own");
     RETNET_CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
     try {
       enqueue();

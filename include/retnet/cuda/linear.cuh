@@ -4,7 +4,8 @@
 // tensor cores); bf16 storage multiplies on the tensor cores with float accumulation. Parameter gradients
 // accumulate (+=); activation gradients overwrite unless GradMode::accumulate.
 //
-// The ops set ctx.cublas's stream to ctx.stream (where it differs) and its math mode to the default before every product.
+// The ops set ctx.cublas's stream to ctx.stream (where it differs) and its math mode to the default before every
+// product.
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>

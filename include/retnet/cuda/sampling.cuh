@@ -36,9 +36,9 @@ constexpr int kSampleWarps = kSampleThreads / 32;
 struct SampleParams {
   int greedy;
   float inv_temperature;
-  int64_t top_k;     // 0 or >= vocab: no limit
-  double top_p;      // 1: no limit
-  float penalty;     // 1: none
+  int64_t top_k;  // 0 or >= vocab: no limit
+  double top_p;   // 1: no limit
+  float penalty;  // 1: none
 };
 
 // A uniform variate in [0, 1) from (seed, counter): 53 bits of a splitmix64 chain.
@@ -341,8 +341,9 @@ class DeviceSampler {
     o_.validate();
     require(rows > 0, "DeviceSampler: rows = ", rows, " must be positive");
     require(vocab > 0 && vocab <= INT_MAX, "DeviceSampler: vocab = ", vocab, " must lie in [1, ", INT_MAX, "]");
-    require(std::isfinite(repetition_penalty) && repetition_penalty > 0, "DeviceSampler: repetition_penalty = ",
-            repetition_penalty, " is invalid; it must be finite and > 0 (1: none)");
+    require(std::isfinite(repetition_penalty) && repetition_penalty > 0,
+            "DeviceSampler: repetition_penalty = ", repetition_penalty,
+            " is invalid; it must be finite and > 0 (1: none)");
     seeds_ = Buffer<uint64_t, Cuda>(ctx, rows);
     counters_ = Buffer<int64_t, Cuda>(ctx, rows);
     status_ = Buffer<int32_t, Cuda>(ctx, rows);
@@ -401,8 +402,8 @@ class DeviceSampler {
   const int64_t* fetch(const int64_t* tokens, int64_t first_row, int64_t n) {
     check_rows("DeviceSampler::fetch", first_row, n);
     const size_t b = static_cast<size_t>(n);
-    RETNET_CUDA_CHECK(cudaMemcpyAsync(host_, tokens + first_row, sizeof(int64_t) * b, cudaMemcpyDeviceToHost,
-                                      ctx_.stream));
+    RETNET_CUDA_CHECK(
+        cudaMemcpyAsync(host_, tokens + first_row, sizeof(int64_t) * b, cudaMemcpyDeviceToHost, ctx_.stream));
     RETNET_CUDA_CHECK(cudaMemcpyAsync(host_status_, status_.data() + first_row, sizeof(int32_t) * b,
                                       cudaMemcpyDeviceToHost, ctx_.stream));
     RETNET_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));

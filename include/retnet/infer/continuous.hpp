@@ -22,9 +22,9 @@
 namespace retnet::infer {
 
 struct ContinuousOptions {
-  int64_t slots = 8;                  // rows decoded together
-  std::vector<int64_t> max_new;       // per prompt (empty: GenerateOptions::max_new_tokens for all)
-  double repetition_penalty = 1.0;    // GPU sampling only; 1: none
+  int64_t slots = 8;                // rows decoded together
+  std::vector<int64_t> max_new;     // per prompt (empty: GenerateOptions::max_new_tokens for all)
+  double repetition_penalty = 1.0;  // GPU sampling only; 1: none
 };
 
 // Picks the next token of rows of a State from its logits; specialised per backend.
@@ -71,17 +71,17 @@ class TokenPicker<T, Cpu> {
 // Continues every prompt by up to its max_new tokens with `cont.slots` rows decoding together; returns the new
 // tokens of each prompt. on_token(prompt index, token) is called as tokens are produced.
 template <class T, class B>
-std::vector<std::vector<int64_t>> generate_continuous(Model<T, B>& model, const std::vector<std::vector<int64_t>>& prompts,
+std::vector<std::vector<int64_t>> generate_continuous(Model<T, B>& model,
+                                                      const std::vector<std::vector<int64_t>>& prompts,
                                                       const GenerateOptions& opt, const ContinuousOptions& cont = {},
                                                       const TokenCallback& on_token = {}) {
   opt.sampling.validate();
   const int64_t V = model.config().vocab_size, N = static_cast<int64_t>(prompts.size());
   require(N > 0, "infer::generate_continuous: no prompts");
   require(cont.slots > 0, "infer::generate_continuous: slots = ", cont.slots, " must be positive");
-  require(opt.max_new_tokens >= 0, "infer::generate_continuous: max_new_tokens = ", opt.max_new_tokens,
-          " is negative");
-  require(cont.max_new.empty() || static_cast<int64_t>(cont.max_new.size()) == N, "infer::generate_continuous: ",
-          cont.max_new.size(), " max_new values for ", N, " prompts");
+  require(opt.max_new_tokens >= 0, "infer::generate_continuous: max_new_tokens = ", opt.max_new_tokens, " is negative");
+  require(cont.max_new.empty() || static_cast<int64_t>(cont.max_new.size()) == N,
+          "infer::generate_continuous: ", cont.max_new.size(), " max_new values for ", N, " prompts");
   for (size_t i = 0; i < prompts.size(); ++i) {
     require(!prompts[i].empty(), "infer::generate_continuous: prompt ", i, " is empty; it needs at least one token");
     for (int64_t t : prompts[i])
@@ -115,8 +115,8 @@ std::vector<std::vector<int64_t>> generate_continuous(Model<T, B>& model, const 
       if (limit(p) == 0) continue;
       const auto& prompt = prompts[static_cast<size_t>(p)];
       model.reset_rows(state, slot, 1);
-      model.prefill_rows(HostView<const int64_t>(prompt.data(), {1, static_cast<int64_t>(prompt.size())}), state,
-                         slot, opt.prefill_form);
+      model.prefill_rows(HostView<const int64_t>(prompt.data(), {1, static_cast<int64_t>(prompt.size())}), state, slot,
+                         opt.prefill_form);
       picker.start(slot, mix_seed(opt.sampling.seed, static_cast<uint64_t>(p)), prompt);
       seq[static_cast<size_t>(slot)] = p;
       if (!emit(slot, picker.pick_row(slot))) return;

@@ -523,8 +523,8 @@ class Model {
     require(tokens.rank() == 2, op, ": tokens has shape ", tokens.shape().to_string(), ", expected [batch, length]");
     const int64_t n = tokens.size(0), Tn = tokens.size(1), V = cfg_.vocab_size, H = cfg_.decoder_retention_heads;
     check_state(op, state, state.batch());
-    require(first_row >= 0 && n >= 0 && first_row + n <= state.batch(), op, ": rows [", first_row, ", ",
-            first_row + n, ") lie outside the state's batch of ", state.batch());
+    require(first_row >= 0 && n >= 0 && first_row + n <= state.batch(), op, ": rows [", first_row, ", ", first_row + n,
+            ") lie outside the state's batch of ", state.batch());
     const bool bf16 = use_bf16(op);
     Workspace ws(*this, n, Tn, /*with_grad=*/false);
     const int64_t kv_row = H * cfg_.key_dim() * cfg_.value_dim();
