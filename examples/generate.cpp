@@ -305,7 +305,7 @@ int run(const Options& o) {
   for (size_t i = 0; i < out.size(); ++i) {
     produced += static_cast<int64_t>(out[i].size());
     if (!batch_lines.empty()) {
-      std::cout << "--- prompt " << i << " ---\n" << show(batch_lines[i], bytes) << (bytes ? "" : " |");
+      std::cout << "--- prompt " << i << " ---\n" << show(batch_lines[i], bytes) << (bytes ? "" : " | ");
     } else {
       if (out.size() > 1) std::cout << "--- sample " << i << " ---\n";
       if (o.have_prompt) std::cout << o.prompt;
