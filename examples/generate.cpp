@@ -5,7 +5,8 @@
 //   generate --weights DIR/checkpoint.safetensors [--config C.json] --prompt "Once upon a time"
 //            [--tokens 1,2,3] [--max-new 200] [--temperature 0.8] [--top-k 40] [--top-p 0.95] [--greedy]
 //            [--seed 1] [--samples 1] [--stop BYTE] [--dtype float|double] [--bf16]
-//            [--save-state S.safetensors] [--resume-state S.safetensors]
+//            [--save-state S.safetensors] [--resume-state S.safetensors] [--device cpu|cuda]
+//            [--batch-file prompts.txt [--slots 8]]
 //
 // generate --help lists the options; errors are one line on stderr (exit 2: bad command line, 1: other).
 // The configuration comes from --config, else from the checkpoint's "config" metadata (train_lm writes it), else
@@ -19,6 +20,10 @@
 // models, else as token ids.
 // --save-state writes the recurrent state (one row per sample) after everything but the last generated token,
 // which is stored in the file's metadata; --resume-state continues from such a state instead of a prompt.
+// --batch-file continues every line of a file (one prompt per line: bytes for byte-level models, else comma lists of
+// token ids) with continuous batching: --slots sequences decode together and a finished one's slot takes the next
+// waiting prompt. --device cuda decodes on the current GPU (float; sampling on the GPU, the step replayed as a CUDA
+// graph) with the same flags, except --save-state, --resume-state, --bf16 and --dtype double, which are CPU-only.
 // --bf16 multiplies with a bf16 copy of the weight matrices (Model::set_inference_weights): decoding streams half
 // the bytes and runs faster, but the logits change slightly (bf16 rounding), so sampled text may differ from float.
 #include "retnet/infer/generate.hpp"
@@ -26,14 +31,19 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <optional>
 #include <sstream>
 #include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "cli.hpp"
+#include "generate_cuda.hpp"
 #include "model_dir.hpp"
+#include "retnet/infer/continuous.hpp"
 #include "retnet/io/config_json.hpp"
 #include "retnet/io/model_io.hpp"
 #include "retnet/io/npy.hpp"
@@ -44,9 +54,10 @@ using namespace retnet;
 namespace {
 
 struct Options {
-  std::string weights, model, config, prompt, tokens, dtype = "float", save_state, resume_state;
+  std::string weights, model, config, prompt, tokens, dtype = "float", save_state, resume_state, device = "cpu",
+      batch_file;
   bool have_prompt = false, bf16 = false;
-  int64_t max_new = 200, samples = 1, stop = -1;
+  int64_t max_new = 200, samples = 1, stop = -1, slots = 8;
   SamplingOptions sampling{.temperature = 0.8, .top_k = 40, .top_p = 0.95, .seed = 1};
 };
 
@@ -79,8 +90,14 @@ Options parse(int argc, char** argv) {
   auto* tokens = app.add_option("--tokens", o.tokens,
                                 "prompt token ids: a comma list (1,2,3) or an int .npy [length] / [1, length]");
   auto* resume = app.add_option("--resume-state", o.resume_state, "continue a state saved by --save-state");
-  prompt->excludes(tokens)->excludes(resume);
-  tokens->excludes(resume);
+  auto* batch = app.add_option("--batch-file", o.batch_file, "prompts, one per line, decoded with continuous batching");
+  prompt->excludes(tokens)->excludes(resume)->excludes(batch);
+  tokens->excludes(resume)->excludes(batch);
+  resume->excludes(batch);
+  app.add_option("--slots", o.slots, "with --batch-file: sequences decoded together")
+      ->check(CLI::Range(int64_t{1}, kMaxSamples));
+  app.add_option("--device", o.device, "where to decode: cpu, or cuda (the current GPU)")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
   app.add_option("--max-new", o.max_new, "tokens to generate")->check(CLI::Range(int64_t{0}, kMaxNew));
   app.add_option("--temperature", o.sampling.temperature, "sampling temperature (0: greedy)")
       ->check(retnet_examples::finite_in(0, 1e6));
@@ -104,9 +121,18 @@ Options parse(int argc, char** argv) {
     throw retnet_examples::UsageError("give exactly one of --weights and --model (see generate --help)");
   if (model->count() && !o.config.empty())
     throw retnet_examples::UsageError("--config goes with --weights, not --model");
-  if (o.have_prompt + tokens->count() + resume->count() != 1)
+  if (o.have_prompt + tokens->count() + resume->count() + batch->count() != 1)
     throw retnet_examples::UsageError(
-        "give exactly one of --prompt, --tokens and --resume-state (see generate --help)");
+        "give exactly one of --prompt, --tokens, --resume-state and --batch-file (see generate --help)");
+  if (!o.batch_file.empty() && o.samples != 1)
+    throw retnet_examples::UsageError("--samples applies to --prompt and --tokens, not to --batch-file");
+  if (!o.batch_file.empty() && !o.save_state.empty())
+    throw retnet_examples::UsageError("--save-state applies to --prompt and --tokens, not to --batch-file");
+  if (o.device == "cuda") {
+    if (!o.save_state.empty() || !o.resume_state.empty() || o.bf16 || o.dtype != "float")
+      throw retnet_examples::UsageError(
+          "--save-state, --resume-state, --bf16 and --dtype double are CPU-only; leave them out with --device cuda");
+  }
   if (!o.save_state.empty() && o.max_new < 1)
     throw retnet_examples::UsageError("--max-new must be >= 1 with --save-state");
   o.sampling.validate();
@@ -126,6 +152,32 @@ std::vector<int64_t> prompt_tokens(const std::string& arg) {
     for (std::string x; std::getline(in, x, ',');) prompt.push_back(to_int("--tokens", x));
   }
   return prompt;
+}
+
+// The prompts of --batch-file: one per non-empty line, as text through tok (when given), bytes (bytes = true) or a
+// comma list of ids.
+std::vector<std::vector<int64_t>> batch_prompts(const std::string& path, bool bytes, const io::Tokenizer* tok) {
+  std::ifstream in(path, std::ios::binary);
+  require(in.good(), path, ": cannot open --batch-file");
+  std::vector<std::vector<int64_t>> prompts;
+  int64_t line_no = 0;
+  for (std::string line; std::getline(in, line);) {
+    ++line_no;
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (line.empty()) continue;
+    std::vector<int64_t> p;
+    if (tok) {
+      p = tok->encode(line, /*add_bos=*/true);
+    } else if (bytes) {
+      for (unsigned char c : line) p.push_back(c);
+    } else {
+      std::istringstream ids(line);
+      for (std::string x; std::getline(ids, x, ',');) p.push_back(to_int(path + " line " + std::to_string(line_no), x));
+    }
+    prompts.push_back(std::move(p));
+  }
+  require(!prompts.empty(), path, ": --batch-file holds no prompt");
+  return prompts;
 }
 
 ModelConfig find_config(const Options& o, const io::SafetensorsFile& f) {
@@ -189,14 +241,16 @@ int run(const Options& o) {
   const bool bytes = V >= 256 && o.tokens.empty() && !tok;
   const bool text = tok && o.have_prompt;
   int64_t stop = o.stop;
-  if (text && stop < 0 && tok->eos_id() >= 0 && tok->eos_id() < V) stop = tok->eos_id();
+  if ((text || (tok && !o.batch_file.empty())) && stop < 0 && tok->eos_id() >= 0 && tok->eos_id() < V)
+    stop = tok->eos_id();
   if (tok)
     require(tok->vocab_size() <= V, o.model, "/tokenizer.json has ", tok->vocab_size(), " tokens, the model ", V);
 
   infer::GenerateOptions g{.max_new_tokens = o.max_new, .sampling = o.sampling, .stop_token = stop};
   std::vector<std::vector<int64_t>> out;
   typename Model<T>::State state;
-  std::vector<int64_t> last;  // the last token of each row (fed to the next step)
+  std::vector<int64_t> last;                      // the last token of each row (fed to the next step)
+  std::vector<std::vector<int64_t>> batch_lines;  // the prompts of --batch-file
   const auto t0 = std::chrono::steady_clock::now();
 
   if (!o.resume_state.empty()) {
@@ -222,6 +276,44 @@ int run(const Options& o) {
         out[static_cast<size_t>(r)].push_back(last[static_cast<size_t>(r)]);
       }
     }
+  } else if (!o.batch_file.empty() || o.device == "cuda") {
+    // Continuous batching: the lines of --batch-file, or --samples copies of one prompt.
+    std::vector<std::vector<int64_t>> prompts;
+    if (!o.batch_file.empty()) {
+      prompts = batch_prompts(o.batch_file, V >= 256, tok ? &*tok : nullptr);
+    } else {
+      std::vector<int64_t> prompt;
+      if (text) {
+        prompt = tok->encode(o.prompt, /*add_bos=*/true);
+      } else if (o.have_prompt) {
+        require(V >= 256, "--prompt is byte-level and needs vocab_size >= 256 (this model has ", V, "); use --tokens");
+        for (unsigned char c : o.prompt) prompt.push_back(c);
+      } else {
+        prompt = prompt_tokens(o.tokens);
+      }
+      require(!prompt.empty(), "the prompt is empty");
+      prompts.assign(static_cast<size_t>(o.samples), prompt);
+    }
+    const int64_t slots = o.batch_file.empty() ? o.samples : o.slots;
+    if (o.device == "cuda") {
+      if constexpr (std::is_same_v<T, float>) {
+#if defined(RETNET_GENERATE_CUDA)
+        const auto params = model.params_to_host();
+        auto r = retnet_examples::generate::generate_cuda(cfg, params, prompts, g, slots);
+        std::cerr << "decoding on " << r.device << "\n";
+        out = std::move(r.tokens);
+#else
+        fail(
+            "--device cuda: this build of generate has no CUDA support (build it with RETNET_CUDA=ON where nvcc "
+            "is found)");
+#endif
+      }
+    } else {
+      infer::ContinuousOptions c;
+      c.slots = slots;
+      out = infer::generate_continuous(model, prompts, g, c);
+    }
+    if (!o.batch_file.empty()) batch_lines = std::move(prompts);
   } else {
     std::vector<int64_t> prompt;
     if (text) {
@@ -258,13 +350,23 @@ int run(const Options& o) {
     infer::save_state(state, o.save_state, {{"last_tokens", lt}});
   }
 
+  // One sample of text on the CPU streamed out as it was generated.
+  const bool streamed = text && o.samples == 1 && o.resume_state.empty() && o.batch_file.empty() && o.device == "cpu";
   int64_t produced = 0;
   for (size_t i = 0; i < out.size(); ++i) {
     produced += static_cast<int64_t>(out[i].size());
-    if (text && o.samples == 1 && o.resume_state.empty()) continue;  // streamed above
-    if (out.size() > 1) std::cout << "--- sample " << i << " ---\n";
-    if (o.have_prompt) std::cout << o.prompt;
-    if (tok && (o.have_prompt || !o.resume_state.empty()))
+    if (streamed) continue;
+    if (!batch_lines.empty()) {
+      std::cout << "--- prompt " << i << " ---\n";
+      if (tok)
+        std::cout << tok->decode(batch_lines[i], /*skip_special=*/true) << " | ";
+      else
+        std::cout << show(batch_lines[i], bytes) << (bytes ? "" : " | ");
+    } else {
+      if (out.size() > 1) std::cout << "--- sample " << i << " ---\n";
+      if (o.have_prompt) std::cout << o.prompt;
+    }
+    if (tok && (o.have_prompt || !o.resume_state.empty() || !batch_lines.empty()))
       std::cout << tok->decode(out[i], /*skip_special=*/true) << "\n";
     else
       std::cout << show(out[i], bytes) << "\n";

@@ -13,6 +13,7 @@
 #include "retnet/cuda/context.cuh"
 #include "retnet/cuda/retention.cuh"
 #include "retnet/cuda/ops.cuh"
+#include "retnet/cuda/decode.cuh"
 // The model and its training on the GPU: the same templates as on the CPU, instantiated with retnet::Cuda.
 #include "retnet/nn/model.hpp"
 #include "retnet/train/trainer.hpp"

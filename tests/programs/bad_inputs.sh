@@ -104,6 +104,10 @@ expect 2 "--top-p" generate --weights x --prompt hi --top-p 0
 expect 2 "exactly one of" generate --weights x
 expect 2 "--prompt excludes --tokens" generate --weights x --prompt a --tokens 1
 expect 2 "--max-new" generate --weights x --prompt a --max-new -1
+expect 2 "--device" generate --weights x --prompt a --device gpu
+expect 2 "--samples applies to --prompt" generate --weights x --batch-file p.txt --samples 2
+expect 2 "CPU-only" generate --weights x --prompt a --device cuda --bf16
+expect 2 "excludes" generate --weights x --prompt a --batch-file p.txt
 expect 0 "Usage: generate|--weights" generate --help
 expect 0 "generate (retnet " generate --version
 expect 1 "adir: is a directory, expected a safetensors file" generate --weights adir --prompt hi
@@ -188,6 +192,10 @@ if [ ! -f r/best.safetensors ]; then failures=$((failures + 1)); echo "FAIL: no 
 expect 0 "nothing left to train" train_lm --steps 3 --resume --out r "${tiny[@]}"
 expect 0 "" generate --weights r/best.safetensors --prompt "The " --max-new 4
 expect 0 "" generate --weights r/checkpoint.safetensors --tokens 1,2,3 --max-new 2 --greedy
+printf 'The \nAnd \n\nIn the beginning\n' > prompts.txt
+expect 0 "--- prompt 2 ---" generate --weights r/best.safetensors --batch-file prompts.txt --max-new 4 --slots 2
+: > empty.txt
+expect 1 "empty.txt: --batch-file holds no prompt" generate --weights r/best.safetensors --batch-file empty.txt
 
 echo "$cases cases, $failures failed"
 [ "$failures" -eq 0 ]

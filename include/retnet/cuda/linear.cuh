@@ -4,7 +4,8 @@
 // tensor cores); bf16 storage multiplies on the tensor cores with float accumulation. Parameter gradients
 // accumulate (+=); activation gradients overwrite unless GradMode::accumulate.
 //
-// The ops set ctx.cublas's stream to ctx.stream and its math mode to the default before every product.
+// The ops set ctx.cublas's stream to ctx.stream (where it differs) and its math mode to the default before every
+// product.
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -34,7 +35,11 @@ template <class T, class TC = T>
 void gemm(const Cuda& ctx, cublasOperation_t ta, cublasOperation_t tb, int64_t m, int64_t n, int64_t k, const T* a,
           int64_t lda, const T* b, int64_t ldb, float beta, TC* c, int64_t ldc) {
   require(ctx.cublas != nullptr, "linear: the Cuda context has no cuBLAS handle");
-  RETNET_CUBLAS_CHECK(cublasSetStream(ctx.cublas, ctx.stream));
+  // Setting the stream resets the handle's workspace to cuBLAS's own, so only when it changes: a workspace set
+  // with cublasSetWorkspace (which capturing products into a CUDA graph needs) stays.
+  cudaStream_t current = nullptr;
+  RETNET_CUBLAS_CHECK(cublasGetStream(ctx.cublas, &current));
+  if (current != ctx.stream) RETNET_CUBLAS_CHECK(cublasSetStream(ctx.cublas, ctx.stream));
   // A handle left in a tf32 mode would round float products even under CUBLAS_COMPUTE_32F.
   RETNET_CUBLAS_CHECK(cublasSetMathMode(ctx.cublas, CUBLAS_DEFAULT_MATH));
   const cublasComputeType_t compute =

@@ -92,39 +92,59 @@ typename Model<T>::State concat_states(const Model<T>& model, const std::vector<
 }
 
 // Saves a recurrent state: layers.{l}.kv [B, H, dk, dv], layers.{l}.scale [B, H], positions [B] (I64), atomically.
+// A state in device memory is copied to the host first.
 template <class State>
 void save_state(const State& s, const std::string& path, const std::map<std::string, std::string>& metadata = {}) {
   io::SafetensorsWriter w;
   for (const auto& [k, v] : metadata) w.set_metadata(k, v);
   w.set_metadata("format", "retnet-state");
   w.set_metadata("layers", std::to_string(s.kv.size()));
+  auto add = [&](const std::string& name, const auto& t) {
+    if constexpr (requires { t.to_host(); }) {
+      const auto h = t.to_host();
+      w.add(name, h.shape(), h.data());
+    } else {
+      w.add(name, t.shape(), t.data());
+    }
+  };
   for (size_t l = 0; l < s.kv.size(); ++l) {
-    w.add("layers." + std::to_string(l) + ".kv", s.kv[l].shape(), s.kv[l].data());
-    w.add("layers." + std::to_string(l) + ".scale", s.scale[l].shape(), s.scale[l].data());
+    add("layers." + std::to_string(l) + ".kv", s.kv[l]);
+    add("layers." + std::to_string(l) + ".scale", s.scale[l]);
   }
   w.add("positions", {static_cast<int64_t>(s.positions.size())}, s.positions.data());
   w.write(path);
 }
 
-// Restores a state saved by save_state, checked against the model's configuration (layers, heads, sizes).
-template <class T>
-typename Model<T>::State load_state(const Model<T>& model, const std::string& path) {
+// Restores a state saved by save_state, checked against the model's configuration (layers, heads, sizes), into
+// the model's backend memory.
+template <class T, class Be>
+typename Model<T, Be>::State load_state(const Model<T, Be>& model, const std::string& path) {
   const auto f = io::SafetensorsFile::open(path);
   require(f.contains("positions") && f.shape("positions").rank() == 1, path,
           ": not a recurrent state file (no 'positions' [batch] tensor)");
   const int64_t B = f.shape("positions")[0];
   require(B > 0, path, ": the state has batch ", B);
-  typename Model<T>::State s = model.make_state(B);
+  typename Model<T, Be>::State s = model.make_state(B);
   size_t expected = 1 + 2 * s.kv.size();
   require(f.names().size() == expected, path, ": the state has ", f.names().size(), " tensors, but a state of this ",
           s.kv.size(), "-layer model has ", expected);
+  auto read = [&](const std::string& name, auto& t) {
+    if constexpr (requires { t.to_host(); }) {
+      auto h = t.to_host();
+      f.read(name, h.data(), h.shape());
+      t.copy_from_host(h.data(), h.numel());
+    } else {
+      f.read(name, t.data(), t.shape());
+    }
+  };
   for (size_t l = 0; l < s.kv.size(); ++l) {
-    f.read("layers." + std::to_string(l) + ".kv", s.kv[l].data(), s.kv[l].shape());
-    f.read("layers." + std::to_string(l) + ".scale", s.scale[l].data(), s.scale[l].shape());
+    read("layers." + std::to_string(l) + ".kv", s.kv[l]);
+    read("layers." + std::to_string(l) + ".scale", s.scale[l]);
   }
   f.read("positions", s.positions.data(), {B});
   for (int64_t b = 0; b < B; ++b)
     require(s.positions[static_cast<size_t>(b)] >= 0, path, ": position of row ", b, " is negative");
+  model.sync_positions(s);
   return s;
 }
 

@@ -1,5 +1,5 @@
 #pragma once
-// The RetNet language model (torchscale's RetNetDecoder with its embedding and LM head) on the CPU.
+// The RetNet language model (torchscale's RetNetDecoder with its embedding and LM head), on any backend.
 //
 //   x = embed_scale · E[tokens]  (→ RMSNorm if layernorm_embedding)  → dropout
 //   x = DecoderLayer_l(x)  for l = 0 .. L-1
@@ -14,6 +14,11 @@
 // on the retention branch (then drop path), after the FFN activation (activation_dropout) and on the FFN
 // branch (dropout after fc2, then drop path); the masks are kept in the workspace for backward().
 // Without a key (evaluation, inference) or with all rates 0 nothing of this runs.
+// Recurrent inference: a State (make_state) holds each layer's retention state in backend memory (state_t<T>) with
+// the buffers of its decoding step; prefill / prefill_rows run prompts chunkwise into all or some of its rows,
+// step runs one token per row (ids from the host, checked, or already in backend memory), and step_enqueue is the
+// step's backend work alone, which a CUDA graph can hold (cuda/decode_graph.cuh). Logits stay in state.logits();
+// the calls taking host ids also return a host copy.
 // bf16 inference weights (opt-in, off by default): set_inference_weights(WeightPrecision::bf16) makes a bf16
 // copy (round to nearest even) of the float parameters; forward(), prefill() and step() then multiply with it
 // (activations, norms, retention and sums stay in T), halving the bytes decoding streams per token.
@@ -30,12 +35,15 @@
 #include <random>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
+#include "retnet/core/backend_tensor.hpp"
 #include "retnet/core/buffer.hpp"
 #include "retnet/core/checked.hpp"
 #include "retnet/core/dropout.hpp"
 #include "retnet/core/params.hpp"
+#include "retnet/core/precision.hpp"
 #include "retnet/core/rotation.hpp"
 #include "retnet/core/tensor.hpp"
 #include "retnet/nn/backend_ops.hpp"
@@ -350,7 +358,7 @@ class Model {
                     const std::vector<StatePtrs<state_type>>& state_in,
                     const std::vector<StatePtrs<state_type>>& state_out,
                     bool logits_last_only, bool step, const DropoutKey* dropout, bool bf16) {
-    const int64_t B = ws.batch_, Tn = ws.length_, N = B * Tn, d = cfg_.decoder_embed_dim, V = cfg_.vocab_size;
+    const int64_t B = ws.batch_, Tn = ws.length_, N = B * Tn, V = cfg_.vocab_size;
     validate_tokens("Model::forward", tokens, B, Tn, V);
     const bool train = dropout && cfg_.has_dropout();
     require(!train || (ws.with_grad_ && !step),
@@ -364,6 +372,13 @@ class Model {
     prepare_rotation(ws);
     set_masks(ws, train ? dropout : nullptr);
     ws.state_in_ = state_in;
+    run_forward(ws, ws.tokens_dev_.data(), form, state_in, state_out, logits_last_only, step, bf16);
+  }
+  // The backend work of a forward pass over token ids `tok` in backend memory, with the workspace's rotation rows
+  // and masks already bound: no host work, so a decoding step can be captured into a CUDA graph.
+  void run_forward(Workspace& ws, const int64_t* tok, Form form, const std::vector<StatePtrs<state_t<T>>>& state_in,
+                   const std::vector<StatePtrs<state_t<T>>>& state_out, bool logits_last_only, bool step, bool bf16) {
+    const int64_t B = ws.batch_, Tn = ws.length_, N = B * Tn, d = cfg_.decoder_embed_dim, V = cfg_.vocab_size;
     const T* P = params_.data();
     const BackendT& be = be_;
     const int64_t* tok = ws.tokens_dev_.data();
@@ -469,72 +484,183 @@ class Model {
     return out;
   }
 
-  struct State {
-    std::vector<Tensor<T>> kv;       // per layer [B, H, dk, dv] (torchscale's scaled storage)
-    std::vector<Tensor<T>> scale;    // per layer [B, H]
-    std::vector<int64_t> positions;  // [B]: next absolute position of each row
+  // One layer's recurrent state: a host tensor on host backends, a tensor in backend memory otherwise.
+  using StateTensor =
+      std::conditional_t<host_backend<BackendT>, Tensor<state_type>, BackendTensor<state_type, BackendT>>;
+
+  // The recurrent state of a batch of sequences together with the buffers of its decoding step, all allocated by
+  // make_state: a step allocates nothing, so it can be captured into a CUDA graph and replayed. Move-only.
+  class State {
+   public:
+    std::vector<StateTensor> kv;     // per layer [B, H, dk, dv] (torchscale's scaled storage)
+    std::vector<StateTensor> scale;  // per layer [B, H]
+    std::vector<int64_t> positions;  // [B]: next absolute position of each row (host)
     int64_t batch() const { return static_cast<int64_t>(positions.size()); }
+    // The last logits of every row [B, V] in backend memory, written by prefill and step.
+    T* logits() { return ws_ ? ws_->logits_ : nullptr; }
+    const T* logits() const { return ws_ ? ws_->logits_ : nullptr; }
+    // The token ids step_enqueue reads [B], in backend memory.
+    int64_t* tokens() { return ws_ ? ws_->tokens_dev_.data() : nullptr; }
+    // `positions` in backend memory, read and advanced by step_enqueue.
+    int64_t* device_positions() { return ws_ ? ws_->starts_dev_.data() : nullptr; }
+
+   private:
+    friend class Model;
+    std::unique_ptr<Workspace> ws_;  // the step's activations, token ids, positions and rotation rows
   };
 
-  // Recurrent inference (prefill, step) keeps its state in host memory: CPU backends only.
-  State make_state(int64_t batch) const requires host_backend<BackendT> {
+  // A zero state for `batch` rows at position 0, with the buffers of its decoding step.
+  State make_state(int64_t batch) const {
     require(batch > 0, "Model::make_state: batch = ", batch, " must be positive");
     State s;
     const int64_t H = cfg_.decoder_retention_heads;
     for (int64_t l = 0; l < cfg_.decoder_layers; ++l) {
-      s.kv.emplace_back(Shape{batch, H, cfg_.key_dim(), cfg_.value_dim()});
-      s.scale.emplace_back(Shape{batch, H});
+      s.kv.push_back(state_tensor({batch, H, cfg_.key_dim(), cfg_.value_dim()}));
+      s.scale.push_back(state_tensor({batch, H}));
     }
     s.positions.assign(static_cast<size_t>(batch), 0);
+    s.ws_ = std::make_unique<Workspace>(*this, batch, 1, /*with_grad=*/false);
+    if constexpr (!host_backend<BackendT>) {
+      // Rotation rows: row b of the step's table is row b's position, filled on the device at each step.
+      Workspace& ws = *s.ws_;
+      ws.row_off_.resize(static_cast<size_t>(batch));
+      for (int64_t b = 0; b < batch; ++b) ws.row_off_[static_cast<size_t>(b)] = b;
+      ws.row_off_dev_.copy_from_host(ws.row_off_.data(), batch);
+      const int64_t n = batch * (cfg_.key_dim() / 2);
+      ws.rot_sin_ = decltype(ws.rot_sin_)(be_, n);
+      ws.rot_cos_ = decltype(ws.rot_cos_)(be_, n);
+      ws.rot_rows_ = {ws.rot_sin_.data(), ws.rot_cos_.data(), ws.row_off_dev_.data()};
+    }
     return s;
   }
 
-  // Runs the prompt with `form`, continuing from and updating `state`; logits of each row's last token [B, V].
-  Tensor<T> prefill(HostView<const int64_t> tokens, State& state,
-                    Form form = Form::chunkwise) requires host_backend<BackendT> {
+  // Runs the prompt [B, T] with `form`, continuing from and updating `state`; logits of each row's last token
+  // [B, V], copied to the host (they also stay in state.logits()).
+  Tensor<T> prefill(HostView<const int64_t> tokens, State& state, Form form = Form::chunkwise) {
     require(tokens.rank() == 2, "Model::prefill: tokens has shape ", tokens.shape().to_string(),
             ", expected [batch, length]");
-    const int64_t B = tokens.size(0), Tn = tokens.size(1), V = cfg_.vocab_size;
-    check_state("Model::prefill", state, B);
-    const bool bf16 = use_bf16("Model::prefill");
-    Workspace ws(*this, B, Tn, /*with_grad=*/false);
-    std::vector<StatePtrs<state_type>> in, out;
-    std::vector<Tensor<T>> kv_out, sc_out;
-    for (size_t l = 0; l < state.kv.size(); ++l) {
-      kv_out.emplace_back(state.kv[l].shape());
-      sc_out.emplace_back(state.scale[l].shape());
-    }
-    for (size_t l = 0; l < state.kv.size(); ++l) {
-      in.push_back({state.kv[l].data(), state.scale[l].data()});
-      out.push_back({kv_out[l].data(), sc_out[l].data()});
-    }
-    forward_impl(tokens.data(), form, ws, state.positions.data(), in, out, /*logits_last_only=*/true, false, nullptr,
-                 bf16);
-    for (size_t l = 0; l < state.kv.size(); ++l) {
-      state.kv[l] = std::move(kv_out[l]);
-      state.scale[l] = std::move(sc_out[l]);
-    }
-    for (auto& p : state.positions) p += Tn;
-    Tensor<T> logits({B, V});
-    std::memcpy(logits.data(), ws.logits(), sizeof(T) * static_cast<size_t>(B * V));
-    return logits;
+    check_state("Model::prefill", state, tokens.size(0));
+    prefill_rows(tokens, state, 0, form);
+    return logits_to_host(state);
   }
 
-  // One token per row: logits [B, V]; O(1) work and memory per token.
-  Tensor<T> step(HostView<const int64_t> tokens, State& state) requires host_backend<BackendT> {
+  // Prefills rows [first_row, first_row + n) of `state` with tokens [n, T] (host memory, checked), continuing from
+  // those rows' state; other rows are untouched. Their last logits land in the same rows of state.logits().
+  void prefill_rows(HostView<const int64_t> tokens, State& state, int64_t first_row, Form form = Form::chunkwise) {
+    const char* op = "Model::prefill";
+    require(tokens.rank() == 2, op, ": tokens has shape ", tokens.shape().to_string(), ", expected [batch, length]");
+    const int64_t n = tokens.size(0), Tn = tokens.size(1), V = cfg_.vocab_size, H = cfg_.decoder_retention_heads;
+    check_state(op, state, state.batch());
+    require(first_row >= 0 && n >= 0 && first_row + n <= state.batch(), op, ": rows [", first_row, ", ", first_row + n,
+            ") lie outside the state's batch of ", state.batch());
+    const bool bf16 = use_bf16(op);
+    Workspace ws(*this, n, Tn, /*with_grad=*/false);
+    const int64_t kv_row = H * cfg_.key_dim() * cfg_.value_dim();
+    std::vector<StatePtrs<state_type>> in, out;
+    std::vector<StateTensor> kv_out, sc_out;
+    for (size_t l = 0; l < state.kv.size(); ++l) {
+      kv_out.push_back(state_tensor({n, H, cfg_.key_dim(), cfg_.value_dim()}));
+      sc_out.push_back(state_tensor({n, H}));
+      in.push_back({state.kv[l].data() + first_row * kv_row, state.scale[l].data() + first_row * H});
+      out.push_back({kv_out[l].data(), sc_out[l].data()});
+    }
+    const auto first = state.positions.begin() + first_row;
+    const std::vector<int64_t> starts(first, first + n);
+    forward_impl(tokens.data(), form, ws, starts.data(), in, out, /*logits_last_only=*/true, false, nullptr, bf16);
+    for (size_t l = 0; l < state.kv.size(); ++l) {
+      // Device states keep their buffers (a CUDA graph of the step holds their addresses); host ones swap.
+      if (host_backend<BackendT> && n == state.batch()) {
+        std::swap(state.kv[l], kv_out[l]);
+        std::swap(state.scale[l], sc_out[l]);
+      } else {
+        copy_elements(be_, state.kv[l].data() + first_row * kv_row, kv_out[l].data(), n * kv_row);
+        copy_elements(be_, state.scale[l].data() + first_row * H, sc_out[l].data(), n * H);
+      }
+    }
+    for (int64_t b = first_row; b < first_row + n; ++b) state.positions[static_cast<size_t>(b)] += Tn;
+    state.ws_->starts_dev_.copy_from_host(state.positions.data() + first_row, n, first_row);
+    copy_elements(be_, state.logits() + first_row * V, ws.logits_, n * V);
+  }
+
+  // Clears rows [first_row, first_row + n) of `state`: zero retention state at position 0 (a new sequence).
+  void reset_rows(State& state, int64_t first_row, int64_t n) const {
+    check_state("Model::reset_rows", state, state.batch());
+    require(first_row >= 0 && n >= 0 && first_row + n <= state.batch(), "Model::reset_rows: rows [", first_row, ", ",
+            first_row + n, ") lie outside the state's batch of ", state.batch());
+    const int64_t H = cfg_.decoder_retention_heads, kv_row = H * cfg_.key_dim() * cfg_.value_dim();
+    for (size_t l = 0; l < state.kv.size(); ++l) {
+      be_.zero(state.kv[l].data() + first_row * kv_row, sizeof(state_type) * static_cast<size_t>(n * kv_row));
+      be_.zero(state.scale[l].data() + first_row * H, sizeof(state_type) * static_cast<size_t>(n * H));
+    }
+    for (int64_t b = first_row; b < first_row + n; ++b) state.positions[static_cast<size_t>(b)] = 0;
+    sync_positions(state);
+  }
+
+  // Copies state.positions to state.device_positions(): needed after editing `positions` by hand before a step
+  // that takes its ids in backend memory (the other calls keep both in step).
+  void sync_positions(State& state) const {
+    check_state("Model::sync_positions", state, state.batch());
+    state.ws_->starts_dev_.copy_from_host(state.positions.data(), state.batch());
+  }
+
+  // One token per row (ids in host memory, checked): logits [B, V] copied to the host (they also stay in
+  // state.logits()); O(1) work and memory per token.
+  Tensor<T> step(HostView<const int64_t> tokens, State& state) {
     require(tokens.rank() == 1, "Model::step: tokens has shape ", tokens.shape().to_string(), ", expected [batch]");
-    const int64_t B = tokens.size(0), V = cfg_.vocab_size;
+    const int64_t B = tokens.size(0);
     check_state("Model::step", state, B);
+    (void)use_bf16("Model::step");
+    validate_tokens("Model::forward", tokens.data(), B, 1, cfg_.vocab_size);
+    state.ws_->tokens_dev_.copy_from_host(tokens.data(), B);
+    sync_positions(state);
+    step_enqueue(state);
+    for (auto& p : state.positions) p += 1;
+    return logits_to_host(state);
+  }
+
+  // One token per row with ids already in backend memory (for instance written by a GPU sampler), which are not
+  // checked (an id outside [0, vocab) would read outside the embedding); the logits stay in state.logits().
+  void step(TensorView<const int64_t, space> tokens, State& state) requires(!host_backend<BackendT>) {
+    require(tokens.rank() == 1, "Model::step: tokens has shape ", tokens.shape().to_string(), ", expected [batch]");
+    const int64_t B = tokens.size(0);
+    check_state("Model::step", state, B);
+    if (tokens.data() != state.tokens()) copy_elements(be_, state.tokens(), tokens.data(), B);
+    step_enqueue(state);
+    for (auto& p : state.positions) p += 1;
+  }
+
+  // Enqueues one decoding step of every row on the backend: reads the ids in state.tokens() and the positions in
+  // state.device_positions(), updates the state, writes state.logits() and advances state.device_positions() by
+  // one. It does no host work that a CUDA graph could not hold: it neither checks the ids nor advances
+  // state.positions (the caller does).
+  void step_enqueue(State& state) {
+    check_state("Model::step", state, state.batch());
     const bool bf16 = use_bf16("Model::step");
-    if (!step_ws_ || step_ws_->batch() != B) step_ws_ = std::make_unique<Workspace>(*this, B, 1, false);
+    Workspace& ws = *state.ws_;
+    const int64_t B = state.batch();
+    if constexpr (host_backend<BackendT>) {
+      ws.starts_.assign(ws.starts_dev_.data(), ws.starts_dev_.data() + B);
+      prepare_rotation(ws);
+    } else {
+      step_rotation_rows(be_, ws.rot_sin_.data(), ws.rot_cos_.data(), ws.starts_dev_.data(), B, cfg_.key_dim(),
+                         rotation_style());
+    }
     std::vector<StatePtrs<state_type>> in;
     for (size_t l = 0; l < state.kv.size(); ++l) in.push_back({state.kv[l].data(), state.scale[l].data()});
-    forward_impl(tokens.data(), Form::recurrent, *step_ws_, state.positions.data(), in, {}, false, /*step=*/true,
-                 nullptr, bf16);
-    for (auto& p : state.positions) p += 1;
-    Tensor<T> logits({B, V});
-    std::memcpy(logits.data(), step_ws_->logits(), sizeof(T) * static_cast<size_t>(B * V));
-    return logits;
+    run_forward(ws, ws.tokens_dev_.data(), Form::recurrent, in, {}, false, /*step=*/true, bf16);
+    if constexpr (host_backend<BackendT>) {
+      for (int64_t b = 0; b < B; ++b) ws.starts_dev_.data()[b] += 1;
+    } else {
+      advance_positions(be_, ws.starts_dev_.data(), B, 1);
+    }
+  }
+
+  // The last logits of every row [B, V], copied to the host.
+  Tensor<T> logits_to_host(const State& state) const {
+    require(state.logits() != nullptr, "Model::logits_to_host: the state was not made by make_state");
+    Tensor<T> out({state.batch(), cfg_.vocab_size});
+    be_.copy_to_host(out.data(), state.logits(), sizeof(T) * static_cast<size_t>(out.numel()));
+    return out;
   }
 
   // Pointers for a gradient buffer laid out like params().
@@ -586,7 +712,14 @@ class Model {
         params_.copy_from_host(ones.data(), p.numel(), p.offset);
       }
   }
+  StateTensor state_tensor(Shape shape) const {
+    if constexpr (host_backend<BackendT>)
+      return StateTensor(shape);
+    else
+      return StateTensor(be_, shape);
+  }
   void check_state(const char* op, const State& s, int64_t B) const {
+    require(s.ws_ != nullptr, op, ": the state was not made by make_state");
     require(static_cast<int64_t>(s.kv.size()) == cfg_.decoder_layers &&
                 static_cast<int64_t>(s.scale.size()) == cfg_.decoder_layers,
             op, ": state has ", s.kv.size(), " layers, the model ", cfg_.decoder_layers);
@@ -675,7 +808,6 @@ class Model {
   std::vector<LayerOffsets> layers_;
   int64_t embed_ = -1, head_ = -1, emb_norm_w_ = -1, emb_norm_b_ = -1, final_w_ = -1, final_b_ = -1;
   BlockSpec spec_{RetentionConfig(RetentionOptions{}), {}, 0, Activation::gelu, 0};
-  std::unique_ptr<Workspace> step_ws_;
   WeightPrecision precision_ = WeightPrecision::float32;
   std::vector<uint16_t> bf16_;  // bf16 copy of params_ (same offsets) while precision_ is bf16
   uint64_t params_version_ = 0, bf16_version_ = 0;

@@ -1,0 +1,23 @@
+#pragma once
+// generate --device cuda: the GPU half of the generate program (generate_cuda.cu, compiled by nvcc). generate.cpp
+// reads the checkpoint and the prompts on the host and hands the float parameters over.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "retnet/infer/continuous.hpp"
+#include "retnet/nn/config.hpp"
+
+namespace retnet_examples::generate {
+
+// Continues every prompt on the current GPU with `slots` rows decoding together (continuous batching, sampling on
+// the GPU); returns the new tokens of each prompt and a line naming the device.
+struct CudaResult {
+  std::vector<std::vector<int64_t>> tokens;
+  std::string device;
+};
+CudaResult generate_cuda(const retnet::ModelConfig& cfg, const std::vector<float>& params,
+                         const std::vector<std::vector<int64_t>>& prompts, const retnet::infer::GenerateOptions& g,
+                         int64_t slots);
+
+}  // namespace retnet_examples::generate
