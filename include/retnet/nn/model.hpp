@@ -381,7 +381,6 @@ class Model {
     const int64_t B = ws.batch_, Tn = ws.length_, N = B * Tn, d = cfg_.decoder_embed_dim, V = cfg_.vocab_size;
     const T* P = params_.data();
     const BackendT& be = be_;
-    const int64_t* tok = ws.tokens_dev_.data();
     const scalar_type scale =
         cfg_.no_scale_embedding ? scalar_type(1) : static_cast<scalar_type>(std::sqrt(static_cast<double>(d)));
     const NormSpec ns = spec_.norm;
