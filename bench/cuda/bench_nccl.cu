@@ -75,11 +75,11 @@ void run(dist::NcclCommunicator& comm, const Cuda& be, const ModelConfig& cfg, i
   be.sync();
   const double reduce_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count() / 5;
   if (comm.rank() == 0)
-    std::printf("ranks %d  params %lld  local batch %lld x %lld  zero %d  step %.1f ms  tokens/s %.0f  "
-                "gradient all-reduce alone %.1f ms\n",
-                comm.size(), static_cast<long long>(model.param_count()), static_cast<long long>(B),
-                static_cast<long long>(T), zero, 1e3 * step_s,
-                static_cast<double>(B * T) * comm.size() / step_s, 1e3 * reduce_s);
+    std::printf(
+        "ranks %d  params %lld  local batch %lld x %lld  zero %d  step %.1f ms  tokens/s %.0f  "
+        "gradient all-reduce alone %.1f ms\n",
+        comm.size(), static_cast<long long>(model.param_count()), static_cast<long long>(B), static_cast<long long>(T),
+        zero, 1e3 * step_s, static_cast<double>(B * T) * comm.size() / step_s, 1e3 * reduce_s);
 }
 
 }  // namespace
@@ -94,7 +94,8 @@ int main(int argc, char** argv) {
   return dist::run_guarded(world, [&] {
     require(which == 0 || which == 1, "bench_cuda_nccl: model ", which, " is not 0 or 1");
     require(precision >= 0 && precision <= 2, "bench_cuda_nccl: precision ", precision, " is not 0, 1 or 2");
-    require(B > 0 && T > 0 && steps > 0, "bench_cuda_nccl: B ", B, ", T ", T, " and steps ", steps, " must be positive");
+    require(B > 0 && T > 0 && steps > 0, "bench_cuda_nccl: B ", B, ", T ", T, " and steps ", steps,
+            " must be positive");
     dist::select_device(world);
     Cuda be;
     be.allow_tf32 = precision == 1;

@@ -99,7 +99,7 @@ TrainingCheckpointInfo load_checkpoint(const std::string& path, Trainer<T, Backe
     info.step = nums[0], info.data_position = nums[1];
     if (!is_root(comm)) info.config = tr.model().config();
     tr.set_step_count(info.step);  // also hands each rank its ZeRO-1 moment slices
-  } else if (comm.size() > 1) {  // a device communicator (the Trainer refuses others): rank 0's state to all
+  } else if (comm.size() > 1) {    // a device communicator (the Trainer refuses others): rank 0's state to all
     const int64_t n = tr.model().param_table().total();
     auto& opt = tr.optimizer();
     comm.broadcast(static_cast<void*>(opt.exp_avg()), n, dtype_of<master_t<T>>(), 0);

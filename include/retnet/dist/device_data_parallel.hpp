@@ -67,7 +67,8 @@ class DeviceDataParallel {
         if (lo < hi) ranges.push_back({lo, hi - lo, p.shape.rank() >= 2 ? 1 : 0});  // matrices decay, as in AdamW
       }
     }
-    if (padded_max > 0) send_staging_ = Buffer<G, BackendT>(be, padded_max), gather_staging_ = Buffer<G, BackendT>(be, padded_max);
+    if (padded_max > 0)
+      send_staging_ = Buffer<G, BackendT>(be, padded_max), gather_staging_ = Buffer<G, BackendT>(be, padded_max);
     ranges_count_ = static_cast<int64_t>(ranges.size());
     owned_ranges_ = Buffer<AdamWRange, BackendT>(be, std::max<int64_t>(1, ranges_count_));
     if (ranges_count_ > 0) owned_ranges_.copy_from_host(ranges.data(), ranges_count_);
@@ -150,15 +151,16 @@ class DeviceDataParallel {
     if (!zero_) return;
     gather_owned_slices(opt.exp_avg(), gather_staging_.data());
     gather_owned_slices(opt.exp_avg_sq(), gather_staging_.data());
-    if constexpr (AdamW<T, BackendT>::has_master) gather_owned_slices(opt.master_buffer().data(), gather_staging_.data());
+    if constexpr (AdamW<T, BackendT>::has_master)
+      gather_owned_slices(opt.master_buffer().data(), gather_staging_.data());
   }
 
  private:
   void start(size_t i) {
     const Bucket& b = plan_.buckets()[i];
     if (!zero_) {
-      pending_.push_back(comm_.all_reduce_async(static_cast<void*>(grads_ + b.begin), b.count, dtype_of<G>(),
-                                                ReduceOp::sum));
+      pending_.push_back(
+          comm_.all_reduce_async(static_cast<void*>(grads_ + b.begin), b.count, dtype_of<G>(), ReduceOp::sum));
       return;
     }
     const int64_t padded = b.slice * comm_.size();

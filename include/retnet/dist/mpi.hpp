@@ -157,7 +157,8 @@ class MpiCommunicator final : public Communicator {
             " elements per rank exceed MPI's int count; use smaller buckets");
     auto req = std::make_unique<Pending>(*this, "reduce_scatter", count * size_);
     MPI_Request r;
-    MPI_Ireduce_scatter_block(send, recv, static_cast<int>(count), detail::reduce_type(t, "reduce_scatter"), MPI_SUM, comm_, &r);
+    MPI_Ireduce_scatter_block(send, recv, static_cast<int>(count), detail::reduce_type(t, "reduce_scatter"), MPI_SUM,
+                              comm_, &r);
     req->add(r);
     return req;
   }

@@ -110,8 +110,8 @@ inline int select_device(const LocalRank& local, const std::string& who) {
   require(e == cudaSuccess && n > 0, "dist::select_device: ", who, " sees no CUDA device (",
           e == cudaSuccess ? "none found" : cudaGetErrorString(e), ")");
   const int dev = n == 1 ? 0 : local.index;
-  require(dev < n, "dist::select_device: ", who, " is rank ", local.index, " of ", local.count, " on its host, which has ",
-          n, " CUDA devices: run one rank per GPU");
+  require(dev < n, "dist::select_device: ", who, " is rank ", local.index, " of ", local.count,
+          " on its host, which has ", n, " CUDA devices: run one rank per GPU");
   RETNET_NCCL_CUDA_CHECK(cudaSetDevice(dev));
   return dev;
 }
@@ -124,7 +124,8 @@ class NcclCommunicator final : public Communicator {
   // Collective over bootstrap (every rank of it joins; rank 0 makes the NCCL unique id). The current device is this
   // rank's GPU (select_device); compute_stream is the stream the training runs on (Cuda::stream; null: the legacy
   // default stream). bootstrap must outlive this communicator.
-  NcclCommunicator(Communicator& bootstrap, cudaStream_t compute_stream, double timeout_s = collective_timeout_from_env())
+  NcclCommunicator(Communicator& bootstrap, cudaStream_t compute_stream,
+                   double timeout_s = collective_timeout_from_env())
       : boot_(bootstrap), compute_(compute_stream), timeout_s_(timeout_s) {
     require(timeout_s > 0, "dist::NcclCommunicator: timeout ", timeout_s, " s must be positive");
     RETNET_NCCL_CUDA_CHECK(cudaGetDevice(&device_));
@@ -313,8 +314,7 @@ class NcclCommunicator final : public Communicator {
           watched_.pop_back();
           continue;
         }
-        if (e != cudaErrorNotReady)
-          die(std::string("CUDA error while ") + op.name + " ran: " + cudaGetErrorString(e));
+        if (e != cudaErrorNotReady) die(std::string("CUDA error while ") + op.name + " ran: " + cudaGetErrorString(e));
         if (std::chrono::duration<double>(now - op.started).count() > timeout_s_)
           die(std::string("collective ") + op.name + " of " + std::to_string(op.n) + " elements did not complete in " +
               std::to_string(timeout_s_) + " s (RETNET_DIST_TIMEOUT_S): another rank failed or stopped");

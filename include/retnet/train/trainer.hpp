@@ -215,10 +215,10 @@ class Trainer {
     // Device backends exchange device gradients: several ranks or ZeRO-1 need a communicator that takes them.
     if constexpr (!host_backend<BackendT>)
       if (dp_.comm().device_buffers())
-        ddp_ = std::make_unique<dist::DeviceDataParallel<T, BackendT>>(model.param_table(), model.config().decoder_layers,
-                                                                        cfg.dist, model.backend());
-    require(host_backend<BackendT> || ddp_ || (dp_.comm().size() == 1 && cfg.dist.zero_stage == 0), "Trainer: ",
-            dp_.comm().describe(), " with zero_stage ", cfg.dist.zero_stage,
+        ddp_ = std::make_unique<dist::DeviceDataParallel<T, BackendT>>(
+            model.param_table(), model.config().decoder_layers, cfg.dist, model.backend());
+    require(host_backend<BackendT> || ddp_ || (dp_.comm().size() == 1 && cfg.dist.zero_stage == 0),
+            "Trainer: ", dp_.comm().describe(), " with zero_stage ", cfg.dist.zero_stage,
             " needs a communicator over device buffers (dist::NcclCommunicator) on a device backend");
     require(cfg_.accumulation_steps > 0, "TrainerConfig: accumulation_steps = ", cfg_.accumulation_steps,
             " must be positive");
@@ -256,7 +256,8 @@ class Trainer {
         if (cfg_.grad_clip > 0) ddp_->clip(scalars + ctx_.kSumSquaresSlot, cfg_.grad_clip);
       } else {
         sum_squares_to(be, grads_.data(), grads_.size(), scalars + ctx_.kSumSquaresSlot);
-        if (cfg_.grad_clip > 0) clip_by_norm(be, grads_.data(), grads_.size(), scalars + ctx_.kSumSquaresSlot, cfg_.grad_clip);
+        if (cfg_.grad_clip > 0)
+          clip_by_norm(be, grads_.data(), grads_.size(), scalars + ctx_.kSumSquaresSlot, cfg_.grad_clip);
       }
       if (model_.params_version() != master_version_) sync_master();  // the parameters were changed from outside
       if (ddp_)

@@ -60,7 +60,8 @@ struct Runner {
     std::vector<int64_t> x, y;
     retnet_test::nccl_batch(s, kRows, kLength, rows.begin, rows.count, x, y);
     return trainer
-        .step(HostView<const int64_t>(x.data(), {rows.count, kLength}), HostView<const int64_t>(y.data(), {rows.count, kLength}))
+        .step(HostView<const int64_t>(x.data(), {rows.count, kLength}),
+              HostView<const int64_t>(y.data(), {rows.count, kLength}))
         .loss;
   }
   std::vector<float> params() const {
@@ -84,7 +85,8 @@ void test_collectives(dist::NcclCommunicator& comm, const Cuda& be) {
   comm.all_reduce(a.data(), 3 * P);
   const std::vector<float> sum = a.to_host();
   bool ok = true;
-  for (int i = 0; i < 3 * P; ++i) ok = ok && sum[static_cast<size_t>(i)] == static_cast<float>(P * (P + 1) / 2 * (i + 1));
+  for (int i = 0; i < 3 * P; ++i)
+    ok = ok && sum[static_cast<size_t>(i)] == static_cast<float>(P * (P + 1) / 2 * (i + 1));
   check(ok, "all_reduce", r);
   a.copy_from_host(mine.data(), 3 * P);
   comm.reduce_scatter(a.data(), b.data(), 3);
@@ -94,7 +96,8 @@ void test_collectives(dist::NcclCommunicator& comm, const Cuda& be) {
     ok = ok && part[static_cast<size_t>(i)] == static_cast<float>(P * (P + 1) / 2 * (3 * r + i + 1));
   check(ok, "reduce_scatter", r);
   retnet::Buffer<__nv_bfloat16, Cuda> h(be, 2 * P);
-  const std::vector<__nv_bfloat16> hm{__float2bfloat16(static_cast<float>(r)), __float2bfloat16(-1.0f * static_cast<float>(r))};
+  const std::vector<__nv_bfloat16> hm{__float2bfloat16(static_cast<float>(r)),
+                                      __float2bfloat16(-1.0f * static_cast<float>(r))};
   RETNET_CUDA_CHECK(cudaMemcpy(h.data() + 2 * r, hm.data(), 2 * sizeof(__nv_bfloat16), cudaMemcpyHostToDevice));
   comm.all_gather_async(static_cast<const void*>(h.data() + 2 * r), static_cast<void*>(h.data()), 2, dist::DType::bf16)
       ->wait();
@@ -134,7 +137,8 @@ void test_same_as_one_gpu(dist::NcclCommunicator& comm, const Cuda& be, int zero
       first = p;
       double worst = 0;
       if (r == 0)
-        for (size_t s = 0; s < got.size(); ++s) worst = std::max(worst, std::abs(got[s] - want[s]) / std::max(1.0, std::abs(want[s])));
+        for (size_t s = 0; s < got.size(); ++s)
+          worst = std::max(worst, std::abs(got[s] - want[s]) / std::max(1.0, std::abs(want[s])));
       if (r == 0)
         std::printf("%s, zero %d, %d ranks: losses %.6f -> %.6f, worst relative difference from one GPU %.3g\n", name,
                     zero, comm.size(), got.front(), got.back(), worst);
@@ -158,7 +162,8 @@ void test_resume(dist::NcclCommunicator& comm, const Cuda& be, int zero) {
   const std::string dir = std::filesystem::temp_directory_path().string();
   int64_t tag = ::getpid();
   comm.broadcast(&tag, 1, 0);
-  const std::string path = dir + "/retnet_nccl_mpi_" + std::to_string(tag) + "_" + std::to_string(zero) + ".safetensors";
+  const std::string path =
+      dir + "/retnet_nccl_mpi_" + std::to_string(tag) + "_" + std::to_string(zero) + ".safetensors";
   // N -> 1
   {
     Runner<float> dp(be, &comm, zero);
@@ -171,7 +176,8 @@ void test_resume(dist::NcclCommunicator& comm, const Cuda& be, int zero) {
       const retnet::TrainingCheckpointInfo info = retnet::load_training_checkpoint(path, one.trainer);
       check(info.step == 10, "resume: the step count", r);
       double worst = 0;
-      for (int64_t s = 10; s < 15; ++s) worst = std::max(worst, std::abs(one.step(s) - cont[static_cast<size_t>(s - 10)]));
+      for (int64_t s = 10; s < 15; ++s)
+        worst = std::max(worst, std::abs(one.step(s) - cont[static_cast<size_t>(s - 10)]));
       std::printf("resume %d ranks -> 1 GPU (zero %d): worst loss difference %.3g\n", comm.size(), zero, worst);
       check(worst <= 1e-5, "resume N ranks -> 1 GPU (zero " + std::to_string(zero) + ")", r);
     }
@@ -195,7 +201,8 @@ void test_resume(dist::NcclCommunicator& comm, const Cuda& be, int zero) {
       const double l = dp.step(s);
       if (r == 0) worst = std::max(worst, std::abs(l - want[static_cast<size_t>(s - 10)]));
     }
-    if (r == 0) std::printf("resume 1 GPU -> %d ranks (zero %d): worst loss difference %.3g\n", comm.size(), zero, worst);
+    if (r == 0)
+      std::printf("resume 1 GPU -> %d ranks (zero %d): worst loss difference %.3g\n", comm.size(), zero, worst);
     check(worst <= 1e-5, "resume 1 GPU -> N ranks (zero " + std::to_string(zero) + ")", r);
   }
   comm.barrier();
@@ -232,7 +239,8 @@ int main(int argc, char** argv) {
     const std::vector<int64_t> all = world.gather_values(std::vector<int64_t>{failures});
     int64_t total = 0;
     for (int64_t f : all) total += f;
-    if (world.rank() == 0) std::printf(total ? "%lld check(s) FAILED\n" : "all checks passed\n", static_cast<long long>(total));
+    if (world.rank() == 0)
+      std::printf(total ? "%lld check(s) FAILED\n" : "all checks passed\n", static_cast<long long>(total));
     return total ? 1 : 0;
   });
 }

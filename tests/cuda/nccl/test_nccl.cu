@@ -108,7 +108,8 @@ Run train(const Cuda& be, dist::Communicator* comm, int zero, int64_t bucket_byt
   const int64_t B = 4, len = 48;
   for (int64_t s = 0; s < steps; ++s) {
     retnet_test::nccl_batch(s, B, len, 0, B, x, y);
-    const retnet::StepStats st = tr.step(HostView<const int64_t>(x.data(), {B, len}), HostView<const int64_t>(y.data(), {B, len}));
+    const retnet::StepStats st =
+        tr.step(HostView<const int64_t>(x.data(), {B, len}), HostView<const int64_t>(y.data(), {B, len}));
     r.losses.push_back(st.loss);
     r.norms.push_back(st.grad_norm);
   }
@@ -126,7 +127,8 @@ void check_same_as_plain(const char* what) {
     int zero;
     int64_t bucket_bytes, accum, segment;
     double clip;
-    bool norm_bits;  // ZeRO-1 with several buckets sums the squares in bucket order: the norm may differ in its last bits
+    bool norm_bits;  // ZeRO-1 with several buckets sums the squares in bucket order: the norm may differ in its last
+                     // bits
   };
   const int64_t one_bucket = int64_t(1) << 30, small = 24 * 1024;
   for (const Case& c : {Case{0, one_bucket, 1, 0, 1.0, true}, Case{0, small, 2, 20, 0.5, true},
@@ -156,14 +158,13 @@ TEST_CASE("NCCL data parallel, one rank: the device step equals the plain device
   check_same_as_plain<__nv_bfloat16>("bf16");
 }
 
-TEST_CASE("NCCL data parallel, one rank: a ZeRO-1 checkpoint resumes on a plain trainer with the same bits",
-          "[nccl]") {
+TEST_CASE("NCCL data parallel, one rank: a ZeRO-1 checkpoint resumes on a plain trainer with the same bits", "[nccl]") {
   if (!have_gpu()) return;
   retnet_test::NcclTestContext ctx;
   dist::NcclCommunicator comm(dist::single_process(), ctx.be.stream);
-  const std::string path = (std::filesystem::temp_directory_path() /
-                            ("retnet_nccl_ckpt_" + std::to_string(::getpid()) + ".safetensors"))
-                               .string();
+  const std::string path =
+      (std::filesystem::temp_directory_path() / ("retnet_nccl_ckpt_" + std::to_string(::getpid()) + ".safetensors"))
+          .string();
   const int64_t B = 4, len = 48;
   std::vector<int64_t> x, y;
   auto make = [&](retnet::Model<__nv_bfloat16, Cuda>& m, dist::Communicator* c) {
@@ -175,7 +176,8 @@ TEST_CASE("NCCL data parallel, one rank: a ZeRO-1 checkpoint resumes on a plain 
     tc.dist.bucket_bytes = 24 * 1024;
     return retnet::Trainer<__nv_bfloat16, Cuda>(m, tc);
   };
-  retnet::Model<__nv_bfloat16, Cuda> m1(retnet_test::nccl_model_config(), ctx.be), m2(retnet_test::nccl_model_config(), ctx.be);
+  retnet::Model<__nv_bfloat16, Cuda> m1(retnet_test::nccl_model_config(), ctx.be),
+      m2(retnet_test::nccl_model_config(), ctx.be);
   m1.init_torchscale(9);
   m2.init_torchscale(10);
   auto t1 = make(m1, &comm);
