@@ -22,9 +22,10 @@
 //
 // Under mpirun (builds with MPI) the ranks train data parallel: each takes its rows of every global batch, so the
 // losses follow the one-process run with the same --batch; --zero 1 shards the AdamW moments, --bucket-mb sets
-// the gradient buckets. Rank 0 alone prints and writes. --device cuda trains on the current GPU (one process; the
-// training loop is train_loop.hpp for both devices); checkpoints are the same files on both devices, so either
-// resumes the other's.
+// the gradient buckets. Rank 0 alone prints and writes. --device cuda trains on the current GPU, or under mpirun on
+// one GPU per rank through NCCL (builds with MPI and NCCL; --zero 1 then shards the optimizer update); the training
+// loop is train_loop.hpp for both devices; checkpoints are the same files on both devices and for any number of
+// ranks, so either resumes the other's.
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/wait.h>
@@ -365,9 +366,11 @@ int main(int argc, char** argv) {
       "train_lm",
       [&] {
         const Options o = parse(argc, argv);
+#if !RETNET_TRAIN_LM_NCCL
         if (o.device == "cuda")
-          require(comm.size() == 1, "--device cuda trains in one process; this job has ", comm.size(),
-                  " ranks (data-parallel training on GPUs is not supported yet: run one process, or --device cpu)");
+          require(comm.size() == 1, "--device cuda trains in one process in this build (it has no NCCL); this job has ",
+                  comm.size(), " ranks: run one process, or --device cpu, or build with RETNET_NCCL=ON and MPI");
+#endif
         for (int r = 0; r < comm.size(); ++r) {
           const int64_t rows = dist::split_rows(o.batch, comm.size(), r).count;
           if (rows % o.accum != 0)

@@ -143,8 +143,8 @@ int train(const Options& o, const std::vector<int64_t>& text, const BackendT& ba
   tc.segment_length = o.segment;
   tc.dropout_seed = o.seed;
   tc.dist.comm = &comm;
-  // ZeRO-1 shards host moments across ranks; a device run is one process, where it would only add a host copy.
-  tc.dist.zero_stage = host_backend<BackendT> ? static_cast<int>(o.zero) : 0;
+  // ZeRO-1 needs a communicator that takes the buffers of the backend (a device run alone has none).
+  tc.dist.zero_stage = host_backend<BackendT> || comm.device_buffers() ? static_cast<int>(o.zero) : 0;
   tc.dist.bucket_bytes = std::max<int64_t>(1, static_cast<int64_t>(o.bucket_mb * 1048576.0));
   std::unique_ptr<ModelT> model;
   std::unique_ptr<TrainerT> trainer;

@@ -71,12 +71,14 @@ inline TrainingCheckpointInfo read_checkpoint_info(Communicator& comm, const std
 
 // Writes the trainer's state (the model, the full AdamW moments, the step) with rank 0; every rank returns once
 // the file is complete.
-// Device backends train with one process (the Trainer refuses more): the file is written directly.
 template <class T, Backend BackendT>
 void save_checkpoint(const std::string& path, Trainer<T, BackendT>& tr, int64_t data_position,
                      const std::map<std::string, std::string>& extra = {}) {
   Communicator& comm = tr.data_parallel().comm();
-  if constexpr (host_backend<BackendT>) tr.data_parallel().gather_optimizer_state(tr.optimizer());
+  if constexpr (host_backend<BackendT>)
+    tr.data_parallel().gather_optimizer_state(tr.optimizer());
+  else if (auto* d = tr.device_data_parallel())
+    d->gather_optimizer_state(tr.optimizer());
   detail::on_root(comm, [&] { save_training_checkpoint(path, tr, data_position, extra); });
 }
 
@@ -97,10 +99,23 @@ TrainingCheckpointInfo load_checkpoint(const std::string& path, Trainer<T, Backe
     info.step = nums[0], info.data_position = nums[1];
     if (!is_root(comm)) info.config = tr.model().config();
     tr.set_step_count(info.step);  // also hands each rank its ZeRO-1 moment slices
-  } else {
-    // One process (the Trainer refuses more on device backends): load_training_checkpoint restored it all.
-    require(comm.size() == 1, "dist::load_checkpoint: a device-backend trainer runs with one process, not ",
-            comm.size());
+  } else if (comm.size() > 1) {    // a device communicator (the Trainer refuses others): rank 0's state to all
+    const int64_t n = tr.model().param_table().total();
+    auto& opt = tr.optimizer();
+    comm.broadcast(static_cast<void*>(opt.exp_avg()), n, dtype_of<master_t<T>>(), 0);
+    comm.broadcast(static_cast<void*>(opt.exp_avg_sq()), n, dtype_of<master_t<T>>(), 0);
+    if constexpr (AdamW<T, BackendT>::has_master) {  // the master weights, and the parameters from them
+      comm.broadcast(static_cast<void*>(opt.master_buffer().data()), n, dtype_of<master_t<T>>(), 0);
+      const std::vector<master_t<T>> master = opt.master_buffer().to_host();
+      tr.restore_master(master.data(), n);
+    } else {
+      comm.broadcast(static_cast<void*>(tr.model().params()), n, dtype_of<T>(), 0);
+    }
+    std::vector<int64_t> nums{info.step, info.data_position};
+    comm.broadcast(nums.data(), 2);
+    info.step = nums[0], info.data_position = nums[1];
+    if (!is_root(comm)) info.config = tr.model().config();
+    tr.set_step_count(info.step);
   }
   return info;
 }

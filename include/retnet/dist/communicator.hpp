@@ -1,7 +1,7 @@
 #pragma once
 // Communicators for data-parallel training: world size, rank and the collectives the trainer needs, over flat
 // buffers. Three implementations plug into this interface: SingleProcess (below; no communication), MPI
-// (retnet/dist/mpi.hpp, processes and hosts under mpirun) and NCCL (GPUs).
+// (retnet/dist/mpi.hpp, processes and hosts under mpirun) and NCCL (retnet/dist/nccl.cuh, one rank per GPU).
 //
 // Every collective must be called by all ranks in the same order with the same counts. The *_async forms start
 // the operation and return a Request; the buffers must stay untouched until wait() returns. The blocking forms
@@ -20,7 +20,8 @@
 
 namespace retnet::dist {
 
-enum class DType { f32, f64, i64 };
+// bf16: 16-bit brain floats (moved by NCCL; MPI only copies them, in all_gather and broadcast).
+enum class DType { f32, f64, i64, bf16 };
 enum class ReduceOp { sum, max };
 
 template <class T>
@@ -35,7 +36,19 @@ constexpr DType dtype_of() {
   }
 }
 
-inline int64_t dtype_size(DType t) { return t == DType::f32 ? 4 : 8; }
+inline int64_t dtype_size(DType t) { return t == DType::bf16 ? 2 : t == DType::f32 ? 4 : 8; }
+
+inline constexpr double kDefaultCollectiveTimeoutSeconds = 300.0;
+
+// Seconds a collective may wait: RETNET_DIST_TIMEOUT_S when set (a positive number), else the default.
+inline double collective_timeout_from_env() {
+  const char* s = std::getenv("RETNET_DIST_TIMEOUT_S");
+  if (!s || !*s) return kDefaultCollectiveTimeoutSeconds;
+  char* end = nullptr;
+  const double v = std::strtod(s, &end);
+  require(end && *end == '\0' && v > 0, "RETNET_DIST_TIMEOUT_S = '", s, "' is not a positive number of seconds");
+  return v;
+}
 
 // A started collective.
 class Request {
@@ -61,6 +74,8 @@ class Communicator {
   virtual int size() const = 0;
   // A short description for messages, e.g. "MPI rank 1 of 4 on host-a".
   virtual std::string describe() const = 0;
+  // True when the collectives also take device (GPU) buffers, as device-backend training needs.
+  virtual bool device_buffers() const { return false; }
 
   // buf[0, n) = op over ranks of buf[0, n), in place.
   virtual std::unique_ptr<Request> all_reduce_async(void* buf, int64_t n, DType t, ReduceOp op) = 0;

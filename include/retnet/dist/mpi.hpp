@@ -31,18 +31,6 @@
 
 namespace retnet::dist {
 
-inline constexpr double kDefaultCollectiveTimeoutSeconds = 300.0;
-
-// Seconds a collective may wait: RETNET_DIST_TIMEOUT_S when set (a positive number), else the default.
-inline double collective_timeout_from_env() {
-  const char* s = std::getenv("RETNET_DIST_TIMEOUT_S");
-  if (!s || !*s) return kDefaultCollectiveTimeoutSeconds;
-  char* end = nullptr;
-  const double v = std::strtod(s, &end);
-  require(end && *end == '\0' && v > 0, "RETNET_DIST_TIMEOUT_S = '", s, "' is not a positive number of seconds");
-  return v;
-}
-
 // Initialises MPI for the process (once) and finalises it at the end of the scope. If the scope is left by an
 // exception, the job is aborted instead: the other ranks would otherwise wait in their next collective.
 class MpiContext {
@@ -90,8 +78,15 @@ inline MPI_Datatype mpi_type(DType t) {
       return MPI_DOUBLE;
     case DType::i64:
       return MPI_INT64_T;
+    case DType::bf16:
+      return MPI_UINT16_T;  // copies only: reductions refuse bf16 (reduce_type)
   }
   fail("dist::MpiCommunicator: unknown data type ", static_cast<int>(t));
+}
+
+inline MPI_Datatype reduce_type(DType t, const char* op) {
+  require(t != DType::bf16, "dist::MpiCommunicator::", op, ": MPI has no bf16 arithmetic (reduce float buffers)");
+  return mpi_type(t);
 }
 
 inline void mpi_error_handler(MPI_Comm* comm, int* code, ...) {
@@ -150,7 +145,7 @@ class MpiCommunicator final : public Communicator {
     for (int64_t done = 0; done < n;) {  // MPI counts are int: large buffers go in pieces
       const int c = static_cast<int>(std::min<int64_t>(n - done, kMaxCount));
       MPI_Request r;
-      MPI_Iallreduce(MPI_IN_PLACE, p + done * dtype_size(t), c, detail::mpi_type(t),
+      MPI_Iallreduce(MPI_IN_PLACE, p + done * dtype_size(t), c, detail::reduce_type(t, "all_reduce"),
                      op == ReduceOp::sum ? MPI_SUM : MPI_MAX, comm_, &r);
       req->add(r);
       done += c;
@@ -162,7 +157,8 @@ class MpiCommunicator final : public Communicator {
             " elements per rank exceed MPI's int count; use smaller buckets");
     auto req = std::make_unique<Pending>(*this, "reduce_scatter", count * size_);
     MPI_Request r;
-    MPI_Ireduce_scatter_block(send, recv, static_cast<int>(count), detail::mpi_type(t), MPI_SUM, comm_, &r);
+    MPI_Ireduce_scatter_block(send, recv, static_cast<int>(count), detail::reduce_type(t, "reduce_scatter"), MPI_SUM,
+                              comm_, &r);
     req->add(r);
     return req;
   }

@@ -28,6 +28,7 @@
 
 #include "retnet/core/buffer.hpp"
 #include "retnet/dist/data_parallel.hpp"
+#include "retnet/dist/device_data_parallel.hpp"
 #include "retnet/nn/backend_ops.hpp"
 #include "retnet/nn/model.hpp"
 #include "retnet/train/adamw.hpp"
@@ -210,10 +211,15 @@ class Trainer {
         cfg_(cfg),
         opt_(model.param_table(), cfg.adamw, model.backend()),
         grads_(model.backend(), model.param_table().total()),
-        dp_(model.param_table(), model.config().decoder_layers, cfg.dist) {
-    // Several processes exchange host gradients through the communicator; device backends will use NCCL.
-    require(host_backend<BackendT> || dp_.comm().size() == 1,
-            "Trainer: data-parallel training over a communicator runs on the CPU backend only");
+        dp_(model.param_table(), model.config().decoder_layers, host_dist(cfg.dist)) {
+    // Device backends exchange device gradients: several ranks or ZeRO-1 need a communicator that takes them.
+    if constexpr (!host_backend<BackendT>)
+      if (dp_.comm().device_buffers())
+        ddp_ = std::make_unique<dist::DeviceDataParallel<T, BackendT>>(
+            model.param_table(), model.config().decoder_layers, cfg.dist, model.backend());
+    require(host_backend<BackendT> || ddp_ || (dp_.comm().size() == 1 && cfg.dist.zero_stage == 0),
+            "Trainer: ", dp_.comm().describe(), " with zero_stage ", cfg.dist.zero_stage,
+            " needs a communicator over device buffers (dist::NcclCommunicator) on a device backend");
     require(cfg_.accumulation_steps > 0, "TrainerConfig: accumulation_steps = ", cfg_.accumulation_steps,
             " must be positive");
     sync_master();
@@ -245,10 +251,19 @@ class Trainer {
     } else {
       const BackendT& be = model_.backend();
       double* scalars = ctx_.scalars(be);
-      sum_squares_to(be, grads_.data(), grads_.size(), scalars + ctx_.kSumSquaresSlot);
-      if (cfg_.grad_clip > 0) clip_by_norm(be, grads_.data(), grads_.size(), scalars + ctx_.kSumSquaresSlot, cfg_.grad_clip);
+      if (ddp_) {  // over a device communicator: loss and norm of the global batch
+        ddp_->reduce_stats(scalars + ctx_.kLossSlot, scalars + ctx_.kSumSquaresSlot);
+        if (cfg_.grad_clip > 0) ddp_->clip(scalars + ctx_.kSumSquaresSlot, cfg_.grad_clip);
+      } else {
+        sum_squares_to(be, grads_.data(), grads_.size(), scalars + ctx_.kSumSquaresSlot);
+        if (cfg_.grad_clip > 0)
+          clip_by_norm(be, grads_.data(), grads_.size(), scalars + ctx_.kSumSquaresSlot, cfg_.grad_clip);
+      }
       if (model_.params_version() != master_version_) sync_master();  // the parameters were changed from outside
-      opt_.step(model_.params(), grads_.data(), st.lr);
+      if (ddp_)
+        ddp_->update(opt_, model_.params(), st.lr);
+      else
+        opt_.step(model_.params(), grads_.data(), st.lr);
       master_version_ = model_.params_version();
       double host[2] = {0, 0};
       be.copy_to_host(host, scalars, sizeof host);
@@ -272,6 +287,7 @@ class Trainer {
     grads_.zero();
     const int64_t count = count_targets(targets.data(), B * Tn);
     const dist::GlobalBatch global = dp_.begin_step(B, count, grads_.data());
+    if (ddp_) ddp_->begin(grads_.data());
     const double scale = global.tokens ? 1.0 / static_cast<double>(global.tokens) : 0.0;
     LossSum total;
     const int64_t mb = B / A;
@@ -280,11 +296,14 @@ class Trainer {
       const DropoutKey key{cfg_.dropout_seed, static_cast<uint64_t>(step_), global.row_offset + a * mb};
       LossSum r = loss_and_grad(model_, ctx_, inputs.data() + a * mb * Tn, targets.data() + a * mb * Tn, mb, Tn,
                                 cfg_.form, grads_.data(), scale, cfg_.segment_length, &key,
-                                a + 1 == A ? dp_.hook() : std::function<void(int64_t)>{});
+                                a + 1 == A ? (ddp_ ? ddp_->hook() : dp_.hook()) : std::function<void(int64_t)>{});
       total.sum += r.sum;
     }
     if constexpr (!host_backend<BackendT>) ctx_.defer_losses(model_.backend(), false);
-    dp_.finish_gradients();
+    if (ddp_)
+      ddp_->finish();
+    else
+      dp_.finish_gradients();
     total.count = global.tokens;
     global_rows_ = global.rows;
     return total;
@@ -307,6 +326,8 @@ class Trainer {
   const ModelType& model() const { return model_; }
   const TrainerConfig& config() const { return cfg_; }
   dist::DataParallel<grad_type>& data_parallel() { return dp_; }
+  // Device backends over a device communicator (null otherwise).
+  dist::DeviceDataParallel<T, BackendT>* device_data_parallel() { return ddp_.get(); }
 
   // With master weights (bf16 parameters): sets them from master-precision values (a checkpoint), then the
   // parameters from their rounding.
@@ -318,6 +339,13 @@ class Trainer {
   }
 
  private:
+  // The host part of the data-parallel configuration: on device backends over a device communicator, ZeRO-1 runs
+  // in DeviceDataParallel (dp_ then only counts the global batch).
+  static dist::DataParallelConfig host_dist(dist::DataParallelConfig d) {
+    if (!host_backend<BackendT> && d.comm && d.comm->device_buffers()) d.zero_stage = 0;
+    return d;
+  }
+
   // The master weights follow parameters set from outside the trainer (a load, an initialisation).
   void sync_master() {
     if constexpr (AdamW<T, BackendT>::has_master) opt_.set_master_from_params(model_.params_to_host());
@@ -329,6 +357,7 @@ class Trainer {
   AdamW<T, BackendT> opt_;
   Buffer<grad_type, BackendT> grads_;
   dist::DataParallel<grad_type> dp_;
+  std::unique_ptr<dist::DeviceDataParallel<T, BackendT>> ddp_;
   GradContext<T, BackendT> ctx_;
   int64_t step_ = 0;
   int64_t global_rows_ = 0;
