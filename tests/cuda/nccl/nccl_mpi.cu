@@ -70,12 +70,6 @@ struct Runner {
   }
 };
 
-double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
-  double d = 0;
-  for (size_t i = 0; i < a.size(); ++i) d = std::max(d, std::abs(static_cast<double>(a[i]) - b[i]));
-  return d;
-}
-
 void test_collectives(dist::NcclCommunicator& comm, const Cuda& be) {
   const int P = comm.size(), r = comm.rank();
   retnet::Buffer<float, Cuda> a(be, 3 * P), b(be, 3 * P);
