@@ -55,7 +55,7 @@ namespace {
 
 struct Options {
   std::string weights, model, config, prompt, tokens, dtype = "float", save_state, resume_state, device = "cpu",
-      batch_file;
+                                                      batch_file;
   bool have_prompt = false, bf16 = false;
   int64_t max_new = 200, samples = 1, stop = -1, slots = 8;
   SamplingOptions sampling{.temperature = 0.8, .top_k = 40, .top_p = 0.95, .seed = 1};

@@ -1,7 +1,8 @@
 // train_lm: trains a byte-level RetNet language model on the CPU or a GPU and writes a sample at the end.
 //
 //   train_lm [--device cpu|cuda] [--precision float|bf16] [--tf32] [--zero 0|1] [--bucket-mb MB] [--data FILE]
-//            [--steps N] [--batch B] [--seq T] [--layers L] [--dim D] [--heads H] [--value-dim V] [--ffn F] [--chunk C] [--lr LR] [--warmup W] [--decay cosine|linear|constant]
+//            [--steps N] [--batch B] [--seq T] [--layers L] [--dim D] [--heads H] [--value-dim V] [--ffn F] [--chunk C]
+//            [--lr LR] [--warmup W] [--decay cosine|linear|constant]
 //            [--weight-decay WD] [--clip C] [--accum A] [--segment S] [--form chunkwise|parallel|recurrent]
 //            [--dropout P] [--seed S] [--out DIR] [--ckpt-every N] [--eval-every N] [--resume [FILE]]
 //            [--max-new N] [--temperature T] [--top-k K] [--top-p P] [--prompt TEXT]

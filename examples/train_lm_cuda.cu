@@ -54,8 +54,7 @@ void require_device_memory(double bytes, const std::string& what) {
 int train_cuda(const Options& o, const std::vector<int64_t>& text, retnet::dist::Communicator& comm) {
 #if RETNET_TRAIN_LM_NCCL
   // one GPU per rank: the rank's index on its host picks it
-  const retnet::dist::LocalRank local =
-      comm.size() > 1 ? retnet::dist::local_rank(comm) : retnet::dist::LocalRank{};
+  const retnet::dist::LocalRank local = comm.size() > 1 ? retnet::dist::local_rank(comm) : retnet::dist::LocalRank{};
 #endif
   int dev = 0;
   agree(comm, [&] {
@@ -78,8 +77,8 @@ int train_cuda(const Options& o, const std::vector<int64_t>& text, retnet::dist:
 #else
   retnet::dist::Communicator& run_comm = comm;
 #endif
-  const std::string device = "cuda:" + std::to_string(dev) + " (" + prop.name + ", " + o.precision +
-                             (o.tf32 ? ", tf32" : "") + ")";
+  const std::string device =
+      "cuda:" + std::to_string(dev) + " (" + prop.name + ", " + o.precision + (o.tf32 ? ", tf32" : "") + ")";
   if (o.precision == "bf16") return train<__nv_bfloat16>(o, text, gpu.be, run_comm, device);
   return train<float>(o, text, gpu.be, run_comm, device);
 }

@@ -9,7 +9,7 @@ namespace retnet_examples::train_lm {
 struct Options {
   std::string data, out = "train_lm_out", resume, prompt = "The ", form = "chunkwise", decay = "cosine", device = "cpu";
   bool do_resume = false;
-  bool tf32 = false;             // GPU float products in TF32
+  bool tf32 = false;                // GPU float products in TF32
   std::string precision = "float";  // GPU storage: float, or bf16 (float gradients, master weights and state)
   int64_t steps = 300, batch = 16, seq = 128, layers = 4, dim = 128, heads = 2, value_dim = 256, ffn = 256, chunk = 64,
           warmup = 30, accum = 1, segment = 0, ckpt_every = 200, eval_every = 100, max_new = 400, top_k = 0;

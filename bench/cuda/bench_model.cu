@@ -1,7 +1,8 @@
 // Training step of the whole model on the GPU (Trainer<T, Cuda>): tokens/s and model FLOP/s (6 per parameter
 // and token for the dense layers, plus retention's chunkwise products), in float storage with exact float or TF32
-// products, and in bf16 storage (float gradients, master weights and state). Configurations: the default train_lm model and a 1.35 B-parameter one (hidden 2048, 24 layers, heads of
-// 128/256, SwiGLU 2816, vocabulary 32000: fla's default RetNet size, with the head sizes the GPU retention takes).
+// products, and in bf16 storage (float gradients, master weights and state). Configurations: the default train_lm model
+// and a 1.35 B-parameter one (hidden 2048, 24 layers, heads of 128/256, SwiGLU 2816, vocabulary 32000: fla's default
+// RetNet size, with the head sizes the GPU retention takes).
 #include <benchmark/benchmark.h>
 #include <cuda_runtime.h>
 

@@ -300,7 +300,8 @@ TEST_CASE("bf16 GPU model: logits, loss and parameter gradients match the CPU wi
   }
 }
 
-TEST_CASE("bf16 GPU trainer: the CPU's loss curve within bf16 noise; float master weights; checkpoints", "[model][bf16]") {
+TEST_CASE("bf16 GPU trainer: the CPU's loss curve within bf16 noise; float master weights; checkpoints",
+          "[model][bf16]") {
   if (!have_gpu()) return;
   const ModelCase c = rounded_to_bf16(make_case(small_config(true, false), 4, 64, 21));
   retnet_test::TrainOptions o;

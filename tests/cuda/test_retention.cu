@@ -252,7 +252,8 @@ TEST_CASE("cuda retention bf16 matches the CPU on odd shapes", "[cuda][retention
 
 TEST_CASE("cuda retention with value heads wider than 256 runs them as split heads", "[cuda][retention][split]") {
   if (!have_gpu()) return;
-  const Case cases[] = {{1, 150, 2, 256, 512, 64, true}, {2, 77, 2, 128, 384, 32, true}, {1, 100, 3, 64, 320, 64, false}};
+  const Case cases[] = {
+      {1, 150, 2, 256, 512, 64, true}, {2, 77, 2, 128, 384, 32, true}, {1, 100, 3, 64, 320, 64, false}};
   uint64_t seed = 5000;
   for (Form form : {Form::chunkwise, Form::recurrent, Form::parallel})
     for (Normalization norm : {Normalization::torchscale, Normalization::raw})

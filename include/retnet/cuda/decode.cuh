@@ -31,8 +31,9 @@ __global__ void step_rotation_kernel(T* sin_out, T* cos_out, const int64_t* posi
   if (i >= rows * half) return;
   const int64_t b = i / half;
   const int k = static_cast<int>(i % half);
-  const double x = a.rope ? static_cast<double>(__fmul_rn(static_cast<float>(positions[b]), static_cast<float>(a.theta[k])))
-                          : static_cast<double>(positions[b]) * a.theta[k];
+  const double x =
+      a.rope ? static_cast<double>(__fmul_rn(static_cast<float>(positions[b]), static_cast<float>(a.theta[k])))
+             : static_cast<double>(positions[b]) * a.theta[k];
   double s = 0, c = 0;
   sincos(x, &s, &c);
   if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {

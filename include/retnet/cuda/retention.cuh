@@ -28,7 +28,8 @@ void split_forward(const Cuda& ctx, Form form, const RetentionConfig& cfg, int64
   const SplitShapes sh{d.batch, d.length, d.heads, r, d.key_dim, d.value_dim / r};
   const RetentionConfig sc = split_config(cfg, r);
   const size_t qk = sizeof(E) * static_cast<size_t>(sh.rows_heads() * r * sh.dk);
-  const size_t kv = sizeof(float) * static_cast<size_t>(sh.bh() * sh.dk * d.value_dim), scl = sizeof(float) * sh.bh() * r;
+  const size_t kv = sizeof(float) * static_cast<size_t>(sh.bh() * sh.dk * d.value_dim),
+               scl = sizeof(float) * sh.bh() * r;
   const SplitBuffers buf(ctx, {qk, qk, kv, scl, kv, scl});
   RetentionInputs<E, Device, float> si;
   si.q = DeviceView<const E>(buf.at<E>(0), sh.qk());
@@ -61,7 +62,8 @@ void split_backward(const Cuda& ctx, Form form, const RetentionConfig& cfg, int6
   const SplitShapes sh{d.batch, d.length, d.heads, r, d.key_dim, d.value_dim / r};
   const RetentionConfig sc = split_config(cfg, r);
   const size_t qk = sizeof(E) * static_cast<size_t>(sh.rows_heads() * r * sh.dk);
-  const size_t kv = sizeof(float) * static_cast<size_t>(sh.bh() * sh.dk * d.value_dim), scl = sizeof(float) * sh.bh() * r;
+  const size_t kv = sizeof(float) * static_cast<size_t>(sh.bh() * sh.dk * d.value_dim),
+               scl = sizeof(float) * sh.bh() * r;
   const SplitBuffers buf(ctx, {qk, qk, kv, scl, kv, kv, qk, qk});
   RetentionInputs<E, Device, float> si;
   si.q = DeviceView<const E>(buf.at<E>(0), sh.qk());
@@ -103,7 +105,8 @@ template <class E>
 void retention_forward(const Cuda& ctx, Form form, const RetentionConfig& cfg,
                        const RetentionInputs<E, Device, float>& in, const RetentionOutputs<E, Device, float>& out,
                        RetentionSaved* saved) {
-  if (const int64_t r = cuda_detail::value_split(cfg); r > 1) return cuda_detail::split_forward(ctx, form, cfg, r, in, out);
+  if (const int64_t r = cuda_detail::value_split(cfg); r > 1)
+    return cuda_detail::split_forward(ctx, form, cfg, r, in, out);
   switch (form) {
     case Form::parallel:
       return retention_parallel_forward(ctx, cfg, in, out, saved);

@@ -58,8 +58,8 @@ void rotate_heads(const Cuda& ctx, T* x, const C* sin, const C* cos, const int64
   const float f = host_to_float(scale);
   const int64_t pairs = heads * dk / 2;
   const int threads = pairs >= 256 ? 256 : 128;
-  rotate_heads_kernel<T, C><<<static_cast<unsigned>(rows), threads, 0, ctx.stream>>>(x, sin, cos, row_off, length, heads,
-                                                                                  dk, f, f != 1.0f, inverse);
+  rotate_heads_kernel<T, C><<<static_cast<unsigned>(rows), threads, 0, ctx.stream>>>(x, sin, cos, row_off, length,
+                                                                                     heads, dk, f, f != 1.0f, inverse);
   RETNET_CUDA_CHECK_LAUNCH("rotate_heads_kernel");
 }
 

@@ -347,8 +347,8 @@ class Model {
   // training mode, with the masks a pure function of the key (core/dropout.hpp, cpu/dropout.hpp); null is evaluation.
   void forward_train(const int64_t* tokens, Form form, Workspace& ws, const int64_t* start_positions = nullptr,
                      const std::vector<StatePtrs<state_type>>& state_in = {},
-                     const std::vector<StatePtrs<state_type>>& state_out = {},
-                     bool logits_last_only = false, bool step = false, const DropoutKey* dropout = nullptr) {
+                     const std::vector<StatePtrs<state_type>>& state_out = {}, bool logits_last_only = false,
+                     bool step = false, const DropoutKey* dropout = nullptr) {
     forward_impl(tokens, form, ws, start_positions, state_in, state_out, logits_last_only, step, dropout, false);
   }
 
@@ -356,8 +356,8 @@ class Model {
   // forward_train's body; bf16 = true multiplies with the bf16 inference copy (never in training).
   void forward_impl(const int64_t* tokens, Form form, Workspace& ws, const int64_t* start_positions,
                     const std::vector<StatePtrs<state_type>>& state_in,
-                    const std::vector<StatePtrs<state_type>>& state_out,
-                    bool logits_last_only, bool step, const DropoutKey* dropout, bool bf16) {
+                    const std::vector<StatePtrs<state_type>>& state_out, bool logits_last_only, bool step,
+                    const DropoutKey* dropout, bool bf16) {
     const int64_t B = ws.batch_, Tn = ws.length_, N = B * Tn, V = cfg_.vocab_size;
     validate_tokens("Model::forward", tokens, B, Tn, V);
     const bool train = dropout && cfg_.has_dropout();
@@ -437,8 +437,7 @@ class Model {
   // head and the final norm are final before the call for L-1), so a data-parallel run can start summing them
   // over ranks while the backward pass goes on; the embedding's are final when backward() returns.
   void backward(Workspace& ws, grad_type* grads, const std::vector<const state_type*>& d_state_out = {},
-                const std::vector<state_type*>& d_state_in = {},
-                const std::function<void(int64_t)>& layer_done = {}) {
+                const std::vector<state_type*>& d_state_in = {}, const std::function<void(int64_t)>& layer_done = {}) {
     require(ws.with_grad_, "Model::backward: the workspace was made without gradient buffers");
     const int64_t B = ws.batch_, Tn = ws.length_, N = B * Tn, d = cfg_.decoder_embed_dim, V = cfg_.vocab_size;
     const T* P = params_.data();

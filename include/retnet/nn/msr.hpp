@@ -108,9 +108,8 @@ void project(const B& be, T* y, const T* x, const T* w, const uint16_t* w16, int
 // (torchscale storage); step = true (length 1, recurrent) updates state_in in place with the recurrent step.
 template <class B, class T>
 void msr_forward(const B& be, const RetentionConfig& rc, Form form, double eps, const MsrDims& dm,
-                 const MsrWeights<T>& w, const T* x, const MsrSaved<T>& s, T* out,
-                 const RotationRows<scalar_t<T>>& rot, StatePtrs<state_t<T>> state_in = {},
-                 StatePtrs<state_t<T>> state_out = {}, bool step = false) {
+                 const MsrWeights<T>& w, const T* x, const MsrSaved<T>& s, T* out, const RotationRows<scalar_t<T>>& rot,
+                 StatePtrs<state_t<T>> state_in = {}, StatePtrs<state_t<T>> state_out = {}, bool step = false) {
   using C = scalar_t<T>;
   using S = state_t<T>;
   using Space = typename B::space;
