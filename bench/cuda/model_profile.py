@@ -11,7 +11,7 @@ import sys
 
 GROUPS = [
     ("GEMM (cuBLAS: projections, FFN, head)", r"gemm|xmma|cutlass|nvjet|sm90_|splitK|Kernel2"),
-    ("retention", r"engine|scan|chunk|prefix|mu_kernel|recurrent|float256|state|summar|retention|repeat_heads|sum_heads"),
+    ("retention", r"engine|scan|chunk|prefix|mu_kernel|recurrent|float256|state|summar|retention|repeat_heads"),
     ("cross-entropy", r"cross_entropy|loss"),
     ("norms (RMSNorm, LayerNorm)", r"rmsnorm|layernorm|column_sums"),
     ("group norm + swish gate", r"group_norm"),

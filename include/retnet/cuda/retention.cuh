@@ -35,8 +35,8 @@ void split_forward(const Cuda& ctx, Form form, const RetentionConfig& cfg, int64
   si.q = DeviceView<const E>(buf.at<E>(0), sh.qk());
   si.k = DeviceView<const E>(buf.at<E>(1), sh.qk());
   si.v = DeviceView<const E>(in.v.data(), sh.vo());
-  repeat_heads(ctx, buf.at<E>(0), in.q.data(), sh.rows_heads(), r, sh.dk);
-  repeat_heads(ctx, buf.at<E>(1), in.k.data(), sh.rows_heads(), r, sh.dk);
+  repeat_heads_forward(ctx, buf.at<E>(0), in.q.data(), sh.rows_heads(), 1, r, sh.dk);
+  repeat_heads_forward(ctx, buf.at<E>(1), in.k.data(), sh.rows_heads(), 1, r, sh.dk);
   if (!in.state_kv.empty()) {
     state_split(ctx, buf.at<float>(2), in.state_kv.data(), sh.bh(), sh.dk, r, sh.s, true);
     si.state_kv = DeviceView<const float>(buf.at<float>(2), sh.kv());
@@ -69,8 +69,8 @@ void split_backward(const Cuda& ctx, Form form, const RetentionConfig& cfg, int6
   si.q = DeviceView<const E>(buf.at<E>(0), sh.qk());
   si.k = DeviceView<const E>(buf.at<E>(1), sh.qk());
   si.v = DeviceView<const E>(in.v.data(), sh.vo());
-  repeat_heads(ctx, buf.at<E>(0), in.q.data(), sh.rows_heads(), r, sh.dk);
-  repeat_heads(ctx, buf.at<E>(1), in.k.data(), sh.rows_heads(), r, sh.dk);
+  repeat_heads_forward(ctx, buf.at<E>(0), in.q.data(), sh.rows_heads(), 1, r, sh.dk);
+  repeat_heads_forward(ctx, buf.at<E>(1), in.k.data(), sh.rows_heads(), 1, r, sh.dk);
   if (!in.state_kv.empty()) {
     state_split(ctx, buf.at<float>(2), in.state_kv.data(), sh.bh(), sh.dk, r, sh.s, true);
     si.state_kv = DeviceView<const float>(buf.at<float>(2), sh.kv());
@@ -91,8 +91,8 @@ void split_backward(const Cuda& ctx, Form form, const RetentionConfig& cfg, int6
   sg.dv = DeviceView<E>(gin.dv.data(), sh.vo());
   if (!gin.d_state_kv.empty()) sg.d_state_kv = DeviceView<float>(buf.at<float>(5), sh.kv());
   retention_backward(ctx, form, sc, si, so, sg, nullptr);
-  sum_heads(ctx, gin.dq.data(), buf.at<E>(6), sh.rows_heads(), r, sh.dk);
-  sum_heads(ctx, gin.dk.data(), buf.at<E>(7), sh.rows_heads(), r, sh.dk);
+  repeat_heads_backward(ctx, gin.dq.data(), buf.at<E>(6), sh.rows_heads(), 1, r, sh.dk);
+  repeat_heads_backward(ctx, gin.dk.data(), buf.at<E>(7), sh.rows_heads(), 1, r, sh.dk);
   if (!gin.d_state_kv.empty())
     state_split(ctx, gin.d_state_kv.data(), buf.at<float>(5), sh.bh(), sh.dk, r, sh.s, false);
 }

@@ -1,7 +1,7 @@
 #pragma once
 // Value heads wider than the kernels take (fla's default RetNet has value heads of 512). Retention is linear in v:
 // a head with value width dv = r·s equals r heads of width s that share its query, key and decay. The op then runs
-// on r·H heads: q and k repeated per split head, v and o reinterpreted ([B, T, H, r·s] is [B, T, H·r, s]), the
+// on r·H heads: q and k repeated per split head (cuda/heads.cuh, as for grouped heads), v and o reinterpreted ([B, T, H, r·s] is [B, T, H·r, s]), the
 // state's [dk, dv] blocks rearranged into r blocks [dk, s] (and back), and the query and key gradients summed over
 // the r copies in a fixed order. torchscale's normalisers depend only on q·k and the decay, so they agree too.
 #include <cuda_runtime.h>
@@ -14,6 +14,7 @@
 #include "retnet/core/config.hpp"
 #include "retnet/core/retention_args.hpp"
 #include "retnet/cuda/context.cuh"
+#include "retnet/cuda/heads.cuh"
 #include "retnet/cuda/ops_common.cuh"
 
 namespace retnet {
@@ -43,30 +44,6 @@ inline RetentionConfig split_config(const RetentionConfig& cfg, int64_t r) {
   return RetentionConfig(o);
 }
 
-// dst [rows, H·r, d] row h·r + j = src [rows, H, d] row h.
-template <class E>
-__global__ void repeat_heads_kernel(E* dst, const E* src, int64_t rows_heads, int64_t r, int64_t d) {
-  const int64_t n = rows_heads * r * d;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
-    const int64_t c = i % d, rh = i / d / r;
-    dst[i] = src[rh * d + c];
-  }
-}
-
-// dst [rows, H, d] = Σ_j src [rows, H·r, d] row h·r + j, j ascending.
-template <class E>
-__global__ void sum_heads_kernel(E* dst, const E* src, int64_t rows_heads, int64_t r, int64_t d) {
-  const int64_t n = rows_heads * d;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
-    const int64_t c = i % d, rh = i / d;
-    float acc = 0;
-    for (int64_t j = 0; j < r; ++j) acc += to_float(src[(rh * r + j) * d + c]);
-    dst[i] = from_float<E>(acc);
-  }
-}
-
 // state [B·H, dk, r·s] <-> split [B·H·r, dk, s]: split (bh·r + j, i, c) = state (bh, i, j·s + c). to_split: dst is
 // the split layout and src the state; otherwise the other way round.
 __global__ inline void state_split_kernel(float* dst, const float* src, int64_t bh, int64_t dk, int64_t r, int64_t s,
@@ -92,16 +69,6 @@ __global__ inline void scale_split_kernel(float* dst, const float* src, int64_t 
 
 inline unsigned split_grid(int64_t n) { return static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 4096)); }
 
-template <class E>
-void repeat_heads(const Cuda& ctx, E* dst, const E* src, int64_t rows_heads, int64_t r, int64_t d) {
-  repeat_heads_kernel<E><<<split_grid(rows_heads * r * d), 256, 0, ctx.stream>>>(dst, src, rows_heads, r, d);
-  RETNET_CUDA_CHECK_LAUNCH("repeat_heads_kernel");
-}
-template <class E>
-void sum_heads(const Cuda& ctx, E* dst, const E* src, int64_t rows_heads, int64_t r, int64_t d) {
-  sum_heads_kernel<E><<<split_grid(rows_heads * d), 256, 0, ctx.stream>>>(dst, src, rows_heads, r, d);
-  RETNET_CUDA_CHECK_LAUNCH("sum_heads_kernel");
-}
 inline void state_split(const Cuda& ctx, float* dst, const float* src, int64_t bh, int64_t dk, int64_t r, int64_t s,
                         bool to_split) {
   state_split_kernel<<<split_grid(bh * dk * r * s), 256, 0, ctx.stream>>>(dst, src, bh, dk, r, s, to_split);
