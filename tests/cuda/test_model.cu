@@ -84,9 +84,12 @@ ModelCase make_case(const ModelConfig& cfg, int64_t batch, int64_t length, uint6
   return c;
 }
 
-retnet::Model<float, Cuda> gpu_model(const ModelCase& c) {
-  retnet::Model<float, Cuda> m(c.cfg, gpu());
-  m.params_from_host(c.params.data(), static_cast<int64_t>(c.params.size()));
+// The case's model on the GPU, stored in T (bf16: the case's parameters rounded).
+template <class T = float>
+retnet::Model<T, Cuda> gpu_model(const ModelCase& c) {
+  retnet::Model<T, Cuda> m(c.cfg, gpu());
+  const std::vector<T> p(c.params.begin(), c.params.end());
+  m.params_from_host(p.data(), static_cast<int64_t>(p.size()));
   return m;
 }
 
@@ -96,14 +99,10 @@ ModelCase rounded_to_bf16(ModelCase c) {
   return c;
 }
 
-retnet::Model<bf16, Cuda> gpu_model_bf16(const ModelCase& c) {
-  retnet::Model<bf16, Cuda> m(c.cfg, gpu());
-  const std::vector<bf16> p(c.params.begin(), c.params.end());
-  m.params_from_host(p.data(), static_cast<int64_t>(p.size()));
-  return m;
+template <class T>
+std::vector<float> to_float(const std::vector<T>& v) {
+  return std::vector<float>(v.begin(), v.end());
 }
-
-std::vector<float> to_float(const std::vector<bf16>& v) { return std::vector<float>(v.begin(), v.end()); }
 
 // Largest |a - b| over the largest |b|: a relative error on the tensor's own scale.
 double rel_err(const std::vector<float>& a, const std::vector<double>& b) {
@@ -127,6 +126,32 @@ void check_grads(const retnet::ParamTable& table, const std::vector<float>& got,
   }
 }
 
+struct Tolerances {
+  double logits, loss, grads;
+};
+constexpr Tolerances kFloat{1e-5, 1e-5, 1e-4}, kBf16{2e-2, 1e-2, 5e-2};
+
+// Case c on the GPU in storage T against the CPU in double, in `form`: the logits (whole sequences without dropout),
+// the loss and every parameter gradient (segments of `segment` tokens when > 0; dropout with a fixed key).
+template <class T>
+void check_against_cpu(const ModelCase& c, Form form, int64_t segment, bool dropout, const Tolerances& tol) {
+  auto m = gpu_model<T>(c);
+  if (!dropout && !segment) {
+    const retnet::Tensor<T> logits = m.forward(HostView<const int64_t>(c.tokens.data(), {c.batch, c.length}), form);
+    CHECK(rel_err(to_float(logits.storage()), retnet_test::ref_logits(c, form)) < tol.logits);
+  }
+  retnet::GradContext<T, Cuda> ctx;
+  retnet::Buffer<retnet::grad_t<T>, Cuda> grads(gpu(), m.param_count());
+  const int64_t count = retnet::count_targets(c.targets.data(), c.batch * c.length);
+  const retnet::DropoutKey key{9, 4, 0};
+  const retnet::LossSum l =
+      retnet::loss_and_grad(m, ctx, c.tokens.data(), c.targets.data(), c.batch, c.length, form, grads.data(),
+                            1.0 / static_cast<double>(count), segment, dropout ? &key : nullptr);
+  const retnet_test::RefLossGrad ref = retnet_test::ref_loss_grad(c, form, segment, dropout ? 4 : -1, 9);
+  CHECK(l.mean() == Approx(ref.loss).epsilon(tol.loss));
+  check_grads(m.param_table(), to_float(grads.to_host()), ref.grads, tol.grads);
+}
+
 }  // namespace
 
 TEST_CASE("GPU model: logits, loss and parameter gradients match the CPU", "[model]") {
@@ -139,22 +164,7 @@ TEST_CASE("GPU model: logits, loss and parameter gradients match the CPU", "[mod
           if (segment && form != Form::chunkwise) continue;
           INFO("variant " << variant << ", dropout " << dropout << ", form " << retnet::to_string(form) << ", segment "
                           << segment);
-          auto m = gpu_model(c);
-          if (!dropout && !segment) {
-            const retnet::Tensor<float> logits =
-                m.forward(HostView<const int64_t>(c.tokens.data(), {c.batch, c.length}), form);
-            CHECK(rel_err(logits.storage(), retnet_test::ref_logits(c, form)) < 1e-5);
-          }
-          retnet::GradContext<float, Cuda> ctx;
-          retnet::Buffer<float, Cuda> grads(gpu(), m.param_count());
-          const int64_t count = retnet::count_targets(c.targets.data(), c.batch * c.length);
-          const retnet::DropoutKey key{9, 4, 0};
-          const retnet::LossSum l =
-              retnet::loss_and_grad(m, ctx, c.tokens.data(), c.targets.data(), c.batch, c.length, form, grads.data(),
-                                    1.0 / static_cast<double>(count), segment, dropout ? &key : nullptr);
-          const retnet_test::RefLossGrad ref = retnet_test::ref_loss_grad(c, form, segment, dropout ? 4 : -1, 9);
-          CHECK(l.mean() == Approx(ref.loss).epsilon(1e-5));
-          check_grads(m.param_table(), grads.to_host(), ref.grads, 1e-4);
+          check_against_cpu<float>(c, form, segment, dropout, kFloat);
         }
       }
     }
@@ -172,15 +182,7 @@ TEST_CASE("GPU model with value heads of 512 (fla's default head shape, run as s
     for (const int64_t segment : {int64_t(0), int64_t(20)}) {
       if (segment && form != Form::chunkwise) continue;
       INFO("form " << retnet::to_string(form) << ", segment " << segment);
-      auto m = gpu_model(c);
-      retnet::GradContext<float, Cuda> ctx;
-      retnet::Buffer<float, Cuda> grads(gpu(), m.param_count());
-      const int64_t count = retnet::count_targets(c.targets.data(), c.batch * c.length);
-      const retnet::LossSum l = retnet::loss_and_grad(m, ctx, c.tokens.data(), c.targets.data(), c.batch, c.length,
-                                                      form, grads.data(), 1.0 / static_cast<double>(count), segment);
-      const retnet_test::RefLossGrad ref = retnet_test::ref_loss_grad(c, form, segment);
-      CHECK(l.mean() == Approx(ref.loss).epsilon(1e-5));
-      check_grads(m.param_table(), grads.to_host(), ref.grads, 1e-4);
+      check_against_cpu<float>(c, form, segment, false, kFloat);
     }
   }
 }
@@ -206,17 +208,7 @@ TEST_CASE("GPU model with fla's semantics (grouped k/v heads, RoPE, group-norm w
       for (int64_t i = 0; i < p.numel(); ++i) c.params[static_cast<size_t>(p.offset + i)] = u(gen);
   for (const Form form : {Form::chunkwise, Form::parallel, Form::recurrent}) {
     INFO("form " << retnet::to_string(form));
-    auto m = gpu_model(c);
-    const retnet::Tensor<float> logits = m.forward(HostView<const int64_t>(c.tokens.data(), {c.batch, c.length}), form);
-    CHECK(rel_err(logits.storage(), retnet_test::ref_logits(c, form)) < 1e-5);
-    retnet::GradContext<float, Cuda> ctx;
-    retnet::Buffer<float, Cuda> grads(gpu(), m.param_count());
-    const int64_t count = retnet::count_targets(c.targets.data(), c.batch * c.length);
-    const retnet::LossSum l = retnet::loss_and_grad(m, ctx, c.tokens.data(), c.targets.data(), c.batch, c.length, form,
-                                                    grads.data(), 1.0 / static_cast<double>(count));
-    const retnet_test::RefLossGrad ref = retnet_test::ref_loss_grad(c, form, 0);
-    CHECK(l.mean() == Approx(ref.loss).epsilon(1e-5));
-    check_grads(m.param_table(), grads.to_host(), ref.grads, 1e-4);
+    check_against_cpu<float>(c, form, 0, false, kFloat);
   }
 }
 
@@ -278,22 +270,7 @@ TEST_CASE("bf16 GPU model: logits, loss and parameter gradients match the CPU wi
           if (segment && form != Form::chunkwise) continue;
           INFO("variant " << variant << ", dropout " << dropout << ", form " << retnet::to_string(form) << ", segment "
                           << segment);
-          auto m = gpu_model_bf16(c);
-          if (!dropout && !segment) {
-            const retnet::Tensor<bf16> logits =
-                m.forward(HostView<const int64_t>(c.tokens.data(), {c.batch, c.length}), form);
-            CHECK(rel_err(to_float(logits.storage()), retnet_test::ref_logits(c, form)) < 2e-2);
-          }
-          retnet::GradContext<bf16, Cuda> ctx;
-          retnet::Buffer<float, Cuda> grads(gpu(), m.param_count());
-          const int64_t count = retnet::count_targets(c.targets.data(), c.batch * c.length);
-          const retnet::DropoutKey key{9, 4, 0};
-          const retnet::LossSum l =
-              retnet::loss_and_grad(m, ctx, c.tokens.data(), c.targets.data(), c.batch, c.length, form, grads.data(),
-                                    1.0 / static_cast<double>(count), segment, dropout ? &key : nullptr);
-          const retnet_test::RefLossGrad ref = retnet_test::ref_loss_grad(c, form, segment, dropout ? 4 : -1, 9);
-          CHECK(l.mean() == Approx(ref.loss).epsilon(1e-2));
-          check_grads(m.param_table(), grads.to_host(), ref.grads, 5e-2);
+          check_against_cpu<bf16>(c, form, segment, dropout, kBf16);
         }
       }
     }
@@ -312,7 +289,7 @@ TEST_CASE("bf16 GPU trainer: the CPU's loss curve within bf16 noise; float maste
   retnet_test::TrainState cpu_state{c.params, {}, {}, 0};
   const std::vector<double> want = retnet_test::ref_train(c, o, 50, cpu_state);
 
-  auto m = gpu_model_bf16(c);
+  auto m = gpu_model<bf16>(c);
   const retnet::TrainerConfig tc = retnet_test::trainer_config(o);
   retnet::Trainer<bf16, Cuda> tr(m, tc);
   const HostView<const int64_t> x(c.tokens.data(), {c.batch, c.length}), y(c.targets.data(), {c.batch, c.length});
@@ -339,7 +316,7 @@ TEST_CASE("bf16 GPU trainer: the CPU's loss curve within bf16 noise; float maste
   retnet::save_training_checkpoint(path, tr, 7);
   const double next = tr.step(x, y).loss;
   {
-    auto m2 = gpu_model_bf16(make_case(c.cfg, 1, 1, 99));
+    auto m2 = gpu_model<bf16>(make_case(c.cfg, 1, 1, 99));
     retnet::Trainer<bf16, Cuda> tr2(m2, tc);
     CHECK(retnet::load_training_checkpoint(path, tr2).data_position == 7);
     CHECK(tr2.step(x, y).loss == next);

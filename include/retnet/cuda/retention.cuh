@@ -20,36 +20,51 @@ void retention_backward(const Cuda& ctx, Form form, const RetentionConfig& cfg,
 
 namespace cuda_detail {
 
+// Slot sizes of a split call: q' and k' (slots 0, 1), the split input state and scale (2, 3), then `more`.
+template <class E>
+std::vector<size_t> split_sizes(const SplitShapes& sh, std::vector<size_t> more) {
+  const size_t qk = sizeof(E) * static_cast<size_t>(sh.rows_heads() * sh.r * sh.dk);
+  std::vector<size_t> sizes{qk, qk, sizeof(float) * static_cast<size_t>(sh.bh() * sh.dk * sh.r * sh.s),
+                            sizeof(float) * static_cast<size_t>(sh.bh() * sh.r)};
+  sizes.insert(sizes.end(), more.begin(), more.end());
+  return sizes;
+}
+
+// The split problem's inputs: q and k repeated into slots 0 and 1, the state (if any) rearranged into 2 and 3.
+template <class E>
+RetentionInputs<E, Device, float> split_inputs(const Cuda& ctx, const SplitShapes& sh,
+                                               const RetentionInputs<E, Device, float>& in, const SplitBuffers& buf) {
+  RetentionInputs<E, Device, float> si;
+  si.q = DeviceView<const E>(buf.at<E>(0), sh.qk());
+  si.k = DeviceView<const E>(buf.at<E>(1), sh.qk());
+  si.v = DeviceView<const E>(in.v.data(), sh.vo());
+  repeat_heads_forward(ctx, buf.at<E>(0), in.q.data(), sh.rows_heads(), 1, sh.r, sh.dk);
+  repeat_heads_forward(ctx, buf.at<E>(1), in.k.data(), sh.rows_heads(), 1, sh.r, sh.dk);
+  if (!in.state_kv.empty()) {
+    state_split(ctx, buf.at<float>(2), in.state_kv.data(), sh.bh(), sh.dk, sh.r, sh.s, true);
+    si.state_kv = DeviceView<const float>(buf.at<float>(2), sh.kv());
+  }
+  if (!in.state_scale.empty()) {
+    scale_split(ctx, buf.at<float>(3), in.state_scale.data(), sh.bh(), sh.r, true);
+    si.state_scale = DeviceView<const float>(buf.at<float>(3), sh.sc());
+  }
+  return si;
+}
+
 // Forward over value heads split r ways (retention_split.cuh).
 template <class E>
 void split_forward(const Cuda& ctx, Form form, const RetentionConfig& cfg, int64_t r,
                    const RetentionInputs<E, Device, float>& in, const RetentionOutputs<E, Device, float>& out) {
   const RetentionDims d = validate_forward("retention_forward (CUDA)", cfg, in, out);
   const SplitShapes sh{d.batch, d.length, d.heads, r, d.key_dim, d.value_dim / r};
-  const RetentionConfig sc = split_config(cfg, r);
-  const size_t qk = sizeof(E) * static_cast<size_t>(sh.rows_heads() * r * sh.dk);
-  const size_t kv = sizeof(float) * static_cast<size_t>(sh.bh() * sh.dk * d.value_dim),
-               scl = sizeof(float) * sh.bh() * r;
-  const SplitBuffers buf(ctx, {qk, qk, kv, scl, kv, scl});
-  RetentionInputs<E, Device, float> si;
-  si.q = DeviceView<const E>(buf.at<E>(0), sh.qk());
-  si.k = DeviceView<const E>(buf.at<E>(1), sh.qk());
-  si.v = DeviceView<const E>(in.v.data(), sh.vo());
-  repeat_heads_forward(ctx, buf.at<E>(0), in.q.data(), sh.rows_heads(), 1, r, sh.dk);
-  repeat_heads_forward(ctx, buf.at<E>(1), in.k.data(), sh.rows_heads(), 1, r, sh.dk);
-  if (!in.state_kv.empty()) {
-    state_split(ctx, buf.at<float>(2), in.state_kv.data(), sh.bh(), sh.dk, r, sh.s, true);
-    si.state_kv = DeviceView<const float>(buf.at<float>(2), sh.kv());
-  }
-  if (!in.state_scale.empty()) {
-    scale_split(ctx, buf.at<float>(3), in.state_scale.data(), sh.bh(), r, true);
-    si.state_scale = DeviceView<const float>(buf.at<float>(3), sh.sc());
-  }
+  const size_t kv = sizeof(float) * static_cast<size_t>(sh.bh() * sh.dk * d.value_dim);
+  const SplitBuffers buf(ctx, split_sizes<E>(sh, {kv, sizeof(float) * sh.bh() * r}));
+  const RetentionInputs<E, Device, float> si = split_inputs(ctx, sh, in, buf);
   RetentionOutputs<E, Device, float> so;
   so.o = DeviceView<E>(out.o.data(), sh.vo());
   if (!out.state_kv.empty()) so.state_kv = DeviceView<float>(buf.at<float>(4), sh.kv());
   if (!out.state_scale.empty()) so.state_scale = DeviceView<float>(buf.at<float>(5), sh.sc());
-  retention_forward(ctx, form, sc, si, so, nullptr);
+  retention_forward(ctx, form, split_config(cfg, r), si, so, nullptr);
   if (!out.state_kv.empty()) state_split(ctx, out.state_kv.data(), buf.at<float>(4), sh.bh(), sh.dk, r, sh.s, false);
   if (!out.state_scale.empty()) scale_split(ctx, out.state_scale.data(), buf.at<float>(5), sh.bh(), r, false);
 }
@@ -60,25 +75,10 @@ void split_backward(const Cuda& ctx, Form form, const RetentionConfig& cfg, int6
                     const RetentionInputGrads<E, Device, float>& gin) {
   const RetentionDims d = validate_backward("retention_backward (CUDA)", cfg, in, gout, gin);
   const SplitShapes sh{d.batch, d.length, d.heads, r, d.key_dim, d.value_dim / r};
-  const RetentionConfig sc = split_config(cfg, r);
+  const size_t kv = sizeof(float) * static_cast<size_t>(sh.bh() * sh.dk * d.value_dim);
   const size_t qk = sizeof(E) * static_cast<size_t>(sh.rows_heads() * r * sh.dk);
-  const size_t kv = sizeof(float) * static_cast<size_t>(sh.bh() * sh.dk * d.value_dim),
-               scl = sizeof(float) * sh.bh() * r;
-  const SplitBuffers buf(ctx, {qk, qk, kv, scl, kv, kv, qk, qk});
-  RetentionInputs<E, Device, float> si;
-  si.q = DeviceView<const E>(buf.at<E>(0), sh.qk());
-  si.k = DeviceView<const E>(buf.at<E>(1), sh.qk());
-  si.v = DeviceView<const E>(in.v.data(), sh.vo());
-  repeat_heads_forward(ctx, buf.at<E>(0), in.q.data(), sh.rows_heads(), 1, r, sh.dk);
-  repeat_heads_forward(ctx, buf.at<E>(1), in.k.data(), sh.rows_heads(), 1, r, sh.dk);
-  if (!in.state_kv.empty()) {
-    state_split(ctx, buf.at<float>(2), in.state_kv.data(), sh.bh(), sh.dk, r, sh.s, true);
-    si.state_kv = DeviceView<const float>(buf.at<float>(2), sh.kv());
-  }
-  if (!in.state_scale.empty()) {
-    scale_split(ctx, buf.at<float>(3), in.state_scale.data(), sh.bh(), r, true);
-    si.state_scale = DeviceView<const float>(buf.at<float>(3), sh.sc());
-  }
+  const SplitBuffers buf(ctx, split_sizes<E>(sh, {kv, kv, qk, qk}));
+  const RetentionInputs<E, Device, float> si = split_inputs(ctx, sh, in, buf);
   RetentionOutputGrads<E, Device, float> so;
   so.d_o = DeviceView<const E>(gout.d_o.data(), sh.vo());
   if (!gout.d_state_kv.empty()) {
@@ -90,7 +90,7 @@ void split_backward(const Cuda& ctx, Form form, const RetentionConfig& cfg, int6
   sg.dk = DeviceView<E>(buf.at<E>(7), sh.qk());
   sg.dv = DeviceView<E>(gin.dv.data(), sh.vo());
   if (!gin.d_state_kv.empty()) sg.d_state_kv = DeviceView<float>(buf.at<float>(5), sh.kv());
-  retention_backward(ctx, form, sc, si, so, sg, nullptr);
+  retention_backward(ctx, form, split_config(cfg, r), si, so, sg, nullptr);
   repeat_heads_backward(ctx, gin.dq.data(), buf.at<E>(6), sh.rows_heads(), 1, r, sh.dk);
   repeat_heads_backward(ctx, gin.dk.data(), buf.at<E>(7), sh.rows_heads(), 1, r, sh.dk);
   if (!gin.d_state_kv.empty())
