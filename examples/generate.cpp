@@ -246,6 +246,20 @@ int run(const Options& o) {
   if (tok)
     require(tok->vocab_size() <= V, o.model, "/tokenizer.json has ", tok->vocab_size(), " tokens, the model ", V);
 
+  // The prompt of --prompt (text through the tokenizer, or bytes) or --tokens.
+  auto the_prompt = [&] {
+    std::vector<int64_t> prompt;
+    if (text) {
+      prompt = tok->encode(o.prompt, /*add_bos=*/true);
+    } else if (o.have_prompt) {
+      require(V >= 256, "--prompt is byte-level and needs vocab_size >= 256 (this model has ", V, "); use --tokens");
+      for (unsigned char c : o.prompt) prompt.push_back(c);
+    } else {
+      prompt = prompt_tokens(o.tokens);
+    }
+    require(!prompt.empty(), "the prompt is empty");
+    return prompt;
+  };
   infer::GenerateOptions g{.max_new_tokens = o.max_new, .sampling = o.sampling, .stop_token = stop};
   std::vector<std::vector<int64_t>> out;
   typename Model<T>::State state;
@@ -282,17 +296,7 @@ int run(const Options& o) {
     if (!o.batch_file.empty()) {
       prompts = batch_prompts(o.batch_file, V >= 256, tok ? &*tok : nullptr);
     } else {
-      std::vector<int64_t> prompt;
-      if (text) {
-        prompt = tok->encode(o.prompt, /*add_bos=*/true);
-      } else if (o.have_prompt) {
-        require(V >= 256, "--prompt is byte-level and needs vocab_size >= 256 (this model has ", V, "); use --tokens");
-        for (unsigned char c : o.prompt) prompt.push_back(c);
-      } else {
-        prompt = prompt_tokens(o.tokens);
-      }
-      require(!prompt.empty(), "the prompt is empty");
-      prompts.assign(static_cast<size_t>(o.samples), prompt);
+      prompts.assign(static_cast<size_t>(o.samples), the_prompt());
     }
     const int64_t slots = o.batch_file.empty() ? o.samples : o.slots;
     if (o.device == "cuda") {
@@ -315,16 +319,7 @@ int run(const Options& o) {
     }
     if (!o.batch_file.empty()) batch_lines = std::move(prompts);
   } else {
-    std::vector<int64_t> prompt;
-    if (text) {
-      prompt = tok->encode(o.prompt, /*add_bos=*/true);
-    } else if (o.have_prompt) {
-      require(V >= 256, "--prompt is byte-level and needs vocab_size >= 256 (this model has ", V, "); use --tokens");
-      for (unsigned char c : o.prompt) prompt.push_back(c);
-    } else {
-      prompt = prompt_tokens(o.tokens);
-    }
-    require(!prompt.empty(), "the prompt is empty");
+    const std::vector<int64_t> prompt = the_prompt();
     const std::vector<std::vector<int64_t>> prompts(static_cast<size_t>(o.samples), prompt);
     // One sample of text streams out as it is generated; the decoder sees the prompt first (spaces join right).
     std::optional<io::StreamDecoder> stream;
