@@ -9,29 +9,6 @@
 
 namespace retnet_examples::generate {
 
-namespace {
-
-// The stream and cuBLAS handle of the run, released however it ends.
-struct GpuContext {
-  retnet::Cuda be;
-  GpuContext() {
-    RETNET_CUDA_CHECK(cudaStreamCreateWithFlags(&be.stream, cudaStreamNonBlocking));
-    if (cublasCreate(&be.cublas) != CUBLAS_STATUS_SUCCESS) {
-      (void)cudaStreamDestroy(be.stream);
-      retnet::fail("--device cuda: cannot create a cuBLAS handle");
-    }
-  }
-  GpuContext(const GpuContext&) = delete;
-  GpuContext& operator=(const GpuContext&) = delete;
-  ~GpuContext() {
-    (void)cudaStreamSynchronize(be.stream);
-    (void)cublasDestroy(be.cublas);
-    (void)cudaStreamDestroy(be.stream);
-  }
-};
-
-}  // namespace
-
 CudaResult generate_cuda(const retnet::ModelConfig& cfg, const std::vector<float>& params,
                          const std::vector<std::vector<int64_t>>& prompts, const retnet::infer::GenerateOptions& g,
                          int64_t slots) {
@@ -43,11 +20,11 @@ CudaResult generate_cuda(const retnet::ModelConfig& cfg, const std::vector<float
   RETNET_CUDA_CHECK(cudaGetDevice(&dev));
   cudaDeviceProp prop{};
   RETNET_CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
-  GpuContext gpu;
+  retnet::CudaContext gpu;
   CudaResult r;
   r.device = "cuda:" + std::to_string(dev) + " (" + prop.name + ")";
   {
-    retnet::Model<float, retnet::Cuda> model(cfg, gpu.be);
+    retnet::Model<float, retnet::Cuda> model(cfg, gpu.backend());
     model.params_from_host(params.data(), static_cast<int64_t>(params.size()));
     retnet::infer::ContinuousOptions c;
     c.slots = slots;

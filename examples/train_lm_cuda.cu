@@ -15,31 +15,6 @@
 
 namespace retnet_examples::train_lm {
 
-namespace {
-
-// The stream and cuBLAS handle of the run, released however it ends.
-struct GpuContext {
-  retnet::Cuda be;
-  explicit GpuContext(bool tf32) {
-    be.allow_tf32 = tf32;
-    RETNET_CUDA_CHECK(cudaStreamCreateWithFlags(&be.stream, cudaStreamNonBlocking));
-    if (cublasCreate(&be.cublas) != CUBLAS_STATUS_SUCCESS) {
-      (void)cudaStreamDestroy(be.stream);
-      retnet::fail("--device cuda: cannot create a cuBLAS handle");
-    }
-    RETNET_CUBLAS_CHECK(cublasSetStream(be.cublas, be.stream));
-  }
-  GpuContext(const GpuContext&) = delete;
-  GpuContext& operator=(const GpuContext&) = delete;
-  ~GpuContext() {
-    (void)cudaStreamSynchronize(be.stream);
-    (void)cublasDestroy(be.cublas);
-    (void)cudaStreamDestroy(be.stream);
-  }
-};
-
-}  // namespace
-
 void require_device_memory(double bytes, const std::string& what) {
   size_t free_bytes = 0, total_bytes = 0;
   RETNET_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
@@ -69,18 +44,18 @@ int train_cuda(const Options& o, const std::vector<int64_t>& text, retnet::dist:
   });
   cudaDeviceProp prop{};
   RETNET_CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
-  GpuContext gpu(o.tf32);
+  retnet::CudaContext gpu(o.tf32);
 #if RETNET_TRAIN_LM_NCCL
   std::unique_ptr<retnet::dist::NcclCommunicator> nccl;
-  if (comm.size() > 1) nccl = std::make_unique<retnet::dist::NcclCommunicator>(comm, gpu.be.stream);
+  if (comm.size() > 1) nccl = std::make_unique<retnet::dist::NcclCommunicator>(comm, gpu.backend().stream);
   retnet::dist::Communicator& run_comm = nccl ? *nccl : comm;
 #else
   retnet::dist::Communicator& run_comm = comm;
 #endif
   const std::string device =
       "cuda:" + std::to_string(dev) + " (" + prop.name + ", " + o.precision + (o.tf32 ? ", tf32" : "") + ")";
-  if (o.precision == "bf16") return train<__nv_bfloat16>(o, text, gpu.be, run_comm, device);
-  return train<float>(o, text, gpu.be, run_comm, device);
+  if (o.precision == "bf16") return train<__nv_bfloat16>(o, text, gpu.backend(), run_comm, device);
+  return train<float>(o, text, gpu.backend(), run_comm, device);
 }
 
 }  // namespace retnet_examples::train_lm

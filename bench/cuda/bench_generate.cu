@@ -1,17 +1,18 @@
-// Generation on the GPU (Model<float, Cuda>): decoding tokens/s at batch 1, 64 and 256 after a 128-token prompt
-// (the step replayed as a CUDA graph, greedy sampling on the GPU), prefill tokens/s of 2,048 and 32,768-token
-// prompts, and the step time at 128 and 32,768 tokens of context. A decoding step reads every weight once, so its
-// bound is the weight bytes over the memory bandwidth: each decode case reports weight_bytes/s, and
-// bm_copy_bandwidth measures a device-to-device cudaMemcpy in the same binary (bytes read plus bytes written per
-// second) to compare it with.
+// Generation on the GPU (Model<T, Cuda>, bf16 weights with float state by default): decoding tokens/s at batch 1, 64
+// and 256 after a 128-token prompt (the step replayed as a CUDA graph, greedy sampling on the GPU), prefill tokens/s
+// of 2,048 and 32,768-token prompts, and the step time at 128 and 32,768 tokens of context. A decoding step reads
+// every weight once (the input embedding only in its B rows), so its bound is those bytes over the memory
+// bandwidth: each decode case reports weight_bytes/s and the share of the ceiling, from bm_copy_bandwidth, a
+// device-to-device cudaMemcpy measured first in the same binary (bytes read plus bytes written per second).
 //
-// Configuration: bench_model's 1.35 B-parameter model (hidden 2048, 24 layers, 16 heads of dk 128 and dv 256,
-// SwiGLU 2816, vocabulary 32000). Flags before Google Benchmark's own: --heads=H --value-dim=VD (value_embed_dim,
-// e.g. --heads=8 --value-dim=2048 for dk = dv = 256) --layers=L --hidden=D --ffn=F --vocab=V --tf32=0|1.
+// Flags before Google Benchmark's own: --model=N (bench/bench_configs.hpp; default 2, fla's RetNet 1.3B),
+// --precision=bf16|float (default bf16), --tf32=0|1 (float's products; default 1).
 #include <benchmark/benchmark.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -19,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "../bench_configs.hpp"
 #include "retnet/cuda.cuh"
 #include "retnet/cuda/decode_graph.cuh"
 #include "retnet/cuda/sampling.cuh"
@@ -26,36 +28,23 @@
 namespace {
 
 using namespace retnet;
+using bf16 = __nv_bfloat16;
 
-ModelConfig g_cfg = [] {
-  ModelConfig c;
-  c.decoder_embed_dim = 2048;
-  c.decoder_value_embed_dim = 4096;
-  c.decoder_retention_heads = 16;
-  c.decoder_ffn_embed_dim = 2816;
-  c.decoder_layers = 24;
-  c.vocab_size = 32000;
-  c.recurrent_chunk_size = 64;
-  c.activation_fn = "swish";
-  return c;
-}();
-bool g_tf32 = true;
+int g_model = 2;
+bool g_bf16 = true, g_tf32 = true;
+ModelConfig g_cfg;
+double g_copy_bytes_per_s = 0;  // measured by bm_copy_bandwidth, registered first
 
 const Cuda& context() {
-  static const Cuda ctx = [] {
-    Cuda c;
-    RETNET_CUDA_CHECK(cudaStreamCreateWithFlags(&c.stream, cudaStreamNonBlocking));
-    RETNET_CUBLAS_CHECK(cublasCreate(&c.cublas));
-    c.allow_tf32 = g_tf32;
-    return c;
-  }();
-  return ctx;
+  static const CudaContext ctx(g_tf32);
+  return ctx.backend();
 }
 
-// One model for every case (5.4 GB in float).
-Model<float, Cuda>& model() {
-  static std::unique_ptr<Model<float, Cuda>> m = [] {
-    auto p = std::make_unique<Model<float, Cuda>>(g_cfg, context());
+// One model for every case.
+template <class T>
+Model<T, Cuda>& model() {
+  static std::unique_ptr<Model<T, Cuda>> m = [] {
+    auto p = std::make_unique<Model<T, Cuda>>(g_cfg, context());
     p->init_torchscale(1);
     return p;
   }();
@@ -89,9 +78,10 @@ double time_ms(F&& f) {
 
 // args: batch, context (prompt tokens before decoding). Each iteration is 16 graph-replayed steps with greedy
 // sampling on the GPU, no host round trip between them.
-void bm_decode(benchmark::State& state) {
+template <class T>
+void decode(benchmark::State& state) {
   const int64_t B = state.range(0), context_len = state.range(1);
-  auto& m = model();
+  auto& m = model<T>();
   auto st = m.make_state(B);
   // The prompt in pieces of at most 65,536 tokens over the batch (the prefill workspace grows with batch x length).
   const int64_t piece = std::max<int64_t>(1, std::min<int64_t>(context_len, 65536 / B));
@@ -104,7 +94,7 @@ void bm_decode(benchmark::State& state) {
   so.greedy = true;
   DeviceSampler sampler(context(), B, g_cfg.vocab_size, so);
   sampler.sample(st.logits(), st.tokens(), 0, B);
-  DecodeGraph<float> graph(m, st, &sampler);
+  DecodeGraph<T> graph(m, st, &sampler);
   for (int i = 0; i < 3; ++i) graph.replay();  // direct, capture, replay
   const int kSteps = 16;
   for (auto _ : state) {
@@ -113,7 +103,10 @@ void bm_decode(benchmark::State& state) {
     });
     state.SetIterationTime(ms / 1e3);
   }
-  const double weights = static_cast<double>(m.param_count()) * sizeof(float);
+  // bytes a step reads: every parameter but the untied input embedding, of which only B rows
+  const double d = static_cast<double>(g_cfg.decoder_embed_dim), V = static_cast<double>(g_cfg.vocab_size);
+  const double embedding = g_cfg.share_decoder_input_output_embed ? 0.0 : (V - static_cast<double>(B)) * d;
+  const double weights = (static_cast<double>(m.param_count()) - embedding) * sizeof(T);
   state.counters["tokens/s"] =
       benchmark::Counter(static_cast<double>(B * kSteps), benchmark::Counter::kIsIterationInvariantRate);
   state.counters["weight_bytes/s"] =
@@ -121,12 +114,16 @@ void bm_decode(benchmark::State& state) {
   state.counters["ms/step"] =
       benchmark::Counter(kSteps / 1e3, benchmark::Counter::kIsIterationInvariantRate | benchmark::Counter::kInvert);
   state.counters["params"] = static_cast<double>(m.param_count());
+  if (g_copy_bytes_per_s > 0)  // the share of the bandwidth ceiling reached
+    state.counters["of_ceiling"] = benchmark::Counter(weights * kSteps / g_copy_bytes_per_s,
+                                                      benchmark::Counter::kIsIterationInvariantRate);
 }
 
 // args: prompt length. Batch 1, chunkwise form, from an empty state; tokens uploaded from the host each time.
-void bm_prefill(benchmark::State& state) {
+template <class E>
+void prefill(benchmark::State& state) {
   const int64_t T = state.range(0);
-  auto& m = model();
+  auto& m = model<E>();
   auto st = m.make_state(1);
   const auto toks = random_tokens(T, 3);
   const HostView<const int64_t> v(toks.data(), {1, T});
@@ -144,13 +141,16 @@ void bm_prefill(benchmark::State& state) {
 void bm_copy_bandwidth(benchmark::State& state) {
   const int64_t bytes = int64_t{2} << 30;
   Buffer<unsigned char, Cuda> a(context(), bytes), b(context(), bytes);
+  double total_ms = 0;
   for (auto _ : state) {
     const double ms = time_ms([&] {
       RETNET_CUDA_CHECK(
           cudaMemcpyAsync(b.data(), a.data(), static_cast<size_t>(bytes), cudaMemcpyDeviceToDevice, context().stream));
     });
+    total_ms += ms;
     state.SetIterationTime(ms / 1e3);
   }
+  g_copy_bytes_per_s = 2.0 * static_cast<double>(bytes) * static_cast<double>(state.iterations()) / (total_ms / 1e3);
   state.counters["bytes/s"] =
       benchmark::Counter(2.0 * static_cast<double>(bytes), benchmark::Counter::kIsIterationInvariantRate);
 }
@@ -166,20 +166,30 @@ void parse_flags(int& argc, char** argv) {
       dst = std::stoll(a.substr(p.size()));
       return true;
     };
-    int64_t tf32 = g_tf32 ? 1 : 0;
-    if (value("heads", g_cfg.decoder_retention_heads) || value("value-dim", g_cfg.decoder_value_embed_dim) ||
-        value("layers", g_cfg.decoder_layers) || value("hidden", g_cfg.decoder_embed_dim) ||
-        value("ffn", g_cfg.decoder_ffn_embed_dim) || value("vocab", g_cfg.vocab_size))
-      continue;
+    int64_t tf32 = g_tf32 ? 1 : 0, which = g_model;
     if (value("tf32", tf32)) {
       g_tf32 = tf32 != 0;
+      continue;
+    }
+    if (value("model", which)) {
+      require(which >= 0 && which <= 2, "bench_cuda_generate: --model=", which, " is not 0, 1 or 2");
+      g_model = static_cast<int>(which);
+      continue;
+    }
+    if (a.rfind("--precision=", 0) == 0) {
+      const std::string v = a.substr(12);
+      require(v == "bf16" || v == "float", "bench_cuda_generate: --precision=", v, " is not bf16 or float");
+      g_bf16 = v == "bf16";
       continue;
     }
     argv[out++] = argv[i];
   }
   argc = out;
-  g_cfg.validate();
+  g_cfg = retnet_bench::model_config(g_model);
 }
+
+void bm_decode(benchmark::State& state) { g_bf16 ? decode<bf16>(state) : decode<float>(state); }
+void bm_prefill(benchmark::State& state) { g_bf16 ? prefill<bf16>(state) : prefill<float>(state); }
 
 }  // namespace
 
@@ -202,7 +212,12 @@ BENCHMARK(bm_prefill)
     ->MinTime(2.0);
 
 int main(int argc, char** argv) {
-  parse_flags(argc, argv);
+  try {
+    parse_flags(argc, argv);
+  } catch (const retnet::Error& e) {
+    std::fprintf(stderr, "%s\n", e.what());
+    return 2;
+  }
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::RunSpecifiedBenchmarks();

@@ -1,8 +1,7 @@
 // Training step of the whole model on the GPU (Trainer<T, Cuda>): tokens/s and model FLOP/s (6 per parameter
 // and token for the dense layers, plus retention's chunkwise products), in float storage with exact float or TF32
-// products, and in bf16 storage (float gradients, master weights and state). Configurations: the default train_lm model
-// and a 1.35 B-parameter one (hidden 2048, 24 layers, heads of 128/256, SwiGLU 2816, vocabulary 32000: fla's default
-// RetNet size, with the head sizes the GPU retention takes).
+// products, and in bf16 storage (float gradients, master weights and state). Models: bench/bench_configs.hpp (0
+// train_lm's default, 1 a 1.35 B torchscale-style model, 2 fla's RetNet 1.3B exactly).
 #include <benchmark/benchmark.h>
 #include <cuda_runtime.h>
 
@@ -10,34 +9,12 @@
 #include <random>
 #include <vector>
 
+#include "../bench_configs.hpp"
 #include "retnet/cuda.cuh"
 
 namespace {
 
 using namespace retnet;
-
-ModelConfig config_of(int which) {
-  ModelConfig c;
-  if (which == 0) {  // train_lm's default model
-    c.decoder_embed_dim = 256;
-    c.decoder_value_embed_dim = 512;
-    c.decoder_retention_heads = 4;
-    c.decoder_ffn_embed_dim = 512;
-    c.decoder_layers = 4;
-    c.vocab_size = 256;
-    c.recurrent_chunk_size = 64;
-  } else {  // 1: 16 heads of 128/256; 2: fla's default 8 heads of 256/512 (value heads run split)
-    c.decoder_embed_dim = 2048;
-    c.decoder_value_embed_dim = 4096;
-    c.decoder_retention_heads = which == 1 ? 16 : 8;
-    c.decoder_ffn_embed_dim = 2816;
-    c.decoder_layers = 24;
-    c.vocab_size = 32000;
-    c.recurrent_chunk_size = 64;
-  }
-  c.activation_fn = "swish";
-  return c;
-}
 
 const Cuda& context(bool tf32) {
   static Cuda exact, fast;
@@ -71,12 +48,16 @@ void train_step(benchmark::State& state, const ModelConfig& cfg, int64_t B, int6
   for (auto _ : state) benchmark::DoNotOptimize(trainer.step(xv, yv).loss);
   RETNET_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
   const double tokens = static_cast<double>(B * T), params = static_cast<double>(model.param_count());
+  // the input embedding is a lookup, not a product (tied, it is the output projection too)
+  const double embedding = cfg.share_decoder_input_output_embed
+                               ? 0.0
+                               : static_cast<double>(cfg.vocab_size) * static_cast<double>(cfg.decoder_embed_dim);
   const double H = static_cast<double>(cfg.decoder_retention_heads), dk = static_cast<double>(cfg.key_dim()),
                dv = static_cast<double>(cfg.value_dim()), C = static_cast<double>(cfg.recurrent_chunk_size);
   // retention per token and head, forward: intra-chunk scores and outputs (C dk + C dv), state read and update
   // (2 dk dv) as multiply-adds; backward twice the forward.
   const double retention = 3.0 * 2.0 * tokens * H * (C * (dk + dv) + 2.0 * dk * dv) * cfg.decoder_layers;
-  const double flops = 6.0 * params * tokens + retention;
+  const double flops = 6.0 * (params - embedding) * tokens + retention;
   state.counters["tokens/s"] = benchmark::Counter(tokens, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["FLOP/s"] = benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["params"] = params;
@@ -84,7 +65,7 @@ void train_step(benchmark::State& state, const ModelConfig& cfg, int64_t B, int6
 }
 
 void bm_train_step(benchmark::State& state) {
-  const ModelConfig cfg = config_of(static_cast<int>(state.range(0)));
+  const ModelConfig cfg = retnet_bench::model_config(static_cast<int>(state.range(0)));
   const int64_t B = state.range(1), T = state.range(2), precision = state.range(3);
   if (precision == 2)
     train_step<__nv_bfloat16>(state, cfg, B, T, false);

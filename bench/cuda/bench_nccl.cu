@@ -1,8 +1,8 @@
 // Data-parallel training throughput on N GPUs (mpirun -np N bench_cuda_nccl [model B T precision zero steps]), one
 // rank per GPU: each rank trains B x T tokens per step (weak scaling), so the global batch grows with N. Prints, on
 // rank 0, tokens/s over all ranks, the step time, and the gradient's all-reduce timed alone (what the overlap with
-// the backward pass has to hide). Models as in bench_model.cu: 0 the default train_lm model, 1 the 1.35 B one
-// (hidden 2048, 24 layers, 16 heads of 128/256, SwiGLU 2816, vocabulary 32000). precision: 0 float, 1 float with
+// the backward pass has to hide). Models: bench/bench_configs.hpp (0 train_lm's default, 1 a 1.35 B torchscale-style
+// model, 2 fla's RetNet 1.3B). precision: 0 float, 1 float with
 // TF32 products, 2 bf16. bench/cuda/nccl_scaling.sh runs 1, 2, 4 and 8 GPUs and prints the speed-ups.
 #include <cuda_runtime.h>
 
@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "../bench_configs.hpp"
 #include "retnet/cuda.cuh"
 #include "retnet/dist/mpi.hpp"
 #include "retnet/dist/nccl.cuh"
@@ -20,28 +21,6 @@
 namespace {
 
 using namespace retnet;
-
-ModelConfig config_of(int which) {
-  ModelConfig c;
-  if (which == 0) {
-    c.decoder_embed_dim = 256;
-    c.decoder_value_embed_dim = 512;
-    c.decoder_retention_heads = 4;
-    c.decoder_ffn_embed_dim = 512;
-    c.decoder_layers = 4;
-    c.vocab_size = 256;
-  } else {
-    c.decoder_embed_dim = 2048;
-    c.decoder_value_embed_dim = 4096;
-    c.decoder_retention_heads = 16;
-    c.decoder_ffn_embed_dim = 2816;
-    c.decoder_layers = 24;
-    c.vocab_size = 32000;
-  }
-  c.recurrent_chunk_size = 64;
-  c.activation_fn = "swish";
-  return c;
-}
 
 template <class S>
 void run(dist::NcclCommunicator& comm, const Cuda& be, const ModelConfig& cfg, int64_t B, int64_t T, int zero,
@@ -92,7 +71,7 @@ int main(int argc, char** argv) {
             zero = static_cast<int>(arg(5, 0)), steps = static_cast<int>(arg(6, 10));
   const int64_t B = arg(2, 1), T = arg(3, 8192);
   return dist::run_guarded(world, [&] {
-    require(which == 0 || which == 1, "bench_cuda_nccl: model ", which, " is not 0 or 1");
+    require(which >= 0 && which <= 2, "bench_cuda_nccl: model ", which, " is not 0, 1 or 2");
     require(precision >= 0 && precision <= 2, "bench_cuda_nccl: precision ", precision, " is not 0, 1 or 2");
     require(B > 0 && T > 0 && steps > 0, "bench_cuda_nccl: B ", B, ", T ", T, " and steps ", steps,
             " must be positive");
@@ -105,9 +84,9 @@ int main(int argc, char** argv) {
     {
       dist::NcclCommunicator comm(world, be.stream);
       if (precision == 2)
-        run<__nv_bfloat16>(comm, be, config_of(which), B, T, zero, steps);
+        run<__nv_bfloat16>(comm, be, retnet_bench::model_config(which), B, T, zero, steps);
       else
-        run<float>(comm, be, config_of(which), B, T, zero, steps);
+        run<float>(comm, be, retnet_bench::model_config(which), B, T, zero, steps);
     }
     (void)cublasDestroy(be.cublas);
     (void)cudaStreamDestroy(be.stream);

@@ -1,9 +1,11 @@
 #pragma once
-// Shared by the GPU test files: whether the program can run on a CUDA device. Without one every GPU test case
-// returns at once and the program says so (once).
+// Shared by the GPU test files: whether the program can run on a CUDA device (without one every GPU test case
+// returns at once and the program says so, once), and the backend the model-level tests share.
 #include <cuda_runtime.h>
 
 #include <cstdio>
+
+#include "retnet/cuda/context.cuh"
 
 namespace retnet_test {
 
@@ -19,6 +21,12 @@ inline bool have_gpu() {
     return true;
   }();
   return ok;
+}
+
+// One stream and cuBLAS handle for the whole program; call only after have_gpu().
+inline const retnet::Cuda& gpu() {
+  static const retnet::CudaContext ctx;
+  return ctx.backend();
 }
 
 }  // namespace retnet_test

@@ -25,18 +25,9 @@
 namespace {
 
 using namespace retnet;
+using retnet_test::gpu;
 using retnet_test::have_gpu;
 using GpuModel = Model<float, Cuda>;
-
-const Cuda& gpu() {
-  static const Cuda ctx = [] {
-    Cuda c;
-    RETNET_CUDA_CHECK(cudaStreamCreateWithFlags(&c.stream, cudaStreamNonBlocking));
-    RETNET_CUBLAS_CHECK(cublasCreate(&c.cublas));
-    return c;
-  }();
-  return ctx;
-}
 
 // Two layers, heads of 64, an odd vocabulary; a chunk of 32 so the 300-token prompt spans many chunks.
 ModelConfig gen_config() {
@@ -66,10 +57,12 @@ GpuModel gpu_model(const ModelConfig& cfg, const std::vector<float>& params) {
   return m;
 }
 
-std::vector<float> to_host(const float* d, int64_t n) {
-  std::vector<float> h(static_cast<size_t>(n));
-  RETNET_CUDA_CHECK(cudaMemcpy(h.data(), d, sizeof(float) * h.size(), cudaMemcpyDeviceToHost));
-  return h;
+// n device values of T, as floats on the host.
+template <class T>
+std::vector<float> to_host(const T* d, int64_t n) {
+  std::vector<T> h(static_cast<size_t>(n));
+  RETNET_CUDA_CHECK(cudaMemcpy(h.data(), d, sizeof(T) * h.size(), cudaMemcpyDeviceToHost));
+  return std::vector<float>(h.begin(), h.end());
 }
 
 // max |a - b| over max(1, max |b|).
@@ -198,6 +191,61 @@ TEST_CASE("the graph-replayed decoding step gives the plain step's logits", "[cu
   RETNET_CUDA_CHECK(
       cudaMemcpy(dev_pos.data(), replayed.device_positions(), sizeof(int64_t) * B, cudaMemcpyDeviceToHost));
   CHECK(dev_pos == replayed.positions);
+}
+
+TEST_CASE("bf16 GPU decoding: prefill and steps within bf16 rounding of the CPU; the graph replays the plain step",
+          "[cuda][generate][bf16]") {
+  if (!have_gpu()) return;
+  using bf16 = __nv_bfloat16;
+  const ModelConfig cfg = gen_config();
+  std::vector<float> params = retnet_test::ref_init_params(cfg, 16);
+  for (float& p : params) p = __bfloat162float(__float2bfloat16_rn(p));  // both sides hold the same weights
+  Model<bf16, Cuda> m(cfg, gpu());
+  const std::vector<bf16> stored(params.begin(), params.end());
+  m.params_from_host(stored.data(), static_cast<int64_t>(stored.size()));
+  const int64_t B = 3, V = cfg.vocab_size, H = cfg.decoder_retention_heads;
+  const int64_t kv_row = H * cfg.key_dim() * cfg.value_dim();
+  const auto prompts = test_prompts(V);
+  auto plain = m.make_state(B), replayed = m.make_state(B);
+  DecodeGraph<bf16> graph(m, replayed);
+  for (int64_t b = 0; b < B; ++b) {
+    const auto& p = prompts[static_cast<size_t>(b)];
+    const HostView<const int64_t> v(p.data(), {1, static_cast<int64_t>(p.size())});
+    m.prefill_rows(v, plain, b);
+    m.prefill_rows(v, replayed, b);
+  }
+  // The state stays in float: after prefill it is the CPU's within the rounding of bf16 activations.
+  const std::vector<float> logits = to_host(plain.logits(), B * V);
+  for (int64_t b = 0; b < B; ++b) {
+    INFO("prompt of " << prompts[static_cast<size_t>(b)].size() << " tokens");
+    const auto ref = retnet_test::ref_prefill(cfg, params, prompts[static_cast<size_t>(b)]);
+    CHECK(rel_diff(to_host(plain.kv[0].data() + b * kv_row, kv_row), ref.kv[0]) <= 3e-2);
+    CHECK(rel_diff(to_host(plain.kv.back().data() + b * kv_row, kv_row), ref.kv.back()) <= 3e-2);
+    const std::vector<float> row(logits.begin() + b * V, logits.begin() + (b + 1) * V);
+    CHECK(rel_diff(row, ref.logits) <= 5e-2);
+  }
+  Buffer<int64_t, Cuda> ids(gpu(), B);
+  for (int s = 0; s < 4; ++s) {
+    const std::vector<int64_t> next = random_tokens(B, V, 400 + static_cast<uint64_t>(s));
+    ids.copy_from_host(next.data(), B);
+    m.step(DeviceView<const int64_t>(ids.data(), {B}), plain);
+    RETNET_CUDA_CHECK(
+        cudaMemcpyAsync(replayed.tokens(), next.data(), sizeof(int64_t) * B, cudaMemcpyHostToDevice, gpu().stream));
+    graph.replay();
+    INFO("step " << s << (graph.captured() ? " (graph)" : " (direct)"));
+    CHECK(to_host(replayed.logits(), B * V) == to_host(plain.logits(), B * V));
+  }
+  CHECK(graph.captured());
+  // Greedy generation runs on bf16 weights and stops at the requested lengths.
+  infer::GenerateOptions g;
+  g.max_new_tokens = 20;
+  g.sampling.greedy = true;
+  const auto got = infer::generate_continuous(m, prompts, g, slots_of(2, {20, 5, 12}));
+  CHECK(got[0].size() == 20);
+  CHECK(got[1].size() == 5);
+  CHECK(got[2].size() == 12);
+  for (const auto& row : got)
+    for (int64_t t : row) CHECK((t >= 0 && t < V));
 }
 
 TEST_CASE("GPU sampling: greedy ties, top-k, top-p, penalty, distribution and seeds", "[cuda][generate]") {

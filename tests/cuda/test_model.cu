@@ -29,19 +29,9 @@ using retnet::HostView;
 using retnet::ModelConfig;
 using retnet_test::ModelCase;
 
+using retnet_test::gpu;
 using retnet_test::have_gpu;
 using bf16 = __nv_bfloat16;
-
-// One stream and cuBLAS handle for the whole program.
-const Cuda& gpu() {
-  static const Cuda ctx = [] {
-    Cuda c;
-    RETNET_CUDA_CHECK(cudaStreamCreate(&c.stream));
-    RETNET_CUBLAS_CHECK(cublasCreate(&c.cublas));
-    return c;
-  }();
-  return ctx;
-}
 
 // Two layers, heads of 64 (the GPU's retention supports 64, 128 and 256), an odd vocabulary, a ragged last chunk.
 ModelConfig small_config(bool dropout, bool variant) {

@@ -83,6 +83,33 @@ inline void Cuda::copy_from_host(void* dst, const void* src, size_t bytes) const
 }
 inline void Cuda::sync() const { RETNET_CUDA_CHECK(cudaStreamSynchronize(stream)); }
 
+// Owns what a Cuda backend points to: a non-blocking stream on the current device and a cuBLAS handle bound to it,
+// released however the owner ends (after the stream's work is done). The usual way to get a backend:
+//   retnet::CudaContext gpu;  retnet::Model<float, retnet::Cuda> model(cfg, gpu.backend());
+class CudaContext {
+ public:
+  explicit CudaContext(bool allow_tf32 = false) {
+    be_.allow_tf32 = allow_tf32;
+    RETNET_CUDA_CHECK(cudaStreamCreateWithFlags(&be_.stream, cudaStreamNonBlocking));
+    if (cublasCreate(&be_.cublas) != CUBLAS_STATUS_SUCCESS) {
+      (void)cudaStreamDestroy(be_.stream);
+      fail("CudaContext: cannot create a cuBLAS handle");
+    }
+    (void)cublasSetStream(be_.cublas, be_.stream);
+  }
+  CudaContext(const CudaContext&) = delete;
+  CudaContext& operator=(const CudaContext&) = delete;
+  ~CudaContext() {
+    (void)cudaStreamSynchronize(be_.stream);
+    (void)cublasDestroy(be_.cublas);
+    (void)cudaStreamDestroy(be_.stream);
+  }
+  const Cuda& backend() const { return be_; }
+
+ private:
+  Cuda be_;
+};
+
 namespace cuda_detail {
 
 // Throws unless p is device memory (or managed memory) of the current device, aligned to `align` bytes.
