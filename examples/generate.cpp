@@ -22,10 +22,12 @@
 // which is stored in the file's metadata; --resume-state continues from such a state instead of a prompt.
 // --batch-file continues every line of a file (one prompt per line: bytes for byte-level models, else comma lists of
 // token ids) with continuous batching: --slots sequences decode together and a finished one's slot takes the next
-// waiting prompt. --device cuda decodes on the current GPU (float; sampling on the GPU, the step replayed as a CUDA
-// graph) with the same flags, except --save-state, --resume-state, --bf16 and --dtype double, which are CPU-only.
-// --bf16 multiplies with a bf16 copy of the weight matrices (Model::set_inference_weights): decoding streams half
-// the bytes and runs faster, but the logits change slightly (bf16 rounding), so sampled text may differ from float.
+// waiting prompt. --device cuda decodes on the current GPU (sampling on the GPU, the step replayed as a CUDA graph)
+// with the same flags, except --save-state, --resume-state and --dtype double, which are CPU-only; its output is
+// printed when every row is done rather than streamed.
+// --bf16 multiplies with bf16 weights (on the CPU a bf16 copy of the weight matrices, Model::set_inference_weights;
+// on the GPU the model stored in bf16, the state kept in float): decoding streams half the bytes and runs faster,
+// but the logits change slightly (bf16 rounding), so sampled text may differ from float.
 #include "retnet/infer/generate.hpp"
 
 #include <chrono>
@@ -113,7 +115,7 @@ Options parse(int argc, char** argv) {
       ->check(CLI::Range(int64_t{-1}, kMaxToken));
   app.add_option("--dtype", o.dtype, "precision")->check(CLI::IsMember({"float", "double"}));
   app.add_flag("--bf16", o.bf16,
-               "multiply with a bf16 copy of the weight matrices (faster decoding; logits change slightly)");
+               "decode with bf16 weights (faster; logits change slightly)");
   app.add_option("--save-state", o.save_state, "write the recurrent state at the end (safetensors)");
   retnet_examples::parse_args(app, retnet_examples::args_of(argc, argv));
   o.have_prompt = prompt->count() > 0;
@@ -129,9 +131,9 @@ Options parse(int argc, char** argv) {
   if (!o.batch_file.empty() && !o.save_state.empty())
     throw retnet_examples::UsageError("--save-state applies to --prompt and --tokens, not to --batch-file");
   if (o.device == "cuda") {
-    if (!o.save_state.empty() || !o.resume_state.empty() || o.bf16 || o.dtype != "float")
+    if (!o.save_state.empty() || !o.resume_state.empty() || o.dtype != "float")
       throw retnet_examples::UsageError(
-          "--save-state, --resume-state, --bf16 and --dtype double are CPU-only; leave them out with --device cuda");
+          "--save-state, --resume-state and --dtype double are CPU-only; leave them out with --device cuda");
   }
   if (!o.save_state.empty() && o.max_new < 1)
     throw retnet_examples::UsageError("--max-new must be >= 1 with --save-state");
@@ -236,7 +238,8 @@ int run(const Options& o) {
     retnet_examples::load_model_weights(*dir, model);
   else
     io::load_weights(model, *file);
-  if (o.bf16) model.set_inference_weights(WeightPrecision::bf16);  // after loading: the copy is a snapshot
+  // after loading: the copy is a snapshot (on the GPU, the model is stored in bf16 instead)
+  if (o.bf16 && o.device == "cpu") model.set_inference_weights(WeightPrecision::bf16);
   const int64_t V = cfg.vocab_size;
   const bool bytes = V >= 256 && o.tokens.empty() && !tok;
   const bool text = tok && o.have_prompt;
@@ -303,7 +306,7 @@ int run(const Options& o) {
       if constexpr (std::is_same_v<T, float>) {
 #if defined(RETNET_GENERATE_CUDA)
         const auto params = model.params_to_host();
-        auto r = retnet_examples::generate::generate_cuda(cfg, params, prompts, g, slots);
+        auto r = retnet_examples::generate::generate_cuda(cfg, params, prompts, g, slots, o.bf16);
         std::cerr << "decoding on " << r.device << "\n";
         out = std::move(r.tokens);
 #else

@@ -11,13 +11,14 @@
 namespace retnet_examples::generate {
 
 // Continues every prompt on the current GPU with `slots` rows decoding together (continuous batching, sampling on
-// the GPU); returns the new tokens of each prompt and a line naming the device.
+// the GPU), with the weights in float or (bf16 = true) rounded to bf16, the state in float either way; returns the
+// new tokens of each prompt and a line naming the device.
 struct CudaResult {
   std::vector<std::vector<int64_t>> tokens;
   std::string device;
 };
 CudaResult generate_cuda(const retnet::ModelConfig& cfg, const std::vector<float>& params,
                          const std::vector<std::vector<int64_t>>& prompts, const retnet::infer::GenerateOptions& g,
-                         int64_t slots);
+                         int64_t slots, bool bf16);
 
 }  // namespace retnet_examples::generate

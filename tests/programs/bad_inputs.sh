@@ -106,7 +106,7 @@ expect 2 "--prompt excludes --tokens" generate --weights x --prompt a --tokens 1
 expect 2 "--max-new" generate --weights x --prompt a --max-new -1
 expect 2 "--device" generate --weights x --prompt a --device gpu
 expect 2 "--samples applies to --prompt" generate --weights x --batch-file p.txt --samples 2
-expect 2 "CPU-only" generate --weights x --prompt a --device cuda --bf16
+expect 2 "CPU-only" generate --weights x --prompt a --device cuda --dtype double
 expect 2 "excludes" generate --weights x --prompt a --batch-file p.txt
 expect 0 "Usage: generate|--weights" generate --help
 expect 0 "generate (retnet " generate --version
