@@ -57,10 +57,12 @@ GpuModel gpu_model(const ModelConfig& cfg, const std::vector<float>& params) {
   return m;
 }
 
-// n device values of T, as floats on the host.
+// n device values of T, as floats on the host, once the work on the tests' stream is done (the stream does not
+// synchronise with the legacy default stream that cudaMemcpy runs on).
 template <class T>
 std::vector<float> to_host(const T* d, int64_t n) {
   std::vector<T> h(static_cast<size_t>(n));
+  RETNET_CUDA_CHECK(cudaStreamSynchronize(gpu().stream));
   RETNET_CUDA_CHECK(cudaMemcpy(h.data(), d, sizeof(T) * h.size(), cudaMemcpyDeviceToHost));
   return std::vector<float>(h.begin(), h.end());
 }
@@ -188,6 +190,7 @@ TEST_CASE("the graph-replayed decoding step gives the plain step's logits", "[cu
   }
   CHECK(graph.captured());
   std::vector<int64_t> dev_pos(static_cast<size_t>(B));
+  RETNET_CUDA_CHECK(cudaStreamSynchronize(gpu().stream));
   RETNET_CUDA_CHECK(
       cudaMemcpy(dev_pos.data(), replayed.device_positions(), sizeof(int64_t) * B, cudaMemcpyDeviceToHost));
   CHECK(dev_pos == replayed.positions);

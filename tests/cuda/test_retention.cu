@@ -258,6 +258,11 @@ TEST_CASE("cuda retention with value heads wider than 256 runs them as split hea
   for (Form form : {Form::chunkwise, Form::recurrent, Form::parallel})
     for (Normalization norm : {Normalization::torchscale, Normalization::raw})
       for (const Case& c : cases) {
+        if (form == Form::chunkwise && norm == Normalization::torchscale) {
+          // its state normaliser takes a maximum over the whole value head: refused, with the reason
+          CHECK_THROWS_WITH(check_case<float>(c, form, norm, seed), Catch::Contains("split heads"));
+          continue;
+        }
         check_case<float>(c, form, norm, seed++);
         check_case<__nv_bfloat16>(c, form, norm, seed++);
       }

@@ -4,9 +4,9 @@
     python tests/fla/make_goldens.py --fla /path/to/fla-src --out tests/data/fla
 
 Needs a CUDA GPU (fla's Triton kernels), torch, transformers, einops, triton and safetensors. For each small random
-fla RetNet configuration below it writes OUT/<name>/ with config.json and model.safetensors (fla's
-RetNetForCausalLM.save_pretrained, float32 or bf16 storage) and golden.safetensors holding input_ids [B, T] (I64)
-and logits [B, T, V] (F32), computed by fla in float32 (the bf16 variants run the bf16-rounded weights in float32).
+fla RetNet configuration below it writes OUT/<name>/ with config.json and model.safetensors (laid out as fla's
+RetNetForCausalLM.save_pretrained writes them, float32 or bf16 storage) and golden.safetensors holding input_ids
+[B, T] (I64) and logits [B, T, V] (F32), computed by fla in float32 (the bf16 variants run the bf16-rounded weights in float32).
 Products run in full float32 (no TF32 anywhere), and T <= 64 so fla takes its fused recurrent kernel. OUT/manifest.json
 lists the fixtures. The whole set stays a few hundred KB.
 """
@@ -79,11 +79,13 @@ def main():
             with torch.no_grad():
                 logits = model(input_ids=ids, use_cache=False).logits.float()
             os.makedirs(out, exist_ok=True)
-            if storage == "bf16":
-                model.to(torch.bfloat16).save_pretrained(out, safe_serialization=True)
-                model.to(torch.float32)
-            else:
-                model.save_pretrained(out, safe_serialization=True)
+            # config.json through transformers, the weights as save_pretrained writes them (a tied lm_head left out),
+            # without save_pretrained itself, whose handling of fla's tied-weight declaration varies by version
+            cfg.save_pretrained(out)
+            dtype = torch.bfloat16 if storage == "bf16" else torch.float32
+            tensors = {k: v.detach().to(dtype).cpu().contiguous() for k, v in model.state_dict().items()
+                       if not (cfg.tie_word_embeddings and k == "lm_head.weight")}
+            save_file(tensors, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
             save_file({"input_ids": ids.cpu().to(torch.int64).contiguous(),
                        "logits": logits.cpu().contiguous()}, os.path.join(out, "golden.safetensors"))
             manifest.append(fixture)

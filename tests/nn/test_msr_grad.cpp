@@ -78,7 +78,7 @@ TEST_CASE("MSR layer gradients (input, weights, initial state) match finite diff
     std::vector<double> gq(wq.size()), gk(wk.size()), gv(wv.size()), gg(wg.size()), go(wo.size()), dx(x.size()),
         dkv0(static_cast<size_t>(kvn)), s1(static_cast<size_t>(N * d)), s2(s1.size()), s3(static_cast<size_t>(N * Vd)),
         s4(s3.size()), s5(s3.size()), s6(s3.size());
-    msr_backward(cpu, rc, form, dm, w, MsrGrads<double>{gq.data(), gk.data(), gv.data(), gg.data(), go.data()},
+    msr_backward(cpu, rc, form, 0.0, dm, w, MsrGrads<double>{gq.data(), gk.data(), gv.data(), gg.data(), go.data()},
                  x.data(), b.saved(),
                  MsrScratch<double>{s1.data(), s2.data(), s3.data(), s4.data(), s5.data(), s6.data()}, R.data(),
                  dx.data(), rot, StatePtrs<double>{kv0.data(), sc0.data()}, S.data(), dkv0.data());

@@ -51,11 +51,20 @@ RetentionInputs<E, Device, float> split_inputs(const Cuda& ctx, const SplitShape
   return si;
 }
 
+// torchscale's chunkwise normaliser divides the carried state by its largest column sum over the whole value head,
+// which split heads cannot share: that one combination is refused.
+inline void require_splittable(const char* op, Form form, const RetentionConfig& cfg) {
+  require(form != Form::chunkwise || cfg.normalization() != Normalization::torchscale, op, ": value_dim = ",
+          cfg.value_dim(), " (wider than 256, run as split heads) with torchscale's normalisers is not supported in "
+          "the chunkwise form on the GPU; use Normalization::raw, or the parallel or recurrent form");
+}
+
 // Forward over value heads split r ways (retention_split.cuh).
 template <class E>
 void split_forward(const Cuda& ctx, Form form, const RetentionConfig& cfg, int64_t r,
                    const RetentionInputs<E, Device, float>& in, const RetentionOutputs<E, Device, float>& out) {
   const RetentionDims d = validate_forward("retention_forward (CUDA)", cfg, in, out);
+  require_splittable("retention_forward (CUDA)", form, cfg);
   const SplitShapes sh{d.batch, d.length, d.heads, r, d.key_dim, d.value_dim / r};
   const size_t kv = sizeof(float) * static_cast<size_t>(sh.bh() * sh.dk * d.value_dim);
   const SplitBuffers buf(ctx, split_sizes<E>(sh, {kv, sizeof(float) * sh.bh() * r}));
@@ -74,6 +83,7 @@ void split_backward(const Cuda& ctx, Form form, const RetentionConfig& cfg, int6
                     const RetentionInputs<E, Device, float>& in, const RetentionOutputGrads<E, Device, float>& gout,
                     const RetentionInputGrads<E, Device, float>& gin) {
   const RetentionDims d = validate_backward("retention_backward (CUDA)", cfg, in, gout, gin);
+  require_splittable("retention_backward (CUDA)", form, cfg);
   const SplitShapes sh{d.batch, d.length, d.heads, r, d.key_dim, d.value_dim / r};
   const size_t kv = sizeof(float) * static_cast<size_t>(sh.bh() * sh.dk * d.value_dim);
   const size_t qk = sizeof(E) * static_cast<size_t>(sh.rows_heads() * r * sh.dk);

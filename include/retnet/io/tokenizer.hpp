@@ -681,7 +681,8 @@ class Tokenizer {
           get_string(member(item["SpecialToken"], "id", at + ".SpecialToken"), at + ".SpecialToken.id");
       const auto it = specials.find(name);
       require(it != specials.end(), at, ": special token \"", name, "\" is not in ", w, ".special_tokens");
-      const nlohmann::json& ids = member(*it, "ids", w + ".special_tokens[\"" + name + "\"]");
+      const std::string idsw = w + ".special_tokens[\"" + name + "\"]";
+      const nlohmann::json& ids = member(*it, "ids", idsw);
       require(ids.is_array(), w, ".special_tokens[\"", name, "\"].ids: expected an array");
       for (std::size_t k = 0; k < ids.size(); ++k) {
         const std::string idw = w + ".special_tokens[\"" + name + "\"].ids[" + std::to_string(k) + "]";

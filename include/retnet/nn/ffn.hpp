@@ -29,18 +29,24 @@ struct FfnScratch {
   T *da, *dgt;  // [N, F]
 };
 
+// a = act(h) (⊙ gt for a GLU), times the activation-dropout mask. The backward pass calls it again: a is not kept
+// per layer (the model's workspace gives every layer the same buffer for it).
+template <class B, class T>
+void ffn_activation_forward(const B& be, Activation act, const FfnSaved<T>& s, bool glu, int64_t N, int64_t F) {
+  if (glu)
+    glu_forward(be, act, s.a, s.h, s.gt, N * F);
+  else
+    activation_forward(be, act, s.a, s.h, N * F);
+  if (s.act_mask) apply_mask(be, s.a, s.act_mask, N * F);
+}
+
 // out [N, d] += fc2(...)  (the residual add)
 template <class B, class T>
 void ffn_forward(const B& be, Activation act, const FfnWeights<T>& w, const T* x, const FfnSaved<T>& s, T* out,
                  int64_t N, int64_t d, int64_t F) {
   project(be, s.h, x, w.fc1, w.fc1_16, N, d, F);
-  if (w.gate) {
-    project(be, s.gt, x, w.gate, w.gate16, N, d, F);
-    glu_forward(be, act, s.a, s.h, s.gt, N * F);
-  } else {
-    activation_forward(be, act, s.a, s.h, N * F);
-  }
-  if (s.act_mask) apply_mask(be, s.a, s.act_mask, N * F);
+  if (w.gate) project(be, s.gt, x, w.gate, w.gate16, N, d, F);
+  ffn_activation_forward(be, act, s, w.gate != nullptr, N, F);
   project(be, out, s.a, w.fc2, w.fc2_16, N, F, d, /*accumulate=*/true);
 }
 
@@ -49,6 +55,7 @@ template <class B, class T>
 void ffn_backward(const B& be, Activation act, const FfnWeights<T>& w, const FfnGrads<grad_t<T>>& gw, const T* x,
                   const FfnSaved<T>& s, const FfnScratch<T>& sc, const T* dout, T* dx, int64_t N, int64_t d,
                   int64_t F) {
+  ffn_activation_forward(be, act, s, w.gate != nullptr, N, F);  // a again, bit for bit
   linear_backward(be, sc.da, gw.fc2, dout, s.a, w.fc2, N, F, d);
   if (s.act_mask) apply_mask(be, sc.da, s.act_mask, N * F);
   if (w.gate) {

@@ -96,15 +96,19 @@ class Model {
       const int64_t planned_layers = with_grad ? L : 1, planned_res = with_grad ? L + 1 : 2;
       for (int64_t l = 0; l < planned_res; ++l) plan(N * d);  // res
       plan(N * d), plan(N), plan(N);                          // emb, emb mean, emb rstd
+      // The norms' outputs, the gated retention output (z, gn_y), the FFN product (a) and the grouped heads'
+      // temporary are recomputed by the backward pass (element-wise work, no products): layer 0's buffers serve
+      // every layer (`own` sizes them for layer 0 only).
       for (int64_t l = 0; l < planned_layers; ++l) {
-        plan(N * d), plan(N), plan(N);                           // n1 mean1 rstd1
-        plan(N * Kd), plan(N * Kd);                              // q k
-        plan(N * Vd), plan(N * Vd), plan(N * Vd), plan(N * Vd);  // v g o z
-        plan(N * H);                                             // gn_rstd
-        plan(kv_tmp), plan(gn_y);
-        plan(N * d);                                      // x1
-        plan(N * d), plan(N), plan(N);                    // n2 mean2 rstd2
-        plan(N * F), plan(glu ? N * F : 0), plan(N * F);  // h gt a
+        auto own = [&](int64_t n) { return l == 0 ? n : 0; };
+        plan(own(N * d)), plan(N), plan(N);                           // n1 mean1 rstd1
+        plan(N * Kd), plan(N * Kd);                                   // q k
+        plan(N * Vd), plan(N * Vd), plan(N * Vd), plan(own(N * Vd));  // v g o z
+        plan(N * H);                                                  // gn_rstd
+        plan(own(kv_tmp)), plan(own(gn_y));
+        plan(N * d);                                           // x1
+        plan(own(N * d)), plan(N), plan(N);                    // n2 mean2 rstd2
+        plan(N * F), plan(glu ? N * F : 0), plan(own(N * F));  // h gt a
       }
       plan(N * d), plan(N), plan(N);  // nf meanf rstdf
       plan(N * V);                    // logits
@@ -149,6 +153,11 @@ class Model {
         s.n2 = next(), s.mean2 = next(), s.rstd2 = next();
         s.ffn.h = next(), s.ffn.gt = next(), s.ffn.a = next();
         if (!glu) s.ffn.gt = nullptr;
+        if (l > 0) {
+          const auto& first = layers_[0];
+          s.n1 = first.n1, s.n2 = first.n2, s.msr.z = first.msr.z, s.msr.gn_y = first.msr.gn_y;
+          s.msr.kv_tmp = first.msr.kv_tmp, s.ffn.a = first.ffn.a;
+        }
       }
       for (int64_t l = planned_layers; l < L; ++l) layers_[static_cast<size_t>(l)] = layers_[0];
       nf_ = next(), meanf_ = next(), rstdf_ = next();

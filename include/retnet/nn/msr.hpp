@@ -104,6 +104,19 @@ void project(const B& be, T* y, const T* x, const T* w, const uint16_t* w16, int
   }
 }
 
+// z = silu(g) ⊙ groupnorm(o) (with the group-norm weight when there is one, through gn_y). The backward pass calls
+// it again: z and gn_y are not kept per layer (the model's workspace gives every layer the same buffers for them).
+template <class B, class T>
+void msr_gate_forward(const B& be, double eps, const MsrDims& dm, const MsrWeights<T>& w, const MsrSaved<T>& s) {
+  const int64_t N = dm.rows();
+  if (w.gn) {
+    rmsnorm_forward(be, s.gn_y, s.gn_rstd, s.o, w.gn, N * dm.heads, dm.dv, eps);
+    glu_forward(be, Activation::swish, s.z, s.g, s.gn_y, N * dm.vd());
+  } else {
+    group_norm_gate_forward(be, s.z, s.gn_rstd, s.o, s.g, N * dm.heads, dm.dv, eps);
+  }
+}
+
 // Forward. out [N, d] receives += z Woᵀ (the residual add). state_in / state_out: per-layer retention state
 // (torchscale storage); step = true (length 1, recurrent) updates state_in in place with the recurrent step.
 template <class B, class T>
@@ -147,12 +160,7 @@ void msr_forward(const B& be, const RetentionConfig& rc, Form form, double eps, 
     if (state_out.scale) o.state_scale = SView(state_out.scale, ssc);
     retention_forward(be, form, rc, in, o);
   }
-  if (w.gn) {
-    rmsnorm_forward(be, s.gn_y, s.gn_rstd, s.o, w.gn, N * dm.heads, dm.dv, eps);
-    glu_forward(be, Activation::swish, s.z, s.g, s.gn_y, N * Vd);
-  } else {
-    group_norm_gate_forward(be, s.z, s.gn_rstd, s.o, s.g, N * dm.heads, dm.dv, eps);
-  }
+  msr_gate_forward(be, eps, dm, w, s);
   project(be, out, s.z, w.out, w.out16, N, Vd, d, /*accumulate=*/true);
 }
 
@@ -160,14 +168,16 @@ void msr_forward(const B& be, const RetentionConfig& rc, Form form, double eps, 
 // layer input x, accumulates the weight gradients, and handles the state gradients: d_state_out (gradient
 // of the final state, may be null) and d_state_in (written: gradient of the initial state, may be null).
 template <class B, class T>
-void msr_backward(const B& be, const RetentionConfig& rc, Form form, const MsrDims& dm, const MsrWeights<T>& w,
-                  const MsrGrads<grad_t<T>>& gw, const T* x, const MsrSaved<T>& s, const MsrScratch<T>& sc,
-                  const T* dout, T* dx, const RotationRows<scalar_t<T>>& rot, StatePtrs<state_t<T>> state_in = {},
-                  const state_t<T>* d_state_out = nullptr, state_t<T>* d_state_in = nullptr) {
+void msr_backward(const B& be, const RetentionConfig& rc, Form form, double eps, const MsrDims& dm,
+                  const MsrWeights<T>& w, const MsrGrads<grad_t<T>>& gw, const T* x, const MsrSaved<T>& s,
+                  const MsrScratch<T>& sc, const T* dout, T* dx, const RotationRows<scalar_t<T>>& rot,
+                  StatePtrs<state_t<T>> state_in = {}, const state_t<T>* d_state_out = nullptr,
+                  state_t<T>* d_state_in = nullptr) {
   using C = scalar_t<T>;
   using S = state_t<T>;
   using Space = typename B::space;
   const int64_t N = dm.rows(), d = dm.d, Vd = dm.vd(), Kd = dm.kd();
+  msr_gate_forward(be, eps, dm, w, s);  // z (and gn_y) again, bit for bit
   // out = z Woᵀ
   linear_backward(be, sc.dz, gw.out, dout, s.z, w.out, N, Vd, d);
   // z = silu(g) ⊙ groupnorm(o); with a weight the gradient of o lands in sc.dz

@@ -14,7 +14,7 @@ namespace retnet_test {
 inline retnet::ModelConfig nccl_model_config() {
   retnet::ModelConfig c;
   c.vocab_size = 64;
-  c.decoder_embed_dim = 64;
+  c.decoder_embed_dim = 128;  // heads of 64, the GPU retention's smallest
   c.decoder_value_embed_dim = 128;
   c.decoder_retention_heads = 2;
   c.decoder_ffn_embed_dim = 128;
