@@ -37,13 +37,19 @@ for stage in "$@"; do
       SANITIZE=1 compute-sanitizer --tool memcheck --error-exitcode 3 $B/tests/cuda/test_cuda "[sanitize]" 2>&1 | tee "$OUT/memcheck.log" | tail -8 ;;
     bench-model) $B/bench/cuda/bench_cuda_model --benchmark_counters_tabular=true ${BENCH_FILTER:+--benchmark_filter=$BENCH_FILTER} 2>&1 | tee "$OUT/bench_model.log" | grep -v "^-" ;;
     fla-model) PYTHONPATH=$PWD/.peers/fla-src PYTHONUNBUFFERED=1 python3 bench/fla_model_bench.py 2>&1 | tee "$OUT/fla_model.log" | tail -12 ;;
-    profile-model)  # GPU time per op of a training step (nsys), for one benchmark shape
-      F=${PROFILE_FILTER:-bm_train_step/model:1/B:1/T:8192/precision:2}
-      nsys profile -t cuda -o /tmp/prof -f true $B/bench/cuda/bench_cuda_model --benchmark_filter="$F" \
-        > "$OUT/profile_run.log" 2>&1 &&
-        nsys stats -r cuda_gpu_kern_sum --format csv -o /tmp/prof /tmp/prof.nsys-rep > /dev/null 2>&1 &&
-        cp /tmp/prof_cuda_gpu_kern_sum.csv "$OUT/" &&
-        python3 bench/cuda/model_profile.py /tmp/prof_cuda_gpu_kern_sum.csv | tee "$OUT/profile.md" ;;
+    profile-model)  # GPU time per op of a training step for one benchmark shape (nsys; else ncu, each kernel timed alone)
+      F=${PROFILE_FILTER:-bm_train_step/model:2/B:2/T:8192/precision:2}
+      if command -v nsys > /dev/null; then
+        nsys profile -t cuda -o /tmp/prof -f true $B/bench/cuda/bench_cuda_model --benchmark_filter="$F" \
+          > "$OUT/profile_run.log" 2>&1 &&
+          nsys stats -r cuda_gpu_kern_sum --format csv -o /tmp/prof /tmp/prof.nsys-rep > /dev/null 2>&1 &&
+          cp /tmp/prof_cuda_gpu_kern_sum.csv /tmp/kernels.csv
+      else
+        ncu --csv --metrics gpu__time_duration.sum --cache-control none $B/bench/cuda/bench_cuda_model \
+          --benchmark_filter="$F" --benchmark_min_time=0.001 > /tmp/kernels.csv 2> "$OUT/profile_run.log"
+      fi &&
+        gzip -c /tmp/kernels.csv > "$OUT/kernels.csv.gz" &&
+        python3 bench/cuda/model_profile.py /tmp/kernels.csv | tee "$OUT/profile.md" ;;
     fla-goldens) PYTHONPATH=$PWD/.peers/fla-src python3 tests/fla/make_goldens.py --fla $PWD/.peers/fla-src \
         --out "$OUT/fla-goldens" 2>&1 | tail -12 ;;
     memcheck-model) compute-sanitizer --tool memcheck --error-exitcode 3 $B/tests/cuda/test_cuda "[model]" 2>&1 | tail -5 ;;

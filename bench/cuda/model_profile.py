@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Groups a kernel summary of a training-step benchmark (nsys stats -r cuda_gpu_kern_sum --format csv) by op and
-prints a Markdown table: GPU time per step and share, with the kernels named by the library's source.
+"""Groups the kernels of a training-step benchmark by op and prints a Markdown table: GPU time per step and share,
+with the kernels named by the library's source. Takes either Nsight Systems' kernel summary (nsys stats -r
+cuda_gpu_kern_sum --format csv) or Nsight Compute's per-launch CSV (ncu --csv --metrics gpu__time_duration.sum).
 
-Usage: python3 bench/cuda/model_profile.py SUMMARY.csv
+Usage: python3 bench/cuda/model_profile.py KERNELS.csv
 The number of steps is the number of AdamW launches (one per step).
 """
 import csv
@@ -24,22 +25,39 @@ GROUPS = [
 ]
 
 
-def main():
-    path = sys.argv[1]
-    rows = list(csv.DictReader(open(path)))
-    steps = float(sum(int(r["Instances"]) for r in rows if "adamw" in r["Name"]))
+NS_PER_UNIT = {"ns": 1.0, "nsecond": 1.0, "us": 1e3, "usecond": 1e3, "ms": 1e6, "msecond": 1e6, "s": 1e9, "second": 1e9}
+
+
+def kernel_times(path):
+    """(name, instances, total ns) per kernel name, from either tool's CSV."""
+    lines = [line for line in open(path) if line.strip()]
+    if any(line.startswith('"ID"') for line in lines):  # ncu: one row per launch
+        rows = csv.DictReader(line for line in lines if line.startswith('"'))
+        agg = {}
+        for r in rows:
+            if r.get("Metric Name") != "gpu__time_duration.sum":
+                continue
+            t = float(r["Metric Value"].replace(",", "")) * NS_PER_UNIT[r["Metric Unit"]]
+            n, tot = agg.get(r["Kernel Name"], (0, 0.0))
+            agg[r["Kernel Name"]] = (n + 1, tot + t)
+        return [(k, n, t) for k, (n, t) in agg.items()]
+    rows = list(csv.DictReader(lines))
     total_key = next(k for k in rows[0] if k.startswith("Total Time"))
-    name_key = "Name"
+    return [(r["Name"], int(r["Instances"]), float(r[total_key])) for r in rows]
+
+
+def main():
+    kernels = kernel_times(sys.argv[1])
+    steps = float(sum(n for name, n, _ in kernels if "adamw" in name))
     totals = {g: 0.0 for g, _ in GROUPS}
     other = {}
-    for r in rows:
-        t = float(r[total_key])
+    for name, _, t in kernels:
         for g, pat in GROUPS:
-            if re.search(pat, r[name_key], re.I):
+            if re.search(pat, name, re.I):
                 totals[g] += t
                 break
         else:
-            other[r[name_key][:60]] = other.get(r[name_key][:60], 0.0) + t
+            other[name[:60]] = other.get(name[:60], 0.0) + t
     grand = sum(totals.values()) + sum(other.values())
     print(f"{steps:.0f} steps")
     print("| op | ms per step | share |")
