@@ -27,8 +27,10 @@
 #include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "retnet/core/error.hpp"
@@ -70,6 +72,58 @@ inline const std::set<std::string>& torchscale_ignored_fields() {
 }
 
 inline std::string type_name(const nlohmann::json& v) { return v.type_name(); }
+
+// Checked, typed reads of a JSON object's fields (absent and null read as nothing), remembering which were asked
+// for: the others are reported as ignored (when `ignored` names them) or unknown.
+class JsonFields {
+ public:
+  JsonFields(const nlohmann::json& j, std::string where) : j_(j), where_(std::move(where)) {}
+  const std::string& where() const { return where_; }
+  void mark(const char* name) { handled_.insert(name); }
+  const nlohmann::json* find(const char* name) {
+    mark(name);
+    const auto it = j_.find(name);
+    return it == j_.end() || it->is_null() ? nullptr : &*it;
+  }
+  std::optional<int64_t> integer(const char* name) {
+    const auto* v = find(name);
+    if (!v) return std::nullopt;
+    require(v->is_number_integer(), where_, ": field '", name, "' must be an integer, got ", type_name(*v), " ",
+            v->dump());
+    return v->get<int64_t>();
+  }
+  std::optional<double> number(const char* name) {
+    const auto* v = find(name);
+    if (!v) return std::nullopt;
+    require(v->is_number(), where_, ": field '", name, "' must be a number, got ", type_name(*v), " ", v->dump());
+    return v->get<double>();
+  }
+  std::optional<bool> boolean(const char* name) {
+    const auto* v = find(name);
+    if (!v) return std::nullopt;
+    require(v->is_boolean(), where_, ": field '", name, "' must be true or false, got ", type_name(*v), " ", v->dump());
+    return v->get<bool>();
+  }
+  std::optional<std::string> string(const char* name) {
+    const auto* v = find(name);
+    if (!v) return std::nullopt;
+    require(v->is_string(), where_, ": field '", name, "' must be a string, got ", type_name(*v), " ", v->dump());
+    return v->get<std::string>();
+  }
+  ConfigReport report(const std::set<std::string>& ignored) const {
+    ConfigReport r;
+    for (auto it = j_.begin(); it != j_.end(); ++it) {
+      if (handled_.count(it.key())) continue;
+      (ignored.count(it.key()) ? r.ignored : r.unknown).push_back(it.key());
+    }
+    return r;
+  }
+
+ private:
+  const nlohmann::json& j_;
+  std::string where_;
+  std::set<std::string> handled_;
+};
 
 }  // namespace detail
 
@@ -127,47 +181,26 @@ inline void check_config_limits(const ModelConfig& c, const std::string& where =
 }
 
 // Parses a JSON object into a validated ModelConfig. `report` (optional) receives the ignored/unknown fields.
+// The limits, then validate() (which allocates per head), with errors prefixed by `where`.
+inline void checked_config(const ModelConfig& c, const std::string& where) {
+  check_config_limits(c, where);
+  try {
+    c.validate();
+  } catch (const Error& e) {
+    fail(where, ": ", e.what());
+  }
+}
+
 inline ModelConfig config_from_json(const nlohmann::json& j, ConfigReport* report = nullptr,
                                     const std::string& where = "config") {
   require(j.is_object(), where, ": a model configuration must be a JSON object, got ", detail::type_name(j));
   ModelConfig c;
-  ConfigReport r;
-  std::set<std::string> handled;
-
-  auto field = [&](const char* name) -> const nlohmann::json* {
-    handled.insert(name);
-    auto it = j.find(name);
-    if (it == j.end() || it->is_null()) return nullptr;
-    return &*it;
-  };
-  auto get_int = [&](const char* name, int64_t& out) {
-    if (const auto* v = field(name)) {
-      require(v->is_number_integer(), where, ": field '", name, "' must be an integer, got ", detail::type_name(*v),
-              " ", v->dump());
-      out = v->get<int64_t>();
-    }
-  };
-  auto get_bool = [&](const char* name, bool& out) {
-    if (const auto* v = field(name)) {
-      require(v->is_boolean(), where, ": field '", name, "' must be true or false, got ", detail::type_name(*v), " ",
-              v->dump());
-      out = v->get<bool>();
-    }
-  };
-  auto get_double = [&](const char* name, double& out) {
-    if (const auto* v = field(name)) {
-      require(v->is_number(), where, ": field '", name, "' must be a number, got ", detail::type_name(*v), " ",
-              v->dump());
-      out = v->get<double>();
-    }
-  };
-  auto get_string = [&](const char* name, std::string& out) {
-    if (const auto* v = field(name)) {
-      require(v->is_string(), where, ": field '", name, "' must be a string, got ", detail::type_name(*v), " ",
-              v->dump());
-      out = v->get<std::string>();
-    }
-  };
+  detail::JsonFields f(j, where);
+  auto field = [&](const char* name) { return f.find(name); };
+  auto get_int = [&](const char* name, int64_t& out) { out = f.integer(name).value_or(out); };
+  auto get_bool = [&](const char* name, bool& out) { out = f.boolean(name).value_or(out); };
+  auto get_double = [&](const char* name, double& out) { out = f.number(name).value_or(out); };
+  auto get_string = [&](const char* name, std::string& out) { out = f.string(name).value_or(out); };
   // A torchscale feature we do not implement: allowed only when off.
   auto unsupported_flag = [&](const char* name) {
     bool on = false;
@@ -237,20 +270,8 @@ inline ModelConfig config_from_json(const nlohmann::json& j, ConfigReport* repor
       fail(where, ": field 'retention_normalization' = '", s, "' is invalid; expected 'torchscale' or 'raw'");
   }
 
-  for (auto it = j.begin(); it != j.end(); ++it) {
-    if (handled.count(it.key())) continue;
-    if (detail::torchscale_ignored_fields().count(it.key()))
-      r.ignored.push_back(it.key());
-    else
-      r.unknown.push_back(it.key());
-  }
-  check_config_limits(c, where);  // before validate(), which allocates per head
-  try {
-    c.validate();
-  } catch (const Error& e) {
-    fail(where, ": ", e.what());
-  }
-  if (report) *report = std::move(r);
+  checked_config(c, where);
+  if (report) *report = f.report(detail::torchscale_ignored_fields());
   return c;
 }
 

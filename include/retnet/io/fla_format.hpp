@@ -151,38 +151,12 @@ inline bool is_fla_config(const nlohmann::json& j) {
 inline FlaConfig fla_config_from_json(const nlohmann::json& j, const std::string& where = "config") {
   require(j.is_object(), where, ": a model configuration must be a JSON object, got ", j.type_name());
   FlaConfig out;
-  std::set<std::string> handled;
-  auto field = [&](const char* name) -> const nlohmann::json* {
-    handled.insert(name);
-    auto it = j.find(name);
-    if (it == j.end() || it->is_null()) return nullptr;
-    return &*it;
-  };
-  auto get_int = [&](const char* name, int64_t def) {
-    const auto* v = field(name);
-    if (!v) return def;
-    require(v->is_number_integer(), where, ": field '", name, "' must be an integer, got ", v->type_name(), " ",
-            v->dump());
-    return v->get<int64_t>();
-  };
-  auto get_double = [&](const char* name, double def) {
-    const auto* v = field(name);
-    if (!v) return def;
-    require(v->is_number(), where, ": field '", name, "' must be a number, got ", v->type_name(), " ", v->dump());
-    return v->get<double>();
-  };
-  auto get_bool = [&](const char* name, bool def) {
-    const auto* v = field(name);
-    if (!v) return def;
-    require(v->is_boolean(), where, ": field '", name, "' must be true or false, got ", v->type_name(), " ", v->dump());
-    return v->get<bool>();
-  };
-  auto get_string = [&](const char* name, std::string def) {
-    const auto* v = field(name);
-    if (!v) return def;
-    require(v->is_string(), where, ": field '", name, "' must be a string, got ", v->type_name(), " ", v->dump());
-    return v->get<std::string>();
-  };
+  detail::JsonFields f(j, where);
+  auto field = [&](const char* name) { return f.find(name); };
+  auto get_int = [&](const char* name, int64_t def) { return f.integer(name).value_or(def); };
+  auto get_double = [&](const char* name, double def) { return f.number(name).value_or(def); };
+  auto get_bool = [&](const char* name, bool def) { return f.boolean(name).value_or(def); };
+  auto get_string = [&](const char* name, std::string def) { return f.string(name).value_or(std::move(def)); };
   // Features that change the model and that this library does not implement: present only when off.
   auto must_be_null = [&](const char* name, const char* what) {
     const auto* v = field(name);
@@ -204,7 +178,7 @@ inline FlaConfig fla_config_from_json(const nlohmann::json& j, const std::string
           ": field 'use_output_gate' = false (no output gate) is not supported");
   {
     // absent means fla's default (true); null, like false, means no weight
-    handled.insert("elementwise_affine");
+    f.mark("elementwise_affine");
     const auto it = j.find("elementwise_affine");
     require(it == j.end() || (it->is_boolean() && it->get<bool>()), where,
             ": field 'elementwise_affine' = ", it == j.end() ? "" : it->dump(),
@@ -266,19 +240,8 @@ inline FlaConfig fla_config_from_json(const nlohmann::json& j, const std::string
   out.bos_token_id = get_int("bos_token_id", 1);
   out.eos_token_id = get_int("eos_token_id", 2);
 
-  for (auto it = j.begin(); it != j.end(); ++it) {
-    if (handled.count(it.key())) continue;
-    if (fla_detail::ignored_fields().count(it.key()))
-      out.report.ignored.push_back(it.key());
-    else
-      out.report.unknown.push_back(it.key());
-  }
-  check_config_limits(c, where);
-  try {
-    c.validate();
-  } catch (const Error& e) {
-    fail(where, ": ", e.what());
-  }
+  out.report = f.report(fla_detail::ignored_fields());
+  checked_config(c, where);
   return out;
 }
 
