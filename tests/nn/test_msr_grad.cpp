@@ -1,6 +1,8 @@
 // The multi-scale retention layer alone: finite-difference gradients (double) of the input, every weight
 // and the initial recurrent state, with rows at different absolute positions and a final-state gradient.
+#include <algorithm>
 #include <catch2/catch.hpp>
+#include <cmath>
 #include <random>
 #include <vector>
 
@@ -101,5 +103,24 @@ TEST_CASE("MSR layer gradients (input, weights, initial state) match finite diff
     check(wg, gg, "g_proj");
     check(wo, go, "out_proj");
     check(kv0, dkv0, "initial state");
+
+    // With z shared by the layers (MsrSaved::recompute, the GPU model's choice) the backward recomputes it from the
+    // saved o and g: the same gradients, bit for bit, whatever the buffer held.
+    std::fill(b.z.begin(), b.z.end(), std::nan(""));
+    MsrSaved<double> shared = b.saved();
+    shared.recompute = true;
+    std::vector<double> gq2(wq.size()), gk2(wk.size()), gv2(wv.size()), gg2(wg.size()), go2(wo.size()), dx2(x.size()),
+        dkv2(dkv0.size());
+    msr_backward(cpu, rc, form, 0.0, dm, w,
+                 MsrGrads<double>{gq2.data(), gk2.data(), gv2.data(), gg2.data(), go2.data()}, x.data(), shared,
+                 MsrScratch<double>{s1.data(), s2.data(), s3.data(), s4.data(), s5.data(), s6.data()}, R.data(),
+                 dx2.data(), rot, StatePtrs<double>{kv0.data(), sc0.data()}, S.data(), dkv2.data());
+    CHECK(dx2 == dx);
+    CHECK(gq2 == gq);
+    CHECK(gk2 == gk);
+    CHECK(gv2 == gv);
+    CHECK(gg2 == gg);
+    CHECK(go2 == go);
+    CHECK(dkv2 == dkv0);
   }
 }

@@ -74,8 +74,9 @@ struct BlockSaved {
   T* x1;                  // [N, d] residual after retention
   T *n2, *mean2, *rstd2;  // [N, d], [N], [N]
   FfnSaved<T> ffn;
-  T* ret_mask = nullptr;  // [N, d] multipliers of the retention branch; null: none
-  T* ffn_mask = nullptr;  // [N, d] multipliers of the FFN branch; null: none
+  T* ret_mask = nullptr;   // [N, d] multipliers of the retention branch; null: none
+  T* ffn_mask = nullptr;   // [N, d] multipliers of the FFN branch; null: none
+  bool recompute = false;  // n1 and n2 are shared by the layers: the backward recomputes them
 };
 template <class T>
 struct BlockScratch {
@@ -122,12 +123,11 @@ void block_backward(const B& be, const BlockSpec& bs, Form form, const MsrDims& 
     masked_copy(be, sc.dbranch, dres, mask, N * d);
     return sc.dbranch;
   };
-  // The norms' outputs are not kept per layer (the model's workspace gives every layer the same buffers for them):
-  // recomputed, bit for bit, before the branch that reads them.
-  norm_forward(be, bs.norm, s.n2, s.mean2, s.rstd2, s.x1, w.ffn_norm, N, d);
+  // Shared norm outputs are recomputed, bit for bit, before the branch that reads them.
+  if (s.recompute) norm_forward(be, bs.norm, s.n2, s.mean2, s.rstd2, s.x1, w.ffn_norm, N, d);
   ffn_backward(be, bs.act, w.ffn, g.ffn, s.n2, s.ffn, sc.ffn, branch_grad(s.ffn_mask), sc.dn, N, d, bs.ffn_dim);
   norm_backward(be, bs.norm, dres, g.ffn_norm, sc.dn, s.x1, w.ffn_norm, s.mean2, s.rstd2, N, d, true);
-  norm_forward(be, bs.norm, s.n1, s.mean1, s.rstd1, x, w.ret_norm, N, d);
+  if (s.recompute) norm_forward(be, bs.norm, s.n1, s.mean1, s.rstd1, x, w.ret_norm, N, d);
   msr_backward(be, bs.retention, form, bs.group_norm_eps, dm, w.msr, g.msr, s.n1, s.msr, sc.msr,
                branch_grad(s.ret_mask), sc.dn, rot, state_in, d_state_out, d_state_in);
   norm_backward(be, bs.norm, dres, g.ret_norm, sc.dn, x, w.ret_norm, s.mean1, s.rstd1, N, d, true);

@@ -21,16 +21,17 @@ struct FfnGrads {
 };
 template <class T>
 struct FfnSaved {
-  T *h, *gt, *a;          // [N, F]: fc1 output, gate output (GLU only), the product fed to fc2 (after dropout)
-  T* act_mask = nullptr;  // [N, F] activation-dropout multipliers; null: none
+  T *h, *gt, *a;           // [N, F]: fc1 output, gate output (GLU only), the product fed to fc2 (after dropout)
+  T* act_mask = nullptr;   // [N, F] activation-dropout multipliers; null: none
+  bool recompute = false;  // a is shared by the layers: the backward recomputes it
 };
 template <class T>
 struct FfnScratch {
   T *da, *dgt;  // [N, F]
 };
 
-// a = act(h) (⊙ gt for a GLU), times the activation-dropout mask. The backward pass calls it again: a is not kept
-// per layer (the model's workspace gives every layer the same buffer for it).
+// a = act(h) (⊙ gt for a GLU), times the activation-dropout mask; the backward pass calls it again when a is shared
+// by the layers (FfnSaved::recompute).
 template <class B, class T>
 void ffn_activation_forward(const B& be, Activation act, const FfnSaved<T>& s, bool glu, int64_t N, int64_t F) {
   if (glu)
@@ -55,7 +56,7 @@ template <class B, class T>
 void ffn_backward(const B& be, Activation act, const FfnWeights<T>& w, const FfnGrads<grad_t<T>>& gw, const T* x,
                   const FfnSaved<T>& s, const FfnScratch<T>& sc, const T* dout, T* dx, int64_t N, int64_t d,
                   int64_t F) {
-  ffn_activation_forward(be, act, s, w.gate != nullptr, N, F);  // a again, bit for bit
+  if (s.recompute) ffn_activation_forward(be, act, s, w.gate != nullptr, N, F);  // a again, bit for bit
   linear_backward(be, sc.da, gw.fc2, dout, s.a, w.fc2, N, F, d);
   if (s.act_mask) apply_mask(be, sc.da, s.act_mask, N * F);
   if (w.gate) {

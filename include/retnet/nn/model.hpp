@@ -66,6 +66,12 @@ class Model {
     int64_t gn = -1;  // retention group-norm weight (ModelConfig::group_norm_weight)
   };
 
+  // Whether training keeps one buffer, shared by the layers, for what is cheap to recompute (the norms' outputs, the
+  // gated retention output, the FFN product: about a third of the activations) and recomputes it in the backward
+  // pass: on the GPU, where memory bounds the batch; not on the CPU, where memory is plentiful and the extra
+  // element-wise passes cost about 3 % of a training step.
+  static constexpr bool recompute_activations = !host_backend<BackendT>;
+
   // Saved activations for one (batch, length); reuse it across steps of the same shape.
   class Workspace {
    public:
@@ -96,16 +102,16 @@ class Model {
       const int64_t planned_layers = with_grad ? L : 1, planned_res = with_grad ? L + 1 : 2;
       for (int64_t l = 0; l < planned_res; ++l) plan(N * d);  // res
       plan(N * d), plan(N), plan(N);                          // emb, emb mean, emb rstd
-      // The norms' outputs, the gated retention output (z, gn_y), the FFN product (a) and the grouped heads'
-      // temporary are recomputed by the backward pass (element-wise work, no products): layer 0's buffers serve
-      // every layer (`own` sizes them for layer 0 only).
+      // With recompute_activations the norms' outputs, the gated retention output (z, gn_y) and the FFN product (a)
+      // are recomputed by the backward pass (element-wise work, no products): layer 0's buffers serve every layer
+      // (`own` sizes them for layer 0 only). The grouped heads' temporary is never read by the backward.
       for (int64_t l = 0; l < planned_layers; ++l) {
-        auto own = [&](int64_t n) { return l == 0 ? n : 0; };
+        auto own = [&](int64_t n) { return l == 0 || !recompute_activations ? n : 0; };
         plan(own(N * d)), plan(N), plan(N);                           // n1 mean1 rstd1
         plan(N * Kd), plan(N * Kd);                                   // q k
         plan(N * Vd), plan(N * Vd), plan(N * Vd), plan(own(N * Vd));  // v g o z
         plan(N * H);                                                  // gn_rstd
-        plan(own(kv_tmp)), plan(own(gn_y));
+        plan(l == 0 ? kv_tmp : 0), plan(own(gn_y));
         plan(N * d);                                           // x1
         plan(own(N * d)), plan(N), plan(N);                    // n2 mean2 rstd2
         plan(N * F), plan(glu ? N * F : 0), plan(own(N * F));  // h gt a
@@ -153,10 +159,12 @@ class Model {
         s.n2 = next(), s.mean2 = next(), s.rstd2 = next();
         s.ffn.h = next(), s.ffn.gt = next(), s.ffn.a = next();
         if (!glu) s.ffn.gt = nullptr;
+        s.recompute = s.msr.recompute = s.ffn.recompute = recompute_activations && with_grad;
         if (l > 0) {
           const auto& first = layers_[0];
-          s.n1 = first.n1, s.n2 = first.n2, s.msr.z = first.msr.z, s.msr.gn_y = first.msr.gn_y;
-          s.msr.kv_tmp = first.msr.kv_tmp, s.ffn.a = first.ffn.a;
+          s.msr.kv_tmp = first.msr.kv_tmp;
+          if (recompute_activations)
+            s.n1 = first.n1, s.n2 = first.n2, s.msr.z = first.msr.z, s.msr.gn_y = first.msr.gn_y, s.ffn.a = first.ffn.a;
         }
       }
       for (int64_t l = planned_layers; l < L; ++l) layers_[static_cast<size_t>(l)] = layers_[0];

@@ -38,11 +38,12 @@ struct MsrGrads {
 // Saved activations of one call (all written by the forward pass).
 template <class T>
 struct MsrSaved {
-  T *q, *k;             // [N, Kd]  rotated, k scaled
-  T *v, *g, *o, *z;     // [N, Vd]
-  T* gn_rstd;           // [N, H]
-  T* kv_tmp = nullptr;  // grouped heads only: [N, kv·max(dk, dv)], the projections before the repeat
-  T* gn_y = nullptr;    // with a group-norm weight only: [N, Vd], the weighted norm before the gate
+  T *q, *k;                // [N, Kd]  rotated, k scaled
+  T *v, *g, *o, *z;        // [N, Vd]
+  T* gn_rstd;              // [N, H]
+  T* kv_tmp = nullptr;     // grouped heads only: [N, kv·max(dk, dv)], the projections before the repeat
+  T* gn_y = nullptr;       // with a group-norm weight only: [N, Vd], the weighted norm before the gate
+  bool recompute = false;  // z and gn_y are shared by the layers: the backward recomputes them
 };
 // Scratch for the backward pass.
 template <class T>
@@ -104,8 +105,8 @@ void project(const B& be, T* y, const T* x, const T* w, const uint16_t* w16, int
   }
 }
 
-// z = silu(g) ⊙ groupnorm(o) (with the group-norm weight when there is one, through gn_y). The backward pass calls
-// it again: z and gn_y are not kept per layer (the model's workspace gives every layer the same buffers for them).
+// z = silu(g) ⊙ groupnorm(o) (with the group-norm weight when there is one, through gn_y); the backward pass calls
+// it again when z and gn_y are shared by the layers (MsrSaved::recompute).
 template <class B, class T>
 void msr_gate_forward(const B& be, double eps, const MsrDims& dm, const MsrWeights<T>& w, const MsrSaved<T>& s) {
   const int64_t N = dm.rows();
@@ -177,7 +178,7 @@ void msr_backward(const B& be, const RetentionConfig& rc, Form form, double eps,
   using S = state_t<T>;
   using Space = typename B::space;
   const int64_t N = dm.rows(), d = dm.d, Vd = dm.vd(), Kd = dm.kd();
-  msr_gate_forward(be, eps, dm, w, s);  // z (and gn_y) again, bit for bit
+  if (s.recompute) msr_gate_forward(be, eps, dm, w, s);  // z (and gn_y) again, bit for bit
   // out = z Woᵀ
   linear_backward(be, sc.dz, gw.out, dout, s.z, w.out, N, Vd, d);
   // z = silu(g) ⊙ groupnorm(o); with a weight the gradient of o lands in sc.dz
