@@ -236,6 +236,7 @@ int measure(const std::string& dir, bool cold) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // each line as soon as it is measured
   try {
     const std::vector<std::string> a(argv + 1, argv + argc);
     if (a.size() == 2 && a[0] == "write") return write_dir(a[1]);
