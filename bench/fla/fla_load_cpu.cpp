@@ -22,6 +22,8 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -108,19 +110,32 @@ void evict(const std::string& path) {
   ::close(fd);
 }
 
-// Main-memory read bandwidth, GB/s: the best of 5 passes over 1 GiB (as BM_stream_read in bench_model_cpu).
-double read_bandwidth_gbs() {
+// Main-memory read bandwidth, GB/s: the best of 5 passes over 1 GiB on the OpenMP threads. chained: each thread
+// adds 16 floats at a time into one sum (BM_stream_read's kernel in bench_model_cpu), a chain of dependent float
+// additions the compiler may not reorder; otherwise 64 independent sums, which the compiler vectorises.
+double read_bandwidth_gbs(bool chained) {
   std::vector<float> buf(size_t(1) << 28, 1.0f);
   const int64_t n = int64_t(buf.size());
   double best = 0, sink = 0;
   for (int rep = 0; rep < 6; ++rep) {
     const auto t0 = Clock::now();
     double total = 0;
+    if (chained) {
 #pragma omp parallel for reduction(+ : total) schedule(static)
-    for (int64_t i = 0; i < n; i += 16) {
-      float s = 0;
-      for (int j = 0; j < 16; ++j) s += buf[size_t(i + j)];
-      total += s;
+      for (int64_t i = 0; i < n; i += 16) {
+        float s = 0;
+        for (int j = 0; j < 16; ++j) s += buf[size_t(i + j)];
+        total += s;
+      }
+    } else {
+#pragma omp parallel reduction(+ : total)
+      {
+        float acc[64] = {};
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < n; i += 64)
+          for (int j = 0; j < 64; ++j) acc[j] += buf[size_t(i + j)];
+        for (float a : acc) total += a;
+      }
     }
     const double s = seconds_since(t0);
     sink += total;
@@ -128,6 +143,27 @@ double read_bandwidth_gbs() {
   }
   require(sink > 0, "read_bandwidth_gbs: nothing was read");
   return best;
+}
+
+// GB/s of memset into 1 GiB of fresh memory (every page faulted in and zeroed by the kernel first, as the model's
+// parameters and bf16 copy are), with 4 KiB pages or with MADV_HUGEPAGE (2 MiB pages where the kernel has them),
+// and of memset into the same memory again (no faults).
+void first_touch() {
+  const size_t n = size_t(1) << 30;
+  for (bool huge : {false, true}) {
+    void* p = std::aligned_alloc(size_t(2) << 20, n);
+    require(p != nullptr, "first_touch: out of memory");
+    if (huge) ::madvise(p, n, MADV_HUGEPAGE);
+    auto t0 = Clock::now();
+    std::memset(p, 1, n);
+    const double first = seconds_since(t0);
+    t0 = Clock::now();
+    std::memset(p, 2, n);
+    const double again = seconds_since(t0);
+    std::free(p);
+    std::printf("fresh memory (%s): first write %.2f GB/s, second write %.2f GB/s (1 GiB, one thread)\n",
+                huge ? "MADV_HUGEPAGE" : "4 KiB pages", double(n) * 1e-9 / first, double(n) * 1e-9 / again);
+  }
 }
 
 // Bytes the weights contribute to one decoded token at batch 1: every matrix but the embedding (q, k, v, g, o, the
@@ -158,14 +194,21 @@ void decode(Model<float>& model, bool bf16, double bandwidth_gbs) {
   for (size_t k = 1 + kWarmupSteps; k < at.size(); ++k)
     ms.push_back(std::chrono::duration<double, std::milli>(at[k] - at[k - 1]).count());
   const double mean = std::accumulate(ms.begin(), ms.end(), 0.0) / double(ms.size());
+  std::sort(ms.begin(), ms.end());
   const double prefill = std::chrono::duration<double>(at[0] - t0).count();
   const double bytes = weight_bytes_per_token(model, bf16), ceiling = bandwidth_gbs * 1e9 / bytes;
+  // The recurrent state, read and written once per step: layers x heads x key dim x value dim floats.
+  const ModelConfig& c = model.config();
+  const double state = 4.0 * double(c.decoder_layers * c.decoder_retention_heads * c.key_dim() * c.value_dim());
   std::printf(
-      "decode %-5s prefill %lld tokens %.2f s (%.1f tokens/s); %zu steps: %.1f ms/token (min %.1f, max %.1f), "
-      "%.2f tokens/s; weights %.3f GB/token, ceiling %.2f tokens/s, reached %.0f %%\n",
+      "decode %s: prefill of %lld tokens %.2f s (%.1f tokens/s); %zu steps: %.1f ms/token (median %.1f, "
+      "min %.1f, max %.1f), %.2f tokens/s\n",
       bf16 ? "bf16" : "float", static_cast<long long>(kPrompt), prefill, double(kPrompt) / prefill, ms.size(), mean,
-      *std::min_element(ms.begin(), ms.end()), *std::max_element(ms.begin(), ms.end()), 1e3 / mean, bytes * 1e-9,
-      ceiling, 100 * 1e3 / mean / ceiling);
+      ms[ms.size() / 2], ms.front(), ms.back(), 1e3 / mean);
+  std::printf(
+      "  weights %.3f GB/token (%.1f GB/s at the mean step), state %.3f GB read and written; ceiling %.2f "
+      "tokens/s (bandwidth / weights), reached %.0f %%\n",
+      bytes * 1e-9, bytes * 1e-9 / (mean * 1e-3), state * 1e-9, ceiling, 100 * 1e3 / mean / ceiling);
 }
 
 int write_dir(const std::string& dir) {
@@ -224,9 +267,12 @@ int measure(const std::string& dir, bool cold) {
   std::printf("bf16 copy made in %.2f s; peak RSS %.2f GB, RSS %.2f GB (%.2f bytes per parameter)\n", seconds_since(t1),
               peak_rss_gb(), rss_gb(), rss_gb() * 1e9 / double(kParams));
 
-  const double bw = read_bandwidth_gbs();
-  std::printf("DRAM read bandwidth %.2f GB/s (best of 5 passes over 1 GiB, %s threads)\n", bw,
-              std::getenv("OMP_NUM_THREADS") ? std::getenv("OMP_NUM_THREADS") : "default");
+  first_touch();
+  const double chained = read_bandwidth_gbs(true), bw = read_bandwidth_gbs(false);
+  std::printf(
+      "DRAM read bandwidth %.2f GB/s (independent sums; %.2f GB/s with one chained sum per thread), best of "
+      "5 passes over 1 GiB, OMP_NUM_THREADS=%s\n",
+      bw, chained, std::getenv("OMP_NUM_THREADS") ? std::getenv("OMP_NUM_THREADS") : "unset");
   decode(model, true, bw);
   model.set_inference_weights(WeightPrecision::float32);  // frees the bf16 copy
   decode(model, false, bw);
