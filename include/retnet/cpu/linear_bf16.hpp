@@ -174,12 +174,14 @@ void linear_forward_bf16(Cpu, T* y, const T* x, const uint16_t* w, int64_t n, in
     }
     return;
   }
-  // Many rows (prefill): widen W once; the GEMM's cost dwarfs the conversion.
+  // Many rows (prefill): widen W once; the GEMM's cost dwarfs the conversion. The OpenMP threads write through a
+  // pointer to this thread's buffer: named inside the loop, a thread_local would be each thread's own (empty) one.
   thread_local std::vector<T> wide;
   wide.resize(static_cast<size_t>(out * in));
+  T* const wd = wide.data();
 #pragma omp parallel for schedule(static) if (out * in >= 65536)
-  for (int64_t o = 0; o < out; ++o) widen_bf16(wide.data() + o * in, w + o * in, in);
-  linear_forward(cpu, y, x, wide.data(), n, in, out, accumulate);
+  for (int64_t o = 0; o < out; ++o) widen_bf16(wd + o * in, w + o * in, in);
+  linear_forward(cpu, y, x, wd, n, in, out, accumulate);
 }
 
 // Forward through the bf16 copy when there is one (w16 non-null), else through the float weights.
