@@ -114,8 +114,7 @@ Options parse(int argc, char** argv) {
   app.add_option("--stop", o.stop, "stop a row at this token (-1: never, or the eos of --model's tokenizer)")
       ->check(CLI::Range(int64_t{-1}, kMaxToken));
   app.add_option("--dtype", o.dtype, "precision")->check(CLI::IsMember({"float", "double"}));
-  app.add_flag("--bf16", o.bf16,
-               "decode with bf16 weights (faster; logits change slightly)");
+  app.add_flag("--bf16", o.bf16, "decode with bf16 weights (faster; logits change slightly)");
   app.add_option("--save-state", o.save_state, "write the recurrent state at the end (safetensors)");
   retnet_examples::parse_args(app, retnet_examples::args_of(argc, argv));
   o.have_prompt = prompt->count() > 0;

@@ -115,8 +115,8 @@ void decode(benchmark::State& state) {
       benchmark::Counter(kSteps / 1e3, benchmark::Counter::kIsIterationInvariantRate | benchmark::Counter::kInvert);
   state.counters["params"] = static_cast<double>(m.param_count());
   if (g_copy_bytes_per_s > 0)  // the share of the bandwidth ceiling reached
-    state.counters["of_ceiling"] = benchmark::Counter(weights * kSteps / g_copy_bytes_per_s,
-                                                      benchmark::Counter::kIsIterationInvariantRate);
+    state.counters["of_ceiling"] =
+        benchmark::Counter(weights * kSteps / g_copy_bytes_per_s, benchmark::Counter::kIsIterationInvariantRate);
 }
 
 // args: prompt length. Batch 1, chunkwise form, from an empty state; tokens uploaded from the host each time.

@@ -54,8 +54,9 @@ RetentionInputs<E, Device, float> split_inputs(const Cuda& ctx, const SplitShape
 // torchscale's chunkwise normaliser divides the carried state by its largest column sum over the whole value head,
 // which split heads cannot share: that one combination is refused.
 inline void require_splittable(const char* op, Form form, const RetentionConfig& cfg) {
-  require(form != Form::chunkwise || cfg.normalization() != Normalization::torchscale, op, ": value_dim = ",
-          cfg.value_dim(), " (wider than 256, run as split heads) with torchscale's normalisers is not supported in "
+  require(form != Form::chunkwise || cfg.normalization() != Normalization::torchscale, op,
+          ": value_dim = ", cfg.value_dim(),
+          " (wider than 256, run as split heads) with torchscale's normalisers is not supported in "
           "the chunkwise form on the GPU; use Normalization::raw, or the parallel or recurrent form");
 }
 

@@ -221,14 +221,14 @@ int main(int argc, char** argv) {
   }
   return dist::run_guarded(world, [&] {
     dist::select_device(local, world.describe());
-    retnet_test::NcclTestContext ctx;
-    dist::NcclCommunicator comm(world, ctx.be.stream);
+    retnet::CudaContext ctx;
+    dist::NcclCommunicator comm(world, ctx.backend().stream);
     if (comm.rank() == 0) std::printf("%s\n", comm.describe().c_str());
-    test_collectives(comm, ctx.be);
+    test_collectives(comm, ctx.backend());
     for (const int zero : {0, 1}) {
-      test_same_as_one_gpu<float>(comm, ctx.be, zero, 1e-5, "float");
-      test_same_as_one_gpu<__nv_bfloat16>(comm, ctx.be, zero, 2e-2, "bf16");
-      test_resume(comm, ctx.be, zero);
+      test_same_as_one_gpu<float>(comm, ctx.backend(), zero, 1e-5, "float");
+      test_same_as_one_gpu<__nv_bfloat16>(comm, ctx.backend(), zero, 2e-2, "bf16");
+      test_resume(comm, ctx.backend(), zero);
     }
     const std::vector<int64_t> all = world.gather_values(std::vector<int64_t>{failures});
     int64_t total = 0;

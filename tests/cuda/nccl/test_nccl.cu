@@ -27,15 +27,15 @@ namespace dist = retnet::dist;
 
 TEST_CASE("NCCL communicator, one rank: collectives on device and host buffers", "[nccl]") {
   if (!have_gpu()) return;
-  retnet_test::NcclTestContext ctx;
-  dist::NcclCommunicator comm(dist::single_process(), ctx.be.stream);
+  retnet::CudaContext ctx;
+  dist::NcclCommunicator comm(dist::single_process(), ctx.backend().stream);
   CHECK(comm.rank() == 0);
   CHECK(comm.size() == 1);
   CHECK(comm.device_buffers());
   CHECK(comm.describe().find("NCCL rank 0 of 1") != std::string::npos);
 
   const std::vector<float> v{1.5f, -2.0f, 3.25f, 7.0f, 0.5f, 9.0f};
-  Buffer<float, Cuda> a(ctx.be, 6), b(ctx.be, 6);
+  Buffer<float, Cuda> a(ctx.backend(), 6), b(ctx.backend(), 6);
   a.copy_from_host(v.data(), 6);
   comm.all_reduce(a.data(), 6);
   CHECK(a.to_host() == v);
@@ -49,13 +49,13 @@ TEST_CASE("NCCL communicator, one rank: collectives on device and host buffers",
   comm.broadcast(a.data(), 6, 0);
   CHECK(a.to_host() == v);
 
-  Buffer<int64_t, Cuda> i(ctx.be, 2);
+  Buffer<int64_t, Cuda> i(ctx.backend(), 2);
   const std::vector<int64_t> iv{-3, 1ll << 40};
   i.copy_from_host(iv.data(), 2);
   comm.all_reduce(i.data(), 2, dist::ReduceOp::max);
   CHECK(i.to_host() == iv);
 
-  Buffer<__nv_bfloat16, Cuda> h(ctx.be, 4);
+  Buffer<__nv_bfloat16, Cuda> h(ctx.backend(), 4);
   const std::vector<__nv_bfloat16> hv{__float2bfloat16(1.0f), __float2bfloat16(-0.5f), __float2bfloat16(3.0f),
                                       __float2bfloat16(2.0f)};
   h.copy_from_host(hv.data(), 4);
@@ -75,8 +75,8 @@ TEST_CASE("NCCL communicator, one rank: collectives on device and host buffers",
 
 TEST_CASE("GPU trainer: ZeRO-1 or several ranks need a communicator over device buffers", "[nccl]") {
   if (!have_gpu()) return;
-  retnet_test::NcclTestContext ctx;
-  retnet::Model<float, Cuda> m(retnet_test::nccl_model_config(), ctx.be);
+  retnet::CudaContext ctx;
+  retnet::Model<float, Cuda> m(retnet_test::nccl_model_config(), ctx.backend());
   retnet::TrainerConfig tc;
   tc.dist.zero_stage = 1;
   CHECK_THROWS_WITH((retnet::Trainer<float, Cuda>(m, tc)), Catch::Contains("device buffers"));
@@ -121,8 +121,8 @@ Run train(const Cuda& be, dist::Communicator* comm, int zero, int64_t bucket_byt
 
 template <class T>
 void check_same_as_plain(const char* what) {
-  retnet_test::NcclTestContext ctx;
-  dist::NcclCommunicator comm(dist::single_process(), ctx.be.stream);
+  retnet::CudaContext ctx;
+  dist::NcclCommunicator comm(dist::single_process(), ctx.backend().stream);
   struct Case {
     int zero;
     int64_t bucket_bytes, accum, segment;
@@ -135,8 +135,8 @@ void check_same_as_plain(const char* what) {
                         Case{1, one_bucket, 1, 0, 0.5, true}, Case{1, small, 2, 20, 0.0, false}}) {
     INFO(what << ": zero " << c.zero << ", bucket bytes " << c.bucket_bytes << ", accumulation " << c.accum
               << ", segment " << c.segment << ", clip " << c.clip);
-    const Run plain = train<T>(ctx.be, nullptr, 0, c.bucket_bytes, 6, c.accum, c.segment, c.clip);
-    const Run dp = train<T>(ctx.be, &comm, c.zero, c.bucket_bytes, 6, c.accum, c.segment, c.clip);
+    const Run plain = train<T>(ctx.backend(), nullptr, 0, c.bucket_bytes, 6, c.accum, c.segment, c.clip);
+    const Run dp = train<T>(ctx.backend(), &comm, c.zero, c.bucket_bytes, 6, c.accum, c.segment, c.clip);
     CHECK(dp.losses == plain.losses);
     CHECK(dp.params == plain.params);
     if (c.norm_bits) {
@@ -160,8 +160,8 @@ TEST_CASE("NCCL data parallel, one rank: the device step equals the plain device
 
 TEST_CASE("NCCL data parallel, one rank: a ZeRO-1 checkpoint resumes on a plain trainer with the same bits", "[nccl]") {
   if (!have_gpu()) return;
-  retnet_test::NcclTestContext ctx;
-  dist::NcclCommunicator comm(dist::single_process(), ctx.be.stream);
+  retnet::CudaContext ctx;
+  dist::NcclCommunicator comm(dist::single_process(), ctx.backend().stream);
   const std::string path =
       (std::filesystem::temp_directory_path() / ("retnet_nccl_ckpt_" + std::to_string(::getpid()) + ".safetensors"))
           .string();
@@ -176,8 +176,8 @@ TEST_CASE("NCCL data parallel, one rank: a ZeRO-1 checkpoint resumes on a plain 
     tc.dist.bucket_bytes = 24 * 1024;
     return retnet::Trainer<__nv_bfloat16, Cuda>(m, tc);
   };
-  retnet::Model<__nv_bfloat16, Cuda> m1(retnet_test::nccl_model_config(), ctx.be),
-      m2(retnet_test::nccl_model_config(), ctx.be);
+  retnet::Model<__nv_bfloat16, Cuda> m1(retnet_test::nccl_model_config(), ctx.backend()),
+      m2(retnet_test::nccl_model_config(), ctx.backend());
   m1.init_torchscale(9);
   m2.init_torchscale(10);
   auto t1 = make(m1, &comm);

@@ -1,8 +1,5 @@
 #pragma once
-// Shared by the NCCL tests: a small model, batches that are a pure function of the step, and a CUDA context.
-#include <cublas_v2.h>
-#include <cuda_runtime.h>
-
+// Shared by the NCCL tests: a small model and batches that are a pure function of the step.
 #include <cstdint>
 #include <random>
 #include <vector>
@@ -40,22 +37,5 @@ inline void nccl_batch(int64_t step, int64_t global_rows, int64_t length, int64_
       y[dst] = all[src + 1];
     }
 }
-
-// A stream and a cuBLAS handle on the current device, released at the end of the scope.
-struct NcclTestContext {
-  retnet::Cuda be;
-  NcclTestContext() {
-    RETNET_CUDA_CHECK(cudaStreamCreateWithFlags(&be.stream, cudaStreamNonBlocking));
-    RETNET_CUBLAS_CHECK(cublasCreate(&be.cublas));
-    RETNET_CUBLAS_CHECK(cublasSetStream(be.cublas, be.stream));
-  }
-  NcclTestContext(const NcclTestContext&) = delete;
-  NcclTestContext& operator=(const NcclTestContext&) = delete;
-  ~NcclTestContext() {
-    (void)cudaStreamSynchronize(be.stream);
-    (void)cublasDestroy(be.cublas);
-    (void)cudaStreamDestroy(be.stream);
-  }
-};
 
 }  // namespace retnet_test
