@@ -78,7 +78,6 @@ inline std::string type_name(const nlohmann::json& v) { return v.type_name(); }
 class JsonFields {
  public:
   JsonFields(const nlohmann::json& j, std::string where) : j_(j), where_(std::move(where)) {}
-  const std::string& where() const { return where_; }
   void mark(const char* name) { handled_.insert(name); }
   const nlohmann::json* find(const char* name) {
     mark(name);
@@ -180,7 +179,6 @@ inline void check_config_limits(const ModelConfig& c, const std::string& where =
   }
 }
 
-// Parses a JSON object into a validated ModelConfig. `report` (optional) receives the ignored/unknown fields.
 // The limits, then validate() (which allocates per head), with errors prefixed by `where`.
 inline void checked_config(const ModelConfig& c, const std::string& where) {
   check_config_limits(c, where);
@@ -191,6 +189,7 @@ inline void checked_config(const ModelConfig& c, const std::string& where) {
   }
 }
 
+// Parses a JSON object into a validated ModelConfig. `report` (optional) receives the ignored/unknown fields.
 inline ModelConfig config_from_json(const nlohmann::json& j, ConfigReport* report = nullptr,
                                     const std::string& where = "config") {
   require(j.is_object(), where, ": a model configuration must be a JSON object, got ", detail::type_name(j));
